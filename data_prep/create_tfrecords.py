@@ -1,0 +1,526 @@
+r"""Converts a speech corpus into sharded TFRecords of features and labels.
+
+  kws-create-tfrecords --data_dir=demo/corpus --corpus=vivos --out_dir=demo/records \
+      --splits=train,test --formats=mfcc,logmel --task=kws \
+      --alignments='demo/corpus/*/alignments.ctm'
+
+Writes ``<out_dir>/<format>/<split>-<k:05d>-of-<n:05d>.tfrecord[.gz]`` (record i
+of shard k is the same example in every format), ``metadata.json`` (parameters,
+counts, vocabulary, normalisation statistics, fingerprint), ``vocab.json``
+(ctc) and ``skipped.jsonl``. Each shard is written under a temporary name and
+renamed when complete; a killed run is finished by the same command, and the
+result is byte-identical to an uninterrupted run.
+"""
+import collections
+import dataclasses
+import glob
+import json
+import multiprocessing
+import os
+import sys
+import time
+import zlib
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+from absl import app, flags, logging
+
+from data_prep import corpora
+from kws_tf import audio, features, records, text
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("data_dir", None, "Corpus root (VIVOS or LibriSpeech layout) or "
+                    "a manifest file / folder of <split>.jsonl manifests.")
+flags.DEFINE_enum("corpus", "vivos", ["vivos", "librispeech", "manifest"], "Corpus layout.")
+flags.DEFINE_string("out_dir", None, "Output folder.")
+flags.DEFINE_list("splits", ["train", "test"], "Splits to convert; a prefix merges "
+                  "(train = every train-* folder, dev = dev-clean + dev-other).")
+flags.DEFINE_list("formats", ["mfcc"], f"Feature formats, any of {features.FORMATS}.")
+flags.DEFINE_list("feature_params", [], "Feature parameter overrides as "
+                  "<format>.<name>=<value>, e.g. mfcc.num_mel_bins=64,logmel.pad_to_seconds=30.")
+flags.DEFINE_enum("task", "ctc", ["ctc", "kws"], "ctc: utterances with character "
+                  "labels; kws: keyword clips centred on aligned keywords plus negatives.")
+flags.DEFINE_list("keywords", list(text.KEYWORDS), "KWS keywords; class i is keyword i, "
+                  "the last class is 'negative'.")
+flags.DEFINE_float("clip_seconds", 1.0, "KWS clip length, seconds.")
+flags.DEFINE_float("negatives_per_positive", 1.0, "KWS negative clips (overlapping no "
+                   "keyword) per keyword clip, drawn per split.")
+flags.DEFINE_list("alignments", [], "CTM files or globs (<utt> <ch> <start> <dur> <word>); "
+                  "required for --task=kws.")
+flags.DEFINE_integer("cores", os.cpu_count(), "Worker processes.")
+flags.DEFINE_integer("examples_per_shard", 500, "Examples per shard.")
+flags.DEFINE_string("vocab", None, "Reuse this vocab.json (ctc) instead of building "
+                    "one from the transcripts of --splits.")
+flags.DEFINE_integer("limit", None, "Convert at most this many utterances per split.")
+flags.DEFINE_enum("compression", "none", ["none", "gzip"], "TFRecord compression.")
+flags.DEFINE_float("max_skip_fraction", 0.1, "Exit non-zero when more than this "
+                   "fraction of the utterances was skipped.")
+flags.DEFINE_integer("sample_rate", 16000, "Audio is resampled to this rate, Hz.")
+flags.DEFINE_float("min_seconds", 0.1, "Shorter utterances are skipped.")
+flags.DEFINE_float("max_seconds", 30.0, "Longer utterances are skipped.")
+flags.DEFINE_integer("seed", 0, "Seed of the negative-clip draw.")
+
+TOOL = "kws_tf.data_prep.create_tfrecords"
+PLAN_FILE = "plan.json"
+PROGRESS_DIR = "progress"
+
+
+@dataclasses.dataclass(frozen=True)
+class Item:
+  """One planned example. ``start``/``label`` for kws, ``labels`` for ctc."""
+  id: str
+  utt: str
+  path: str
+  text: str
+  labels: Optional[Tuple[int, ...]] = None
+  label: Optional[int] = None
+  start: Optional[float] = None
+
+
+# ---------------------------------------------------------------------------
+# Planning (main process): which examples exist, in which shard.
+
+def parse_feature_params(formats: Sequence[str], overrides: Sequence[str],
+                         sample_rate: int) -> Dict[str, dict]:
+  """Feature configs as dicts, defaults plus ``<format>.<name>=<value>`` overrides."""
+  per_format = {f: {} for f in formats}
+  for item in overrides:
+    key, sep, value = item.partition("=")
+    fmt, dot, name = key.partition(".")
+    if not sep or not dot:
+      raise ValueError(f"--feature_params: {item!r} is not <format>.<name>=<value>")
+    if fmt not in per_format:
+      raise ValueError(f"--feature_params: {item!r} names format {fmt!r}, "
+                       f"which is not in --formats={','.join(formats)}")
+    per_format[fmt][name] = json.loads(value) if value not in ("None", "none") else None
+  return {f: features.default_config(f, sample_rate=sample_rate, **per_format[f]).to_dict()
+          for f in formats}
+
+
+def _transcript_problem(utt: corpora.Utterance) -> Optional[str]:
+  if utt.problem:
+    return utt.problem
+  if utt.text is None:
+    return "missing transcript"
+  if not text.normalize(utt.text):
+    return "empty transcript"
+  return None
+
+
+def plan_ctc(utts: Sequence[corpora.Utterance], vocab: text.Vocabulary):
+  """One item per utterance, ids sorted; transcript problems become skips."""
+  items, skipped = [], []
+  for utt in utts:
+    problem = _transcript_problem(utt)
+    if problem is None and vocab.unknown(utt.text):
+      problem = f"characters not in the vocabulary: {''.join(vocab.unknown(utt.text))}"
+    if problem:
+      skipped.append({"id": utt.id, "path": utt.audio_path, "reason": problem})
+      continue
+    normalized = text.normalize(utt.text)
+    items.append(Item(utt.id, utt.id, utt.audio_path, normalized,
+                      labels=tuple(vocab.encode(normalized))))
+  return items, skipped
+
+
+def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[str],
+             clip_seconds: float, negatives_per_positive: float, rng):
+  """Keyword clips centred on aligned keyword words, negatives drawn from gaps.
+
+  A negative is a clip on a grid of ``clip_seconds / 4`` inside the aligned
+  speech that overlaps no keyword word. ``round(negatives_per_positive *
+  positives)`` of them are drawn from the whole split.
+  """
+  classes = {k: i for i, k in enumerate(keywords)}
+  negative = len(keywords)
+  positives, candidates, skipped = [], [], []
+  for utt in utts:
+    words = alignments.get(utt.id)
+    if not words:
+      skipped.append({"id": utt.id, "path": utt.audio_path, "reason": "no alignment"})
+      continue
+    spans = []
+    for index, word in enumerate(words):
+      key = text.normalize(word.word)
+      if key in classes:
+        spans.append((word.start, word.end))
+        start = round((word.start + word.end) / 2 - clip_seconds / 2, 3)
+        positives.append(Item(f"{utt.id}-p{index:03d}", utt.id, utt.audio_path, key,
+                              label=classes[key], start=start))
+    end = max(w.end for w in words)
+    hop = clip_seconds / 4
+    for step in range(int(np.floor((end - clip_seconds) / hop + 1e-9)) + 1):
+      start = round(step * hop, 3)
+      if all(start + clip_seconds <= s or start >= e for s, e in spans):
+        candidates.append(Item(f"{utt.id}-n{int(round(start * 1000)):06d}", utt.id,
+                               utt.audio_path, text.NEGATIVE_LABEL, label=negative,
+                               start=start))
+  count = min(len(candidates), int(round(negatives_per_positive * len(positives))))
+  chosen = rng.choice(len(candidates), size=count, replace=False) if count else []
+  items = positives + [candidates[i] for i in sorted(chosen)]
+  return sorted(items, key=lambda item: item.id), skipped
+
+
+def shard_items(items: Sequence[Item], examples_per_shard: int) -> List[List[Item]]:
+  """Consecutive chunks of the id-sorted items; at least one (maybe empty) shard."""
+  chunks = [list(items[i:i + examples_per_shard])
+            for i in range(0, len(items), examples_per_shard)]
+  return chunks or [[]]
+
+
+# ---------------------------------------------------------------------------
+# Workers: one whole shard per task, every format.
+
+_WORKER = {}
+
+
+def _init_worker(config: dict) -> None:
+  import tensorflow as tf
+  tf.config.threading.set_intra_op_parallelism_threads(1)
+  tf.config.threading.set_inter_op_parallelism_threads(1)
+  _WORKER["config"] = config
+  _WORKER["front_ends"] = {
+      name: tf.function(features.from_dict(params).compute,
+                        input_signature=[tf.TensorSpec([None], tf.float32)])
+      for name, params in config["feature_params"].items()}
+
+
+def _clip(waveform: np.ndarray, start_seconds: float, clip_seconds: float,
+          sample_rate: int) -> np.ndarray:
+  """``clip_seconds`` of audio from ``start_seconds``; zeros outside the utterance."""
+  length = int(round(clip_seconds * sample_rate))
+  start = int(round(start_seconds * sample_rate))
+  clip = np.zeros(length, np.float32)
+  lo, hi = max(start, 0), min(start + length, len(waveform))
+  if hi > lo:
+    clip[lo - start:hi - start] = waveform[lo:hi]
+  return clip
+
+
+def convert_shard(task: dict) -> dict:
+  """Writes one shard in every format and its progress file; returns its summary."""
+  config = _WORKER["config"]
+  front_ends = _WORKER["front_ends"]
+  out_dir, split = config["out_dir"], task["split"]
+  name = records.shard_name(split, task["index"], task["count"], config["compression"])
+  writers = {f: records.ShardWriter(os.path.join(out_dir, f, name), config["compression"])
+             for f in front_ends}
+  with_stats = task["stats"]
+  stats = {f: None for f in front_ends}
+  frame_count = {f: 0 for f in front_ends}
+  max_frames = {f: 0 for f in front_ends}
+  classes = collections.Counter()
+  skipped, utts, seconds, max_label_length = [], set(), 0.0, 0
+  cached_utt, waveform, error = None, None, None
+  try:
+    for item in task["items"]:
+      item = Item(**item)
+      if item.utt != cached_utt:
+        cached_utt, waveform, error = item.utt, None, None
+        try:
+          waveform = audio.read_audio(item.path, config["sample_rate"],
+                                      config["min_seconds"], config["max_seconds"])
+          seconds += len(waveform) / config["sample_rate"]
+        except audio.AudioError as e:
+          error = e
+          skipped.append({"id": item.utt, "path": item.path, "reason": e.reason,
+                          "message": str(e)})
+        utts.add(item.utt)
+      if error is not None:
+        continue
+      signal = (waveform if item.start is None else
+                _clip(waveform, item.start, config["clip_seconds"], config["sample_rate"]))
+      for fmt, front_end in front_ends.items():
+        if fmt == "raw":
+          values = np.round(np.clip(signal, -1.0, 1.0) * 32767).astype(np.int16)
+          frames = signal[:, None].astype(np.float64)
+        else:
+          values = front_end(signal).numpy()
+          frames = values.astype(np.float64)
+        if with_stats:
+          moments = np.stack([frames.sum(0), np.square(frames).sum(0)])
+          stats[fmt] = moments if stats[fmt] is None else stats[fmt] + moments
+          frame_count[fmt] += len(frames)
+        max_frames[fmt] = max(max_frames[fmt], len(values))
+        writers[fmt].write(records.serialize_example(
+            item.id, values, item.text, labels=item.labels, label=item.label,
+            utterance=None if item.start is None else item.utt, start=item.start))
+      classes[item.text if item.label is not None else "utterances"] += 1
+      max_label_length = max(max_label_length, len(item.labels or ()))
+    examples = next(iter(writers.values())).count
+    for writer in writers.values():
+      writer.commit()
+  except BaseException:
+    for writer in writers.values():
+      writer.abort()
+    raise
+  summary = {
+      "split": split, "index": task["index"], "name": name,
+      "examples": examples,
+      "utterances": len(utts), "seconds": round(seconds, 3),
+      "classes": dict(sorted(classes.items())),
+      "max_frames": max_frames, "max_label_length": max_label_length,
+      "skipped": skipped,
+      "moments": {f: None if m is None else m.tolist() for f, m in stats.items()},
+      "frame_count": frame_count,
+  }
+  records.write_json(os.path.join(out_dir, PROGRESS_DIR, name + ".json"), summary)
+  return summary
+
+
+# ---------------------------------------------------------------------------
+# The job.
+
+def _progress_ok(out_dir: str, name: str, formats: Sequence[str]) -> bool:
+  return (os.path.exists(os.path.join(out_dir, PROGRESS_DIR, name + ".json")) and
+          all(os.path.exists(os.path.join(out_dir, f, name)) for f in formats))
+
+
+def _remove_stale_temporaries(out_dir: str) -> None:
+  for path in glob.glob(os.path.join(out_dir, "**", "*.tmp-*"), recursive=True):
+    os.remove(path)
+
+
+def _check_plan(out_dir: str, plan: dict) -> None:
+  """Refuses an out_dir made with other parameters or other examples."""
+  path = os.path.join(out_dir, PLAN_FILE)
+  if not os.path.exists(path):
+    return
+  old = records.read_json(path)
+  if old["fingerprint"] == plan["fingerprint"]:
+    return
+  changed = sorted(k for k in set(old["params"]) | set(plan["params"])
+                   if old["params"].get(k) != plan["params"].get(k))
+  detail = (f"parameters differ: {', '.join(changed)}" if changed else
+            "the corpus (example ids, paths or labels) differs")
+  raise app.UsageError(
+      f"{out_dir} holds records made differently ({detail}). Use another --out_dir, "
+      f"or delete {out_dir} to start again.")
+
+
+def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
+               formats: Sequence[str], feature_params: dict) -> Tuple[dict, list]:
+  """metadata.json content and the skipped list from every shard's progress file."""
+  splits, skipped, moments, frames = {}, list(plan["skipped"]), {}, collections.Counter()
+  stats_splits = plan["stats_splits"]
+  for split, count in shards.items():
+    totals = {"examples": 0, "utterances": 0, "seconds": 0.0, "classes": collections.Counter(),
+              "shards": [], "max_frames": {f: 0 for f in formats}, "max_label_length": 0}
+    for index in range(count):
+      name = records.shard_name(split, index, count, plan["params"]["compression"])
+      summary = records.read_json(os.path.join(out_dir, PROGRESS_DIR, name + ".json"))
+      totals["examples"] += summary["examples"]
+      totals["utterances"] += summary["utterances"]
+      totals["seconds"] += summary["seconds"]
+      totals["classes"].update(summary["classes"])
+      totals["shards"].append({"name": name, "examples": summary["examples"]})
+      totals["max_label_length"] = max(totals["max_label_length"], summary["max_label_length"])
+      for f in formats:
+        totals["max_frames"][f] = max(totals["max_frames"][f], summary["max_frames"][f])
+        if split in stats_splits and summary["moments"][f] is not None:
+          m = np.asarray(summary["moments"][f])
+          moments[f] = m if f not in moments else moments[f] + m
+      if split in stats_splits:
+        frames.update(summary["frame_count"])
+      skipped.extend(summary["skipped"])
+    totals["seconds"] = round(totals["seconds"], 3)
+    totals["hours"] = round(totals["seconds"] / 3600, 4)
+    totals["classes"] = dict(sorted(totals["classes"].items()))
+    splits[split] = totals
+  normalization = {"splits": stats_splits}
+  for f in formats:
+    if f in moments and frames[f]:
+      mean = moments[f][0] / frames[f]
+      std = np.sqrt(np.maximum(moments[f][1] / frames[f] - mean ** 2, 0.0))
+      normalization[f] = {"mean": [round(float(v), 6) for v in mean],
+                          "std": [round(float(max(v, 1e-8)), 6) for v in std],
+                          "frames": int(frames[f])}
+  format_info = {}
+  for f in formats:
+    config = features.from_dict(feature_params[f])
+    format_info[f] = {"params": feature_params[f], "num_channels": config.num_channels,
+                      "dtype": "int16" if f == "raw" else "float32",
+                      "dir": f}
+  skipped.sort(key=lambda s: s["id"])
+  metadata = {
+      "schema_version": records.SCHEMA_VERSION,
+      "tool": TOOL, "tool_version": kws_tf.__version__,
+      "fingerprint": plan["fingerprint"],
+      "params": plan["params"],
+      "task": plan["params"]["task"],
+      "formats": format_info,
+      "splits": splits,
+      "normalization": normalization,
+      "skipped": len(skipped),
+  }
+  if plan["params"]["task"] == "ctc":
+    metadata["vocabulary"] = plan["vocabulary"]
+  else:
+    metadata["classes"] = plan["classes"]
+  return metadata, skipped
+
+
+def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
+  """Reads the corpus and decides every example and shard. Deterministic."""
+  utts = corpora.read_corpus(args.corpus, args.data_dir, args.splits)
+  by_split = collections.OrderedDict((s, []) for s in sorted({u.split for u in utts}))
+  for utt in utts:
+    by_split[utt.split].append(utt)
+  if args.limit:
+    by_split = collections.OrderedDict((s, u[:args.limit]) for s, u in by_split.items())
+  feature_params = parse_feature_params(args.formats, args.feature_params, args.sample_rate)
+  params = {
+      "corpus": args.corpus, "splits": list(args.splits), "formats": list(args.formats),
+      "feature_params": feature_params, "task": args.task,
+      "examples_per_shard": args.examples_per_shard, "limit": args.limit,
+      "compression": args.compression, "sample_rate": args.sample_rate,
+      "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
+  }
+  plan = {"params": params, "skipped": []}
+  items_by_split = {}
+  if args.task == "ctc":
+    if args.vocab:
+      vocab = text.Vocabulary.load(args.vocab)
+    else:
+      vocab = text.Vocabulary.from_texts(
+          u.text for split in by_split.values() for u in split
+          if _transcript_problem(u) is None)
+    params["vocab_source"] = "file" if args.vocab else "splits"
+    plan["vocabulary"] = vocab.to_json()
+    for split, split_utts in by_split.items():
+      items_by_split[split], skipped = plan_ctc(split_utts, vocab)
+      plan["skipped"].extend(skipped)
+  else:
+    if not args.alignments:
+      raise app.UsageError(
+          "--task=kws needs word alignments: pass --alignments=<ctm files or globs> "
+          "(the synthetic corpus writes <corpus>/<split>/alignments.ctm; for a real "
+          "corpus, align it first, e.g. with a CTC forced aligner or the Montreal "
+          "Forced Aligner, and export CTM).")
+    alignments = corpora.read_ctm(args.alignments)
+    keywords = text.keyword_classes(args.keywords)[:-1]
+    params.update(keywords=keywords, clip_seconds=args.clip_seconds,
+                  negatives_per_positive=args.negatives_per_positive, seed=args.seed)
+    plan["classes"] = text.keyword_classes(keywords)
+    for split, split_utts in by_split.items():
+      rng = np.random.default_rng([args.seed, zlib.crc32(split.encode())])
+      items_by_split[split], skipped = plan_kws(
+          split_utts, alignments, keywords, args.clip_seconds,
+          args.negatives_per_positive, rng)
+      plan["skipped"].extend(skipped)
+  plan["utterances"] = sum(len(u) for u in by_split.values())
+  train_like = [s for s in by_split if s.startswith("train")]
+  plan["stats_splits"] = train_like or list(by_split)
+  root = os.path.abspath(args.data_dir)
+  plan["fingerprint"] = records.fingerprint({
+      "params": params,
+      "vocabulary": plan.get("vocabulary"),
+      "items": {s: [[i.id, os.path.relpath(i.path, root), i.text, i.labels, i.label, i.start]
+                    for i in items] for s, items in items_by_split.items()},
+  })
+  shards = {s: shard_items(items, args.examples_per_shard)
+            for s, items in items_by_split.items()}
+  return plan, shards
+
+
+def convert(args) -> int:
+  """Runs the whole conversion; returns the process exit code."""
+  os.makedirs(args.out_dir, exist_ok=True)
+  plan, shards = build_plan(args)
+  _check_plan(args.out_dir, plan)
+  records.write_json(os.path.join(args.out_dir, PLAN_FILE), {
+      "fingerprint": plan["fingerprint"], "params": plan["params"]})
+  if args.task == "ctc":
+    text.Vocabulary(plan["vocabulary"]["symbols"]).save(
+        os.path.join(args.out_dir, "vocab.json"))
+  for sub in list(args.formats) + [PROGRESS_DIR]:
+    os.makedirs(os.path.join(args.out_dir, sub), exist_ok=True)
+  _remove_stale_temporaries(args.out_dir)
+
+  compression = args.compression
+  tasks = []
+  for split, chunks in shards.items():
+    for index, chunk in enumerate(chunks):
+      name = records.shard_name(split, index, len(chunks), compression)
+      if not _progress_ok(args.out_dir, name, args.formats):
+        tasks.append({"split": split, "index": index, "count": len(chunks),
+                      "stats": split in plan["stats_splits"],
+                      "items": [dataclasses.asdict(i) for i in chunk]})
+  done = sum(len(c) for c in shards.values()) - len(tasks)
+  worker_config = {
+      "out_dir": args.out_dir, "compression": compression,
+      "feature_params": plan["params"]["feature_params"],
+      "sample_rate": args.sample_rate, "min_seconds": args.min_seconds,
+      "max_seconds": args.max_seconds, "clip_seconds": args.clip_seconds,
+  }
+  total_utts = sum(len({i["utt"] for i in t["items"]}) for t in tasks)
+  logging.info("%d shards to write (%d already complete), %d utterances, %d workers",
+               len(tasks), done, total_utts, args.cores)
+  if tasks:
+    from tqdm import tqdm
+    started = time.time()
+    seconds = 0.0
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(max(1, min(args.cores, len(tasks))), _init_worker,
+                      (worker_config,)) as pool, \
+        tqdm(total=total_utts, unit="utt", desc="converting", file=sys.stderr,
+             dynamic_ncols=True) as bar:
+      for summary in pool.imap_unordered(convert_shard, tasks):
+        seconds += summary["seconds"]
+        bar.update(summary["utterances"])
+        bar.set_postfix(audio_s_per_s=f"{seconds / max(time.time() - started, 1e-9):.0f}")
+
+  metadata, skipped = _aggregate(args.out_dir, plan, {s: len(c) for s, c in shards.items()},
+                                 args.formats, plan["params"]["feature_params"])
+  tmp = os.path.join(args.out_dir, f"skipped.jsonl.tmp-{os.getpid()}")
+  with open(tmp, "w", encoding="utf-8") as f:
+    for entry in skipped:
+      f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+  os.replace(tmp, os.path.join(args.out_dir, "skipped.jsonl"))
+  records.write_json(os.path.join(args.out_dir, records.METADATA_FILE), metadata)
+  return _report(metadata, skipped, plan["utterances"], args)
+
+
+def _report(metadata: dict, skipped: list, utterances: int, args) -> int:
+  examples = sum(s["examples"] for s in metadata["splits"].values())
+  reasons = collections.Counter(s["reason"] for s in skipped)
+  print(f"{args.out_dir}: {examples} examples from {utterances} utterances")
+  for split, s in metadata["splits"].items():
+    print(f"  {split:>12}: {s['examples']} examples, {len(s['shards'])} shards, "
+          f"{s['hours']:.3f} h, classes {s['classes']}")
+  skipped_utts = len({s["id"] for s in skipped})
+  if skipped:
+    print(f"  skipped {skipped_utts} utterances (see skipped.jsonl): " +
+          ", ".join(f"{r} x{n}" for r, n in reasons.most_common()))
+  if examples == 0:
+    print("error: nothing was converted", file=sys.stderr)
+    return 1
+  fraction = skipped_utts / max(utterances, 1)
+  if fraction > args.max_skip_fraction:
+    print(f"error: {fraction:.1%} of the utterances were skipped "
+          f"(more than --max_skip_fraction={args.max_skip_fraction})", file=sys.stderr)
+    return 1
+  return 0
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  for name in ("data_dir", "out_dir"):
+    if not getattr(FLAGS, name):
+      raise app.UsageError(f"--{name} is required")
+  unknown = sorted(set(FLAGS.formats) - set(features.FORMATS))
+  if unknown or not FLAGS.formats:
+    raise app.UsageError(f"--formats: unknown {unknown}; choose from {features.FORMATS}")
+  if FLAGS.examples_per_shard < 1 or FLAGS.cores < 1:
+    raise app.UsageError("--examples_per_shard and --cores must be at least 1")
+  sys.exit(convert(FLAGS))
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,187 @@
+"""Reading and writing audio files with explicit, machine-readable failures.
+
+Every file is decoded with soundfile (libsndfile: WAV, FLAC, OGG, MP3), mixed
+down to mono by averaging the channels and resampled with soxr ("HQ") to the
+rate the caller asks for. A file that cannot be used raises :class:`AudioError`
+whose ``reason`` is one of :data:`REASONS`, so a corpus converter can count
+and report skipped files by reason.
+
+libsndfile does not fail on a truncated WAV: it silently shortens the stream
+to the bytes present. :func:`read_audio` therefore compares the size that the
+WAV ``data`` chunk header declares with the bytes in the file, and, for every
+format, the frame count in the header with the frames actually decoded
+(a cut MP3 keeps its declared length but decodes fewer frames).
+"""
+import os
+import struct
+import tempfile
+from typing import NamedTuple, Optional, Tuple
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+REASONS = (
+    "missing",      # no file at the path
+    "unreadable",   # libsndfile cannot open or decode it (corrupt, unknown format)
+    "truncated",    # the header declares more audio than the file holds
+    "empty",        # zero samples
+    "nan",          # a NaN or infinite sample
+    "too_short",    # shorter than min_seconds
+    "too_long",     # longer than max_seconds
+)
+
+
+class AudioInfo(NamedTuple):
+  """Header facts of an audio file."""
+  sample_rate: int   # Hz
+  frames: int        # samples per channel
+  channels: int
+  duration: float    # seconds, frames / sample_rate
+
+
+# WAV writers that stream to a pipe leave these in the data chunk size because
+# they cannot know the length up front; such a size says nothing about truncation.
+_UNKNOWN_WAV_SIZES = (0, 0xFFFFFFFF)
+
+
+class AudioError(Exception):
+  """An audio file that cannot be used.
+
+  Attributes:
+    path: the file, as given.
+    reason: one of :data:`REASONS`.
+    message: a human explanation.
+  """
+
+  def __init__(self, path, reason: str, message: str):
+    if reason not in REASONS:
+      raise ValueError(f"unknown audio error reason {reason!r}")
+    self.path = os.fspath(path)
+    self.reason = reason
+    self.message = message
+    super().__init__(f"{self.path}: {reason}: {message}")
+
+
+def audio_info(path) -> AudioInfo:
+  """Header facts of an audio file, without decoding it.
+
+  Raises AudioError ("missing", "unreadable").
+  """
+  _check_exists(path)
+  try:
+    info = sf.info(os.fspath(path))
+  except (sf.SoundFileError, RuntimeError) as error:
+    raise AudioError(path, "unreadable", str(error)) from error
+  return AudioInfo(info.samplerate, info.frames, info.channels,
+                   info.frames / info.samplerate)
+
+
+def read_audio(path, sample_rate: int = 16000,
+               min_seconds: Optional[float] = None,
+               max_seconds: Optional[float] = None) -> np.ndarray:
+  """Decodes a file to mono float32 at ``sample_rate`` Hz.
+
+  Args:
+    path: a WAV, FLAC, OGG or MP3 file.
+    sample_rate: output rate in Hz; the file is resampled (soxr "HQ") when its
+      rate differs.
+    min_seconds, max_seconds: inclusive bounds on the duration in seconds;
+      None means unbounded.
+
+  Returns:
+    float32 [samples] in [-1, 1] (float files holding louder samples, and the
+    resampler's overshoot, are clipped).
+
+  Raises:
+    AudioError with reason "missing", "unreadable", "truncated", "empty",
+    "nan", "too_short" or "too_long".
+  """
+  _check_exists(path)
+  _check_wav_not_truncated(path)
+  try:
+    with sf.SoundFile(os.fspath(path)) as f:
+      file_rate = f.samplerate
+      declared_frames = f.frames
+      data = f.read(dtype="float32", always_2d=True)
+  except (sf.SoundFileError, RuntimeError) as error:
+    raise AudioError(path, "unreadable", str(error)) from error
+  if len(data) < declared_frames:
+    raise AudioError(path, "truncated",
+                     f"header declares {declared_frames} frames, decoded {len(data)}")
+  if len(data) == 0:
+    raise AudioError(path, "empty", "no samples")
+  if not np.all(np.isfinite(data)):
+    raise AudioError(path, "nan", "NaN or infinite samples")
+  duration = len(data) / file_rate
+  if min_seconds is not None and duration < min_seconds:
+    raise AudioError(path, "too_short", f"{duration:.3f} s < {min_seconds} s")
+  if max_seconds is not None and duration > max_seconds:
+    raise AudioError(path, "too_long", f"{duration:.3f} s > {max_seconds} s")
+  mono = data.mean(axis=1, dtype=np.float32)
+  if file_rate != sample_rate:
+    mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
+  return np.clip(mono, -1.0, 1.0).astype(np.float32, copy=False)
+
+
+def write_wav(path, samples: np.ndarray, sample_rate: int) -> None:
+  """Writes 16-bit PCM WAV atomically (temporary file + os.replace).
+
+  Args:
+    path: destination; its folder is created when missing.
+    samples: float [samples] or [samples, channels], nominally in [-1, 1];
+      values outside are clipped.
+    sample_rate: rate in Hz.
+
+  Raises:
+    ValueError if a sample is NaN or infinite.
+  """
+  samples = np.asarray(samples, dtype=np.float32)
+  if not np.all(np.isfinite(samples)):
+    raise ValueError(f"{path}: NaN or infinite samples")
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".wav")
+  os.close(fd)
+  try:
+    sf.write(tmp, np.clip(samples, -1.0, 1.0), sample_rate,
+             format="WAV", subtype="PCM_16")
+    os.replace(tmp, path)
+  except BaseException:
+    os.remove(tmp)
+    raise
+
+
+def _check_exists(path) -> None:
+  if not os.path.isfile(path):
+    raise AudioError(path, "missing", "no such file")
+
+
+def _check_wav_not_truncated(path) -> None:
+  """Raises AudioError("truncated") when a RIFF/WAVE file holds fewer data
+  bytes than its ``data`` chunk header declares."""
+  chunk = _wav_data_chunk(path)
+  if chunk is None:
+    return
+  offset, declared = chunk
+  present = os.path.getsize(path) - offset
+  if declared not in _UNKNOWN_WAV_SIZES and present < declared:
+    raise AudioError(path, "truncated",
+                     f"data chunk declares {declared} bytes, file holds {present}")
+
+
+def _wav_data_chunk(path) -> Optional[Tuple[int, int]]:
+  """(byte offset of the audio data, declared data size in bytes) of a
+  RIFF/WAVE file; None for other files or when no data chunk header is found."""
+  with open(path, "rb") as f:
+    header = f.read(12)
+    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+      return None
+    while True:
+      chunk_header = f.read(8)
+      if len(chunk_header) < 8:
+        return None
+      chunk_id, size = chunk_header[:4], struct.unpack("<I", chunk_header[4:])[0]
+      if chunk_id == b"data":
+        return f.tell(), size
+      f.seek(size + (size & 1), os.SEEK_CUR)

@@ -1,0 +1,1 @@
+"""Command-line programs (absl apps); each has a console script in setup.py."""

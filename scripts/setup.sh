@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Sets up kws_tf on a fresh Debian machine with Python 3.11:
+#   - the virtual environment .venv with the package (and, with --test, the test extra),
+#   - espeak-ng (Debian package) for the synthetic Vietnamese corpus.
+# Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extra=""
+[ "${1:-}" = "--test" ] && extra="[test]"
+
+python=${PYTHON:-python3.11}
+command -v "$python" >/dev/null 2>&1 || python=python3
+if ! "$python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+  echo "kws_tf needs Python 3.11 (found: $("$python" --version 2>&1)). Set PYTHON=/path/to/python3.11." >&2
+  exit 1
+fi
+
+if ! command -v espeak-ng >/dev/null 2>&1 || ! ldconfig -p 2>/dev/null | grep -q libespeak-ng.so.1; then
+  echo "== installing espeak-ng (Debian package) for the synthetic corpus"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+  if ! { $sudo apt-get install -y -q espeak-ng >/dev/null 2>&1 ||
+         { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q espeak-ng >/dev/null 2>&1; }; }; then
+    cat >&2 <<'MSG'
+Could not install espeak-ng with apt-get. The synthetic corpus needs libespeak-ng.so.1:
+  - as root:   apt-get update && apt-get install -y espeak-ng
+  - without root on Debian/Ubuntu, ask an administrator for the package "espeak-ng",
+  - or run on a real corpus instead (see README: "Your own data").
+MSG
+    exit 1
+  fi
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  echo "== creating .venv"
+  "$python" -m venv .venv
+fi
+stamp=".venv/.kws_tf-installed${extra}"
+if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
+  echo "== installing kws_tf${extra} into .venv (first time: about 2 minutes)"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e ".${extra}"
+  touch "$stamp"
+fi

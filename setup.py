@@ -1,0 +1,52 @@
+"""kws_tf: distil PhoWhisper into tiny Vietnamese keyword spotters and CTC recognisers.
+
+The pins are the measured stack of ../shared/STACK.md; BUILD.md says why each
+dependency is here. On a GPU machine install ``tensorflow[and-cuda]==2.21.0``
+first (see BUILD.md).
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "tensorflow==2.21.0",
+    "tf-keras==2.21.0",
+    "tensorflow-model-optimization==0.8.1",
+    "tensorflow-io==0.37.1",
+    "transformers==4.57.6",
+    "huggingface-hub<1.0",
+    "safetensors==0.8.0",
+    "librosa==0.11.0",
+    "soundfile==0.14.0",
+    "soxr>=0.5",
+    "numpy==2.4.6",
+    "absl-py==1.4.0",
+    "ai-edge-litert==2.3.0",
+    "tensorboard==2.21.0",
+    "tqdm>=4.66",
+    "pyyaml>=6.0",
+]
+
+TEST_REQUIRES = [
+    "pytest>=8.0",
+    "torch==2.13.0",
+]
+
+CONSOLE_SCRIPTS = [
+    "kws-pipeline=kws_tf.bin.pipeline:run",
+    "kws-synthesize-corpus=data_prep.synthesize_corpus:run",
+    "kws-create-tfrecords=data_prep.create_tfrecords:run",
+]
+
+setup(
+    name="kws_tf",
+    version="0.1.0",
+    description=("Distil PhoWhisper (Vietnamese Whisper) into tiny keyword "
+                 "spotters and CTC recognisers with TensorFlow, for TFLite."),
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["kws_tf", "kws_tf.*", "data_prep"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
+)
