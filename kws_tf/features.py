@@ -1,0 +1,452 @@
+"""The feature front end: waveform -> features, in TensorFlow (tf.signal).
+
+One frozen dataclass per format ("raw", "power", "mfcc", "logmel"). Every
+config takes a float32 waveform in [-1, 1], shape ``[samples]`` or
+``[batch, samples]`` (all examples of a batch share one length), and returns
+float32 features ``[frames, channels]`` or ``[batch, frames, channels]``.
+Statistics such as the maxima used for clamps are taken per example.
+
+The computation is a ``tf.function`` with an input signature, traced once per
+config object and input rank, with no numpy in the call path, so the same
+config serves the offline TFRecord converter and exported SavedModel / TFLite
+graphs. Constants (window, mel matrix, DFT matrix, delta filters) are computed
+once with numpy / librosa / scipy and embedded as graph constants.
+
+Short-time Fourier transforms follow librosa: frames of ``fft_length`` samples
+every ``frame_step`` samples, a periodic Hann window of ``frame_length``
+samples centred in each frame, and with ``center=True`` the waveform
+reflect-padded by ``fft_length // 2`` samples on both sides, so that frame
+``t`` is centred on sample ``t * frame_step``. Reflect padding needs more than
+``fft_length // 2`` samples.
+"""
+import dataclasses
+import functools
+from typing import Any, ClassVar, Dict, Optional
+
+import librosa
+import numpy as np
+import scipy.fft
+import scipy.signal
+import tensorflow as tf
+
+DFT_METHODS = ("fft", "matmul")
+
+_POWER_TO_DB_AMIN = 1e-10
+_WHISPER_LOG_FLOOR = 1e-10
+_WHISPER_DYNAMIC_RANGE = 8.0
+
+
+def _num_stft_frames(num_samples: int, fft_length: int, frame_step: int,
+                     center: bool) -> int:
+  """Number of STFT frames of a waveform of ``num_samples`` samples."""
+  if center:
+    num_samples += 2 * (fft_length // 2)
+  return max(0, 1 + (num_samples - fft_length) // frame_step)
+
+
+def _centred_hann(frame_length: int, fft_length: int) -> np.ndarray:
+  """Periodic Hann window of ``frame_length`` zero-padded to ``[fft_length]``.
+
+  The window sits in the centre of the frame, as in librosa.
+  """
+  n = np.arange(frame_length)
+  window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / frame_length)
+  left = (fft_length - frame_length) // 2
+  return np.pad(window, (left, fft_length - frame_length - left))
+
+
+def _windowed_dft_matrix(window: np.ndarray) -> np.ndarray:
+  """Real DFT with the window folded in: ``[fft_length, 2 * bins]`` float32.
+
+  ``frames @ matrix`` gives the real parts of bins 0..fft_length//2 followed
+  by their imaginary parts.
+  """
+  fft_length = window.shape[0]
+  n = np.arange(fft_length)[:, None]
+  k = np.arange(fft_length // 2 + 1)[None, :]
+  angle = 2.0 * np.pi * ((n * k) % fft_length) / fft_length
+  matrix = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1)
+  return (window[:, None] * matrix).astype(np.float32)
+
+
+def power_spectrogram(waveform: tf.Tensor, window: np.ndarray,
+                      frame_step: int, center: bool, dft: str) -> tf.Tensor:
+  """|STFT|^2 of a batch of waveforms.
+
+  Args:
+    waveform: float32 ``[batch, samples]``.
+    window: the analysis window, ``[fft_length]`` (its length is the FFT size).
+    frame_step: hop between frames, in samples.
+    center: reflect-pad ``fft_length // 2`` samples on both sides first.
+    dft: "fft" (tf.signal.rfft) or "matmul" (a DFT as one matrix product, for
+      TFLite, whose RFFT takes only power-of-two sizes).
+
+  Returns:
+    float32 ``[batch, frames, fft_length // 2 + 1]``, power per bin.
+  """
+  fft_length = window.shape[0]
+  if center:
+    pad = fft_length // 2
+    waveform = tf.pad(waveform, [[0, 0], [pad, pad]], mode="REFLECT")
+  frames = tf.signal.frame(waveform, fft_length, frame_step)
+  if dft == "fft":
+    spectrum = tf.signal.rfft(frames * window.astype(np.float32))
+    return tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
+  if dft == "matmul":
+    real_imag = tf.matmul(frames, _windowed_dft_matrix(window))
+    real, imag = tf.split(real_imag, 2, axis=-1)
+    return tf.square(real) + tf.square(imag)
+  raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
+
+
+def _check(condition: bool, message: str) -> None:
+  if not condition:
+    raise ValueError(message)
+
+
+class _FeatureConfig:
+  """Behaviour shared by the format dataclasses.
+
+  A subclass defines ``format``, ``num_channels``, ``num_frames`` and
+  ``_features(waveform [batch, samples]) -> [batch, frames, channels]``.
+  """
+  format: ClassVar[str]
+
+  @property
+  def num_channels(self) -> int:
+    raise NotImplementedError
+
+  def num_frames(self, num_samples: int) -> int:
+    raise NotImplementedError
+
+  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+    raise NotImplementedError
+
+  def to_dict(self) -> Dict[str, Any]:
+    """JSON-serialisable fields, with the format name under "format"."""
+    return {"format": self.format, **dataclasses.asdict(self)}
+
+  @functools.cached_property
+  def _batch_function(self) -> tf.types.experimental.GenericFunction:
+    return tf.function(
+        self._features, autograph=False,
+        input_signature=[tf.TensorSpec([None, None], tf.float32)])
+
+  @functools.cached_property
+  def _single_function(self) -> tf.types.experimental.GenericFunction:
+    def single(waveform):
+      return self._features(waveform[tf.newaxis])[0]
+    return tf.function(
+        single, autograph=False,
+        input_signature=[tf.TensorSpec([None], tf.float32)])
+
+  def compute(self, waveform) -> tf.Tensor:
+    """Features of a waveform.
+
+    Args:
+      waveform: floating point, in [-1, 1], ``[samples]`` or
+        ``[batch, samples]`` (tensor or array); cast to float32.
+
+    Returns:
+      float32 ``[frames, channels]`` or ``[batch, frames, channels]``.
+    """
+    waveform = tf.convert_to_tensor(waveform)
+    if not waveform.dtype.is_floating:
+      raise ValueError(
+          "expected a floating point waveform in [-1, 1], got "
+          f"{waveform.dtype}")
+    waveform = tf.cast(waveform, tf.float32)
+    if waveform.shape.rank == 1:
+      return self._single_function(waveform)
+    if waveform.shape.rank == 2:
+      return self._batch_function(waveform)
+    raise ValueError(
+        f"expected a waveform [samples] or [batch, samples], got shape "
+        f"{waveform.shape}")
+
+  def __call__(self, waveform) -> tf.Tensor:
+    """Same as ``compute``."""
+    return self.compute(waveform)
+
+  def __getstate__(self) -> Dict[str, Any]:
+    """Pickle the fields only, not the traced functions (worker processes)."""
+    return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RawConfig(_FeatureConfig):
+  """The waveform itself: ``[samples, 1]``, one frame per sample."""
+  format: ClassVar[str] = "raw"
+  sample_rate: int = 16000
+
+  def __post_init__(self):
+    _check(self.sample_rate > 0, f"sample_rate must be > 0: {self.sample_rate}")
+
+  @property
+  def num_channels(self) -> int:
+    return 1
+
+  def num_frames(self, num_samples: int) -> int:
+    return num_samples
+
+  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+    return waveform[..., tf.newaxis]
+
+
+@dataclasses.dataclass(frozen=True)
+class PowerConfig(_FeatureConfig):
+  """Power spectrogram |STFT|^2, optionally natural-log compressed.
+
+  Fields:
+    frame_length: Hann window length in samples (<= fft_length), 512 = 32 ms.
+    frame_step: hop in samples, 160 = 10 ms.
+    fft_length: FFT size in samples; channels are fft_length // 2 + 1.
+    center: reflect-pad fft_length // 2 samples on both sides.
+    log: return log(power + log_offset) instead of the power.
+    log_offset: added to the power before the log.
+    dft: "fft" or "matmul" (see ``power_spectrogram``).
+  """
+  format: ClassVar[str] = "power"
+  sample_rate: int = 16000
+  frame_length: int = 512
+  frame_step: int = 160
+  fft_length: int = 512
+  center: bool = True
+  log: bool = False
+  log_offset: float = 1e-6
+  dft: str = "fft"
+
+  def __post_init__(self):
+    _check(self.sample_rate > 0, f"sample_rate must be > 0: {self.sample_rate}")
+    _check(0 < self.frame_length <= self.fft_length,
+           f"need 0 < frame_length <= fft_length: {self.frame_length}, "
+           f"{self.fft_length}")
+    _check(self.frame_step > 0, f"frame_step must be > 0: {self.frame_step}")
+    _check(self.log_offset > 0, f"log_offset must be > 0: {self.log_offset}")
+    _check(self.dft in DFT_METHODS,
+           f"unknown dft {self.dft!r}, expected one of {DFT_METHODS}")
+
+  @property
+  def num_channels(self) -> int:
+    return self.fft_length // 2 + 1
+
+  def num_frames(self, num_samples: int) -> int:
+    return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
+                            self.center)
+
+  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+    power = power_spectrogram(
+        waveform, _centred_hann(self.frame_length, self.fft_length),
+        self.frame_step, self.center, self.dft)
+    if self.log:
+      return tf.math.log(power + self.log_offset)
+    return power
+
+
+@dataclasses.dataclass(frozen=True)
+class MfccConfig(_FeatureConfig):
+  """MFCCs with deltas and delta-deltas, as librosa computes them.
+
+  Power spectrogram (as ``PowerConfig``) -> Slaney mel filter bank ->
+  10 * log10(max(1e-10, mel)), clamped to the example's maximum - top_db ->
+  orthonormal DCT-II, first num_mfcc coefficients -> Savitzky-Golay first and
+  second derivatives over delta_width frames, edges replicated (librosa's
+  ``feature.delta(mode="nearest")``). Channels: [mfcc, delta, delta2].
+
+  Fields:
+    frame_length, frame_step, fft_length, center, dft: as in ``PowerConfig``.
+    num_mel_bins: mel bands.
+    lower_edge_hertz, upper_edge_hertz: frequency range of the mel bank, Hz.
+    num_mfcc: cepstral coefficients kept.
+    top_db: dynamic range kept below the example's maximum, dB.
+    delta_width: frames in the derivative window (odd, >= 3).
+  """
+  format: ClassVar[str] = "mfcc"
+  sample_rate: int = 16000
+  frame_length: int = 512
+  frame_step: int = 160
+  fft_length: int = 512
+  center: bool = True
+  num_mel_bins: int = 40
+  lower_edge_hertz: float = 20.0
+  upper_edge_hertz: float = 8000.0
+  num_mfcc: int = 13
+  top_db: float = 80.0
+  delta_width: int = 9
+  dft: str = "fft"
+
+  def __post_init__(self):
+    _check(self.sample_rate > 0, f"sample_rate must be > 0: {self.sample_rate}")
+    _check(0 < self.frame_length <= self.fft_length,
+           f"need 0 < frame_length <= fft_length: {self.frame_length}, "
+           f"{self.fft_length}")
+    _check(self.frame_step > 0, f"frame_step must be > 0: {self.frame_step}")
+    _check(0 <= self.lower_edge_hertz < self.upper_edge_hertz
+           <= self.sample_rate / 2,
+           f"need 0 <= lower_edge_hertz < upper_edge_hertz <= sample_rate / 2:"
+           f" {self.lower_edge_hertz}, {self.upper_edge_hertz}")
+    _check(0 < self.num_mfcc <= self.num_mel_bins,
+           f"need 0 < num_mfcc <= num_mel_bins: {self.num_mfcc}, "
+           f"{self.num_mel_bins}")
+    _check(self.top_db > 0, f"top_db must be > 0: {self.top_db}")
+    _check(self.delta_width >= 3 and self.delta_width % 2 == 1,
+           f"delta_width must be odd and >= 3: {self.delta_width}")
+    _check(self.dft in DFT_METHODS,
+           f"unknown dft {self.dft!r}, expected one of {DFT_METHODS}")
+
+  @property
+  def num_channels(self) -> int:
+    return 3 * self.num_mfcc
+
+  def num_frames(self, num_samples: int) -> int:
+    return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
+                            self.center)
+
+  def _dct_matrix(self) -> np.ndarray:
+    """``[num_mel_bins, num_mfcc]``: orthonormal DCT-II as a matrix product.
+
+    A matrix rather than tf.signal.dct, which TFLite cannot convert.
+    """
+    identity = np.eye(self.num_mel_bins)
+    dct = scipy.fft.dct(identity, type=2, norm="ortho", axis=-1)
+    return dct[:, :self.num_mfcc].astype(np.float32)
+
+  def _delta_filters(self) -> np.ndarray:
+    """``[delta_width, 2]`` correlation taps of the 1st and 2nd derivative."""
+    return np.stack([
+        scipy.signal.savgol_coeffs(self.delta_width, order, deriv=order,
+                                   use="dot")
+        for order in (1, 2)
+    ], axis=1).astype(np.float32)
+
+  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+    power = power_spectrogram(
+        waveform, _centred_hann(self.frame_length, self.fft_length),
+        self.frame_step, self.center, self.dft)
+    mel_matrix = librosa.filters.mel(
+        sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
+        fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
+        norm="slaney")
+    mel = tf.matmul(power, mel_matrix.T.astype(np.float32))
+    db = 10.0 * tf.math.log(tf.maximum(mel, _POWER_TO_DB_AMIN)) / np.log(10.0)
+    db_max = tf.reduce_max(db, axis=[1, 2], keepdims=True)
+    db = tf.maximum(db, db_max - self.top_db)
+    mfcc = tf.matmul(db, self._dct_matrix())
+    # Edge replication: frame index clipped to [0, frames - 1].
+    half = self.delta_width // 2
+    num_frames = tf.shape(mfcc)[1]
+    index = tf.clip_by_value(tf.range(-half, num_frames + half), 0,
+                             num_frames - 1)
+    windows = tf.signal.frame(tf.gather(mfcc, index, axis=1),
+                              self.delta_width, 1, axis=1)
+    # windows: [batch, frames, delta_width, num_mfcc].
+    deltas = tf.einsum("btwc,wo->btoc", windows, self._delta_filters())
+    deltas = tf.reshape(deltas,
+                        [tf.shape(mfcc)[0], num_frames, 2 * self.num_mfcc])
+    return tf.concat([mfcc, deltas], axis=-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogMelConfig(_FeatureConfig):
+  """Whisper's log-mel spectrogram (the PhoWhisper teacher's input).
+
+  STFT (fft_length 400 = 25 ms, hop 160 = 10 ms, centred, periodic Hann),
+  power, last frame dropped, Slaney mel bank from 0 Hz to sample_rate / 2,
+  log10(max(1e-10, mel)), clamped to the example's maximum - 8, then
+  (x + 4) / 4.
+
+  Fields:
+    fft_length: FFT and window size in samples.
+    frame_step: hop in samples.
+    num_mel_bins: mel bands (80 for Whisper tiny..large-v2).
+    pad_to_seconds: None keeps the length (frames = samples // frame_step);
+      30.0 zero-pads or trims the waveform to 30 s first, as Whisper does
+      (3000 frames).
+    dft: "fft" or "matmul" (see ``power_spectrogram``).
+  """
+  format: ClassVar[str] = "logmel"
+  sample_rate: int = 16000
+  fft_length: int = 400
+  frame_step: int = 160
+  num_mel_bins: int = 80
+  pad_to_seconds: Optional[float] = None
+  dft: str = "fft"
+
+  def __post_init__(self):
+    _check(self.sample_rate > 0, f"sample_rate must be > 0: {self.sample_rate}")
+    _check(self.fft_length > 0, f"fft_length must be > 0: {self.fft_length}")
+    _check(self.frame_step > 0, f"frame_step must be > 0: {self.frame_step}")
+    _check(self.num_mel_bins > 0,
+           f"num_mel_bins must be > 0: {self.num_mel_bins}")
+    _check(self.pad_to_seconds is None or self.pad_to_seconds > 0,
+           f"pad_to_seconds must be None or > 0: {self.pad_to_seconds}")
+    _check(self.dft in DFT_METHODS,
+           f"unknown dft {self.dft!r}, expected one of {DFT_METHODS}")
+
+  @property
+  def num_channels(self) -> int:
+    return self.num_mel_bins
+
+  @property
+  def padded_samples(self) -> Optional[int]:
+    """Samples after padding / trimming, or None without ``pad_to_seconds``."""
+    if self.pad_to_seconds is None:
+      return None
+    return int(round(self.pad_to_seconds * self.sample_rate))
+
+  def num_frames(self, num_samples: int) -> int:
+    if self.padded_samples is not None:
+      num_samples = self.padded_samples
+    return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
+                            center=True) - 1
+
+  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+    if self.padded_samples is not None:
+      waveform = waveform[:, :self.padded_samples]
+      waveform = tf.pad(
+          waveform, [[0, 0], [0, self.padded_samples - tf.shape(waveform)[1]]])
+      waveform = tf.ensure_shape(waveform, [None, self.padded_samples])
+    power = power_spectrogram(
+        waveform, _centred_hann(self.fft_length, self.fft_length),
+        self.frame_step, center=True, dft=self.dft)[:, :-1]
+    mel_matrix = librosa.filters.mel(
+        sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
+        fmin=0.0, fmax=self.sample_rate / 2, htk=False, norm="slaney")
+    mel = tf.matmul(power, mel_matrix.T.astype(np.float32))
+    log_mel = tf.math.log(tf.maximum(mel, _WHISPER_LOG_FLOOR)) / np.log(10.0)
+    log_max = tf.reduce_max(log_mel, axis=[1, 2], keepdims=True)
+    log_mel = tf.maximum(log_mel, log_max - _WHISPER_DYNAMIC_RANGE)
+    return (log_mel + 4.0) / 4.0
+
+
+_CONFIG_CLASSES = {
+    cls.format: cls
+    for cls in (RawConfig, PowerConfig, MfccConfig, LogMelConfig)
+}
+FORMATS = tuple(_CONFIG_CLASSES)
+
+
+def from_dict(d: Dict[str, Any]) -> _FeatureConfig:
+  """The config described by ``d`` (as written by ``to_dict``).
+
+  Missing fields take their defaults. Raises ValueError on an unknown format
+  or unknown keys, naming them.
+  """
+  d = dict(d)
+  name = d.pop("format", None)
+  if name not in _CONFIG_CLASSES:
+    raise ValueError(
+        f"unknown feature format {name!r}, expected one of {FORMATS}")
+  cls = _CONFIG_CLASSES[name]
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(d) - known)
+  if unknown:
+    raise ValueError(
+        f"unknown keys for feature format {name!r}: {unknown}; known keys: "
+        f"{sorted(known)}")
+  return cls(**d)
+
+
+def default_config(format_name: str, **overrides: Any) -> _FeatureConfig:
+  """The config of ``format_name`` with defaults, except ``overrides``."""
+  return from_dict({"format": format_name, **overrides})

@@ -1,0 +1,249 @@
+"""kws_tf.features against references this project did not write.
+
+References: librosa (STFT, mel spectrogram, power_to_db, MFCC, delta) and
+transformers' WhisperFeatureExtractor (Whisper's log-mel). References run in
+float64 (librosa) or PyTorch float32 (the extractor); our features are
+float32, so every comparison carries an explicit error bound.
+
+Signals, 16 kHz: a chirp with noise and a near-silent stretch (exercises the
+dB and log clamps), and a Vietnamese sentence from espeak-ng (synthetic
+speech) when the espeak-ng binary is installed.
+"""
+import io
+import json
+import pickle
+import shutil
+import subprocess
+
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+import librosa
+import numpy as np
+import pytest
+import soundfile
+import tensorflow as tf
+from transformers import WhisperFeatureExtractor
+
+from kws_tf import features
+
+SAMPLE_RATE = 16000
+SENTENCE = "Xin chào, hôm nay trời rất đẹp và tôi muốn đi chơi với bạn."
+
+
+def chirp(seconds: float, seed: int = 0) -> np.ndarray:
+  """float32 [samples]: a 100 Hz -> 5 kHz chirp, noise, one quiet stretch."""
+  rng = np.random.default_rng(seed)
+  t = np.arange(round(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+  rate = (5000.0 - 100.0) / (2.0 * seconds)
+  y = 0.5 * np.sin(2.0 * np.pi * (100.0 * t + rate * t ** 2))
+  y += 0.05 * rng.standard_normal(t.size)
+  quiet = slice(len(y) // 3, len(y) // 3 + SAMPLE_RATE // 4)
+  y[quiet] *= 1e-3
+  return y.astype(np.float32)
+
+
+def espeak_sentence() -> np.ndarray:
+  """float32 [samples]: SENTENCE spoken by espeak-ng (voice vi) at 16 kHz."""
+  if shutil.which("espeak-ng") is None:
+    pytest.skip("espeak-ng is not installed")
+  wav = subprocess.run(["espeak-ng", "-v", "vi", "--stdout", SENTENCE],
+                       check=True, capture_output=True).stdout
+  y, rate = soundfile.read(io.BytesIO(wav), dtype="float64")
+  return librosa.resample(y, orig_sr=rate, target_sr=SAMPLE_RATE).astype(
+      np.float32)
+
+
+@pytest.fixture(scope="module", params=["chirp", "speech"])
+def signal(request) -> np.ndarray:
+  if request.param == "chirp":
+    return chirp(2.3)
+  return espeak_sentence()
+
+
+def librosa_power(y: np.ndarray, center: bool,
+                  win_length: int = 512) -> np.ndarray:
+  """[frames, 257] |STFT|^2 in float64."""
+  stft = librosa.stft(y.astype(np.float64), n_fft=512, hop_length=160,
+                      win_length=win_length, window="hann", center=center,
+                      pad_mode="reflect")
+  return (np.abs(stft) ** 2).T
+
+
+@pytest.mark.parametrize("center,frame_length",
+                         [(True, 512), (False, 512), (True, 400)])
+def test_power_matches_librosa(signal, center, frame_length):
+  ours = features.PowerConfig(center=center, frame_length=frame_length)(
+      signal).numpy()
+  reference = librosa_power(signal, center, frame_length)
+  assert ours.shape == reference.shape
+  error = np.abs(ours - reference).max() / reference.max()
+  assert error < 2e-6, f"max |error| / max power = {error:.2e}, bound 2e-6"
+
+
+def test_log_power_matches_librosa(signal):
+  ours = features.PowerConfig(log=True)(signal).numpy()
+  reference = np.log(librosa_power(signal, center=True) + 1e-6)
+  error = np.abs(ours - reference).max()
+  assert error < 5e-3, f"max |error| = {error:.2e} nepers, bound 5e-3"
+
+
+def test_mfcc_matches_librosa(signal):
+  ours = features.MfccConfig()(signal).numpy()
+  mel = librosa.feature.melspectrogram(
+      y=signal.astype(np.float64), sr=SAMPLE_RATE, n_fft=512, hop_length=160,
+      win_length=512, window="hann", center=True, pad_mode="reflect",
+      power=2.0, n_mels=40, fmin=20.0, fmax=8000.0, htk=False, norm="slaney")
+  mfcc = librosa.feature.mfcc(
+      S=librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0),
+      n_mfcc=13, dct_type=2, norm="ortho")
+  delta = librosa.feature.delta(mfcc, width=9, order=1, mode="nearest")
+  delta2 = librosa.feature.delta(mfcc, width=9, order=2, mode="nearest")
+  assert ours.shape == (mfcc.shape[1], 39)
+  for name, block, reference, bound in [("mfcc", ours[:, :13], mfcc, 1e-3),
+                                        ("delta", ours[:, 13:26], delta, 1e-4),
+                                        ("delta2", ours[:, 26:], delta2, 1e-4)]:
+    error = np.abs(block - reference.T).max()
+    assert error < bound, f"{name}: max |error| = {error:.2e} dB, bound {bound}"
+
+
+def whisper_extractor() -> WhisperFeatureExtractor:
+  return WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
+
+
+def test_logmel_30s_matches_whisper_extractor(signal):
+  # Short input: zero-padded to 30 s. Input longer than 30 s: trimmed.
+  longer = chirp(30.5, seed=1)
+  config = features.LogMelConfig(pad_to_seconds=30.0)
+  for y in (signal, longer):
+    reference = whisper_extractor()(
+        y, sampling_rate=SAMPLE_RATE, return_tensors="np").input_features[0].T
+    ours = config(y).numpy()
+    assert ours.shape == reference.shape == (3000, 80)
+    error = np.abs(ours - reference).max()
+    assert error < 2e-4, f"max |error| = {error:.2e}, bound 2e-4"
+
+
+def test_logmel_variable_length_matches_whisper_extractor(signal):
+  # padding="longest" on one example pads nothing: the extractor runs its
+  # STFT on the waveform as given (samples // 160 + 1 frames), drops the
+  # last frame and takes the clamp maximum over what is left, as we do.
+  reference = whisper_extractor()(
+      signal, sampling_rate=SAMPLE_RATE, padding="longest",
+      return_tensors="np").input_features[0].T
+  config = features.LogMelConfig()
+  ours = config(signal).numpy()
+  assert reference.shape == ours.shape == (len(signal) // 160, 80)
+  error = np.abs(ours - reference).max()
+  assert error < 2e-4, f"max |error| = {error:.2e}, bound 2e-4"
+
+
+@pytest.mark.parametrize("config", [
+    features.PowerConfig(), features.MfccConfig(), features.LogMelConfig()
+], ids=["power", "mfcc", "logmel"])
+def test_matmul_dft_matches_fft(config):
+  y = chirp(1.7, seed=2)
+  fft = config(y).numpy()
+  matmul = features.from_dict({**config.to_dict(), "dft": "matmul"})(y).numpy()
+  error = np.abs(matmul - fft).max() / np.abs(fft).max()
+  assert error < 1e-5, f"max |error| / max |feature| = {error:.2e}, bound 1e-5"
+
+
+ALL_CONFIGS = [
+    features.RawConfig(),
+    features.PowerConfig(),
+    features.PowerConfig(center=False, frame_length=400),
+    features.MfccConfig(),
+    features.LogMelConfig(),
+    features.LogMelConfig(pad_to_seconds=1.5),
+]
+CONFIG_IDS = ["raw", "power", "power-uncentred", "mfcc", "logmel",
+              "logmel-1.5s"]
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=CONFIG_IDS)
+def test_num_frames_matches_output(config):
+  for num_samples in (600, 1000, 16000, 16001, 16159, 16160, 32000):
+    out = config(chirp(num_samples / SAMPLE_RATE))
+    assert out.shape == (config.num_frames(num_samples), config.num_channels)
+  assert config._single_function.experimental_get_tracing_count() == 1
+
+
+def test_num_frames_conventions():
+  assert features.PowerConfig().num_frames(16000) == 101
+  assert features.MfccConfig().num_frames(48000) == 301
+  assert features.PowerConfig(center=False).num_frames(16000) == 97
+  assert features.LogMelConfig().num_frames(16000) == 100
+  assert features.LogMelConfig(pad_to_seconds=30.0).num_frames(16000) == 3000
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=CONFIG_IDS)
+def test_batch_equals_single_examples(config):
+  batch = np.stack([chirp(1.2, seed=3), 0.3 * chirp(1.2, seed=4)])
+  together = config(batch).numpy()
+  assert together.shape == (2, config.num_frames(batch.shape[1]),
+                            config.num_channels)
+  for example, out in zip(batch, together):
+    alone = config(example).numpy()
+    error = np.abs(out - alone).max() / max(1.0, np.abs(alone).max())
+    assert error < 1e-6, (
+        f"max |error| / max(1, max |feature|) = {error:.2e}, bound 1e-6")
+
+
+@pytest.mark.parametrize("config", ALL_CONFIGS, ids=CONFIG_IDS)
+def test_dict_round_trip(config):
+  d = json.loads(json.dumps(config.to_dict()))
+  assert d["format"] == config.format
+  assert features.from_dict(d) == config
+  assert features.default_config(config.format, **{
+      k: v for k, v in d.items() if k != "format"}) == config
+
+
+def test_pickle_keeps_fields_and_works_after_a_call():
+  config = features.MfccConfig(num_mfcc=20)
+  y = chirp(0.5)
+  expected = config(y).numpy()
+  copy = pickle.loads(pickle.dumps(config))
+  assert copy == config
+  np.testing.assert_array_equal(copy(y).numpy(), expected)
+
+
+def test_formats_and_defaults():
+  assert features.FORMATS == ("raw", "power", "mfcc", "logmel")
+  assert features.default_config("mfcc").num_channels == 39
+  assert features.default_config("power").num_channels == 257
+  assert features.default_config("logmel", num_mel_bins=128).num_channels == 128
+  assert features.default_config("raw").num_channels == 1
+
+
+def test_bad_format_and_keys_raise():
+  with pytest.raises(ValueError, match="'spectrum'"):
+    features.from_dict({"format": "spectrum"})
+  with pytest.raises(ValueError, match="None"):
+    features.from_dict({"frame_step": 160})
+  with pytest.raises(ValueError, match="hop_length"):
+    features.from_dict({"format": "power", "hop_length": 160, "center": True})
+  with pytest.raises(ValueError, match="n_mfcc"):
+    features.default_config("mfcc", n_mfcc=13)
+  with pytest.raises(ValueError, match="delta_width"):
+    features.MfccConfig(delta_width=8)
+  with pytest.raises(ValueError, match="dft"):
+    features.LogMelConfig(dft="dct")
+
+
+def test_bad_inputs_raise():
+  config = features.MfccConfig()
+  with pytest.raises(ValueError, match="floating"):
+    config(np.zeros(16000, np.int16))
+  with pytest.raises(ValueError, match="shape"):
+    config(np.zeros((1, 1, 16000), np.float32))
+
+
+def test_works_inside_another_tf_function():
+  config = features.LogMelConfig()
+
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32)])
+  def model(waveform):
+    return tf.reduce_mean(config(waveform), axis=1)
+
+  y = chirp(1.0)[None]
+  np.testing.assert_allclose(model(y).numpy(),
+                             config(y).numpy().mean(axis=1), atol=1e-6)
