@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
-from absl import app, flags, logging
+from absl import app, flags
 
 from data_prep import corpora
 from kws_tf import audio, features, records, text
@@ -180,10 +180,8 @@ def _init_worker(config: dict) -> None:
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
   _WORKER["config"] = config
-  _WORKER["front_ends"] = {
-      name: tf.function(features.from_dict(params).compute,
-                        input_signature=[tf.TensorSpec([None], tf.float32)])
-      for name, params in config["feature_params"].items()}
+  _WORKER["front_ends"] = {name: features.from_dict(params)
+                           for name, params in config["feature_params"].items()}
 
 
 def _clip(waveform: np.ndarray, start_seconds: float, clip_seconds: float,
@@ -455,8 +453,8 @@ def convert(args) -> int:
       "max_seconds": args.max_seconds, "clip_seconds": args.clip_seconds,
   }
   total_utts = sum(len({i["utt"] for i in t["items"]}) for t in tasks)
-  logging.info("%d shards to write (%d already complete), %d utterances, %d workers",
-               len(tasks), done, total_utts, args.cores)
+  print(f"{len(tasks)} shards to write ({done} already complete), {total_utts} "
+        f"utterances, {min(args.cores, max(len(tasks), 1))} workers", flush=True)
   if tasks:
     from tqdm import tqdm
     started = time.time()

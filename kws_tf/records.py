@@ -59,7 +59,8 @@ def serialize_example(example_id: str, features: np.ndarray, text: str,
                       label: Optional[int] = None,
                       utterance: Optional[str] = None,
                       start: Optional[float] = None) -> bytes:
-  """One record, see the module docstring.
+  """One record, see the module docstring. Map order is fixed (``deterministic``),
+  so the same example gives the same bytes in every process.
 
   Args:
     features: float32 ``[frames, channels]`` or int16 ``[samples]`` (raw).
@@ -88,7 +89,7 @@ def serialize_example(example_id: str, features: np.ndarray, text: str,
   if start is not None:
     feature["start"] = _floats([start])
   return tf.train.Example(
-      features=tf.train.Features(feature=feature)).SerializeToString()
+      features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 
 
 class ShardWriter:

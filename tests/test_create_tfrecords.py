@@ -1,0 +1,277 @@
+"""The TFRecord converter end to end on a synthesized corpus."""
+import filecmp
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import kws_tf  # noqa: F401
+import tensorflow as tf
+
+from conftest import REPO, run_module
+from data_prep import corpora
+from kws_tf import audio, features, text
+
+MODULE = "data_prep.create_tfrecords"
+
+
+def convert(corpus, out, *extra, check=True):
+  return run_module(MODULE, f"--data_dir={corpus}", "--corpus=vivos", f"--out_dir={out}",
+                    *extra, check=check)
+
+
+def read_records(path, compression=""):
+  out = []
+  for raw in tf.data.TFRecordDataset(path, compression):
+    out.append(tf.train.Example.FromString(raw.numpy()))
+  return out
+
+
+def feature_value(example, key):
+  feature = example.features.feature[key]
+  kind = feature.WhichOneof("kind")
+  return list(getattr(feature, kind).value)
+
+
+def tree_files(root):
+  return sorted(os.path.relpath(p, root) for p in glob.glob(f"{root}/**", recursive=True)
+                if os.path.isfile(p))
+
+
+def inject_bad_files(corpus):
+  """Damages the train split; returns {utt id: expected skip reason}."""
+  waves = sorted(glob.glob(f"{corpus}/train/waves/*/*.wav"))
+  expected = {}
+
+  def utt(path):
+    return os.path.splitext(os.path.basename(path))[0]
+
+  with open(waves[0], "wb") as f:  # corrupt: random bytes
+    f.write(np.random.default_rng(0).bytes(3000))
+  expected[utt(waves[0])] = "unreadable"
+  blob = open(waves[1], "rb").read()  # truncated: header claims more frames than exist
+  with open(waves[1], "wb") as f:
+    f.write(blob[:len(blob) // 2])
+  expected[utt(waves[1])] = "truncated"
+  sf.write(waves[2], np.zeros(0, np.int16), 16000, subtype="PCM_16")  # empty
+  expected[utt(waves[2])] = "empty"
+  nan = np.full(16000, np.nan, np.float32)  # NaN samples in a float wav
+  sf.write(waves[3], nan, 16000, subtype="FLOAT")
+  expected[utt(waves[3])] = "nan"
+  os.remove(waves[4])  # listed in prompts.txt, no audio
+  expected[utt(waves[4])] = "missing"
+  # Resampled and downmixed, not skipped: 44.1 kHz stereo.
+  samples, rate = sf.read(waves[5], dtype="float32")
+  import soxr
+  stereo = soxr.resample(samples, rate, 44100)
+  sf.write(waves[5], np.stack([stereo, stereo * 0.5], axis=1), 44100, subtype="PCM_16")
+  # A transcript that is not UTF-8, and a wav without a transcript.
+  prompts = f"{corpus}/train/prompts.txt"
+  lines = open(prompts, "rb").read().splitlines()
+  bad_id = lines[6].split(b" ")[0].decode()
+  lines[6] = bad_id.encode() + b" \xff\xfe KH\xc3"
+  expected[bad_id] = "non-utf8 transcript"
+  orphan_id = lines[7].split(b" ")[0].decode()
+  del lines[7]
+  expected[orphan_id] = "missing transcript"
+  open(prompts, "wb").write(b"\n".join(lines) + b"\n")
+  return expected
+
+
+def test_ctc_end_to_end_with_bad_files(corpus_copy, tmp_path):
+  expected = inject_bad_files(corpus_copy)
+  out = tmp_path / "records"
+  result = convert(corpus_copy, out, "--splits=train,test", "--formats=raw,mfcc,logmel",
+                   "--task=ctc", "--cores=2", "--examples_per_shard=4",
+                   "--max_skip_fraction=0.5")
+  assert "skipped" in result.stdout
+  metadata = json.load(open(out / "metadata.json"))
+  skipped = [json.loads(line) for line in open(out / "skipped.jsonl")]
+  reasons = {s["id"]: s["reason"] for s in skipped}
+  for utt_id, reason in expected.items():
+    assert reason in reasons[utt_id], (utt_id, reasons.get(utt_id))
+  assert metadata["skipped"] == len(skipped) == len(expected)
+
+  utts = corpora.read_corpus("vivos", str(corpus_copy), ["train", "test"])
+  n_train = sum(u.split == "train" for u in utts)
+  assert metadata["splits"]["train"]["examples"] == n_train - len(expected)
+  assert metadata["splits"]["test"]["examples"] == sum(u.split == "test" for u in utts)
+
+  vocab = text.Vocabulary.load(out / "vocab.json")
+  assert vocab.symbols[0] == "<blank>" and vocab.symbols[1] == " "
+  assert metadata["vocabulary"]["symbols"] == vocab.symbols
+  by_id = {u.id: u for u in utts}
+
+  # Identical sharding: record i of shard k is the same example in every format.
+  shards = metadata["splits"]["train"]["shards"]
+  assert [s["name"] for s in shards] == [
+      f"train-{k:05d}-of-{len(shards):05d}.tfrecord" for k in range(len(shards))]
+  all_ids = []
+  for shard in shards:
+    per_format = {f: read_records(str(out / f / shard["name"]))
+                  for f in ("raw", "mfcc", "logmel")}
+    ids = [[feature_value(e, "id")[0] for e in recs] for recs in per_format.values()]
+    assert ids[0] == ids[1] == ids[2]
+    assert len(ids[0]) == shard["examples"]
+    all_ids += ids[0]
+  assert all_ids == sorted(all_ids)
+
+  # The stored features are the front end applied to the audio as read.
+  example = read_records(str(out / "mfcc" / shards[-1]["name"]))[0]
+  utt_id = feature_value(example, "id")[0].decode()
+  waveform = audio.read_audio(by_id[utt_id].audio_path)
+  mfcc = features.default_config("mfcc")
+  expected_features = mfcc.compute(tf.constant(waveform)).numpy()
+  stored = np.frombuffer(feature_value(example, "features")[0], "<f4").reshape(
+      -1, mfcc.num_channels)
+  np.testing.assert_allclose(stored, expected_features, atol=1e-4)
+  assert feature_value(example, "num_frames")[0] == len(stored)
+  labels = feature_value(example, "labels")
+  assert vocab.decode(labels) == text.normalize(by_id[utt_id].text)
+
+  raw = read_records(str(out / "raw" / shards[-1]["name"]))[0]
+  samples = np.frombuffer(feature_value(raw, "features")[0], "<i2")
+  np.testing.assert_allclose(samples / 32767, waveform, atol=1.5 / 32767)
+
+  # The 44.1 kHz stereo file was resampled and downmixed, not skipped.
+  stereo_id = sorted(os.path.splitext(os.path.basename(p))[0]
+                     for p in glob.glob(f"{corpus_copy}/train/waves/*/*.wav"))
+  assert all(reasons.get(i) != "unreadable" for i in stereo_id[4:6])
+
+  # Normalisation statistics from the train split, one per channel.
+  stats = metadata["normalization"]["mfcc"]
+  assert len(stats["mean"]) == len(stats["std"]) == 39
+  assert metadata["normalization"]["splits"] == ["train"]
+  assert metadata["formats"]["logmel"]["num_channels"] == 80
+  assert metadata["formats"]["raw"]["dtype"] == "int16"
+
+
+def test_kws_clips_from_alignments(synthetic_corpus, tmp_path):
+  out = tmp_path / "kws"
+  convert(synthetic_corpus, out, "--splits=train,test", "--formats=mfcc", "--task=kws",
+          f"--alignments={synthetic_corpus}/*/alignments.ctm", "--cores=1",
+          "--negatives_per_positive=0.5", "--examples_per_shard=50")
+  metadata = json.load(open(out / "metadata.json"))
+  classes = metadata["classes"]
+  assert classes == list(text.KEYWORDS) + ["negative"]
+  alignments = corpora.read_ctm([f"{synthetic_corpus}/train/alignments.ctm"])
+  keyword_words = sum(text.normalize(w.word) in text.KEYWORDS
+                      for words in alignments.values() for w in words)
+  counts = metadata["splits"]["train"]["classes"]
+  assert sum(v for k, v in counts.items() if k != "negative") == keyword_words
+  assert counts["negative"] == round(0.5 * keyword_words)
+
+  mfcc = features.default_config("mfcc")
+  frames = mfcc.num_frames(16000)
+  for shard in metadata["splits"]["train"]["shards"]:
+    for example in read_records(str(out / "mfcc" / shard["name"])):
+      label = feature_value(example, "label")[0]
+      word = feature_value(example, "text")[0].decode()
+      assert classes[label] == word
+      assert feature_value(example, "num_frames")[0] == frames
+      utt = feature_value(example, "utterance")[0].decode()
+      start = feature_value(example, "start")[0]
+      spans = [(w.start, w.end) for w in alignments[utt]
+               if text.normalize(w.word) in text.KEYWORDS]
+      if word == "negative":
+        assert all(start + 1.0 <= s + 1e-3 or start >= e - 1e-3 for s, e in spans)
+      else:
+        centre = start + 0.5
+        assert any(abs((s + e) / 2 - centre) < 2e-3 for s, e in spans)
+
+
+def test_kws_without_alignments_is_a_clear_error(synthetic_corpus, tmp_path):
+  result = convert(synthetic_corpus, tmp_path / "kws", "--task=kws", check=False)
+  assert result.returncode != 0
+  assert "--alignments" in result.stderr
+
+
+def test_kill_and_resume_is_byte_identical_and_cores_do_not_matter(synthetic_corpus,
+                                                                   tmp_path):
+  # 30 s log-mel windows make each shard slow enough to kill the run half-way.
+  args = ["--splits=train,test", "--formats=logmel,raw", "--task=ctc",
+          "--feature_params=logmel.pad_to_seconds=30", "--examples_per_shard=1",
+          "--compression=gzip"]
+  reference = tmp_path / "reference"
+  convert(synthetic_corpus, reference, *args, "--cores=2")
+
+  resumed = tmp_path / "resumed"
+  command = [sys.executable, "-m", MODULE, f"--data_dir={synthetic_corpus}",
+             "--corpus=vivos", f"--out_dir={resumed}", "--cores=1", *args]
+  process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+  deadline = time.time() + 120
+  while time.time() < deadline:
+    if len(glob.glob(f"{resumed}/progress/*.json")) >= 3:
+      break
+    time.sleep(0.005)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait()
+  done = len(glob.glob(f"{resumed}/progress/*.json"))
+  total = len(glob.glob(f"{reference}/progress/*.json"))
+  assert 3 <= done < total, "the kill should land half-way"
+  assert not os.path.exists(resumed / "metadata.json")
+
+  result = convert(synthetic_corpus, resumed, *args, "--cores=1")
+  assert f"({done} already complete)" in result.stdout
+  assert tree_files(reference) == tree_files(resumed)
+  for name in tree_files(reference):
+    assert filecmp.cmp(reference / name, resumed / name, shallow=False), name
+
+
+def test_same_out_dir_with_other_parameters_is_refused(synthetic_corpus, tmp_path):
+  out = tmp_path / "records"
+  convert(synthetic_corpus, out, "--splits=test", "--formats=mfcc", "--task=ctc")
+  result = convert(synthetic_corpus, out, "--splits=test", "--formats=mfcc", "--task=ctc",
+                   "--feature_params=mfcc.num_mel_bins=64", check=False)
+  assert result.returncode != 0
+  assert "feature_params" in result.stderr and "another --out_dir" in result.stderr
+
+
+def test_exit_code_when_too_much_is_skipped(corpus_copy, tmp_path):
+  for path in glob.glob(f"{corpus_copy}/test/waves/*/*.wav")[:2]:
+    open(path, "wb").write(b"not audio")
+  result = convert(corpus_copy, tmp_path / "r", "--splits=test", "--formats=mfcc",
+                   "--task=ctc", "--max_skip_fraction=0.1", check=False)
+  assert result.returncode == 1
+  assert "max_skip_fraction" in result.stderr
+  for path in glob.glob(f"{corpus_copy}/test/waves/*/*.wav"):
+    open(path, "wb").write(b"not audio")
+  result = convert(corpus_copy, tmp_path / "r2", "--splits=test", "--formats=mfcc",
+                   "--task=ctc", "--max_skip_fraction=1", check=False)
+  assert result.returncode == 1
+  assert "nothing was converted" in result.stderr
+
+
+def test_reuses_a_vocabulary(corpus_copy, tmp_path):
+  prompts = corpus_copy / "test" / "prompts.txt"
+  lines = prompts.read_text(encoding="utf-8").splitlines()
+  foreign_id = lines[0].split(" ")[0]
+  lines[0] += " JAZZ"  # no j or z in Vietnamese, so not in the train vocabulary
+  prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  first = tmp_path / "train"
+  convert(corpus_copy, first, "--splits=train", "--formats=mfcc", "--task=ctc")
+  second = tmp_path / "test"
+  convert(corpus_copy, second, "--splits=test", "--formats=mfcc", "--task=ctc",
+          f"--vocab={first}/vocab.json", "--max_skip_fraction=1")
+  assert (json.load(open(second / "metadata.json"))["vocabulary"] ==
+          json.load(open(first / "metadata.json"))["vocabulary"])
+  skipped = {s["id"]: s["reason"] for s in map(json.loads, open(second / "skipped.jsonl"))}
+  assert {"j", "z"} <= set(skipped[foreign_id].rpartition(": ")[2])
+  assert all(r.startswith("characters not in the vocabulary") for r in skipped.values())
+
+
+def test_help_lists_the_flags():
+  result = run_module(MODULE, "--helpfull", check=False)  # absl exits 1 after help
+  for flag in ("--data_dir", "--corpus", "--out_dir", "--splits", "--formats", "--task",
+               "--keywords", "--clip_seconds", "--negatives_per_positive", "--alignments",
+               "--cores", "--examples_per_shard", "--vocab", "--limit", "--compression",
+               "--max_skip_fraction"):
+    assert flag in result.stdout, flag
