@@ -193,6 +193,17 @@ class RawConfig(_FeatureConfig):
     return waveform[..., tf.newaxis]
 
 
+def _check_stft_fields(config) -> None:
+  """Checks the STFT fields shared by ``PowerConfig`` and ``MfccConfig``."""
+  _check(config.sample_rate > 0, f"sample_rate must be > 0: {config.sample_rate}")
+  _check(0 < config.frame_length <= config.fft_length,
+         f"need 0 < frame_length <= fft_length: {config.frame_length}, "
+         f"{config.fft_length}")
+  _check(config.frame_step > 0, f"frame_step must be > 0: {config.frame_step}")
+  _check(config.dft in DFT_METHODS,
+         f"unknown dft {config.dft!r}, expected one of {DFT_METHODS}")
+
+
 @dataclasses.dataclass(frozen=True)
 class PowerConfig(_FeatureConfig):
   """Power spectrogram |STFT|^2, optionally natural-log compressed.
@@ -217,14 +228,8 @@ class PowerConfig(_FeatureConfig):
   dft: str = "fft"
 
   def __post_init__(self):
-    _check(self.sample_rate > 0, f"sample_rate must be > 0: {self.sample_rate}")
-    _check(0 < self.frame_length <= self.fft_length,
-           f"need 0 < frame_length <= fft_length: {self.frame_length}, "
-           f"{self.fft_length}")
-    _check(self.frame_step > 0, f"frame_step must be > 0: {self.frame_step}")
+    _check_stft_fields(self)
     _check(self.log_offset > 0, f"log_offset must be > 0: {self.log_offset}")
-    _check(self.dft in DFT_METHODS,
-           f"unknown dft {self.dft!r}, expected one of {DFT_METHODS}")
 
   @property
   def num_channels(self) -> int:
@@ -276,11 +281,7 @@ class MfccConfig(_FeatureConfig):
   dft: str = "fft"
 
   def __post_init__(self):
-    _check(self.sample_rate > 0, f"sample_rate must be > 0: {self.sample_rate}")
-    _check(0 < self.frame_length <= self.fft_length,
-           f"need 0 < frame_length <= fft_length: {self.frame_length}, "
-           f"{self.fft_length}")
-    _check(self.frame_step > 0, f"frame_step must be > 0: {self.frame_step}")
+    _check_stft_fields(self)
     _check(0 <= self.lower_edge_hertz < self.upper_edge_hertz
            <= self.sample_rate / 2,
            f"need 0 <= lower_edge_hertz < upper_edge_hertz <= sample_rate / 2:"
@@ -291,8 +292,6 @@ class MfccConfig(_FeatureConfig):
     _check(self.top_db > 0, f"top_db must be > 0: {self.top_db}")
     _check(self.delta_width >= 3 and self.delta_width % 2 == 1,
            f"delta_width must be odd and >= 3: {self.delta_width}")
-    _check(self.dft in DFT_METHODS,
-           f"unknown dft {self.dft!r}, expected one of {DFT_METHODS}")
 
   @property
   def num_channels(self) -> int:
