@@ -49,7 +49,8 @@ flags.DEFINE_float("negatives_per_positive", 1.0, "KWS negative clips (overlappi
 flags.DEFINE_list("alignments", [], "CTM files or globs (<utt> <ch> <start> <dur> <word>); "
                   "required for --task=kws.")
 flags.DEFINE_integer("cores", os.cpu_count(), "Worker processes.")
-flags.DEFINE_integer("examples_per_shard", 500, "Examples per shard.")
+flags.DEFINE_integer("examples_per_shard", 200, "Examples per shard (the unit of "
+                     "work of a worker and of resuming).")
 flags.DEFINE_string("vocab", None, "Reuse this vocab.json (ctc) instead of building "
                     "one from the transcripts of --splits.")
 flags.DEFINE_integer("limit", None, "Convert at most this many utterances per split.")
@@ -196,6 +197,66 @@ def _clip(waveform: np.ndarray, start_seconds: float, clip_seconds: float,
   return clip
 
 
+# Examples are computed in chunks of CHUNK_EXAMPLES (in id order), each chunk in
+# front-end batches of BATCH_EXAMPLES of similar length, zero-padded to a
+# multiple of PAD_SAMPLES so that batch shapes repeat. The batching depends only
+# on the shard, so the bytes written do not depend on --cores.
+CHUNK_EXAMPLES = 64
+BATCH_EXAMPLES = 16
+PAD_SAMPLES = 1600
+
+
+def batched_features(front_end, signals: Sequence[np.ndarray]) -> List[np.ndarray]:
+  """Front end over many waveforms, a few batched calls instead of one per waveform.
+
+  Args:
+    front_end: a ``kws_tf.features`` config (not raw).
+    signals: float32 ``[samples]`` waveforms of any lengths.
+  Returns:
+    float32 ``[frames, channels]`` per signal, the valid frames of each.
+  """
+  order = sorted(range(len(signals)), key=lambda i: len(signals[i]))
+  out = [None] * len(signals)
+  for begin in range(0, len(order), BATCH_EXAMPLES):
+    rows = order[begin:begin + BATCH_EXAMPLES]
+    lengths = np.array([len(signals[i]) for i in rows], np.int32)
+    width = -(-int(lengths.max()) // PAD_SAMPLES) * PAD_SAMPLES
+    batch = np.zeros((len(rows), width), np.float32)
+    for row, i in enumerate(rows):
+      batch[row, :lengths[row]] = signals[i]
+    values = front_end.compute(batch, lengths).numpy()
+    for row, i in enumerate(rows):
+      out[i] = values[row, :front_end.num_frames(int(lengths[row]))]
+  return out
+
+
+def _read_signals(items: Sequence[Item], config: dict, cache: dict, skipped: list):
+  """(item, waveform or clip) for every item whose audio reads; failures go to ``skipped``.
+
+  ``cache`` holds the last utterance read (``utt``, ``waveform``, ``error``), since
+  the examples of one utterance are consecutive, and ``seconds``: the duration of
+  every utterance read, by id.
+  """
+  signals = []
+  for item in items:
+    if item.utt != cache.get("utt"):
+      cache.update(utt=item.utt, waveform=None, error=None)
+      try:
+        cache["waveform"] = audio.read_audio(item.path, config["sample_rate"],
+                                             config["min_seconds"], config["max_seconds"])
+        cache["seconds"][item.utt] = round(len(cache["waveform"]) / config["sample_rate"], 4)
+      except audio.AudioError as e:
+        cache["error"] = e
+        skipped.append({"id": item.utt, "path": item.path, "reason": e.reason,
+                        "message": str(e)})
+    if cache["error"] is not None:
+      continue
+    waveform = cache["waveform"]
+    signals.append((item, waveform if item.start is None else _clip(
+        waveform, item.start, config["clip_seconds"], config["sample_rate"])))
+  return signals
+
+
 def convert_shard(task: dict) -> dict:
   """Writes one shard in every format and its progress file; returns its summary."""
   config = _WORKER["config"]
@@ -209,43 +270,32 @@ def convert_shard(task: dict) -> dict:
   frame_count = {f: 0 for f in front_ends}
   max_frames = {f: 0 for f in front_ends}
   classes = collections.Counter()
-  skipped, utts, seconds, max_label_length = [], set(), 0.0, 0
-  cached_utt, waveform, error = None, None, None
+  skipped, max_label_length = [], 0
+  cache = {"seconds": {}}
+  items = [Item(**item) for item in task["items"]]
   try:
-    for item in task["items"]:
-      item = Item(**item)
-      if item.utt != cached_utt:
-        cached_utt, waveform, error = item.utt, None, None
-        try:
-          waveform = audio.read_audio(item.path, config["sample_rate"],
-                                      config["min_seconds"], config["max_seconds"])
-          seconds += len(waveform) / config["sample_rate"]
-        except audio.AudioError as e:
-          error = e
-          skipped.append({"id": item.utt, "path": item.path, "reason": e.reason,
-                          "message": str(e)})
-        utts.add(item.utt)
-      if error is not None:
-        continue
-      signal = (waveform if item.start is None else
-                _clip(waveform, item.start, config["clip_seconds"], config["sample_rate"]))
-      for fmt, front_end in front_ends.items():
-        if fmt == "raw":
-          values = np.round(np.clip(signal, -1.0, 1.0) * 32767).astype(np.int16)
-          frames = signal[:, None].astype(np.float64)
-        else:
-          values = front_end(signal).numpy()
-          frames = values.astype(np.float64)
-        if with_stats:
-          moments = np.stack([frames.sum(0), np.square(frames).sum(0)])
-          stats[fmt] = moments if stats[fmt] is None else stats[fmt] + moments
-          frame_count[fmt] += len(frames)
-        max_frames[fmt] = max(max_frames[fmt], len(values))
-        writers[fmt].write(records.serialize_example(
-            item.id, values, item.text, labels=item.labels, label=item.label,
-            utterance=None if item.start is None else item.utt, start=item.start))
-      classes[item.text if item.label is not None else "utterances"] += 1
-      max_label_length = max(max_label_length, len(item.labels or ()))
+    for begin in range(0, len(items), CHUNK_EXAMPLES):
+      signals = _read_signals(items[begin:begin + CHUNK_EXAMPLES], config, cache, skipped)
+      computed = {f: batched_features(front_end, [s for _, s in signals])
+                  for f, front_end in front_ends.items() if f != "raw"}
+      for index, (item, signal) in enumerate(signals):
+        for fmt in front_ends:
+          if fmt == "raw":
+            values = np.round(np.clip(signal, -1.0, 1.0) * 32767).astype(np.int16)
+            frames = signal[:, None].astype(np.float64)
+          else:
+            values = computed[fmt][index]
+            frames = values.astype(np.float64)
+          if with_stats:
+            moments = np.stack([frames.sum(0), np.square(frames).sum(0)])
+            stats[fmt] = moments if stats[fmt] is None else stats[fmt] + moments
+            frame_count[fmt] += len(frames)
+          max_frames[fmt] = max(max_frames[fmt], len(values))
+          writers[fmt].write(records.serialize_example(
+              item.id, values, item.text, labels=item.labels, label=item.label,
+              utterance=None if item.start is None else item.utt, start=item.start))
+        classes[item.text if item.label is not None else "utterances"] += 1
+        max_label_length = max(max_label_length, len(item.labels or ()))
     examples = next(iter(writers.values())).count
     for writer in writers.values():
       writer.commit()
@@ -256,7 +306,8 @@ def convert_shard(task: dict) -> dict:
   summary = {
       "split": split, "index": task["index"], "name": name,
       "examples": examples,
-      "utterances": len(utts), "seconds": round(seconds, 3),
+      "utterances": len({item.utt for item in items}),
+      "seconds": cache["seconds"],
       "classes": dict(sorted(classes.items())),
       "max_frames": max_frames, "max_label_length": max_label_length,
       "skipped": skipped,
@@ -303,14 +354,14 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
   splits, skipped, moments, frames = {}, list(plan["skipped"]), {}, collections.Counter()
   stats_splits = plan["stats_splits"]
   for split, count in shards.items():
-    totals = {"examples": 0, "utterances": 0, "seconds": 0.0, "classes": collections.Counter(),
-              "shards": [], "max_frames": {f: 0 for f in formats}, "max_label_length": 0}
+    totals = {"examples": 0, "classes": collections.Counter(), "shards": [],
+              "max_frames": {f: 0 for f in formats}, "max_label_length": 0}
+    durations = {}
     for index in range(count):
       name = records.shard_name(split, index, count, plan["params"]["compression"])
       summary = records.read_json(os.path.join(out_dir, PROGRESS_DIR, name + ".json"))
       totals["examples"] += summary["examples"]
-      totals["utterances"] += summary["utterances"]
-      totals["seconds"] += summary["seconds"]
+      durations.update(summary["seconds"])
       totals["classes"].update(summary["classes"])
       totals["shards"].append({"name": name, "examples": summary["examples"]})
       totals["max_label_length"] = max(totals["max_label_length"], summary["max_label_length"])
@@ -322,7 +373,8 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
       if split in stats_splits:
         frames.update(summary["frame_count"])
       skipped.extend(summary["skipped"])
-    totals["seconds"] = round(totals["seconds"], 3)
+    totals["utterances"] = len(durations)
+    totals["seconds"] = round(sum(durations.values()), 3)
     totals["hours"] = round(totals["seconds"] / 3600, 4)
     totals["classes"] = dict(sorted(totals["classes"].items()))
     splits[split] = totals
@@ -340,7 +392,8 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
     format_info[f] = {"params": feature_params[f], "num_channels": config.num_channels,
                       "dtype": "int16" if f == "raw" else "float32",
                       "dir": f}
-  skipped.sort(key=lambda s: s["id"])
+  # An utterance whose clips span two shards is reported by both.
+  skipped = sorted({s["id"]: s for s in skipped}.values(), key=lambda s: s["id"])
   metadata = {
       "schema_version": records.SCHEMA_VERSION,
       "tool": TOOL, "tool_version": kws_tf.__version__,
@@ -465,7 +518,7 @@ def convert(args) -> int:
         tqdm(total=total_utts, unit="utt", desc="converting", file=sys.stderr,
              dynamic_ncols=True) as bar:
       for summary in pool.imap_unordered(convert_shard, tasks):
-        seconds += summary["seconds"]
+        seconds += sum(summary["seconds"].values())
         bar.update(summary["utterances"])
         bar.set_postfix(audio_s_per_s=f"{seconds / max(time.time() - started, 1e-9):.0f}")
 

@@ -1,23 +1,29 @@
 """The feature front end: waveform -> features, in TensorFlow (tf.signal).
 
 One frozen dataclass per format ("raw", "power", "mfcc", "logmel"). Every
-config takes a float32 waveform in [-1, 1], shape ``[samples]`` or
-``[batch, samples]`` (all examples of a batch share one length), and returns
-float32 features ``[frames, channels]`` or ``[batch, frames, channels]``.
-Statistics such as the maxima used for clamps are taken per example.
+config takes a float32 waveform in [-1, 1], shape ``[samples]``, or a batch
+``[batch, samples]`` of waveforms zero-padded to one length with their valid
+lengths ``[batch]``, and returns float32 features ``[frames, channels]`` or
+``[batch, frames, channels]``. The valid frames of each example of a batch are
+those of the example computed alone: everything that depends on the end of an
+example (centre padding, the maxima used for clamps, delta edges) uses its own
+length, and its frames past the end are zeros.
 
 The computation is a ``tf.function`` with an input signature, traced once per
 config object and input rank, with no numpy in the call path, so the same
 config serves the offline TFRecord converter and exported SavedModel / TFLite
 graphs. Constants (window, mel matrix, DFT matrix, delta filters) are computed
-once with numpy / librosa / scipy and embedded as graph constants.
+once with numpy / librosa / scipy and embedded as graph constants. Products
+with a constant matrix use tf.tensordot: one 2-D matrix product, faster on CPU
+than a batched one.
 
 Short-time Fourier transforms follow librosa: frames of ``fft_length`` samples
 every ``frame_step`` samples, a periodic Hann window of ``frame_length``
 samples centred in each frame, and with ``center=True`` the waveform
 reflect-padded by ``fft_length // 2`` samples on both sides, so that frame
-``t`` is centred on sample ``t * frame_step``. Reflect padding needs more than
-``fft_length // 2`` samples.
+``t`` is centred on sample ``t * frame_step``. Reflect padding mirrors as many
+times as needed, as numpy.pad(mode="reflect"), so any waveform of at least one
+sample has a centred STFT.
 """
 import dataclasses
 import functools
@@ -36,12 +42,30 @@ _WHISPER_LOG_FLOOR = 1e-10
 _WHISPER_DYNAMIC_RANGE = 8.0
 
 
-def _num_stft_frames(num_samples: int, fft_length: int, frame_step: int,
-                     center: bool) -> int:
-  """Number of STFT frames of a waveform of ``num_samples`` samples."""
+def _num_stft_frames(num_samples, fft_length: int, frame_step: int,
+                     center: bool):
+  """Number of STFT frames of a waveform of ``num_samples`` samples.
+
+  ``num_samples`` is an int (gives an int) or an int32 tensor of lengths (gives
+  an int32 tensor of the same shape).
+  """
   if center:
     num_samples += 2 * (fft_length // 2)
-  return max(0, 1 + (num_samples - fft_length) // frame_step)
+  frames = 1 + (num_samples - fft_length) // frame_step
+  return tf.maximum(frames, 0) if tf.is_tensor(frames) else max(frames, 0)
+
+
+def _valid_mask(lengths: tf.Tensor, size) -> tf.Tensor:
+  """bool ``[batch, size]``: True at ``[b, i]`` where ``i < lengths[b]``."""
+  return tf.range(size) < lengths[:, tf.newaxis]
+
+
+def _max_over_valid_frames(x: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
+  """``[batch, 1, 1]``: maximum of ``x [batch, frames, channels]`` per example,
+  over its first ``num_frames[b]`` frames (the lowest float32 if none)."""
+  valid = tf.expand_dims(_valid_mask(num_frames, tf.shape(x)[1]), -1)
+  return tf.reduce_max(tf.where(valid, x, x.dtype.min), axis=[1, 2],
+                       keepdims=True)
 
 
 def _centred_hann(frame_length: int, fft_length: int) -> np.ndarray:
@@ -69,12 +93,54 @@ def _windowed_dft_matrix(window: np.ndarray) -> np.ndarray:
   return (window[:, None] * matrix).astype(np.float32)
 
 
-def power_spectrogram(waveform: tf.Tensor, window: np.ndarray,
-                      frame_step: int, center: bool, dft: str) -> tf.Tensor:
-  """|STFT|^2 of a batch of waveforms.
+def _reflect_pad(waveform: tf.Tensor, lengths: tf.Tensor,
+                 pad: int) -> tf.Tensor:
+  """Reflect-pads every example of a batch around its own first and last sample.
 
   Args:
-    waveform: float32 ``[batch, samples]``.
+    waveform: float32 ``[batch, samples]``; example ``b`` is
+      ``waveform[b, :lengths[b]]``.
+    lengths: int32 ``[batch]``, each in [1, samples].
+    pad: samples added on each side.
+
+  Returns:
+    float32 ``[batch, samples + 2 * pad]``: for example ``b``, the first
+    ``lengths[b] + 2 * pad`` samples are
+    ``numpy.pad(waveform[b, :lengths[b]], pad, mode="reflect")``; the rest
+    hold whatever followed the example in ``waveform``, then zeros.
+  """
+  # A zero pad, then the 2 * pad mirrored samples of each example written over
+  # it (gathering every padded sample instead costs several times as much).
+  # Positions, relative to the example's first sample: [-pad, 0) and
+  # [length, length + pad).
+  offsets = tf.range(pad)
+  positions = tf.concat([
+      tf.broadcast_to(offsets - pad, [tf.shape(lengths)[0], pad]),
+      lengths[:, tf.newaxis] + offsets
+  ], axis=1)
+  # Mirroring repeatedly at samples 0 and length - 1 is periodic with period
+  # 2 * (length - 1) (a one-sample example repeats its sample).
+  period = tf.maximum(2 * (lengths - 1), 1)[:, tf.newaxis]
+  folded = tf.math.floormod(positions, period)
+  sources = tf.minimum(folded, period - folded)
+  rows = tf.broadcast_to(tf.range(tf.shape(lengths)[0])[:, tf.newaxis],
+                         tf.shape(positions))
+  return tf.tensor_scatter_nd_update(
+      tf.pad(waveform, [[0, 0], [pad, pad]]),
+      tf.stack([rows, positions + pad], axis=-1),
+      tf.gather(waveform, sources, batch_dims=1))
+
+
+def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
+                      window: np.ndarray, frame_step: int, center: bool,
+                      dft: str) -> tf.Tensor:
+  """|STFT|^2 of a batch of zero-padded waveforms.
+
+  Args:
+    waveform: float32 ``[batch, samples]``; example ``b`` is
+      ``waveform[b, :lengths[b]]``.
+    lengths: int32 ``[batch]``, each in [1, samples]; used by the centre
+      padding, which mirrors each example around its own last sample.
     window: the analysis window, ``[fft_length]`` (its length is the FFT size).
     frame_step: hop between frames, in samples.
     center: reflect-pad ``fft_length // 2`` samples on both sides first.
@@ -82,18 +148,19 @@ def power_spectrogram(waveform: tf.Tensor, window: np.ndarray,
       TFLite, whose RFFT takes only power-of-two sizes).
 
   Returns:
-    float32 ``[batch, frames, fft_length // 2 + 1]``, power per bin.
+    float32 ``[batch, frames, fft_length // 2 + 1]``, power per bin, with
+    ``frames`` those of ``samples`` samples. Frames past the end of an example
+    (see ``_num_stft_frames``) read what follows it.
   """
   fft_length = window.shape[0]
   if center:
-    pad = fft_length // 2
-    waveform = tf.pad(waveform, [[0, 0], [pad, pad]], mode="REFLECT")
+    waveform = _reflect_pad(waveform, lengths, fft_length // 2)
   frames = tf.signal.frame(waveform, fft_length, frame_step)
   if dft == "fft":
     spectrum = tf.signal.rfft(frames * window.astype(np.float32))
     return tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
   if dft == "matmul":
-    real_imag = tf.matmul(frames, _windowed_dft_matrix(window))
+    real_imag = tf.tensordot(frames, _windowed_dft_matrix(window), 1)
     real, imag = tf.split(real_imag, 2, axis=-1)
     return tf.square(real) + tf.square(imag)
   raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
@@ -108,7 +175,7 @@ class _FeatureConfig:
   """Behaviour shared by the format dataclasses.
 
   A subclass defines ``format``, ``num_channels``, ``num_frames`` and
-  ``_features(waveform [batch, samples]) -> [batch, frames, channels]``.
+  ``_features``.
   """
   format: ClassVar[str]
 
@@ -116,11 +183,36 @@ class _FeatureConfig:
   def num_channels(self) -> int:
     raise NotImplementedError
 
-  def num_frames(self, num_samples: int) -> int:
+  def num_frames(self, num_samples):
+    """Frames of a waveform of ``num_samples`` samples.
+
+    Args:
+      num_samples: an int, or an int32 tensor of lengths (e.g. ``[batch]``).
+
+    Returns:
+      an int, or an int32 tensor of the shape of ``num_samples``.
+    """
     raise NotImplementedError
 
-  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    """float32 ``[batch, frames, channels]`` of a zero-padded batch.
+
+    Args:
+      waveform: float32 ``[batch, samples]``.
+      lengths: int32 ``[batch]``, valid samples per example, in [1, samples].
+
+    Returns:
+      frames ``[0, num_frames(lengths[b]))`` of example ``b`` as computed on
+      ``waveform[b, :lengths[b]]`` alone; the later frames may hold anything.
+    """
     raise NotImplementedError
+
+  def _masked_features(self, waveform: tf.Tensor,
+                       lengths: tf.Tensor) -> tf.Tensor:
+    """``_features`` with the frames past the end of each example zeroed."""
+    features = self._features(waveform, lengths)
+    valid = _valid_mask(self.num_frames(lengths), tf.shape(features)[1])
+    return tf.where(tf.expand_dims(valid, -1), features, 0.0)
 
   def to_dict(self) -> Dict[str, Any]:
     """JSON-serialisable fields, with the format name under "format"."""
@@ -129,26 +221,36 @@ class _FeatureConfig:
   @functools.cached_property
   def _batch_function(self) -> tf.types.experimental.GenericFunction:
     return tf.function(
-        self._features, autograph=False,
-        input_signature=[tf.TensorSpec([None, None], tf.float32)])
+        self._masked_features, autograph=False,
+        input_signature=[tf.TensorSpec([None, None], tf.float32),
+                         tf.TensorSpec([None], tf.int32)])
 
   @functools.cached_property
   def _single_function(self) -> tf.types.experimental.GenericFunction:
     def single(waveform):
-      return self._features(waveform[tf.newaxis])[0]
+      return self._masked_features(waveform[tf.newaxis],
+                                   tf.shape(waveform)[:1])[0]
     return tf.function(
         single, autograph=False,
         input_signature=[tf.TensorSpec([None], tf.float32)])
 
-  def compute(self, waveform) -> tf.Tensor:
-    """Features of a waveform.
+  def compute(self, waveform, lengths=None) -> tf.Tensor:
+    """Features of a waveform, or of a batch of zero-padded waveforms.
 
     Args:
       waveform: floating point, in [-1, 1], ``[samples]`` or
         ``[batch, samples]`` (tensor or array); cast to float32.
+      lengths: batches only: integer ``[batch]``, the valid samples of each
+        example, each in [1, samples] (checked when executing eagerly); what
+        follows them is padding, which does not change any valid frame. None:
+        every sample is valid.
 
     Returns:
-      float32 ``[frames, channels]`` or ``[batch, frames, channels]``.
+      float32 ``[frames, channels]`` or ``[batch, frames, channels]``, with
+      ``frames = num_frames(samples)``. In a batch, frames
+      ``[0, num_frames(lengths[b]))`` of example ``b`` are the features of
+      ``waveform[b, :lengths[b]]`` alone (to float32 rounding) and its later
+      frames are zeros.
     """
     waveform = tf.convert_to_tensor(waveform)
     if not waveform.dtype.is_floating:
@@ -156,17 +258,32 @@ class _FeatureConfig:
           "expected a floating point waveform in [-1, 1], got "
           f"{waveform.dtype}")
     waveform = tf.cast(waveform, tf.float32)
-    if waveform.shape.rank == 1:
+    if waveform.shape.rank == 1 and lengths is None:
       return self._single_function(waveform)
-    if waveform.shape.rank == 2:
-      return self._batch_function(waveform)
-    raise ValueError(
-        f"expected a waveform [samples] or [batch, samples], got shape "
-        f"{waveform.shape}")
+    if waveform.shape.rank != 2:
+      raise ValueError(
+          "expected a waveform [samples], or [batch, samples] with optional "
+          f"lengths [batch], got shape {waveform.shape} and lengths {lengths}")
+    if lengths is None:
+      return self._batch_function(
+          waveform, tf.fill(tf.shape(waveform)[:1], tf.shape(waveform)[1]))
+    lengths = tf.convert_to_tensor(lengths)
+    if not lengths.dtype.is_integer or not lengths.shape.is_compatible_with(
+        waveform.shape[:1]):
+      raise ValueError(
+          f"expected integer lengths [batch] for a waveform of shape "
+          f"{waveform.shape}, got {lengths.dtype} {lengths.shape}")
+    lengths = tf.cast(lengths, tf.int32)
+    if tf.executing_eagerly():
+      values = lengths.numpy()
+      if not np.all((values >= 1) & (values <= waveform.shape[1])):
+        raise ValueError(f"lengths must be in [1, {waveform.shape[1]}] "
+                         f"(the padded length), got {values}")
+    return self._batch_function(waveform, lengths)
 
-  def __call__(self, waveform) -> tf.Tensor:
+  def __call__(self, waveform, lengths=None) -> tf.Tensor:
     """Same as ``compute``."""
-    return self.compute(waveform)
+    return self.compute(waveform, lengths)
 
   def __getstate__(self) -> Dict[str, Any]:
     """Pickle the fields only, not the traced functions (worker processes)."""
@@ -186,11 +303,11 @@ class RawConfig(_FeatureConfig):
   def num_channels(self) -> int:
     return 1
 
-  def num_frames(self, num_samples: int) -> int:
+  def num_frames(self, num_samples):
     return num_samples
 
-  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
-    return waveform[..., tf.newaxis]
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    return waveform[:, :, tf.newaxis]
 
 
 def _check_stft_fields(config) -> None:
@@ -235,13 +352,13 @@ class PowerConfig(_FeatureConfig):
   def num_channels(self) -> int:
     return self.fft_length // 2 + 1
 
-  def num_frames(self, num_samples: int) -> int:
+  def num_frames(self, num_samples):
     return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
                             self.center)
 
-  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     power = power_spectrogram(
-        waveform, _centred_hann(self.frame_length, self.fft_length),
+        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
         self.frame_step, self.center, self.dft)
     if self.log:
       return tf.math.log(power + self.log_offset)
@@ -297,7 +414,7 @@ class MfccConfig(_FeatureConfig):
   def num_channels(self) -> int:
     return 3 * self.num_mfcc
 
-  def num_frames(self, num_samples: int) -> int:
+  def num_frames(self, num_samples):
     return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
                             self.center)
 
@@ -311,37 +428,42 @@ class MfccConfig(_FeatureConfig):
     return dct[:, :self.num_mfcc].astype(np.float32)
 
   def _delta_filters(self) -> np.ndarray:
-    """``[delta_width, 2]`` correlation taps of the 1st and 2nd derivative."""
-    return np.stack([
+    """``[delta_width, num_mfcc, 2 * num_mfcc]``: conv1d filters of the first
+    and second derivatives (Savitzky-Golay correlation taps) of every
+    coefficient; output ``c`` is the delta, ``num_mfcc + c`` the delta-delta
+    of coefficient ``c``.
+    """
+    taps = np.stack([
         scipy.signal.savgol_coeffs(self.delta_width, order, deriv=order,
                                    use="dot")
         for order in (1, 2)
-    ], axis=1).astype(np.float32)
+    ], axis=1)
+    filters = np.einsum("wo,cd->wcod", taps, np.eye(self.num_mfcc))
+    return filters.reshape(self.delta_width, self.num_mfcc,
+                           2 * self.num_mfcc).astype(np.float32)
 
-  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     power = power_spectrogram(
-        waveform, _centred_hann(self.frame_length, self.fft_length),
+        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
         self.frame_step, self.center, self.dft)
     mel_matrix = librosa.filters.mel(
         sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
         fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
         norm="slaney")
-    mel = tf.matmul(power, mel_matrix.T.astype(np.float32))
+    mel = tf.tensordot(power, mel_matrix.T.astype(np.float32), 1)
     db = 10.0 * tf.math.log(tf.maximum(mel, _POWER_TO_DB_AMIN)) / np.log(10.0)
-    db_max = tf.reduce_max(db, axis=[1, 2], keepdims=True)
+    num_frames = self.num_frames(lengths)
+    db_max = _max_over_valid_frames(db, num_frames)
     db = tf.maximum(db, db_max - self.top_db)
-    mfcc = tf.matmul(db, self._dct_matrix())
-    # Edge replication: frame index clipped to [0, frames - 1].
+    mfcc = tf.tensordot(db, self._dct_matrix(), 1)
+    # Edge replication at the example's own ends: frame index clipped to
+    # [0, num_frames[b] - 1].
     half = self.delta_width // 2
-    num_frames = tf.shape(mfcc)[1]
-    index = tf.clip_by_value(tf.range(-half, num_frames + half), 0,
-                             num_frames - 1)
-    windows = tf.signal.frame(tf.gather(mfcc, index, axis=1),
-                              self.delta_width, 1, axis=1)
-    # windows: [batch, frames, delta_width, num_mfcc].
-    deltas = tf.einsum("btwc,wo->btoc", windows, self._delta_filters())
-    deltas = tf.reshape(deltas,
-                        [tf.shape(mfcc)[0], num_frames, 2 * self.num_mfcc])
+    index = tf.range(-half, tf.shape(mfcc)[1] + half)
+    index = tf.minimum(tf.maximum(index, 0),
+                       tf.maximum(num_frames - 1, 0)[:, tf.newaxis])
+    deltas = tf.nn.conv1d(tf.gather(mfcc, index, batch_dims=1),
+                          self._delta_filters(), stride=1, padding="VALID")
     return tf.concat([mfcc, deltas], axis=-1)
 
 
@@ -360,7 +482,9 @@ class LogMelConfig(_FeatureConfig):
     num_mel_bins: mel bands (80 for Whisper tiny..large-v2).
     pad_to_seconds: None keeps the length (frames = samples // frame_step);
       30.0 zero-pads or trims the waveform to 30 s first, as Whisper does
-      (3000 frames).
+      (3000 frames). In a batch, each example is zeroed after its length and
+      then padded or trimmed, so every example fills the window and all its
+      frames are valid.
     dft: "fft" or "matmul" (see ``power_spectrogram``).
   """
   format: ClassVar[str] = "logmel"
@@ -393,27 +517,35 @@ class LogMelConfig(_FeatureConfig):
       return None
     return int(round(self.pad_to_seconds * self.sample_rate))
 
-  def num_frames(self, num_samples: int) -> int:
+  def num_frames(self, num_samples):
     if self.padded_samples is not None:
-      num_samples = self.padded_samples
+      # padded_samples, as an int or a tensor of the shape of num_samples.
+      num_samples = 0 * num_samples + self.padded_samples
     return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
                             center=True) - 1
 
-  def _features(self, waveform: tf.Tensor) -> tf.Tensor:
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     if self.padded_samples is not None:
       waveform = waveform[:, :self.padded_samples]
+      waveform = tf.where(_valid_mask(lengths, tf.shape(waveform)[1]),
+                          waveform, 0.0)
       waveform = tf.pad(
           waveform, [[0, 0], [0, self.padded_samples - tf.shape(waveform)[1]]])
-      waveform = tf.ensure_shape(waveform, [None, self.padded_samples])
+      # The static shape (tf.ensure_shape would do, but TFLite lacks it).
+      waveform = tf.reshape(waveform, [-1, self.padded_samples])
+      lengths = tf.fill(tf.shape(lengths), self.padded_samples)
+    # Whisper drops the last STFT frame: for example b that is its frame
+    # num_frames(lengths[b]), past its valid frames; the slice drops the
+    # batch's last frame.
     power = power_spectrogram(
-        waveform, _centred_hann(self.fft_length, self.fft_length),
+        waveform, lengths, _centred_hann(self.fft_length, self.fft_length),
         self.frame_step, center=True, dft=self.dft)[:, :-1]
     mel_matrix = librosa.filters.mel(
         sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
         fmin=0.0, fmax=self.sample_rate / 2, htk=False, norm="slaney")
-    mel = tf.matmul(power, mel_matrix.T.astype(np.float32))
+    mel = tf.tensordot(power, mel_matrix.T.astype(np.float32), 1)
     log_mel = tf.math.log(tf.maximum(mel, _WHISPER_LOG_FLOOR)) / np.log(10.0)
-    log_max = tf.reduce_max(log_mel, axis=[1, 2], keepdims=True)
+    log_max = _max_over_valid_frames(log_mel, self.num_frames(lengths))
     log_mel = tf.maximum(log_mel, log_max - _WHISPER_DYNAMIC_RANGE)
     return (log_mel + 4.0) / 4.0
 

@@ -8,6 +8,9 @@ float32, so every comparison carries an explicit error bound.
 Signals, 16 kHz: a chirp with noise and a near-silent stretch (exercises the
 dB and log clamps), and a Vietnamese sentence from espeak-ng (synthetic
 speech) when the espeak-ng binary is installed.
+
+Zero-padded batches of different lengths are checked against single-example
+calls (which the references check).
 """
 import io
 import json
@@ -21,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 from transformers import WhisperFeatureExtractor
 
 from kws_tf import features
@@ -136,6 +140,19 @@ def test_logmel_variable_length_matches_whisper_extractor(signal):
   assert error < 2e-4, f"max |error| = {error:.2e}, bound 2e-4"
 
 
+@pytest.mark.filterwarnings("ignore:n_fft=512 is too large")
+@pytest.mark.parametrize("num_samples", [1, 2, 3, 100, 256, 257, 700])
+def test_short_waveforms_match_librosa(num_samples):
+  # Centre padding longer than the waveform mirrors repeatedly (numpy.pad).
+  y = np.random.default_rng(num_samples).standard_normal(num_samples).astype(
+      np.float32)
+  ours = features.PowerConfig()(y).numpy()
+  reference = librosa_power(y, center=True)
+  assert ours.shape == reference.shape
+  error = np.abs(ours - reference).max() / reference.max()
+  assert error < 2e-6, f"max |error| / max power = {error:.2e}, bound 2e-6"
+
+
 @pytest.mark.parametrize("config", [
     features.PowerConfig(), features.MfccConfig(), features.LogMelConfig()
 ], ids=["power", "mfcc", "logmel"])
@@ -186,6 +203,127 @@ def test_batch_equals_single_examples(config):
     error = np.abs(out - alone).max() / max(1.0, np.abs(alone).max())
     assert error < 1e-6, (
         f"max |error| / max(1, max |feature|) = {error:.2e}, bound 1e-6")
+
+
+BATCH_CONFIGS = ALL_CONFIGS + [
+    features.PowerConfig(log=True),
+    features.MfccConfig(dft="matmul"),
+    features.LogMelConfig(pad_to_seconds=30.0),
+]
+BATCH_IDS = CONFIG_IDS + ["log-power", "mfcc-matmul", "logmel-30s"]
+
+
+def uneven_signals() -> list:
+  """Four float32 waveforms of different lengths.
+
+  The longest sets the batch length; a 0.3 s one ends in a loud burst (its
+  centre padding and delta edges must mirror that burst, not the padding); a
+  quiet one has its clamps engaged (its maxima must not see the padding).
+  """
+  rng = np.random.default_rng(7)
+  short = chirp(0.3, seed=5)
+  short[-800:] = rng.uniform(-0.9, 0.9, 800)
+  return [chirp(1.7, seed=3), chirp(2.1, seed=4), short,
+          0.05 * chirp((SAMPLE_RATE + 77) / SAMPLE_RATE, seed=6)]
+
+
+def padded_batch(signals: list, tail: str) -> tuple:
+  """float32 ``[batch, max length]`` and int32 lengths ``[batch]``.
+
+  After each signal: zeros (tail="zeros") or loud noise (tail="noise").
+  """
+  lengths = np.array([len(y) for y in signals], np.int32)
+  rng = np.random.default_rng(8)
+  if tail == "zeros":
+    batch = np.zeros((len(signals), lengths.max()), np.float32)
+  else:
+    batch = rng.uniform(-1.0, 1.0, (len(signals), lengths.max())).astype(
+        np.float32)
+  for row, y in enumerate(signals):
+    batch[row, :len(y)] = y
+  return batch, lengths
+
+
+@pytest.mark.parametrize("config", BATCH_CONFIGS, ids=BATCH_IDS)
+def test_padded_batch_equals_single_examples(config):
+  signals = uneven_signals()
+  batch, lengths = padded_batch(signals, "zeros")
+  together = config(batch, lengths).numpy()
+  assert together.shape == (len(signals), config.num_frames(batch.shape[1]),
+                            config.num_channels)
+  num_frames = config.num_frames(tf.constant(lengths)).numpy()
+  np.testing.assert_array_equal(
+      num_frames, [config.num_frames(len(y)) for y in signals])
+  for y, out, valid in zip(signals, together, num_frames):
+    alone = config(y).numpy()
+    assert alone.shape == (valid, config.num_channels)
+    error = np.abs(out[:valid] - alone).max() / max(1.0, np.abs(alone).max())
+    assert error < 1e-6, (
+        f"max |error| / max(1, max |feature|) = {error:.2e}, bound 1e-6")
+    assert not out[valid:].any(), "frames past the end must be zeros"
+  assert config._batch_function.experimental_get_tracing_count() == 1
+
+
+@pytest.mark.parametrize("config", BATCH_CONFIGS, ids=BATCH_IDS)
+def test_padding_values_change_no_valid_frame(config):
+  # Loud noise instead of zeros after each example: had a valid frame read
+  # the padding (centre padding, clamp maxima, delta edges), it would change.
+  signals = uneven_signals()
+  zeros = config(*padded_batch(signals, "zeros")).numpy()
+  noise = config(*padded_batch(signals, "noise")).numpy()
+  np.testing.assert_array_equal(noise, zeros)
+
+
+def test_lengths_none_and_full_lengths_agree():
+  config = features.MfccConfig()
+  batch = np.stack([chirp(0.8, seed=9), chirp(0.8, seed=10)])
+  full = np.full(2, batch.shape[1], np.int32)
+  np.testing.assert_array_equal(config(batch).numpy(),
+                                config(batch, full).numpy())
+  assert config._batch_function.experimental_get_tracing_count() == 1
+
+
+def test_bad_lengths_raise():
+  config = features.MfccConfig()
+  batch = np.zeros((2, 1000), np.float32)
+  with pytest.raises(ValueError, match="lengths must be in"):
+    config(batch, [1000, 1001])
+  with pytest.raises(ValueError, match="lengths must be in"):
+    config(batch, [0, 1000])
+  with pytest.raises(ValueError, match="integer lengths"):
+    config(batch, [1000.0, 1000.0])
+  with pytest.raises(ValueError, match="integer lengths"):
+    config(batch, [1000, 1000, 1000])
+  with pytest.raises(ValueError, match="shape"):
+    config(batch[0], [1000])
+
+
+@pytest.mark.parametrize("config", [
+    features.MfccConfig(dft="matmul"),
+    features.LogMelConfig(dft="matmul", pad_to_seconds=1.5),
+], ids=["mfcc", "logmel-1.5s"])
+def test_tflite_builtins_convert_padded_batches(config):
+  @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
+                                tf.TensorSpec([None], tf.int32)])
+  def model(waveform, lengths):
+    return config(waveform, lengths)
+
+  converter = tf.lite.TFLiteConverter.from_concrete_functions(
+      [model.get_concrete_function()], model)
+  converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+  interpreter = Interpreter(model_content=converter.convert())
+  batch, lengths = padded_batch(uneven_signals(), "zeros")
+  inputs = {d["dtype"]: d["index"] for d in interpreter.get_input_details()}
+  interpreter.resize_tensor_input(inputs[np.float32], batch.shape)
+  interpreter.resize_tensor_input(inputs[np.int32], lengths.shape)
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(inputs[np.float32], batch)
+  interpreter.set_tensor(inputs[np.int32], lengths)
+  interpreter.invoke()
+  ours = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+  reference = config(batch, lengths).numpy()
+  error = np.abs(ours - reference).max() / np.abs(reference).max()
+  assert error < 1e-5, f"max |error| / max |feature| = {error:.2e}, bound 1e-5"
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=CONFIG_IDS)
