@@ -45,7 +45,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "/tmp/kws_tf_bench", "Corpus (kept and reused) and records.")
 flags.DEFINE_integer("speakers", 40, "Synthetic corpus speakers, train and test.")
 flags.DEFINE_integer("test_speakers", 8, "Of which test speakers.")
-flags.DEFINE_integer("utterances_per_speaker", 60, "Utterances per speaker.")
+flags.DEFINE_integer("utterances_per_speaker", 200, "Utterances per speaker.")
 flags.DEFINE_integer("examples_per_shard", 200, "Converter --examples_per_shard "
                      "(200 is the converter's default).")
 flags.DEFINE_integer("startup_limit", 20, "Converter --limit (utterances per split) of "

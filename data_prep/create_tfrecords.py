@@ -82,6 +82,18 @@ class Item:
 # ---------------------------------------------------------------------------
 # Planning (main process): which examples exist, in which shard.
 
+def _parse_value(value: str):
+  """``30`` -> 30, ``1e-6`` -> 1e-6, ``true`` -> True, ``none`` -> None, ``matmul`` -> "matmul"."""
+  if value.lower() in ("none", "null"):
+    return None
+  if value.lower() in ("true", "false"):
+    return value.lower() == "true"
+  try:
+    return json.loads(value)
+  except json.JSONDecodeError:
+    return value
+
+
 def parse_feature_params(formats: Sequence[str], overrides: Sequence[str],
                          sample_rate: int) -> Dict[str, dict]:
   """Feature configs as dicts, defaults plus ``<format>.<name>=<value>`` overrides."""
@@ -94,7 +106,7 @@ def parse_feature_params(formats: Sequence[str], overrides: Sequence[str],
     if fmt not in per_format:
       raise ValueError(f"--feature_params: {item!r} names format {fmt!r}, "
                        f"which is not in --formats={','.join(formats)}")
-    per_format[fmt][name] = json.loads(value) if value not in ("None", "none") else None
+    per_format[fmt][name] = _parse_value(value)
   return {f: features.default_config(f, sample_rate=sample_rate, **per_format[f]).to_dict()
           for f in formats}
 

@@ -76,7 +76,8 @@ def serialize_example(example_id: str, features: np.ndarray, text: str,
     raise ValueError(f"features must be float32 or int16, got {features.dtype}")
   feature = {
       "id": _bytes([example_id.encode("utf-8")]),
-      "features": _bytes([features.astype(features.dtype.newbyteorder("<")).tobytes()]),
+      "features": _bytes([np.ascontiguousarray(
+          features, features.dtype.newbyteorder("<")).tobytes()]),
       "num_frames": _ints([features.shape[0]]),
       "text": _bytes([text.encode("utf-8")]),
   }

@@ -275,3 +275,18 @@ def test_help_lists_the_flags():
                "--cores", "--examples_per_shard", "--vocab", "--limit", "--compression",
                "--max_skip_fraction"):
     assert flag in result.stdout, flag
+
+
+def test_feature_params_parse_into_configs():
+  from data_prep.create_tfrecords import parse_feature_params
+  params = parse_feature_params(
+      ["mfcc", "logmel", "power"],
+      ["mfcc.num_mel_bins=64", "mfcc.dft=matmul", "logmel.pad_to_seconds=30",
+       "power.log=true", "power.log_offset=1e-3"], 16000)
+  assert params["mfcc"]["num_mel_bins"] == 64 and params["mfcc"]["dft"] == "matmul"
+  assert params["logmel"]["pad_to_seconds"] == 30
+  assert params["power"]["log"] is True and params["power"]["log_offset"] == 1e-3
+  with pytest.raises(ValueError, match="not in --formats"):
+    parse_feature_params(["mfcc"], ["logmel.pad_to_seconds=30"], 16000)
+  with pytest.raises(ValueError, match="frames_per_second"):
+    parse_feature_params(["mfcc"], ["mfcc.frames_per_second=3"], 16000)
