@@ -25,6 +25,7 @@ reflect-padded by ``fft_length // 2`` samples on both sides, so that frame
 times as needed, as numpy.pad(mode="reflect"), so any waveform of at least one
 sample has a centred STFT.
 """
+import abc
 import dataclasses
 import functools
 from typing import Any, ClassVar, Dict, Optional
@@ -171,7 +172,7 @@ def _check(condition: bool, message: str) -> None:
     raise ValueError(message)
 
 
-class _FeatureConfig:
+class _FeatureConfig(abc.ABC):
   """Behaviour shared by the format dataclasses.
 
   A subclass defines ``format``, ``num_channels``, ``num_frames`` and
@@ -180,9 +181,11 @@ class _FeatureConfig:
   format: ClassVar[str]
 
   @property
+  @abc.abstractmethod
   def num_channels(self) -> int:
-    raise NotImplementedError
+    """Channels of the features."""
 
+  @abc.abstractmethod
   def num_frames(self, num_samples):
     """Frames of a waveform of ``num_samples`` samples.
 
@@ -192,8 +195,8 @@ class _FeatureConfig:
     Returns:
       an int, or an int32 tensor of the shape of ``num_samples``.
     """
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     """float32 ``[batch, frames, channels]`` of a zero-padded batch.
 
@@ -205,7 +208,6 @@ class _FeatureConfig:
       frames ``[0, num_frames(lengths[b]))`` of example ``b`` as computed on
       ``waveform[b, :lengths[b]]`` alone; the later frames may hold anything.
     """
-    raise NotImplementedError
 
   def _masked_features(self, waveform: tf.Tensor,
                        lengths: tf.Tensor) -> tf.Tensor:
