@@ -1,5 +1,4 @@
 """Reading records back with tf.data: round trip, bucketing, SpecAugment, guidance joins."""
-import json
 import os
 
 import numpy as np
