@@ -355,8 +355,8 @@ def _check_plan(out_dir: str, plan: dict) -> None:
                    if old["params"].get(k) != plan["params"].get(k))
   detail = (f"parameters differ: {', '.join(changed)}" if changed else
             "the corpus (example ids, paths or labels) differs")
-  raise app.UsageError(
-      f"{out_dir} holds records made differently ({detail}). Use another --out_dir, "
+  raise SystemExit(
+      f"error: {out_dir} holds records made differently ({detail}). Use another --out_dir, "
       f"or delete {out_dir} to start again.")
 
 
@@ -456,8 +456,8 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
       plan["skipped"].extend(skipped)
   else:
     if not args.alignments:
-      raise app.UsageError(
-          "--task=kws needs word alignments: pass --alignments=<ctm files or globs> "
+      raise SystemExit(
+          "error: --task=kws needs word alignments: pass --alignments=<ctm files or globs> "
           "(the synthetic corpus writes <corpus>/<split>/alignments.ctm; for a real "
           "corpus, align it first, e.g. with a CTC forced aligner or the Montreal "
           "Forced Aligner, and export CTM).")
@@ -489,8 +489,11 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
 
 def convert(args) -> int:
   """Runs the whole conversion; returns the process exit code."""
+  try:
+    plan, shards = build_plan(args)
+  except (FileNotFoundError, ValueError, KeyError) as error:  # corpus, CTM, vocab, flags
+    raise SystemExit(f"error: {error}") from error
   os.makedirs(args.out_dir, exist_ok=True)
-  plan, shards = build_plan(args)
   _check_plan(args.out_dir, plan)
   records.write_json(os.path.join(args.out_dir, PLAN_FILE), {
       "fingerprint": plan["fingerprint"], "params": plan["params"]})

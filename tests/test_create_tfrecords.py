@@ -290,3 +290,10 @@ def test_feature_params_parse_into_configs():
     parse_feature_params(["mfcc"], ["logmel.pad_to_seconds=30"], 16000)
   with pytest.raises(ValueError, match="frames_per_second"):
     parse_feature_params(["mfcc"], ["mfcc.frames_per_second=3"], 16000)
+
+
+def test_unknown_split_is_a_clear_error_and_writes_nothing(synthetic_corpus, tmp_path):
+  result = convert(synthetic_corpus, tmp_path / "r", "--splits=dev", check=False)
+  assert result.returncode != 0
+  assert "split 'dev' not found" in result.stderr and "available: test, train" in result.stderr
+  assert not (tmp_path / "r").exists()
