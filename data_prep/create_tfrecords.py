@@ -111,21 +111,11 @@ def parse_feature_params(formats: Sequence[str], overrides: Sequence[str],
           for f in formats}
 
 
-def _transcript_problem(utt: corpora.Utterance) -> Optional[str]:
-  if utt.problem:
-    return utt.problem
-  if utt.text is None:
-    return "missing transcript"
-  if not text.normalize(utt.text):
-    return "empty transcript"
-  return None
-
-
 def plan_ctc(utts: Sequence[corpora.Utterance], vocab: text.Vocabulary):
-  """One item per utterance, ids sorted; transcript problems become skips."""
+  """One item per utterance, ids sorted; the readers' problems become skips."""
   items, skipped = [], []
   for utt in utts:
-    problem = _transcript_problem(utt)
+    problem = utt.problem
     if problem is None and vocab.unknown(utt.text):
       problem = f"characters not in the vocabulary: {''.join(vocab.unknown(utt.text))}"
     if problem:
@@ -448,7 +438,7 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
     else:
       vocab = text.Vocabulary.from_texts(
           u.text for split in by_split.values() for u in split
-          if _transcript_problem(u) is None)
+          if u.problem is None)
     params["vocab_source"] = "file" if args.vocab else "splits"
     plan["vocabulary"] = vocab.to_json()
     for split, split_utts in by_split.items():
