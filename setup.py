@@ -23,6 +23,7 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "tqdm>=4.66",
     "pyyaml>=6.0",
+    "matplotlib>=3.8",
 ]
 
 TEST_REQUIRES = [
@@ -34,6 +35,9 @@ CONSOLE_SCRIPTS = [
     "kws-pipeline=kws_tf.bin.pipeline:run",
     "kws-synthesize-corpus=data_prep.synthesize_corpus:run",
     "kws-create-tfrecords=data_prep.create_tfrecords:run",
+    "kws-create-guidance=data_prep.create_guidance:run",
+    "kws-train=kws_tf.bin.train:run",
+    "kws-evaluate=kws_tf.bin.evaluate:run",
 ]
 
 setup(

@@ -25,24 +25,39 @@ from kws_tf import records
 
 @dataclasses.dataclass(frozen=True)
 class SpecAugment:
-  """SpecAugment masks (Park et al. 2019) with tensorflow-io.
+  """SpecAugment masks (Park et al. 2019) drawn with stateless random ops.
 
-  ``freq_masks`` masks of at most ``freq_mask_param`` channels and
-  ``time_masks`` masks of at most ``time_mask_param`` frames, applied to
-  ``[frames, channels]`` features after normalisation (masked values are 0,
-  the normalised mean).
+  ``freq_masks`` masks of ``f ~ U{0..freq_mask_param}`` consecutive channels
+  starting at ``f0 ~ U{0..channels - f}`` and ``time_masks`` masks of at most
+  ``time_mask_param`` frames likewise (the masks of tensorflow-io's
+  ``freq_mask`` / ``time_mask``), applied to ``[frames, channels]`` features
+  after normalisation (masked values are 0, the normalised mean).
+
+  The masks are a function of a per-example ``seed`` (int64 ``[2]``), which
+  ``make_dataset`` draws from a ``tf.data.Dataset.random`` stream: tf.data can
+  checkpoint that stream, not the state of stateful random ops (which
+  tensorflow-io uses), so a resumed run applies the same masks as an
+  uninterrupted one.
   """
   freq_masks: int = 2
   freq_mask_param: int = 8
   time_masks: int = 2
   time_mask_param: int = 10
 
-  def __call__(self, features: tf.Tensor) -> tf.Tensor:
-    import tensorflow_io as tfio
-    for _ in range(self.freq_masks):
-      features = tfio.audio.freq_mask(features, param=self.freq_mask_param)
-    for _ in range(self.time_masks):
-      features = tfio.audio.time_mask(features, param=self.time_mask_param)
+  def __call__(self, features: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    seeds = tf.random.experimental.stateless_split(
+        tf.cast(seed, tf.int64), 2 * (self.freq_masks + self.time_masks))
+    masks = [(1, self.freq_mask_param)] * self.freq_masks + [(0, self.time_mask_param)] * \
+        self.time_masks
+    for i, (axis, param) in enumerate(masks):
+      size = tf.shape(features)[axis]
+      width = tf.random.stateless_uniform([], seeds[2 * i], 0, param + 1, tf.int32)
+      width = tf.minimum(width, size)
+      start = tf.random.stateless_uniform([], seeds[2 * i + 1], 0, size - width + 1, tf.int32)
+      index = tf.range(size)
+      keep = tf.logical_or(index < start, index >= start + width)
+      keep = keep[tf.newaxis, :] if axis == 1 else keep[:, tf.newaxis]
+      features = tf.where(keep, features, tf.zeros_like(features))
     return features
 
 
@@ -134,7 +149,9 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
                  shuffle_buffer: int = 2048, bucket: bool = True,
                  seed: Optional[int] = None, repeat: bool = False,
                  drop_remainder: bool = False,
-                 guidance: Optional["Guidance"] = None) -> tf.data.Dataset:
+                 guidance: Optional["Guidance"] = None,
+                 keep: Optional[Callable[[Dict[str, tf.Tensor]], tf.Tensor]] = None
+                 ) -> tf.data.Dataset:
   """The input pipeline for one split: parse, normalise, augment, batch.
 
   Args:
@@ -142,6 +159,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     bucket: ctc only; batch examples of similar length together (boundaries
       from the split's maximum length), padding within a bucket.
     guidance: join guidance records shard by shard (see ``Guidance``).
+    keep: optional predicate on a parsed example; examples for which it is
+      False are dropped before shuffling (see ``id_holdout``).
   """
   metadata = records.load_metadata(records_dir)
   compression = metadata["params"]["compression"]
@@ -151,13 +170,17 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     ds = guidance.join(paths, compression, parse)
   else:
     ds = records_dataset(paths, compression).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  if keep is not None:
+    ds = ds.filter(keep)
   if training:
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
   if training and spec_augment is not None:
-    ds = ds.map(lambda x: dict(x, features=spec_augment(x["features"])),
-                num_parallel_calls=tf.data.AUTOTUNE)
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        lambda x, s: dict(x, features=spec_augment(x["features"], s)),
+        num_parallel_calls=tf.data.AUTOTUNE)
   if metadata["task"] == "ctc" and bucket:
     max_frames = metadata["splits"][split]["max_frames"][fmt]
     bounds = bucket_boundaries(max_frames)
@@ -167,6 +190,22 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   else:
     ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def id_holdout(fraction: float, held_out: bool) -> Callable[[Dict[str, tf.Tensor]], tf.Tensor]:
+  """A ``keep`` predicate that splits examples by a hash of their id.
+
+  An example is held out when its id's FarmHash bucket out of 10000 is below
+  ``fraction * 10000``: the same examples for every run, format and guidance.
+  ``held_out`` selects the held-out side (validation) or the rest (training).
+  """
+  threshold = int(round(fraction * 10000))
+
+  def keep(example):
+    bucket = tf.strings.to_hash_bucket_fast(example["id"], 10000)
+    return tf.less(bucket, threshold) if held_out else tf.greater_equal(bucket, threshold)
+
+  return keep
 
 
 class Guidance:
@@ -185,13 +224,15 @@ class Guidance:
   """
 
   def __init__(self, guidance_dir: str, spec: Dict[str, tf.io.FixedLenFeature],
-               compression: str = "none", prefix: str = "guidance_"):
+               compression: str = "none", prefix: str = "guidance_",
+               decode: Optional[Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]] = None):
     if "id" not in spec:
       raise ValueError("the guidance spec must contain 'id'")
     self.guidance_dir = guidance_dir
     self.spec = spec
     self.compression = compression
     self.prefix = prefix
+    self.decode = decode
 
   def guidance_paths(self, data_paths: Sequence[str]) -> List[str]:
     paths = [os.path.join(self.guidance_dir, os.path.basename(p)) for p in data_paths]
@@ -209,7 +250,7 @@ class Guidance:
         (list(data_paths), guidance_paths))
     data_type = records.tf_compression(data_compression)
     guidance_type = records.tf_compression(self.compression)
-    spec, prefix = self.spec, self.prefix
+    spec, prefix, decode = self.spec, self.prefix, self.decode
 
     def one_shard(data_path, guidance_path):
       data = tf.data.TFRecordDataset(data_path, data_type)
@@ -241,9 +282,46 @@ class Guidance:
     def merge(data_record, guide_record):
       example = parse(data_record)
       guide = tf.io.parse_single_example(guide_record, spec)
+      if decode is not None:
+        guide = decode(guide)
       for key, value in guide.items():
         if key != "id":
           example[prefix + key] = value
       return example
 
     return pairs.flat_map(one_shard).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
+  """The ``Guidance`` for a ``create_guidance`` output folder.
+
+  Reads ``<guidance_dir>/metadata.json`` (written by data_prep/create_guidance),
+  refuses guidance made from other data (the data fingerprints differ), and
+  decodes every output to float32 of its recorded shape, so joined examples
+  carry ``guidance_logits`` (kws ``[classes]``, ctc ``[frames, vocabulary]``),
+  ``guidance_frames`` and, when written, ``guidance_features``,
+  ``guidance_hint`` ``[frames, d_model]`` or ``guidance_hint_pooled``.
+  """
+  meta_path = os.path.join(guidance_dir, records.METADATA_FILE)
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"{meta_path} not found: is {guidance_dir} a create_guidance output?")
+  meta = records.read_json(meta_path)
+  if meta["data_fingerprint"] != data_metadata["fingerprint"]:
+    raise ValueError(
+        f"guidance in {guidance_dir} was made from other data: its data fingerprint is "
+        f"{meta['data_fingerprint']}, the records' fingerprint is {data_metadata['fingerprint']}")
+  dtype = tf.as_dtype(meta["dtype"])
+  outputs = meta["outputs"]
+  spec = {"id": tf.io.FixedLenFeature([], tf.string),
+          "frames": tf.io.FixedLenFeature([], tf.int64)}
+  spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in outputs})
+
+  def decode(guide):
+    out = {"frames": tf.cast(guide["frames"], tf.int32)}
+    for name, info in outputs.items():
+      values = tf.io.decode_raw(guide[name], dtype, little_endian=True)
+      shape = [-1 if size is None else size for size in info["shape"]]
+      out[name] = tf.reshape(tf.cast(values, tf.float32), shape)
+    return out
+
+  return Guidance(guidance_dir, spec, meta["compression"], decode=decode)

@@ -38,3 +38,25 @@ def corpus_copy(synthetic_corpus, tmp_path):
   out = tmp_path / "corpus"
   shutil.copytree(synthetic_corpus, out)
   return out
+
+
+def _records(synthetic_corpus, out, task):
+  args = [f"--data_dir={synthetic_corpus}", "--corpus=vivos", f"--out_dir={out}",
+          "--splits=train,test", "--formats=mfcc,logmel", f"--task={task}",
+          "--examples_per_shard=40", "--cores=2"]
+  if task == "kws":
+    args.append(f"--alignments={synthetic_corpus}/*/alignments.ctm")
+  run_module("data_prep.create_tfrecords", *args)
+  return str(out)
+
+
+@pytest.fixture(scope="session")
+def kws_train_records(synthetic_corpus, tmp_path_factory):
+  """KWS clips of the synthetic corpus, mfcc and logmel, shards of 40."""
+  return _records(synthetic_corpus, tmp_path_factory.mktemp("kws_train") / "records", "kws")
+
+
+@pytest.fixture(scope="session")
+def ctc_train_records(synthetic_corpus, tmp_path_factory):
+  """Utterances of the synthetic corpus with character labels, mfcc and logmel."""
+  return _records(synthetic_corpus, tmp_path_factory.mktemp("ctc_train") / "records", "ctc")

@@ -117,7 +117,6 @@ def test_kws_batches_and_shuffle_is_seeded(kws_records):
 def test_spec_augment_masks_channels_and_frames(kws_records):
   augment = data.SpecAugment(freq_masks=2, freq_mask_param=10, time_masks=2,
                              time_mask_param=20)
-  tf.random.set_seed(0)
   plain = next(iter(data.make_dataset(kws_records, "mfcc", "train", batch_size=16)))
   masked = next(iter(data.make_dataset(kws_records, "mfcc", "train", batch_size=16,
                                        training=True, spec_augment=augment,
@@ -132,6 +131,51 @@ def test_spec_augment_masks_channels_and_frames(kws_records):
   whole_frames = zeroed.all(axis=2).any(axis=1)
   whole_channels = zeroed.all(axis=1).any(axis=1)
   assert (whole_frames | whole_channels).mean() > 0.5
+
+
+def _zeroed_bands(mask_2d):
+  """(channel bands, frame bands): lengths of the runs of fully zeroed columns / rows."""
+  def runs(flags):
+    edges = np.diff(np.concatenate([[0], flags.astype(int), [0]]))
+    return list(np.flatnonzero(edges == -1) - np.flatnonzero(edges == 1))
+  return runs(mask_2d.all(axis=0)), runs(mask_2d.all(axis=1))
+
+
+def test_spec_augment_masks_are_tensorflow_io_masks():
+  """One frequency and one time mask: the same band structure as tfio's masks."""
+  import tensorflow_io as tfio
+  ones = tf.ones([100, 40])
+  ours = data.SpecAugment(freq_masks=1, freq_mask_param=12, time_masks=0)
+  ours_t = data.SpecAugment(freq_masks=0, time_masks=1, time_mask_param=15)
+  widths = {"ours_f": [], "tfio_f": [], "ours_t": [], "tfio_t": []}
+  for i in range(200):
+    seed = tf.constant([i, 7], tf.int64)
+    for name, masked in (("ours_f", ours(ones, seed)),
+                         ("tfio_f", tfio.audio.freq_mask(ones, param=12)),
+                         ("ours_t", ours_t(ones, seed)),
+                         ("tfio_t", tfio.audio.time_mask(ones, param=15))):
+      zeroed = masked.numpy() == 0
+      channel_bands, frame_bands = _zeroed_bands(zeroed)
+      bands = channel_bands if name.endswith("f") else frame_bands
+      # At most one contiguous band, nothing else touched.
+      assert len(bands) <= 1
+      assert zeroed.sum() == (sum(bands) * (100 if name.endswith("f") else 40))
+      widths[name].append(bands[0] if bands else 0)
+  for ours_name, ref_name, param in (("ours_f", "tfio_f", 12), ("ours_t", "tfio_t", 15)):
+    assert max(widths[ours_name]) <= param and max(widths[ref_name]) <= param
+    # Widths are uniform on 0..param for both: means agree within sampling error.
+    assert abs(np.mean(widths[ours_name]) - np.mean(widths[ref_name])) < 1.5
+
+
+def test_spec_augment_is_a_function_of_the_seed(kws_records):
+  augment = data.SpecAugment(freq_masks=2, freq_mask_param=10, time_masks=2, time_mask_param=20)
+
+  def first_batch():
+    ds = data.make_dataset(kws_records, "mfcc", "train", batch_size=8, training=True,
+                           spec_augment=augment, seed=5)
+    return next(iter(ds))["features"].numpy()
+
+  np.testing.assert_array_equal(first_batch(), first_batch())
 
 
 def write_guidance(records_dir, guidance_dir, split, mutate=None):

@@ -1,0 +1,70 @@
+r"""Writes a trained teacher's guidance (logits or hidden-layer hints) next to the data.
+
+  kws-create-guidance --teacher_dir=workdir/models/teacher_kws \
+      --data_dir=workdir/records/kws --out_dir=workdir/guidance/kws --guidance=logits
+
+Output shards mirror the data shards one to one: the same file names, the
+same example ids in the same order, so ``kws_tf.data`` joins them record by
+record. Each record holds:
+
+  id          bytes   the data record's id
+  frames      int64   valid 20 ms frames of the time-shaped outputs
+  logits      bytes   (--guidance=logits) raw teacher logits, no temperature:
+                      kws ``[classes]``, ctc ``[frames, vocabulary]``
+  features    bytes   (--guidance=logits, --features) the teacher's feature
+                      layer (its ``projection``): kws ``[d]``, ctc ``[frames, d]``
+  hint        bytes   (--guidance=hints) encoder hidden state of layer
+                      ``--up_to`` (0 = embeddings): ``[frames, d_model]``
+  hint_pooled bytes   (--guidance=hints, kws) its mean over the valid frames ``[d_model]``
+
+Values are little-endian ``--dtype`` (float32 or float16). ``metadata.json``
+records the kind, layer, dtype, shapes, frame rate, the teacher fingerprint
+(hash of its config and weights) and the data fingerprint, which the joiner
+checks. Within a shard, examples run in batches of similar length; shards are
+written under temporary names and renamed when complete, so a killed run is
+finished by the same command.
+"""
+import sys
+
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("teacher_dir", None, "A teacher model dir written by kws-train "
+                    "(--role=teacher).")
+flags.DEFINE_string("data_dir", None, "The create_tfrecords output to write guidance for.")
+flags.DEFINE_string("out_dir", None, "Output folder (guidance shards + metadata.json).")
+flags.DEFINE_enum("guidance", "logits", ["logits", "hints"], "What to write.")
+flags.DEFINE_integer("up_to", -1, "Hint layer: 0 is the encoder's embeddings, i the "
+                     "output of block i; -1 the last (after the final layer norm).")
+flags.DEFINE_boolean("features", True, "With --guidance=logits, also write the "
+                     "teacher's feature layer (for feature distillation).")
+flags.DEFINE_list("splits", [], "Splits to write (default: every split of the data).")
+flags.DEFINE_integer("batch_size", 32, "Examples per teacher batch.")
+flags.DEFINE_enum("dtype", "float16", ["float32", "float16"], "Stored value type.")
+flags.DEFINE_string("checkpoint", "best", "Teacher weights: best, last or a checkpoint path.")
+flags.mark_flags_as_required(["teacher_dir", "data_dir", "out_dir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.WARNING)
+  from data_prep import guidance
+  try:
+    meta = guidance.create_guidance(
+        FLAGS.teacher_dir, FLAGS.data_dir, FLAGS.out_dir, FLAGS.guidance, FLAGS.up_to,
+        FLAGS.features, FLAGS.splits, FLAGS.batch_size, FLAGS.dtype, FLAGS.checkpoint)
+  except (ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"guidance ({meta['kind']}, {', '.join(meta['outputs'])}) written to {FLAGS.out_dir}")
+  return 0
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,208 @@
+"""Guidance records: a trained teacher's logits or hints, mirroring the data shards.
+
+The record layout and metadata are those of ``data_prep/create_guidance``
+(the binary); this module holds the work, so tests and the pipeline can call
+``create_guidance`` directly.
+"""
+import glob
+import hashlib
+import os
+from typing import Dict, List
+
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
+
+from kws_tf import records
+
+FRAME_SECONDS = 0.02
+PLAN_FILE = "plan.json"
+
+
+def teacher_fingerprint(teacher_dir: str, checkpoint_path: str) -> str:
+  """sha256 over the teacher's model.json, config.yaml and checkpoint files."""
+  digest = hashlib.sha256()
+  files = [os.path.join(teacher_dir, "model.json"), os.path.join(teacher_dir, "config.yaml")]
+  files += sorted(glob.glob(checkpoint_path + ".*"))
+  for path in files:
+    digest.update(os.path.basename(path).encode())
+    with open(path, "rb") as f:
+      for block in iter(lambda: f.read(1 << 20), b""):
+        digest.update(block)
+  return digest.hexdigest()
+
+
+def _checkpoint_path(teacher_dir: str, which: str) -> str:
+  import tensorflow as tf
+  if which in ("best", "last"):
+    folder = os.path.join(teacher_dir, "best" if which == "best" else "checkpoints")
+    path = tf.train.latest_checkpoint(folder)
+    if path is None:
+      raise FileNotFoundError(f"no {which} checkpoint in {folder}: train the teacher first")
+    return path
+  return which
+
+
+def guidance_model(teacher, kind: str, up_to: int, with_features: bool):
+  """A model with the teacher's inputs and the outputs to store.
+
+  Returns ``(model, names)``: the model's outputs are a dict with
+  ``frames`` and the stored names (see the module docstring).
+  """
+  import tf_keras as keras
+  from kws_tf.models import teacher as teacher_lib, whisper
+  inputs = teacher.input
+  frames = whisper.output_frames(inputs["num_frames"])
+  if kind == "logits":
+    outputs = {"logits": teacher.output["logits"]}
+    if with_features:
+      outputs["features"] = teacher.output["projection"]
+  else:
+    try:
+      encoder = teacher.get_layer("encoder")
+    except ValueError:
+      raise ValueError("--guidance=hints needs a Whisper teacher (a layer named 'encoder')") from None
+    hidden_states = encoder.output["hidden_states"]
+    if not -len(hidden_states) <= up_to < len(hidden_states):
+      raise ValueError(f"--up_to={up_to}: the teacher's encoder has hidden states 0.."
+                       f"{len(hidden_states) - 1} (0 = embeddings)")
+    outputs = {"hint": hidden_states[up_to]}
+    if teacher.output["logits"].shape.rank == 2:  # kws: also the pooled hint
+      outputs["hint_pooled"] = teacher_lib.pooled_frames(
+          hidden_states[up_to], inputs["features"], inputs["num_frames"], "hint_pool")
+  outputs["frames"] = keras.layers.Identity(name="frames")(frames)
+  return keras.Model(inputs, outputs), [k for k in outputs if k != "frames"]
+
+
+def _shapes(model, names: List[str]) -> Dict[str, list]:
+  shapes = {}
+  for name in names:
+    dims = model.output[name].shape.as_list()[1:]
+    shapes[name] = {"shape": dims}
+  return shapes
+
+
+def _write_shard(model, parse, data_path: str, out_path: str, data_compression: str,
+                 out_compression: str, names: List[str], dtype: str, batch_size: int,
+                 bar) -> int:
+  """Runs the teacher over one data shard and writes its guidance shard."""
+  import tensorflow as tf
+  from kws_tf import data
+  examples = [parse(s) for s in data.records_dataset([data_path], data_compression)]
+  order = np.argsort([int(e["num_frames"]) for e in examples], kind="stable")
+  results: Dict[int, Dict[str, np.ndarray]] = {}
+  for start in range(0, len(order), batch_size):
+    chunk = order[start:start + batch_size]
+    longest = max(int(examples[i]["num_frames"]) for i in chunk)
+    features = np.zeros([len(chunk), longest, examples[chunk[0]]["features"].shape[-1]],
+                        np.float32)
+    for row, i in enumerate(chunk):
+      values = examples[i]["features"].numpy()
+      features[row, :len(values)] = values
+    num_frames = np.array([int(examples[i]["num_frames"]) for i in chunk], np.int32)
+    out = model({"features": tf.constant(features), "num_frames": tf.constant(num_frames)},
+                training=False)
+    out = {k: v.numpy() for k, v in out.items()}
+    for row, i in enumerate(chunk):
+      frames = int(out["frames"][row])
+      results[int(i)] = {"frames": frames}
+      for name in names:
+        value = out[name][row]
+        if value.ndim == 2:
+          value = value[:frames]
+        results[int(i)][name] = value.astype(dtype)
+    bar.update(len(chunk))
+  writer = records.ShardWriter(out_path, out_compression)
+  try:
+    for i, example in enumerate(examples):
+      feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(
+                     value=[example["id"].numpy()])),
+                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(
+                     value=[results[i]["frames"]]))}
+      for name in names:
+        data = results[i][name].astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+        feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
+      writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString(deterministic=True))
+  except BaseException:
+    writer.abort()
+    raise
+  writer.commit()
+  return len(examples)
+
+
+def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "logits",
+                    up_to: int = -1, with_features: bool = True, splits=(),
+                    batch_size: int = 32, dtype: str = "float16",
+                    checkpoint: str = "best") -> dict:
+  """Writes guidance shards and metadata.json; returns the metadata."""
+  from tqdm import tqdm
+  from kws_tf import data
+  from kws_tf.training import loop
+
+  data_meta = records.load_metadata(data_dir)
+  spec = loop.read_model_spec(teacher_dir)
+  if spec["task"] != data_meta["task"]:
+    raise ValueError(f"the teacher in {teacher_dir} is a {spec['task']} model but "
+                     f"{data_dir} holds {data_meta['task']} records")
+  fmt = spec["format"]
+  if fmt not in data_meta["formats"]:
+    raise ValueError(f"the teacher reads {fmt!r} features, which {data_dir} does not have "
+                     f"(it has {', '.join(data_meta['formats'])})")
+  if data_meta["formats"][fmt]["params"] != spec["feature_params"]:
+    raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
+                     f"the teacher's: {data_meta['formats'][fmt]['params']} vs "
+                     f"{spec['feature_params']}")
+  splits = list(splits) or list(data_meta["splits"])
+  unknown = [s for s in splits if s not in data_meta["splits"]]
+  if unknown:
+    raise ValueError(f"{data_dir} has no split {unknown[0]!r} (it has "
+                     f"{', '.join(data_meta['splits'])})")
+  checkpoint_path = _checkpoint_path(teacher_dir, checkpoint)
+  params = {"kind": kind, "layer": up_to if kind == "hints" else None,
+            "features": with_features and kind == "logits", "dtype": dtype,
+            "splits": splits, "teacher_fingerprint": teacher_fingerprint(teacher_dir,
+                                                                         checkpoint_path),
+            "data_fingerprint": data_meta["fingerprint"]}
+  os.makedirs(out_dir, exist_ok=True)
+  plan_path = os.path.join(out_dir, PLAN_FILE)
+  if os.path.exists(plan_path) and records.read_json(plan_path) != params:
+    old = records.read_json(plan_path)
+    differ = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+    raise ValueError(f"{out_dir} holds guidance made differently (differs in: "
+                     f"{', '.join(differ)}); use another --out_dir")
+  records.write_json(plan_path, params)
+
+  teacher = loop.load_trained_model(teacher_dir, checkpoint_path)
+  model, names = guidance_model(teacher, kind, up_to, with_features)
+  teacher_meta = dict(data_meta, normalization={fmt: spec["normalization"]})
+  parse = data.make_parser(teacher_meta, fmt, normalize=spec["normalization"] is not None)
+  compression = data_meta["params"]["compression"]
+  todo, total = [], 0
+  for split in splits:
+    for path in data.shard_paths(data_dir, fmt, split, data_meta):
+      out_path = os.path.join(out_dir, os.path.basename(path))
+      if not os.path.exists(out_path):
+        todo.append(path)
+    total += data_meta["splits"][split]["examples"]
+  done = sum(len(data_meta["splits"][s]["shards"]) for s in splits) - len(todo)
+  print(f"{len(todo)} guidance shards to write ({done} already complete)", flush=True)
+  with tqdm(total=total, unit="ex", desc=f"guidance ({kind})", dynamic_ncols=True) as bar:
+    bar.update(total - sum(_shard_examples(data_meta, p) for p in todo))
+    for path in todo:
+      _write_shard(model, parse, path, os.path.join(out_dir, os.path.basename(path)),
+                   compression, compression, names, dtype, batch_size, bar)
+  meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec["task"],
+          "frame_seconds": FRAME_SECONDS, "compression": compression,
+          "outputs": _shapes(model, names), "data_format": fmt, "teacher_dir": teacher_dir,
+          "teacher_checkpoint": checkpoint_path,
+          "shards": {s: [shard["name"] for shard in data_meta["splits"][s]["shards"]]
+                     for s in splits}}
+  records.write_json(os.path.join(out_dir, records.METADATA_FILE), meta)
+  return meta
+
+
+def _shard_examples(data_meta: dict, path: str) -> int:
+  """Examples of the data shard at ``path``, from the data's metadata."""
+  name = os.path.basename(path)
+  return next(shard["examples"] for split in data_meta["splits"].values()
+              for shard in split["shards"] if shard["name"] == name)

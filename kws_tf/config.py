@@ -1,0 +1,318 @@
+"""Typed training configs: dataclasses read from YAML plus ``key=value`` overrides.
+
+A recipe in ``configs/<name>.yaml`` is a nested mapping whose keys are the
+fields below (``task``, ``mode``, ``role``, ``data.*``, ``model.*``,
+``optimizer.*``, ``distill.*``, ``train.*``). Unknown keys are errors that name
+the key and the file; values are converted to the field's type, so
+``--override train.steps=500`` and ``--override optimizer.learning_rate=3e-4``
+work from the command line. ``model.params`` is free-form: it is passed to the
+model builder, which rejects what it does not know.
+
+The resolved config (recipe + overrides + flags) is written next to the
+checkpoints as ``config.yaml``; evaluation and export rebuild the model from it.
+"""
+import dataclasses
+import typing
+from typing import Any, Dict, List, Optional, Sequence
+
+import yaml
+
+TASKS = ("kws", "ctc")
+MODES = ("standard", "distill", "quantized_distill", "fitnet")
+ROLES = ("teacher", "student")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+
+class ConfigError(ValueError):
+  """A recipe or override that does not fit the config schema."""
+
+
+@dataclasses.dataclass
+class DataConfig:
+  """Input pipeline (see ``kws_tf.data.make_dataset``).
+
+  Fields:
+    format: feature format of the records to train on (``mfcc``, ``logmel``...).
+    batch_size: examples per step (global, over all replicas; a multiple of
+      the number of replicas).
+    eval_batch_size: examples per evaluation batch.
+    train_split: split trained on.
+    validation_split: split for early stopping; "" holds out
+      ``validation_fraction`` of ``train_split`` by a hash of the example id.
+    validation_fraction: share of ``train_split`` held out when
+      ``validation_split`` is "".
+    test_split: split that ``evaluate`` reports on by default.
+    shuffle_buffer: examples in the shuffle buffer. Checkpoints hold the
+      buffer (exact resume), so it sets their size: 1024 one-second log-mel
+      clips are about 33 MB.
+    bucket: ctc only; batch utterances of similar length together.
+    spec_augment: apply SpecAugment masks while training.
+    freq_masks, freq_mask_param, time_masks, time_mask_param: SpecAugment
+      (channels, frames).
+  """
+  format: str = "mfcc"
+  batch_size: int = 32
+  eval_batch_size: int = 64
+  train_split: str = "train"
+  validation_split: str = ""
+  validation_fraction: float = 0.1
+  test_split: str = "test"
+  shuffle_buffer: int = 1024
+  bucket: bool = True
+  spec_augment: bool = False
+  freq_masks: int = 2
+  freq_mask_param: int = 8
+  time_masks: int = 2
+  time_mask_param: int = 10
+
+
+@dataclasses.dataclass
+class ModelConfig:
+  """Model name in ``kws_tf.models.registry`` and its builder parameters.
+
+  Fields:
+    name: registered model name.
+    projection_dim: size of the feature-projector output (0: none).
+    params: further keyword arguments of the builder.
+  """
+  name: str = "wav2letter_kws_small"
+  projection_dim: int = 0
+  params: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimizerConfig:
+  """Optimizer and learning-rate schedule.
+
+  Fields:
+    name: ``adam`` or ``adamw``.
+    learning_rate: peak learning rate, reached after ``warmup_steps``.
+    weight_decay: decoupled weight decay (adamw only).
+    warmup_steps: linear warm-up from 0.
+    schedule: ``cosine`` (decay to ``final_learning_rate_ratio`` x peak at the
+      last step) or ``constant``.
+    final_learning_rate_ratio: see ``schedule``.
+    clip_norm: clip gradients to this global norm (0: no clipping).
+  """
+  name: str = "adam"
+  learning_rate: float = 1e-3
+  weight_decay: float = 0.0
+  warmup_steps: int = 100
+  schedule: str = "cosine"
+  final_learning_rate_ratio: float = 0.01
+  clip_norm: float = 5.0
+
+
+@dataclasses.dataclass
+class DistillConfig:
+  """Distillation loss weights (see ``kws_tf.distill.losses``).
+
+  Fields:
+    temperature: softmax temperature T applied to teacher and student logits.
+    alpha: weight of the T^2-scaled KL term.
+    beta: weight of the hard loss; None means ``1 - alpha``.
+    feature_weight: weight of the feature-matching MSE (needs
+      ``model.projection_dim`` and teacher features in the guidance).
+  """
+  temperature: float = 5.0
+  alpha: float = 0.5
+  beta: Optional[float] = None
+  feature_weight: float = 0.0
+
+
+@dataclasses.dataclass
+class TrainConfig:
+  """The train loop.
+
+  Fields:
+    steps: optimizer steps in the whole run.
+    log_every: steps between TensorBoard training summaries.
+    eval_every: steps between validations (and early-stopping checks).
+    checkpoint_every: steps between checkpoints.
+    keep_checkpoints: checkpoints kept (the best one is kept apart).
+    early_stopping_patience: validations without improvement before stopping
+      (0: never stop early).
+    metric: validation metric for early stopping and the best checkpoint;
+      "" means ``accuracy`` (kws, higher is better) or ``cer`` (ctc, lower is
+      better); ``loss`` is also accepted.
+    mixed_precision: ``float32``, ``mixed_float16`` (GPU, with loss scaling)
+      or ``mixed_bfloat16`` (CPU/TPU).
+    jit_compile: compile the train step with XLA.
+    strategy: ``default``, ``mirrored`` (all local GPUs, or CPUs in tests) or
+      ``multi_worker`` (cluster from TF_CONFIG).
+    seed: seeds weights, shuffling and dropout.
+    deterministic: enable TensorFlow op determinism, so a run resumed after a
+      kill ends with the same weights as an uninterrupted one.
+  """
+  steps: int = 2000
+  log_every: int = 50
+  eval_every: int = 200
+  checkpoint_every: int = 200
+  keep_checkpoints: int = 3
+  early_stopping_patience: int = 5
+  metric: str = ""
+  mixed_precision: str = "float32"
+  jit_compile: bool = False
+  strategy: str = "default"
+  seed: int = 0
+  deterministic: bool = True
+
+
+@dataclasses.dataclass
+class Config:
+  """A whole training recipe."""
+  task: str = "kws"
+  mode: str = "standard"
+  role: str = "student"
+  data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+  optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+  distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+  train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+
+  @property
+  def metric(self) -> str:
+    """The validation metric (``train.metric`` or the task's default)."""
+    return self.train.metric or ("accuracy" if self.task == "kws" else "cer")
+
+  def validate(self) -> "Config":
+    """Checks the choices; raises ConfigError naming the bad field."""
+    choices = [("task", self.task, TASKS), ("mode", self.mode, MODES),
+               ("role", self.role, ROLES),
+               ("optimizer.name", self.optimizer.name, ("adam", "adamw")),
+               ("optimizer.schedule", self.optimizer.schedule, ("cosine", "constant")),
+               ("train.mixed_precision", self.train.mixed_precision, PRECISIONS),
+               ("train.strategy", self.train.strategy, STRATEGIES),
+               ("train.metric", self.metric, ("accuracy", "cer", "wer", "loss"))]
+    for key, value, allowed in choices:
+      if value not in allowed:
+        raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+    if self.role == "teacher" and self.mode != "standard":
+      raise ConfigError(f"a teacher trains with mode=standard, not {self.mode!r}")
+    positive = [("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
+                ("train.eval_every", self.train.eval_every),
+                ("train.checkpoint_every", self.train.checkpoint_every),
+                ("train.log_every", self.train.log_every)]
+    for key, value in positive:
+      if value <= 0:
+        raise ConfigError(f"{key} must be > 0; got {value}")
+    if not 0.0 <= self.data.validation_fraction < 1.0:
+      raise ConfigError("data.validation_fraction must be in [0, 1); got "
+                        f"{self.data.validation_fraction}")
+    return self
+
+
+def _field_types(cls) -> Dict[str, Any]:
+  hints = typing.get_type_hints(cls)
+  return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, kind: Any, key: str) -> Any:
+  """``value`` converted to the annotated type ``kind``; ConfigError if impossible."""
+  origin = typing.get_origin(kind)
+  if origin is typing.Union:  # Optional[X]
+    if value is None:
+      return None
+    inner = [k for k in typing.get_args(kind) if k is not type(None)][0]
+    return _coerce(value, inner, key)
+  if origin in (dict, Dict):
+    if not isinstance(value, dict):
+      raise ConfigError(f"{key} must be a mapping; got {value!r}")
+    return dict(value)
+  if kind is bool:
+    if isinstance(value, bool):
+      return value
+    if isinstance(value, str) and value.lower() in ("true", "false"):
+      return value.lower() == "true"
+    raise ConfigError(f"{key} must be true or false; got {value!r}")
+  if kind is int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+      raise ConfigError(f"{key} must be an integer; got {value!r}")
+    try:
+      return int(value)
+    except ValueError:
+      raise ConfigError(f"{key} must be an integer; got {value!r}") from None
+  if kind is float:
+    if isinstance(value, bool):
+      raise ConfigError(f"{key} must be a number; got {value!r}")
+    try:
+      return float(value)
+    except (TypeError, ValueError):
+      raise ConfigError(f"{key} must be a number; got {value!r}") from None
+  if kind is str:
+    if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+      raise ConfigError(f"{key} must be a string; got {value!r}")
+    return str(value)
+  raise ConfigError(f"{key}: unsupported field type {kind}")
+
+
+def _build(cls, values: Dict[str, Any], prefix: str, source: str):
+  if not isinstance(values, dict):
+    raise ConfigError(f"{prefix or 'the config'} in {source} must be a mapping")
+  types = _field_types(cls)
+  kwargs = {}
+  for key, value in values.items():
+    name = f"{prefix}{key}"
+    if key not in types:
+      raise ConfigError(f"unknown config key {name!r} in {source}; known keys here: "
+                        f"{', '.join(prefix + k for k in types)}")
+    kind = types[key]
+    if dataclasses.is_dataclass(kind):
+      kwargs[key] = _build(kind, value, f"{name}.", source)
+    else:
+      kwargs[key] = _coerce(value, kind, name)
+  return cls(**kwargs)
+
+
+def from_dict(values: Dict[str, Any], source: str = "the config") -> Config:
+  """A Config from a nested mapping; unknown keys are ConfigErrors."""
+  return _build(Config, values or {}, "", source)
+
+
+def to_dict(config: Config) -> Dict[str, Any]:
+  """The config as a nested mapping of plain values."""
+  return dataclasses.asdict(config)
+
+
+def _set_path(values: Dict[str, Any], path: List[str], value: Any) -> None:
+  for part in path[:-1]:
+    values = values.setdefault(part, {})
+    if not isinstance(values, dict):
+      raise ConfigError(f"cannot set {'.'.join(path)}: {part!r} is not a mapping")
+  values[path[-1]] = value
+
+
+def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[str, Any]:
+  """Applies ``key.sub=value`` strings to a nested mapping (YAML values)."""
+  values = yaml.safe_load(yaml.safe_dump(values)) or {}
+  for override in overrides:
+    key, sep, text = override.partition("=")
+    if not sep or not key.strip():
+      raise ConfigError(f"an override must look like key=value; got {override!r}")
+    _set_path(values, key.strip().split("."), yaml.safe_load(text) if text.strip() else "")
+  return values
+
+
+def load(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
+  """Reads a YAML recipe (or the defaults when ``path`` is None) plus overrides."""
+  values: Dict[str, Any] = {}
+  source = "the defaults"
+  if path:
+    source = path
+    try:
+      with open(path, encoding="utf-8") as f:
+        values = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+      raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+      raise ConfigError(f"{path} is not valid YAML: {e}") from None
+  if overrides:
+    values = apply_overrides(values, overrides)
+    source = f"{source} with overrides"
+  return from_dict(values, source).validate()
+
+
+def dump(config: Config) -> str:
+  """The config as YAML text (what ``config.yaml`` in a model dir holds)."""
+  return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)

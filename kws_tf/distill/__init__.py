@@ -1,0 +1,1 @@
+"""Distillation: loss terms that let tiny students learn from PhoWhisper teachers."""

@@ -1,0 +1,1 @@
+"""Evaluation: KWS and CTC metrics, CTC decoding and forced alignment, plots."""

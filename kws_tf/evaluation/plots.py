@@ -1,0 +1,97 @@
+"""PNG plots of evaluation results: the KWS confusion matrix and the DET curve.
+
+Figures are drawn with matplotlib's object API (``matplotlib.figure.Figure``
+rendered by the Agg backend), so importing this module neither needs a
+display nor changes pyplot's global backend. Text uses DejaVu Sans, which
+ships with matplotlib and covers the Vietnamese letters. Files are written
+atomically: to ``<path>.tmp``, then renamed.
+"""
+import os
+from typing import Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+
+_STYLE = {"font.family": "DejaVu Sans"}
+_DPI = 120
+_FAR_TICKS = (0, 0.5, 1, 2, 5, 10, 20, 50, 100)  # percent
+
+
+def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str,
+                          title: str = "Confusion matrix") -> None:
+  """Writes the confusion matrix as a PNG: colours by row-normalised fraction, counts in cells.
+
+  Args:
+    matrix: int ``[C, C]`` counts, rows true, columns predicted.
+    class_names: the ``C`` class names, in index order.
+    path: the PNG file to write.
+    title: figure title.
+  """
+  matrix = np.asarray(matrix)
+  num_classes = len(class_names)
+  if matrix.shape != (num_classes, num_classes):
+    raise ValueError(f"matrix {matrix.shape} does not match {num_classes} class names")
+  # Colour is the fraction of the true class (recall along the diagonal).
+  fractions = matrix / np.maximum(matrix.sum(axis=1, keepdims=True), 1)
+  side = 2.5 + 0.55 * num_classes  # inches
+  with matplotlib.rc_context(_STYLE):
+    figure = Figure(figsize=(side + 1.5, side), layout="constrained")
+    axes = figure.subplots()
+    image = axes.imshow(fractions, cmap="Blues", vmin=0.0, vmax=1.0)
+    figure.colorbar(image, ax=axes, label="fraction of the true class")
+    axes.set_xticks(np.arange(num_classes), labels=class_names, rotation=45, ha="right")
+    axes.set_yticks(np.arange(num_classes), labels=class_names)
+    axes.set_xlabel("predicted")
+    axes.set_ylabel("true")
+    axes.set_title(title)
+    for (row, column), count in np.ndenumerate(matrix):
+      colour = "white" if fractions[row, column] > 0.5 else "black"
+      axes.text(column, row, str(count), ha="center", va="center", color=colour, fontsize=8)
+    _save(figure, path)
+
+
+def plot_det_curve(points, path: str, title: str = "DET curve") -> None:
+  """Writes the detection trade-off as a PNG: FRR against FAR, both in percent.
+
+  The FAR axis is linear from 0 to 1 % and logarithmic from 1 % to 100 %.
+
+  Args:
+    points: float ``[K, 2]`` (FAR, FRR) pairs, fractions in [0, 1], e.g.
+      ``[(far, frr) for _, far, frr in metrics.det_curve(...)]``.
+    path: the PNG file to write.
+    title: figure title.
+  """
+  points = np.asarray(points, dtype=np.float64)
+  if points.ndim != 2 or points.shape[1] != 2 or not len(points):
+    raise ValueError(f"points must be [K, 2] (FAR, FRR) with K >= 1, got shape {points.shape}")
+  # FAR ascending, FRR descending at equal FAR; steps-post then draws the
+  # least FRR reachable at each FAR.
+  points = points[np.lexsort((-points[:, 1], points[:, 0]))]
+  with matplotlib.rc_context(_STYLE):
+    figure = Figure(figsize=(5.5, 4.5), layout="constrained")
+    axes = figure.subplots()
+    axes.plot(100 * points[:, 0], 100 * points[:, 1], drawstyle="steps-post", marker=".",
+              linewidth=1.5)
+    # Linear up to 1 % FAR (it has the zeros), logarithmic above: the low-FAR
+    # operating points get room.
+    axes.set_xscale("symlog", linthresh=1.0)
+    axes.set_xticks(_FAR_TICKS, labels=[f"{t:g}" for t in _FAR_TICKS])
+    axes.set_xlim(0, 100)
+    axes.set_ylim(0, 100)
+    axes.set_xlabel("false accepts (% of negative examples)")
+    axes.set_ylabel("false rejects (% of keyword examples)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.4)
+    _save(figure, path)
+
+
+def _save(figure: Figure, path: str) -> None:
+  """PNG to ``path + ".tmp"``, then renamed to ``path``; no temporary file is left on error."""
+  tmp = path + ".tmp"
+  try:
+    figure.savefig(tmp, format="png", dpi=_DPI)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

@@ -1,0 +1,86 @@
+"""One model's evaluation on one split, with files, and a side-by-side table of several.
+
+``evaluate_model`` rebuilds a trained model from its model dir (``model.json``
+and the best weights), runs it over a split of TFRecords in the model's own
+feature format, and writes ``<model_dir>/eval/<split>/``: ``results.json``,
+and for kws ``confusion.txt``, ``confusion.png`` and ``det.png``.
+``side_by_side`` renders several results as one Markdown table.
+"""
+import os
+import sys
+from typing import List
+
+from kws_tf import data, records, text
+from kws_tf.evaluation import metrics, plots, runner
+from kws_tf.training import loop
+
+
+def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
+                   batch_size: int, checkpoint: str = "best") -> dict:
+  """Evaluates one model dir; writes ``eval/<split>/`` and returns the results."""
+  spec = loop.read_model_spec(model_dir)
+  metadata = records.load_metadata(data_dir)
+  if metadata["task"] != spec["task"]:
+    raise ValueError(f"{model_dir} is a {spec['task']} model but {data_dir} holds "
+                     f"{metadata['task']} records")
+  fmt = spec["format"]
+  if fmt not in metadata["formats"]:
+    raise ValueError(f"{model_dir} reads {fmt!r} features, which {data_dir} does not have")
+  if metadata["formats"][fmt]["params"] != spec["feature_params"]:
+    raise ValueError(f"the {fmt} features of {data_dir} differ from those {model_dir} was "
+                     "trained on")
+  model = loop.load_trained_model(model_dir, checkpoint)
+  # Normalise with the statistics the model was trained with.
+  model_meta = dict(metadata, normalization={fmt: spec["normalization"]})
+  parse = data.make_parser(model_meta, fmt, normalize=spec["normalization"] is not None)
+  paths = data.shard_paths(data_dir, fmt, split, metadata)
+  dataset = data.records_dataset(paths, metadata["params"]["compression"]).map(parse)
+  dataset = dataset.padded_batch(batch_size)
+  vocabulary = text.Vocabulary(spec["vocabulary"]["symbols"]) if spec["task"] == "ctc" else None
+  predictions = runner.predict(model, dataset, spec["task"])
+  results = runner.score(spec["task"], predictions, spec.get("classes", ()), vocabulary,
+                         beam_width)
+  results.update(task=spec["task"], model_dir=model_dir, model=spec["name"], role=spec["role"],
+                 parameters=int(model.count_params()), split=split, data_dir=data_dir,
+                 checkpoint=checkpoint, command=" ".join(sys.argv))
+  out = os.path.join(model_dir, "eval", split)
+  os.makedirs(out, exist_ok=True)
+  if spec["task"] == "kws":
+    report = results["report"]
+    table = metrics.format_confusion_matrix(report["confusion_matrix"], report["class_names"])
+    with open(os.path.join(out, "confusion.txt"), "w", encoding="utf-8") as f:
+      f.write(table + "\n")
+    plots.plot_confusion_matrix(report["confusion_matrix"], report["class_names"],
+                                os.path.join(out, "confusion.png"),
+                                title=f"{spec['name']} on {split}")
+    if results["detection"]:
+      negative = report["class_names"].index(text.NEGATIVE_LABEL)
+      curve = metrics.det_curve(runner.softmax(predictions["logits"]), predictions["labels"],
+                                negative)
+      plots.plot_det_curve([(far, frr) for _, far, frr in curve], os.path.join(out, "det.png"),
+                           title=f"{spec['name']} on {split}")
+  records.write_json(os.path.join(out, "results.json"), results)
+  return results
+
+
+def side_by_side(all_results: List[dict]) -> str:
+  """A Markdown table of the models' headline metrics."""
+  task = all_results[0]["task"]
+  if task == "kws":
+    header = ["model", "role", "parameters", "accuracy", "macro-F1", "FRR@1%FAR", "FRR@5%FAR"]
+  else:
+    header = ["model", "role", "parameters", "CER", "WER", "beam CER", "beam WER"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in all_results:
+    name = f"{r['model']} ({os.path.basename(os.path.normpath(r['model_dir']))})"
+    if task == "kws":
+      detection = r["detection"]
+      frr = [f"{detection[k]['frr']:.3f}" if k in detection else "n/a"
+             for k in ("frr_at_far_0.01", "frr_at_far_0.05")]
+      cells = [name, r["role"], f"{r['parameters']:,}", f"{r['accuracy']:.4f}",
+               f"{r['macro_f1']:.4f}", *frr]
+    else:
+      cells = [name, r["role"], f"{r['parameters']:,}", f"{r['cer']:.4f}", f"{r['wer']:.4f}",
+               f"{r.get('beam_cer', float('nan')):.4f}", f"{r.get('beam_wer', float('nan')):.4f}"]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines)

@@ -1,0 +1,47 @@
+"""Name -> model builder.
+
+A builder is a function ``builder(*, task, num_channels, num_classes,
+**params) -> tf_keras.Model`` that returns a model following the contract of
+``kws_tf.models``. Presets are registered builders with fixed defaults.
+"""
+import importlib
+from typing import Callable, Dict, List
+
+_BUILDERS: Dict[str, Callable] = {}
+# Modules that register builders when imported.
+_MODULES = ("kws_tf.models.wav2letter", "kws_tf.models.mobilenet_v3",
+            "kws_tf.models.resnet", "kws_tf.models.teacher")
+
+
+def register(name: str) -> Callable[[Callable], Callable]:
+  """Decorator: registers ``builder`` under ``name``; a name may be used once."""
+  def decorate(builder: Callable) -> Callable:
+    if name in _BUILDERS and _BUILDERS[name] is not builder:
+      raise ValueError(f"model name {name!r} is already registered")
+    _BUILDERS[name] = builder
+    return builder
+  return decorate
+
+
+def _load_all() -> None:
+  for module in _MODULES:
+    importlib.import_module(module)
+
+
+def names() -> List[str]:
+  """All registered model names, sorted."""
+  _load_all()
+  return sorted(_BUILDERS)
+
+
+def get(name: str) -> Callable:
+  """The builder registered as ``name``; a KeyError lists the known names."""
+  _load_all()
+  if name not in _BUILDERS:
+    raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_BUILDERS))}")
+  return _BUILDERS[name]
+
+
+def build(name: str, **params):
+  """Builds the model registered as ``name`` with ``params``."""
+  return get(name)(**params)

@@ -1,0 +1,1 @@
+"""The one custom train loop and its learning-rate schedules."""

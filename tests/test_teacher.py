@@ -1,0 +1,233 @@
+"""Teachers: heads on the Whisper encoder, teacher training, guidance records and their join."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import kws_tf  # noqa: F401
+import tensorflow as tf
+from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+from conftest import run_module
+from data_prep import guidance
+from kws_tf import config as config_lib
+from kws_tf import data, records
+from kws_tf.models import registry, teacher, whisper
+from kws_tf.training import loop
+
+TINY_ENCODER = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
+                "encoder_ffn_dim": 64, "dropout": 0.0}
+TEACHER = ["role=teacher", "data.format=logmel", "model.name=whisper_teacher",
+           "model.params.encoder.d_model=32", "model.params.encoder.encoder_layers=2",
+           "model.params.encoder.encoder_attention_heads=2",
+           "model.params.encoder.encoder_ffn_dim=64", "model.params.hidden_sizes=[32,16]",
+           "model.params.ctc_hidden=16", "data.batch_size=8", "train.steps=4",
+           "train.eval_every=4", "train.checkpoint_every=4", "train.early_stopping_patience=0",
+           "data.validation_fraction=0.3"]
+
+
+def _inputs(batch, frames, channels=80, seed=0):
+  rng = np.random.default_rng(seed)
+  return {"features": tf.constant(rng.normal(size=(batch, frames, channels)), tf.float32),
+          "num_frames": tf.constant([frames] * batch, tf.int32)}
+
+
+@pytest.mark.parametrize("task, classes", [("kws", 10), ("ctc", 30)])
+def test_teacher_heads_follow_the_model_contract(task, classes):
+  model = registry.build("whisper_teacher", task=task, num_channels=80, num_classes=classes,
+                         encoder=TINY_ENCODER, hidden_sizes=(32, 16), ctc_hidden=16)
+  inputs = _inputs(2, 101)
+  inputs["num_frames"] = tf.constant([101, 60])
+  out = model(inputs)
+  if task == "kws":
+    assert out["logits"].shape == (2, classes) and out["projection"].shape == (2, 16)
+  else:
+    assert out["logits"].shape == (2, 51, classes)
+    assert out["logit_frames"].numpy().tolist() == [51, 30]
+    assert out["projection"].shape == (2, 51, 16)
+  # Padding does not change the shorter example's output (masked attention, masked mean).
+  alone = model({"features": inputs["features"][1:, :60], "num_frames": tf.constant([60])})
+  if task == "kws":
+    np.testing.assert_allclose(out["logits"][1], alone["logits"][0], atol=1e-5)
+  else:
+    np.testing.assert_allclose(out["logits"][1, :30], alone["logits"][0], atol=1e-5)
+
+
+def test_kws_teacher_is_encoder_mean_then_adaptation_layers():
+  model = teacher.whisper_teacher(task="kws", num_channels=80, num_classes=10,
+                                  encoder=TINY_ENCODER, hidden_sizes=(32, 16), dropout=0.0)
+  inputs = _inputs(1, 40)
+  hidden = model.get_layer("encoder")(inputs["features"])["last_hidden_state"].numpy()[0]
+  x = hidden.mean(axis=0)
+  for name in ("adapt_0", "adapt_1"):
+    kernel, bias = model.get_layer(name).get_weights()
+    x = np.maximum(x @ kernel + bias, 0)
+  kernel, bias = model.get_layer("logits").get_weights()
+  np.testing.assert_allclose(model(inputs)["logits"][0], x @ kernel + bias, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def hf_checkpoint(tmp_path_factory):
+  """A tiny random Whisper checkpoint in the Hugging Face layout."""
+  import torch
+  torch.manual_seed(0)
+  config = WhisperConfig(d_model=32, encoder_layers=2, encoder_attention_heads=2,
+                         decoder_layers=1, decoder_attention_heads=2, encoder_ffn_dim=64,
+                         decoder_ffn_dim=64, num_mel_bins=80, vocab_size=60,
+                         max_source_positions=1500, max_target_positions=32, pad_token_id=1,
+                         bos_token_id=2, eos_token_id=3, decoder_start_token_id=2)
+  path = tmp_path_factory.mktemp("whisper") / "tiny"
+  WhisperForConditionalGeneration(config).eval().save_pretrained(path)
+  return str(path)
+
+
+@pytest.mark.parametrize("top_k, trainable_blocks", [(None, 0), (1, 1)])
+def test_checkpoint_teacher_is_frozen_by_default(hf_checkpoint, top_k, trainable_blocks):
+  params = {} if top_k is None else {"trainable_blocks": top_k}
+  model = registry.build("whisper_teacher", task="kws", num_channels=80, num_classes=10,
+                         checkpoint=hf_checkpoint, hidden_sizes=(32, 16), **params)
+  encoder = model.get_layer("encoder")
+  reference = whisper.load_encoder(hf_checkpoint)
+  def by_name(layer):
+    return {w.name.split("/", 1)[1]: w.numpy() for w in layer.weights}
+  loaded, expected_weights = by_name(encoder), by_name(reference)
+  assert loaded.keys() == expected_weights.keys()
+  for name, value in loaded.items():
+    np.testing.assert_array_equal(value, expected_weights[name])
+  trainable = {v.name.split("/")[1] for v in encoder.trainable_weights}
+  expected = set() if trainable_blocks == 0 else {"layers_1", "layer_norm"}
+  assert trainable == expected
+  # The heads always train.
+  assert any(v.name.startswith("adapt_0") for v in model.trainable_weights)
+
+
+def test_teacher_rejects_mismatched_inputs():
+  with pytest.raises(ValueError, match="80 mel bins but the features have 39"):
+    teacher.whisper_teacher(task="kws", num_channels=39, num_classes=10, encoder=TINY_ENCODER)
+  with pytest.raises(ValueError, match="projection_dim must be 0 or 16"):
+    teacher.whisper_teacher(task="kws", num_channels=80, num_classes=10, encoder=TINY_ENCODER,
+                            hidden_sizes=(32, 16), projection_dim=8)
+
+
+@pytest.fixture(scope="module")
+def kws_teacher_dir(kws_train_records, tmp_path_factory):
+  model_dir = str(tmp_path_factory.mktemp("teacher") / "kws")
+  loop.Trainer(config_lib.load(None, TEACHER), model_dir, kws_train_records).run()
+  return model_dir
+
+
+def test_teacher_training_reports_and_saves_accuracy(kws_teacher_dir):
+  results = json.load(open(os.path.join(kws_teacher_dir, "results.json")))
+  assert results["role"] == "teacher" and results["test_split"] == "test"
+  assert 0.0 <= results["test"]["accuracy"] <= 1.0
+  spec = loop.read_model_spec(kws_teacher_dir)
+  assert spec["format"] == "logmel" and spec["classes"][-1] == "negative"
+
+
+def _guidance_records(path, compression="none"):
+  out = []
+  for record in tf.data.TFRecordDataset(path, records.tf_compression(compression)):
+    out.append(tf.train.Example.FromString(record.numpy()).features.feature)
+  return out
+
+
+def test_logit_guidance_mirrors_the_data_and_matches_the_teacher(kws_teacher_dir,
+                                                                 kws_train_records, tmp_path):
+  out = str(tmp_path / "guidance")
+  meta = guidance.create_guidance(kws_teacher_dir, kws_train_records, out,
+                                         kind="logits", dtype="float32", batch_size=5)
+  data_meta = records.load_metadata(kws_train_records)
+  assert meta["data_fingerprint"] == data_meta["fingerprint"]
+  assert meta["outputs"] == {"logits": {"shape": [10]}, "features": {"shape": [16]}}
+  teacher_model = loop.load_trained_model(kws_teacher_dir)
+  for split in ("train", "test"):
+    for path in data.shard_paths(kws_train_records, "logmel", split):
+      name = os.path.basename(path)
+      guide = _guidance_records(os.path.join(out, name))
+      examples = [data.make_parser(data_meta, "logmel")(r)
+                  for r in data.records_dataset([path], "none")]
+      assert [g["id"].bytes_list.value[0] for g in guide] == \
+          [e["id"].numpy() for e in examples]
+  # Stored logits are the teacher's raw logits for that example.
+  example = examples[-1]
+  expected = teacher_model({"features": example["features"][None],
+                            "num_frames": example["num_frames"][None]})["logits"][0]
+  stored = np.frombuffer(guide[-1]["logits"].bytes_list.value[0], "<f4")
+  np.testing.assert_allclose(stored, expected, atol=1e-4)
+
+  # The joiner decodes them, batch by batch, next to the data.
+  ds = data.make_dataset(kws_train_records, "logmel", "test", batch_size=4,
+                         guidance=data.open_guidance(out, data_meta))
+  batch = next(iter(ds))
+  assert batch["guidance_logits"].shape == (4, 10)
+  assert batch["guidance_features"].shape == (4, 16)
+
+
+def test_guidance_of_other_data_is_refused(kws_teacher_dir, kws_train_records, tmp_path):
+  out = str(tmp_path / "guidance")
+  guidance.create_guidance(kws_teacher_dir, kws_train_records, out, splits=["test"])
+  meta = records.read_json(os.path.join(out, records.METADATA_FILE))
+  meta["data_fingerprint"] = "0" * 64
+  records.write_json(os.path.join(out, records.METADATA_FILE), meta)
+  with pytest.raises(ValueError, match="made from other data.*" + "0" * 64):
+    data.open_guidance(out, records.load_metadata(kws_train_records))
+
+
+def test_hint_guidance_is_resumable_and_byte_identical(kws_teacher_dir, kws_train_records,
+                                                      tmp_path):
+  first, second = str(tmp_path / "first"), str(tmp_path / "second")
+  args = [f"--teacher_dir={kws_teacher_dir}", f"--data_dir={kws_train_records}",
+          "--guidance=hints", "--up_to=1", "--splits=test"]
+  run_module("data_prep.create_guidance", *args, f"--out_dir={first}")
+  meta = records.read_json(os.path.join(first, records.METADATA_FILE))
+  assert meta["outputs"] == {"hint": {"shape": [None, 32]}, "hint_pooled": {"shape": [32]}}
+  assert meta["layer"] == 1 and meta["dtype"] == "float16"
+  run_module("data_prep.create_guidance", *args, f"--out_dir={second}")
+  # Remove a finished shard (as if killed before it): the rerun writes only it, identically.
+  shards = sorted(n for n in os.listdir(second) if n.endswith(".tfrecord"))
+  os.remove(os.path.join(second, shards[0]))
+  rerun = run_module("data_prep.create_guidance", *args, f"--out_dir={second}")
+  assert f"1 guidance shards to write ({len(shards) - 1} already complete)" in rerun.stdout
+  for name in shards:
+    assert open(os.path.join(first, name), "rb").read() == \
+        open(os.path.join(second, name), "rb").read()
+  # Other parameters into the same folder are refused.
+  refused = run_module("data_prep.create_guidance", *args[:-2], "--guidance=hints",
+                       "--up_to=0", "--splits=test", f"--out_dir={second}", check=False)
+  assert refused.returncode == 2 and "differs in: layer" in refused.stderr
+
+
+def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, tmp_path):
+  guidance_dir = str(tmp_path / "guidance")
+  guidance.create_guidance(kws_teacher_dir, kws_train_records, guidance_dir)
+  config = config_lib.load(None, [
+      "mode=distill", "model.name=wav2letter_kws_tiny", "model.projection_dim=16",
+      "distill.temperature=6", "distill.alpha=0.8", "distill.beta=0.2",
+      "distill.feature_weight=0.3", "data.batch_size=8", "train.steps=4", "train.log_every=2",
+      "train.eval_every=4", "data.validation_fraction=0.3"])
+  model_dir = str(tmp_path / "student")
+  results = loop.Trainer(config, model_dir, kws_train_records, guidance_dir).run()
+  assert results["mode"] == "distill" and np.isfinite(results["test"]["loss"])
+  tags = set()
+  for name in os.listdir(os.path.join(model_dir, "tensorboard", "train")):
+    for event in tf.compat.v1.train.summary_iterator(
+        os.path.join(model_dir, "tensorboard", "train", name)):
+      tags |= {v.tag for v in event.summary.value}
+  assert {"loss/hard", "loss/kd", "loss/feature", "loss/total"} <= tags
+
+  # Teacher (log-mel) and student (MFCC) evaluated on the same split, side by side.
+  result = run_module("kws_tf.bin.evaluate", f"--model_dirs={kws_teacher_dir},{model_dir}",
+                      f"--data_dir={kws_train_records}", "--split=test")
+  table = [line for line in result.stdout.splitlines() if line.startswith("| whisper_teacher")
+           or line.startswith("| wav2letter_kws_tiny")]
+  assert len(table) == 2
+  for folder in (kws_teacher_dir, model_dir):
+    out = os.path.join(folder, "eval", "test")
+    saved = json.load(open(os.path.join(out, "results.json")))
+    assert saved["split"] == "test" and saved["report"]["num_examples"] == \
+        records.load_metadata(kws_train_records)["splits"]["test"]["examples"]
+    assert set(saved["detection"]) == {"frr_at_far_0.01", "frr_at_far_0.05"}
+    for name in ("confusion.png", "det.png"):
+      assert open(os.path.join(out, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    assert "true \\ predicted" in open(os.path.join(out, "confusion.txt")).read()

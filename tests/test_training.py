@@ -1,0 +1,208 @@
+"""The one custom train loop: outputs, exact resume after a kill, NaN stop, precision, strategies."""
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import kws_tf  # noqa: F401
+import tensorflow as tf
+import tf_keras as keras
+
+from conftest import REPO, run_module
+from kws_tf import config as config_lib
+from kws_tf.training import loop
+
+TINY_KWS = ["model.name=wav2letter_kws_tiny", "data.batch_size=8", "data.eval_batch_size=32",
+            "optimizer.warmup_steps=2", "train.log_every=2", "train.early_stopping_patience=0"]
+
+
+@pytest.fixture(autouse=True)
+def float32_policy():
+  yield
+  keras.mixed_precision.set_global_policy("float32")
+
+
+def _config(*overrides):
+  return config_lib.load(None, [*TINY_KWS, *overrides])
+
+
+def _events(folder):
+  """tag -> list of (step, value) from the TensorBoard event files in ``folder``."""
+  found = {}
+  for path in glob.glob(os.path.join(folder, "events.*")):
+    for event in tf.compat.v1.train.summary_iterator(path):
+      for value in event.summary.value:
+        number = float(tf.make_ndarray(value.tensor)) if value.HasField("tensor") \
+            else value.simple_value
+        found.setdefault(value.tag, []).append((event.step, number))
+  return found
+
+
+def _weights(model_dir, which="last"):
+  return [v.numpy() for v in loop.load_trained_model(model_dir, which).variables]
+
+
+def test_standard_kws_run_writes_everything(kws_train_records, tmp_path):
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=8", "train.eval_every=4", "train.checkpoint_every=4")
+  results = loop.Trainer(config, model_dir, kws_train_records).run()
+
+  assert results["steps"] == 8 and results["stop_reason"] == "finished"
+  assert 0.0 <= results["test"]["accuracy"] <= 1.0
+  assert results["parameters"] > 0 and results["train_examples_per_second"] > 0
+  assert json.load(open(os.path.join(model_dir, "results.json")))["steps"] == 8
+  history = [json.loads(line) for line in open(os.path.join(model_dir, "history.jsonl"))]
+  assert [h["step"] for h in history] == [4, 8]
+  best = json.load(open(os.path.join(model_dir, "best", "best.json")))
+  assert best["metric"] == "accuracy" and best["step"] in (4, 8)
+  assert sorted(os.path.basename(p) for p in glob.glob(f"{model_dir}/checkpoints/*.index")) == \
+      ["ckpt-4.index", "ckpt-8.index"]
+  assert config_lib.load(os.path.join(model_dir, "config.yaml")) == config
+
+  train = _events(os.path.join(model_dir, "tensorboard", "train"))
+  for tag in ("loss/hard", "loss/total", "learning_rate", "grad_norm", "examples_per_second"):
+    assert [step for step, _ in train[tag]] == [2, 4, 6, 8], tag
+  # Warm-up over 2 steps then cosine: the learning rate falls after step 2.
+  rates = [value for _, value in train["learning_rate"]]
+  assert rates[0] == pytest.approx(1e-3, rel=1e-5) and rates[-1] < rates[1] < rates[0]
+  validation = _events(os.path.join(model_dir, "tensorboard", "validation"))
+  assert [step for step, _ in validation["accuracy"]] == [4, 8]
+
+  # The model dir alone rebuilds the best model.
+  model = loop.load_trained_model(model_dir)
+  assert model.count_params() == results["parameters"]
+
+
+def test_changed_config_is_refused(kws_train_records, tmp_path):
+  model_dir = str(tmp_path / "run")
+  loop.Trainer(_config("train.steps=2", "train.eval_every=2"), model_dir,
+               kws_train_records).run()
+  with pytest.raises(loop.TrainingError, match="differs in: optimizer.learning_rate"):
+    loop.Trainer(_config("train.steps=2", "train.eval_every=2", "optimizer.learning_rate=0.1"),
+                 model_dir, kws_train_records).run()
+
+
+RESUME = ["train.steps=12", "train.eval_every=4", "train.checkpoint_every=3",
+          "data.spec_augment=true", "model.params.dropouts=[0.3,0.3,0.3,0.3,0.3,0.3]",
+          "data.shuffle_buffer=64"]
+
+
+def test_resume_after_kill_is_exact(kws_train_records, tmp_path):
+  """A run killed (SIGKILL) after a checkpoint and resumed ends with the same weights."""
+  whole = str(tmp_path / "whole")
+  loop.Trainer(_config(*RESUME), whole, kws_train_records).run()
+
+  killed = str(tmp_path / "killed")
+  args = [sys.executable, "-m", "kws_tf.bin.train", f"--data_dir={kws_train_records}",
+          f"--model_dir={killed}"] + [f"--override={o}" for o in TINY_KWS + RESUME]
+  process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not os.path.exists(os.path.join(killed, "checkpoints", "ckpt-3.index")):
+    assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
+    time.sleep(0.05)
+  process.send_signal(signal.SIGKILL)
+  process.wait()
+  done = glob.glob(os.path.join(killed, "checkpoints", "ckpt-12.index"))
+  assert not done, "the run finished before it was killed; nothing was resumed"
+  resumed = run_module("kws_tf.bin.train", *args[3:])
+  assert "resuming from" in resumed.stderr + resumed.stdout
+
+  for a, b in zip(_weights(whole), _weights(killed)):
+    np.testing.assert_array_equal(a, b)
+  # The early-stopping state and the best checkpoint agree too.
+  assert json.load(open(f"{whole}/best/best.json")) == json.load(open(f"{killed}/best/best.json"))
+
+
+def test_in_process_stop_and_resume_is_exact(kws_train_records, tmp_path):
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  loop.Trainer(_config(*RESUME), whole, kws_train_records).run()
+  loop.Trainer(_config(*RESUME), parts, kws_train_records).run(stop_after=6)
+  loop.Trainer(_config(*RESUME), parts, kws_train_records).run()
+  for a, b in zip(_weights(whole), _weights(parts)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(kws_train_records, tmp_path):
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=20", "train.checkpoint_every=1", "train.eval_every=100",
+                   "optimizer.learning_rate=1e30", "optimizer.warmup_steps=0",
+                   "optimizer.clip_norm=0", "model.params.batch_norm=false")
+  with pytest.raises(loop.TrainingError, match="not finite at step") as error:
+    loop.Trainer(config, model_dir, kws_train_records).run()
+  step = int(str(error.value).split("not finite at step ")[1].split()[0])
+  saved = sorted(int(p.split("ckpt-")[1].split(".")[0])
+                 for p in glob.glob(f"{model_dir}/checkpoints/ckpt-*.index"))
+  assert saved and max(saved) == step - 1
+  assert f"ckpt-{step - 1}" in str(error.value)
+  # The kept checkpoint holds finite weights.
+  assert all(np.isfinite(w).all() for w in _weights(model_dir))
+
+
+def test_mixed_bfloat16_and_xla_run_on_cpu(kws_train_records, tmp_path):
+  config = _config("train.steps=3", "train.eval_every=3", "train.mixed_precision=mixed_bfloat16",
+                   "train.jit_compile=true")
+  results = loop.Trainer(config, str(tmp_path / "run"), kws_train_records).run()
+  assert np.isfinite(results["test"]["loss"])
+
+
+def test_mixed_float16_uses_loss_scaling(kws_train_records, tmp_path):
+  trainer = loop.Trainer(_config("train.steps=2", "train.eval_every=2",
+                                 "train.mixed_precision=mixed_float16"),
+                         str(tmp_path / "run"), kws_train_records)
+  results = trainer.run()
+  assert isinstance(trainer.optimizer, keras.mixed_precision.LossScaleOptimizer)
+  assert np.isfinite(results["test"]["loss"])
+
+
+def test_mirrored_strategy_over_two_cpu_replicas(kws_train_records, tmp_path):
+  model_dir = str(tmp_path / "run")
+  run_module("kws_tf.bin.train", f"--data_dir={kws_train_records}", f"--model_dir={model_dir}",
+             "--cpu_replicas=2", *[f"--override={o}" for o in TINY_KWS],
+             "--override=train.strategy=mirrored", "--override=train.steps=3",
+             "--override=train.eval_every=3")
+  results = json.load(open(os.path.join(model_dir, "results.json")))
+  assert results["steps"] == 3 and np.isfinite(results["test"]["loss"])
+
+
+def test_ctc_student_trains_and_reports_error_rates(ctc_train_records, tmp_path):
+  config = config_lib.load(None, [
+      "task=ctc", "model.name=wav2letter", "model.params.filters=[32,32]",
+      "model.params.widths=[5,3]", "model.params.strides=[2,1]", "model.params.dropouts=[0,0]",
+      "data.batch_size=4", "train.steps=4", "train.eval_every=2", "train.checkpoint_every=2",
+      "data.validation_split=test"])
+  model_dir = str(tmp_path / "run")
+  results = loop.Trainer(config, model_dir, ctc_train_records).run()
+  assert results["validation_metric"] == "cer"
+  assert set(results["test"]) >= {"cer", "wer", "loss"}
+
+  from kws_tf.evaluation import report as report_lib
+  report = report_lib.evaluate_model(model_dir, ctc_train_records, "test", beam_width=4,
+                                   batch_size=4)
+  assert report["cer"] == pytest.approx(results["test"]["cer"])
+  assert {"beam_cer", "beam_wer"} <= set(report) and report["beam_width"] == 4
+  assert report["examples"][0]["reference"]
+  assert "| wav2letter (run) |" in report_lib.side_by_side([report])
+
+
+def test_empty_validation_set_is_a_clear_error(ctc_train_records, tmp_path):
+  config = config_lib.load(None, [
+      "task=ctc", "model.name=wav2letter", "model.params.filters=[8]", "model.params.widths=[3]",
+      "model.params.strides=[2]", "model.params.dropouts=[0]", "train.steps=1",
+      "train.eval_every=1", "data.validation_fraction=0.0001"])
+  with pytest.raises(loop.TrainingError, match="validation set .* is empty"):
+    loop.Trainer(config, str(tmp_path / "run"), ctc_train_records).run()
+
+
+def test_train_binary_reports_config_errors(kws_train_records, tmp_path):
+  result = run_module("kws_tf.bin.train", f"--data_dir={kws_train_records}",
+                      f"--model_dir={tmp_path}/run", "--override=train.stpes=3", check=False)
+  assert result.returncode == 2
+  assert "unknown config key 'train.stpes'" in result.stderr
+  assert "Traceback" not in result.stderr
