@@ -231,3 +231,33 @@ def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, 
     for name in ("confusion.png", "det.png"):
       assert open(os.path.join(out, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "true \\ predicted" in open(os.path.join(out, "confusion.txt")).read()
+
+
+def test_ctc_teacher_guidance_and_distillation(ctc_train_records, tmp_path):
+  """ctc: frame logits guidance [frames, vocabulary] and a distilled ctc student."""
+  teacher_dir = str(tmp_path / "teacher")
+  loop.Trainer(config_lib.load(None, TEACHER + ["task=ctc", "data.validation_split=test",
+                                                "data.batch_size=4"]),
+               teacher_dir, ctc_train_records).run()
+  guidance_dir = str(tmp_path / "guidance")
+  meta = guidance.create_guidance(teacher_dir, ctc_train_records, guidance_dir, dtype="float32")
+  vocabulary = len(records.load_metadata(ctc_train_records)["vocabulary"]["symbols"])
+  assert meta["outputs"] == {"logits": {"shape": [None, vocabulary]},
+                             "features": {"shape": [None, 16]}}
+  data_meta = records.load_metadata(ctc_train_records)
+  batch = next(iter(data.make_dataset(ctc_train_records, "mfcc", "test", batch_size=3,
+                                      guidance=data.open_guidance(guidance_dir, data_meta))))
+  # Teacher frames (log-mel: samples // 160, halved) are the student's 20 ms frames, +-1.
+  teacher_frames = batch["guidance_frames"].numpy()
+  student_frames = (batch["num_frames"].numpy() + 1) // 2
+  assert np.all(np.abs(teacher_frames - student_frames) <= 1)
+  assert batch["guidance_logits"].shape[1] == teacher_frames.max()
+
+  config = config_lib.load(None, [
+      "task=ctc", "mode=distill", "model.name=wav2letter", "model.params.filters=[16,16]",
+      "model.params.widths=[5,3]", "model.params.strides=[2,1]", "model.params.dropouts=[0,0]",
+      "model.projection_dim=16", "distill.feature_weight=0.1", "data.batch_size=4",
+      "train.steps=2", "train.eval_every=2", "data.validation_split=test"])
+  results = loop.Trainer(config, str(tmp_path / "student"), ctc_train_records,
+                         guidance_dir).run()
+  assert np.isfinite(results["test"]["loss"])
