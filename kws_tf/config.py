@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 TASKS = ("kws", "ctc")
-MODES = ("standard", "distill", "quantized_distill", "fitnet")
+MODES = ("standard", "distill")
 ROLES = ("teacher", "student")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
