@@ -2,7 +2,7 @@
 
 A recipe in ``configs/<name>.yaml`` is a nested mapping whose keys are the
 fields below (``task``, ``mode``, ``role``, ``data.*``, ``model.*``,
-``optimizer.*``, ``distill.*``, ``train.*``). Unknown keys are errors that name
+``optimizer.*``, ``distill.*``, ``quantization.*``, ``train.*``). Unknown keys are errors that name
 the key and the file; values are converted to the field's type, so
 ``--override train.steps=500`` and ``--override optimizer.learning_rate=3e-4``
 work from the command line. ``model.params`` is free-form: it is passed to the
@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 TASKS = ("kws", "ctc")
-MODES = ("standard", "distill")
+MODES = ("standard", "distill", "quantized_distill")
 ROLES = ("teacher", "student")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -122,6 +122,24 @@ class DistillConfig:
 
 
 @dataclasses.dataclass
+class QuantizationConfig:
+  """Quantized distillation (Polino et al. 2018; ``kws_tf.distill.quantization``).
+
+  Fields (``mode=quantized_distill``):
+    bits: bits per weight (2^bits levels per bucket).
+    bucket_size: weights sharing one scale and offset (64 bits per bucket).
+    stochastic: unbiased stochastic rounding while training (deterministic
+      rounding for validation and the final model).
+    keep_first_last_float: leave the first weight layer and the classifier
+      in float32.
+  """
+  bits: int = 4
+  bucket_size: int = 256
+  stochastic: bool = False
+  keep_first_last_float: bool = False
+
+
+@dataclasses.dataclass
 class TrainConfig:
   """The train loop.
 
@@ -169,6 +187,7 @@ class Config:
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
+  quantization: QuantizationConfig = dataclasses.field(default_factory=QuantizationConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
   @property
@@ -197,6 +216,8 @@ class Config:
     for key, value in positive:
       if value <= 0:
         raise ConfigError(f"{key} must be > 0; got {value}")
+    if not 1 <= self.quantization.bits <= 16 or self.quantization.bucket_size < 1:
+      raise ConfigError("quantization.bits must be in 1..16 and quantization.bucket_size >= 1")
     if not 0.0 <= self.data.validation_fraction < 1.0:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")

@@ -198,9 +198,50 @@ def test_hint_guidance_is_resumable_and_byte_identical(kws_teacher_dir, kws_trai
   assert refused.returncode == 2 and "differs in: layer" in refused.stderr
 
 
-def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, tmp_path):
-  guidance_dir = str(tmp_path / "guidance")
+@pytest.fixture(scope="module")
+def kws_guidance(kws_teacher_dir, kws_train_records, tmp_path_factory):
+  guidance_dir = str(tmp_path_factory.mktemp("guidance") / "kws")
   guidance.create_guidance(kws_teacher_dir, kws_train_records, guidance_dir)
+  return guidance_dir
+
+
+QUANTIZED = ["mode=quantized_distill", "model.name=wav2letter_kws_tiny", "quantization.bits=2",
+             "quantization.bucket_size=64", "quantization.stochastic=true", "data.batch_size=8",
+             "train.steps=6", "train.eval_every=3", "train.checkpoint_every=2",
+             "data.validation_fraction=0.3", "model.params.dropouts=[0.2,0.2,0.2,0.2,0.2,0.2]"]
+
+
+def test_quantized_distillation_keeps_quantized_weights_and_resumes_exactly(
+    kws_guidance, kws_train_records, tmp_path):
+  from kws_tf.distill import quantization
+  whole, parts = str(tmp_path / "whole"), str(tmp_path / "parts")
+  config = config_lib.load(None, QUANTIZED)
+  results = loop.Trainer(config, whole, kws_train_records, kws_guidance).run()
+  report = results["quantization"]
+  assert report["bits"] == 2 and report["compression_ratio"] > 8
+  # The best (saved) model holds 2-bit weights: at most 4 levels per bucket of 64.
+  model = loop.load_trained_model(whole)
+  variables = quantization.quantizable_weights(model)
+  assert variables
+  for variable in variables:
+    values = variable.numpy().reshape(-1)
+    for start in range(0, len(values), 64):
+      assert len(np.unique(values[start:start + 64])) <= 4
+  assert report["quantized_parameters"] == sum(int(np.prod(v.shape)) for v in variables)
+  # The training checkpoints hold full-precision weights, and a resumed run is exact.
+  loop.Trainer(config, parts, kws_train_records, kws_guidance).run(stop_after=4)
+  loop.Trainer(config, parts, kws_train_records, kws_guidance).run()
+  for name in ("last", "best"):
+    for a, b in zip(loop.load_trained_model(whole, name).variables,
+                    loop.load_trained_model(parts, name).variables):
+      np.testing.assert_array_equal(a.numpy(), b.numpy())
+  last = loop.load_trained_model(whole, "last")
+  assert any(len(np.unique(v.numpy())) > 4 for v in quantization.quantizable_weights(last))
+
+
+def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, kws_guidance,
+                                            tmp_path):
+  guidance_dir = kws_guidance
   config = config_lib.load(None, [
       "mode=distill", "model.name=wav2letter_kws_tiny", "model.projection_dim=16",
       "distill.temperature=6", "distill.alpha=0.8", "distill.beta=0.2",
@@ -231,6 +272,14 @@ def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, 
     for name in ("confusion.png", "det.png"):
       assert open(os.path.join(out, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
     assert "true \\ predicted" in open(os.path.join(out, "confusion.txt")).read()
+
+  # Post-training quantization of the float student: the baseline of quantized distillation.
+  from kws_tf.evaluation import report
+  quantized = report.evaluate_model(model_dir, kws_train_records, "test", beam_width=0,
+                                    batch_size=16, quantize_bits=2, bucket_size=64)
+  assert quantized["output_dir"].endswith(os.path.join("eval", "test-q2"))
+  assert quantized["quantization"]["post_training"] and \
+      quantized["quantization"]["compression_ratio"] > 8
 
 
 def test_ctc_teacher_guidance_and_distillation(ctc_train_records, tmp_path):

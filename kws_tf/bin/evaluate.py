@@ -27,6 +27,10 @@ flags.DEFINE_string("split", "test", "Split to evaluate.")
 flags.DEFINE_integer("beam_width", 8, "ctc: beam width of the beam-search decoder (0: greedy only).")
 flags.DEFINE_integer("batch_size", 32, "Examples per batch.")
 flags.DEFINE_enum("checkpoint", "best", ["best", "last"], "Which weights to evaluate.")
+flags.DEFINE_integer("quantize_bits", 0, "Quantize every weight once to this many bits before "
+                     "evaluating (post-training quantization, the baseline of quantized "
+                     "distillation); 0: as trained.")
+flags.DEFINE_integer("bucket_size", 256, "Weights per quantization bucket (--quantize_bits).")
 flags.mark_flags_as_required(["model_dirs", "data_dir"])
 
 
@@ -39,7 +43,8 @@ def main(argv):
   for model_dir in FLAGS.model_dirs:
     try:
       results = report.evaluate_model(model_dir, FLAGS.data_dir, FLAGS.split,
-                                      FLAGS.beam_width, FLAGS.batch_size, FLAGS.checkpoint)
+                                      FLAGS.beam_width, FLAGS.batch_size, FLAGS.checkpoint,
+                                      FLAGS.quantize_bits, FLAGS.bucket_size)
     except (ValueError, FileNotFoundError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2
@@ -47,7 +52,7 @@ def main(argv):
     for example in results.get("examples", []):
       print(f"{example['id']}\n  ref:    {example['reference']}\n  greedy: {example['greedy']}"
             + (f"\n  beam:   {example['beam']}" if "beam" in example else ""))
-    print(f"results: {model_dir}/eval/{FLAGS.split}/results.json")
+    print(f"results: {results['output_dir']}/results.json")
   print(report.side_by_side(all_results))
   return 0
 

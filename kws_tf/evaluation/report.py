@@ -11,13 +11,22 @@ import sys
 from typing import List
 
 from kws_tf import data, records, text
+from kws_tf.distill import quantization
 from kws_tf.evaluation import metrics, plots, runner
 from kws_tf.training import loop
 
 
 def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
-                   batch_size: int, checkpoint: str = "best") -> dict:
-  """Evaluates one model dir; writes ``eval/<split>/`` and returns the results."""
+                   batch_size: int, checkpoint: str = "best", quantize_bits: int = 0,
+                   bucket_size: int = 256) -> dict:
+  """Evaluates one model dir; writes ``eval/<split>/`` and returns the results.
+
+  With ``quantize_bits`` > 0 the weights are first quantized once, with
+  deterministic rounding, to that many bits in buckets of ``bucket_size``
+  (post-training quantization, deep-speech-compression's baseline for
+  quantized distillation); the output goes to ``eval/<split>-q<bits>/`` and
+  the results hold the size report.
+  """
   spec = loop.read_model_spec(model_dir)
   metadata = records.load_metadata(data_dir)
   if metadata["task"] != spec["task"]:
@@ -30,6 +39,11 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
     raise ValueError(f"the {fmt} features of {data_dir} differ from those {model_dir} was "
                      "trained on")
   model = loop.load_trained_model(model_dir, checkpoint)
+  size = None
+  if quantize_bits:
+    variables = quantization.post_training_quantize(model, quantize_bits, bucket_size)
+    size = {"bits": quantize_bits, "bucket_size": bucket_size, "post_training": True,
+            **quantization.model_size_bits(model, variables, quantize_bits, bucket_size)}
   # Normalise with the statistics the model was trained with.
   model_meta = dict(metadata, normalization={fmt: spec["normalization"]})
   parse = data.make_parser(model_meta, fmt, normalize=spec["normalization"] is not None)
@@ -43,7 +57,10 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
   results.update(task=spec["task"], model_dir=model_dir, model=spec["name"], role=spec["role"],
                  parameters=int(model.count_params()), split=split, data_dir=data_dir,
                  checkpoint=checkpoint, command=" ".join(sys.argv))
-  out = os.path.join(model_dir, "eval", split)
+  if size is not None:
+    results["quantization"] = size
+  out = os.path.join(model_dir, "eval", f"{split}-q{quantize_bits}" if quantize_bits else split)
+  results["output_dir"] = out
   os.makedirs(out, exist_ok=True)
   if spec["task"] == "kws":
     report = results["report"]

@@ -19,6 +19,10 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
   examples/s, validation metrics), a progress bar, ``history.jsonl``;
 * a NaN or Inf loss stops the run with a TrainingError before anything is
   saved, so the last checkpoint is the last good one;
+* ``mode=quantized_distill`` (Polino et al. 2018): every step runs forward
+  and backward with the weights quantized (``config.quantization``) and applies
+  the gradient to the full-precision weights; validation, the best checkpoint
+  and the final model use the quantized weights;
 * at the end the best weights are evaluated on ``data.test_split`` and
   ``results.json`` is written.
 
@@ -46,7 +50,7 @@ from tqdm import tqdm
 
 from kws_tf import config as config_lib
 from kws_tf import data, records, text
-from kws_tf.distill import losses
+from kws_tf.distill import losses, quantization
 from kws_tf.evaluation import runner
 from kws_tf.models import registry
 from kws_tf.training import schedules
@@ -135,7 +139,8 @@ class Trainer:
     config: the resolved, validated recipe.
     model_dir: where checkpoints, summaries and results go.
     data_dir: a ``create_tfrecords`` output folder of ``config.task``.
-    guidance_dir: a ``create_guidance`` output folder for ``mode=distill``.
+    guidance_dir: a ``create_guidance`` output folder (``mode=distill`` and
+      ``quantized_distill``).
   """
 
   def __init__(self, config: config_lib.Config, model_dir: str, data_dir: str,
@@ -151,8 +156,8 @@ class Trainer:
     if config.data.format not in self.metadata["formats"]:
       raise TrainingError(f"{data_dir} has no {config.data.format!r} records (it has "
                           f"{', '.join(self.metadata['formats'])})")
-    if config.mode == "distill" and not guidance_dir:
-      raise TrainingError("mode=distill needs --guidance_dir (made by create_guidance)")
+    if config.mode != "standard" and not guidance_dir:
+      raise TrainingError(f"mode={config.mode} needs --guidance_dir (made by create_guidance)")
     if config.task == "kws":
       self.class_names: List[str] = list(self.metadata["classes"])
       self.vocabulary = None
@@ -200,6 +205,8 @@ class Trainer:
             "feature_params": self.metadata["formats"][fmt]["params"],
             "normalization": self.metadata["normalization"].get(fmt),
             "data_fingerprint": self.metadata["fingerprint"]}
+    if cfg.mode == "quantized_distill":
+      spec["quantization"] = dataclasses.asdict(cfg.quantization)
     if cfg.task == "kws":
       spec["classes"] = self.class_names
     else:
@@ -228,7 +235,7 @@ class Trainer:
     return optimizer
 
   def _guidance(self) -> Optional[data.Guidance]:
-    if self.config.mode != "distill":
+    if self.config.mode == "standard":
       return None
     try:
       return data.open_guidance(self.guidance_dir, self.metadata)
@@ -296,8 +303,16 @@ class Trainer:
     clip = self.config.optimizer.clip_norm
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
+    quantizer = self._quantizer
+    seed = tf.constant(self.config.train.seed, tf.int64)
+
     def replica_step(batch):
       inputs = {"features": batch["features"], "num_frames": batch["num_frames"]}
+      if quantizer is not None:
+        # Quantized distillation: forward and backward at the quantized weights,
+        # the gradient applied to the full-precision ones (straight-through).
+        full_precision = quantizer.quantize_in_place(
+            tf.stack([seed, tf.cast(optimizer.iterations, tf.int64)]))
       with tf.GradientTape() as tape:
         outputs = model(inputs, training=True)
         terms = self._loss_terms(batch, outputs)
@@ -311,6 +326,8 @@ class Trainer:
       grads = tape.gradient(loss, variables)
       if scaled:
         grads = optimizer.get_unscaled_gradients(grads)
+      if quantizer is not None:
+        quantizer.restore(full_precision)
       pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
       grads = [g for g, _ in pairs]
       norm = tf.linalg.global_norm(grads)
@@ -375,6 +392,14 @@ class Trainer:
     channels = self.metadata["formats"][cfg.data.format]["num_channels"]
     self.model({"features": tf.zeros([1, 8, channels]), "num_frames": tf.constant([8])},
                training=False)
+    self._quantizer = self._rounder = None
+    if cfg.mode == "quantized_distill":
+      q = cfg.quantization
+      self._quantized = quantization.quantizable_weights(self.model, q.keep_first_last_float)
+      self._quantizer = quantization.QuantizedWeights(self._quantized, q.bits, q.bucket_size,
+                                                      q.stochastic)
+      # Validation and the saved best model use deterministic rounding.
+      self._rounder = quantization.QuantizedWeights(self._quantized, q.bits, q.bucket_size)
 
     train_ds = self._dataset(cfg.data.train_split, True, guidance=guidance,
                              keep=None if cfg.data.validation_split else
@@ -427,8 +452,12 @@ class Trainer:
         self._write_train_summaries(writers["train"], step, window)
         window = _Window()
       if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
+        # Quantized distillation validates (and keeps as best) the quantized model.
+        full_precision = self._rounder.quantize_in_place() if self._rounder else None
         metrics = self._validate(validation_ds)
         self._record_validation(writers["validation"], step, metrics, best_manager)
+        if full_precision is not None:
+          self._rounder.restore(full_precision)
       if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or bool(self.stopped):
         manager.save(checkpoint_number=step)
       if stop_after is not None and step >= stop_after:
@@ -510,6 +539,12 @@ class Trainer:
                "validation_value": float(self.best_value),
                "best_checkpoint": best,
                "train_examples_per_second": examples / seconds if seconds else None}
+    if self._rounder is not None:
+      q = cfg.quantization
+      results["quantization"] = {
+          "bits": q.bits, "bucket_size": q.bucket_size, "stochastic": q.stochastic,
+          "keep_first_last_float": q.keep_first_last_float,
+          **quantization.model_size_bits(self.model, self._quantized, q.bits, q.bucket_size)}
     splits = self.metadata["splits"]
     if cfg.data.test_split in splits:
       ds = self._dataset(cfg.data.test_split, False)
