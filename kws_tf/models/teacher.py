@@ -17,7 +17,8 @@ contract is that of ``kws_tf.models``, on Whisper log-mel input
 matches: a student's feature projector must have its size (``projection_dim``).
 
 The encoder comes from ``checkpoint`` (a local Hugging Face Whisper /
-PhoWhisper directory) or, without one, from ``encoder`` (a small
+PhoWhisper directory, or a CTranslate2 / faster-whisper Whisper directory,
+told apart by their files) or, without one, from ``encoder`` (a small
 Whisper-architecture config) with random weights. ``trainable_blocks``:
 ``0`` freezes it (the default with a checkpoint), ``k`` trains the top k
 blocks, ``-1`` trains everything (the default from scratch).
@@ -78,7 +79,7 @@ def whisper_teacher(*, task: str, num_channels: int, num_classes: int,
     projection_dim: 0, or the size of ``projection`` (``hidden_sizes[-1]``
       for kws, ``ctc_hidden`` for ctc): a teacher's projection is its feature
       layer, always an output, never a separate projector.
-    checkpoint: a local Hugging Face Whisper directory, or None.
+    checkpoint: a local Hugging Face or CTranslate2 Whisper directory, or None.
     encoder: overrides of ``SCRATCH_ENCODER`` when there is no checkpoint.
     trainable_blocks: see the module docstring.
     mask_padding: mask attention to the zero padding of a batch, so that each

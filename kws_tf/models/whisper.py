@@ -45,7 +45,9 @@ layout of ``vinai/PhoWhisper-*`` (``config.json`` and ``model.safetensors`` or
 ``WhisperModel`` (``encoder.*``) or a bare ``WhisperEncoder``. Decoder tensors
 (``model.decoder.*``, ``decoder.*``, ``proj_out.*``) are ignored; every other
 tensor must map onto exactly one Keras weight and every Keras weight must be
-set, through the explicit name map of ``_weight_map``.
+set, through the explicit name map of ``_weight_map``. A CTranslate2
+(faster-whisper) model directory (``model.bin``) is detected by its files and
+read by ``kws_tf.models.ctranslate2_whisper`` instead.
 """
 import json
 import math
@@ -55,6 +57,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 import numpy as np
 import tensorflow as tf
 import tf_keras as keras
+
+from kws_tf.models import ctranslate2_whisper
 
 LAYER_NORM_EPSILON = 1e-5
 
@@ -96,7 +100,10 @@ def encoder_config(source: ConfigSource) -> Dict[str, Any]:
       this encoder cannot take.
   """
   if isinstance(source, (str, os.PathLike)):
-    source = _read_config_json(os.fspath(source))
+    if ctranslate2_whisper.is_ctranslate2_dir(source):
+      source = ctranslate2_whisper.ctranslate2_config(source)
+    else:
+      source = _read_config_json(os.fspath(source))
   elif hasattr(source, "to_dict"):
     source = source.to_dict()
   missing = [name for name in _REQUIRED_FIELDS if name not in source]
@@ -432,7 +439,9 @@ def load_encoder(checkpoint_dir: Union[str, os.PathLike],
     checkpoint_dir: a directory with ``config.json`` and ``model.safetensors``
       (read with numpy, no torch) or ``pytorch_model.bin`` (read with
       ``torch.load(weights_only=True)``), or their sharded ``*.index.json``
-      forms; safetensors are preferred when both exist.
+      forms; safetensors are preferred when both exist. Or a CTranslate2
+      Whisper directory (``model.bin``), read by
+      ``ctranslate2_whisper.load_ctranslate2_encoder``.
     mask_padding: see ``WhisperEncoder``.
     kwargs: go to the layer (e.g. ``name``).
 
@@ -443,6 +452,9 @@ def load_encoder(checkpoint_dir: Union[str, os.PathLike],
     ImportError: the checkpoint is ``pytorch_model.bin`` and torch is absent.
   """
   checkpoint_dir = os.fspath(checkpoint_dir)
+  if ctranslate2_whisper.is_ctranslate2_dir(checkpoint_dir):
+    return ctranslate2_whisper.load_ctranslate2_encoder(
+        checkpoint_dir, mask_padding=mask_padding, **kwargs)
   encoder = random_encoder(checkpoint_dir, mask_padding=mask_padding, **kwargs)
   _set_weights(encoder, _read_tensors(checkpoint_dir))
   return encoder
