@@ -139,19 +139,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   from kws_tf import data
   from kws_tf.training import loop
 
-  data_meta = records.load_metadata(data_dir)
-  spec = loop.read_model_spec(teacher_dir)
-  if spec["task"] != data_meta["task"]:
-    raise ValueError(f"the teacher in {teacher_dir} is a {spec['task']} model but "
-                     f"{data_dir} holds {data_meta['task']} records")
+  spec, data_meta, parse = loop.model_records(teacher_dir, data_dir)
   fmt = spec["format"]
-  if fmt not in data_meta["formats"]:
-    raise ValueError(f"the teacher reads {fmt!r} features, which {data_dir} does not have "
-                     f"(it has {', '.join(data_meta['formats'])})")
-  if data_meta["formats"][fmt]["params"] != spec["feature_params"]:
-    raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
-                     f"the teacher's: {data_meta['formats'][fmt]['params']} vs "
-                     f"{spec['feature_params']}")
   splits = list(splits) or list(data_meta["splits"])
   unknown = [s for s in splits if s not in data_meta["splits"]]
   if unknown:
@@ -174,8 +163,6 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
 
   teacher = loop.load_trained_model(teacher_dir, checkpoint_path)
   model, names = guidance_model(teacher, kind, up_to, with_features)
-  teacher_meta = dict(data_meta, normalization={fmt: spec["normalization"]})
-  parse = data.make_parser(teacher_meta, fmt, normalize=spec["normalization"] is not None)
   compression = data_meta["params"]["compression"]
   todo, total = [], 0
   for split in splits:

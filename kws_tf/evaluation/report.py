@@ -27,26 +27,14 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
   quantized distillation); the output goes to ``eval/<split>-q<bits>/`` and
   the results hold the size report.
   """
-  spec = loop.read_model_spec(model_dir)
-  metadata = records.load_metadata(data_dir)
-  if metadata["task"] != spec["task"]:
-    raise ValueError(f"{model_dir} is a {spec['task']} model but {data_dir} holds "
-                     f"{metadata['task']} records")
+  spec, metadata, parse = loop.model_records(model_dir, data_dir)
   fmt = spec["format"]
-  if fmt not in metadata["formats"]:
-    raise ValueError(f"{model_dir} reads {fmt!r} features, which {data_dir} does not have")
-  if metadata["formats"][fmt]["params"] != spec["feature_params"]:
-    raise ValueError(f"the {fmt} features of {data_dir} differ from those {model_dir} was "
-                     "trained on")
   model = loop.load_trained_model(model_dir, checkpoint)
   size = None
   if quantize_bits:
     variables = quantization.post_training_quantize(model, quantize_bits, bucket_size)
     size = {"bits": quantize_bits, "bucket_size": bucket_size, "post_training": True,
             **quantization.model_size_bits(model, variables, quantize_bits, bucket_size)}
-  # Normalise with the statistics the model was trained with.
-  model_meta = dict(metadata, normalization={fmt: spec["normalization"]})
-  parse = data.make_parser(model_meta, fmt, normalize=spec["normalization"] is not None)
   paths = data.shard_paths(data_dir, fmt, split, metadata)
   dataset = data.records_dataset(paths, metadata["params"]["compression"]).map(parse)
   dataset = dataset.padded_batch(batch_size)

@@ -598,3 +598,30 @@ def read_model_spec(model_dir: str) -> dict:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} not found: is {model_dir} a kws_tf model dir?")
   return records.read_json(path)
+
+
+def model_records(model_dir: str, data_dir: str):
+  """``(spec, metadata, parse)`` for running a trained model over ``data_dir``'s records.
+
+  Checks that the records are of the model's task and hold its feature format
+  made with the same parameters (ValueError naming both otherwise); ``parse``
+  reads one record of that format and normalises it with the statistics the
+  model was trained with (from ``model.json``), not the records' own.
+  """
+  spec = read_model_spec(model_dir)
+  metadata = records.load_metadata(data_dir)
+  if metadata["task"] != spec["task"]:
+    raise ValueError(f"{model_dir} is a {spec['task']} model but {data_dir} holds "
+                     f"{metadata['task']} records")
+  fmt = spec["format"]
+  if fmt not in metadata["formats"]:
+    raise ValueError(f"{model_dir} reads {fmt!r} features, which {data_dir} does not have "
+                     f"(it has {', '.join(metadata['formats'])})")
+  if metadata["formats"][fmt]["params"] != spec["feature_params"]:
+    raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
+                     f"those {model_dir} was trained on: {metadata['formats'][fmt]['params']} "
+                     f"vs {spec['feature_params']}")
+  model_meta = dict(metadata, normalization={fmt: spec["normalization"]})
+  parse = data.make_parser(model_meta, fmt, normalize=spec["normalization"] is not None)
+  return spec, metadata, parse
+
