@@ -206,3 +206,31 @@ def test_train_binary_reports_config_errors(kws_train_records, tmp_path):
   assert result.returncode == 2
   assert "unknown config key 'train.stpes'" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def _free_port():
+  import socket
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_multi_worker_strategy_from_tf_config(kws_train_records, tmp_path):
+  """Two local workers (TF_CONFIG) train in step: both end with the same weights."""
+  cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+  processes = []
+  for index in range(2):
+    env = dict(os.environ, TF_CONFIG=json.dumps(
+        {"cluster": cluster, "task": {"type": "worker", "index": index}}))
+    args = [sys.executable, "-m", "kws_tf.bin.train", f"--data_dir={kws_train_records}",
+            f"--model_dir={tmp_path}/worker{index}",
+            *[f"--override={o}" for o in TINY_KWS], "--override=train.strategy=multi_worker",
+            "--override=train.steps=3", "--override=train.eval_every=3"]
+    processes.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.STDOUT, text=True))
+  for process in processes:
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 0, output[-3000:]
+  for a, b in zip(_weights(f"{tmp_path}/worker0"), _weights(f"{tmp_path}/worker1")):
+    np.testing.assert_array_equal(a, b)
+  assert json.load(open(f"{tmp_path}/worker0/results.json"))["steps"] == 3
