@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from conftest import run_module
-from data_prep import get_whisper_base
+from data_prep import whisper_base as base_lib
 from kws_tf.models import ctranslate2_whisper as cw
 from kws_tf.models import whisper
 
@@ -329,16 +329,16 @@ def test_parts_are_joined_in_order_and_missing_packages_are_explained(tmp_path, 
   (first / "model.bin.part1").write_bytes(b"one")
   (second / "model.bin.part2").write_bytes(b"two")
   (second / "config.json").write_bytes(b"{}")
-  files = get_whisper_base.source_files([str(second), str(first)])
+  files = base_lib.source_files([str(second), str(first)])
   assert files == {"model.bin": [str(first / "model.bin.part1"), str(second / "model.bin.part2")],
                    "config.json": [str(second / "config.json")]}
   (second / "model.bin.part2").rename(second / "model.bin.part3")
-  with pytest.raises(get_whisper_base.WhisperBaseError, match=r"parts of model.bin are \[1, 3\]"):
-    get_whisper_base.source_files([str(first), str(second)])
+  with pytest.raises(base_lib.WhisperBaseError, match=r"parts of model.bin are \[1, 3\]"):
+    base_lib.source_files([str(first), str(second)])
 
-  monkeypatch.setattr(get_whisper_base, "PACKAGES", ("kws_tf_no_such_package_1",))
-  with pytest.raises(get_whisper_base.WhisperBaseError, match=r"pip install -e \.\[whisper-base\]"):
-    get_whisper_base.assemble(str(tmp_path / "out"))
+  monkeypatch.setattr(base_lib, "PACKAGES", ("kws_tf_no_such_package_1",))
+  with pytest.raises(base_lib.WhisperBaseError, match=r"pip install -e \.\[whisper-base\]"):
+    base_lib.assemble(str(tmp_path / "out"))
   assert not (tmp_path / "out").exists()
 
 
@@ -436,14 +436,14 @@ def test_spec_written_models_match_ctranslate2(spec_written, quantization):
 @pytest.fixture(scope="module")
 def whisper_base(tmp_path_factory):
   """The directory that ``kws-get-whisper-base`` assembles from the PyPI packages."""
-  if importlib.util.find_spec(get_whisper_base.PACKAGES[0]) is None or \
-      importlib.util.find_spec(get_whisper_base.PACKAGES[1]) is None:
+  if importlib.util.find_spec(base_lib.PACKAGES[0]) is None or \
+      importlib.util.find_spec(base_lib.PACKAGES[1]) is None:
     pytest.skip("the Whisper base packages are not installed: "
-                + get_whisper_base.INSTALL_HINT)
+                + whisper_base.INSTALL_HINT)
   out = tmp_path_factory.mktemp("whisper_base") / "whisper-base"
   result = run_module("data_prep.get_whisper_base", f"--out_dir={out}")
   assert f"written: {out}" in result.stdout
-  assert sorted(os.listdir(out)) == sorted(get_whisper_base.EXPECTED_FILES)
+  assert sorted(os.listdir(out)) == sorted(base_lib.EXPECTED_FILES)
   assert not glob.glob(str(out) + ".tmp-*") and not glob.glob(str(out.parent / ".*"))
   again = run_module("data_prep.get_whisper_base", f"--out_dir={out}")
   assert "already there, checked" in again.stdout
