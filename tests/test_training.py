@@ -104,7 +104,8 @@ def test_resume_after_kill_is_exact(kws_train_records, tmp_path):
   process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
   deadline = time.time() + 240
-  while not os.path.exists(os.path.join(killed, "checkpoints", "ckpt-3.index")):
+  # The manager's state file names a checkpoint only once it is complete.
+  while tf.train.latest_checkpoint(os.path.join(killed, "checkpoints")) is None:
     assert process.poll() is None and time.time() < deadline, "no checkpoint appeared"
     time.sleep(0.05)
   process.send_signal(signal.SIGKILL)
