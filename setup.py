@@ -44,6 +44,7 @@ CONSOLE_SCRIPTS = [
     "kws-synthesize-corpus=data_prep.synthesize_corpus:run",
     "kws-create-tfrecords=data_prep.create_tfrecords:run",
     "kws-create-guidance=data_prep.create_guidance:run",
+    "kws-align=data_prep.align:run",
     "kws-train=kws_tf.bin.train:run",
     "kws-evaluate=kws_tf.bin.evaluate:run",
     "kws-get-whisper-base=data_prep.get_whisper_base:run",
