@@ -55,6 +55,9 @@ def guidance_model(teacher, kind: str, up_to: int, with_features: bool):
   if kind == "logits":
     outputs = {"logits": teacher.output["logits"]}
     if with_features:
+      if "projection" not in teacher.output:
+        raise ValueError("the teacher has no feature layer (projection output); write "
+                         "logits only with --nofeatures")
       outputs["features"] = teacher.output["projection"]
   else:
     try:
@@ -69,7 +72,7 @@ def guidance_model(teacher, kind: str, up_to: int, with_features: bool):
     if teacher.output["logits"].shape.rank == 2:  # kws: also the pooled hint
       outputs["hint_pooled"] = teacher_lib.pooled_frames(
           hidden_states[up_to], inputs["features"], inputs["num_frames"], "hint_pool")
-  outputs["frames"] = keras.layers.Identity(name="frames")(frames)
+  outputs["frames"] = keras.layers.Identity(name="guidance_frames")(frames)
   return keras.Model(inputs, outputs), [k for k in outputs if k != "frames"]
 
 
