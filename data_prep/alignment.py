@@ -13,7 +13,6 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 
 from data_prep import corpora
-from kws_tf import records
 from kws_tf import text as text_lib
 from kws_tf.evaluation import decoding
 
@@ -87,23 +86,6 @@ def align_utterance(log_probs: np.ndarray, transcript: str, vocabulary: text_lib
           for w in words]
 
 
-def _check_inputs(spec: dict, data_meta: dict, model_dir: str, data_dir: str) -> None:
-  """ValueError unless the model is a ctc model that reads the records' features."""
-  if spec["task"] != "ctc":
-    raise ValueError(f"{model_dir} holds a {spec['task']} model; alignment needs a ctc model")
-  if data_meta["task"] != "ctc":
-    raise ValueError(f"{data_dir} holds {data_meta['task']} records; alignment needs ctc "
-                     "records (create_tfrecords --task=ctc)")
-  fmt = spec["format"]
-  if fmt not in data_meta["formats"]:
-    raise ValueError(f"the model reads {fmt!r} features, which {data_dir} does not have "
-                     f"(it has {', '.join(data_meta['formats'])})")
-  if data_meta["formats"][fmt]["params"] != spec["feature_params"]:
-    raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
-                     f"the model's: {data_meta['formats'][fmt]['params']} vs "
-                     f"{spec['feature_params']}")
-
-
 def _align_shard(forward, parse, path: str, compression: str, data_symbols: Sequence[str],
                  vocabulary: text_lib.Vocabulary, frame_seconds: float, hop: float,
                  batch_size: int, split: str, result: SplitResult, bar) -> None:
@@ -156,9 +138,9 @@ def align_records(model_dir: str, data_dir: str, splits: Sequence[str] = (),
   from kws_tf import data
   from kws_tf.training import loop
 
-  data_meta = records.load_metadata(data_dir)
-  spec = loop.read_model_spec(model_dir)
-  _check_inputs(spec, data_meta, model_dir, data_dir)
+  spec, data_meta, parse = loop.model_records(model_dir, data_dir)
+  if spec["task"] != "ctc":
+    raise ValueError(f"{model_dir} holds a {spec['task']} model; alignment needs a ctc model")
   splits = list(splits) or list(data_meta["splits"])
   unknown = [s for s in splits if s not in data_meta["splits"]]
   if unknown:
@@ -170,8 +152,6 @@ def align_records(model_dir: str, data_dir: str, splits: Sequence[str] = (),
   hop = hop_seconds(spec["feature_params"])
   channels = spec["num_channels"]
   frame_seconds = hop * time_stride(model, channels)
-  model_meta = dict(data_meta, normalization={fmt: spec["normalization"]})
-  parse = data.make_parser(model_meta, fmt, normalize=spec["normalization"] is not None)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, channels], tf.float32),
                                 tf.TensorSpec([None], tf.int32)])
