@@ -2,10 +2,10 @@
 
 A recipe in ``configs/<name>.yaml`` is a nested mapping whose keys are the
 fields below (``task``, ``mode``, ``role``, ``data.*``, ``model.*``,
-``optimizer.*``, ``distill.*``, ``quantization.*``, ``train.*``). Unknown keys are errors that name
-the key and the file; values are converted to the field's type, so
-``--override train.steps=500`` and ``--override optimizer.learning_rate=3e-4``
-work from the command line. ``model.params`` is free-form: it is passed to the
+``optimizer.*``, ``distill.*``, ``quantization.*``, ``fitnet.*``, ``train.*``).
+Unknown keys are errors that name the key and the file; values are converted
+to the field's type, so ``--override train.steps=500`` and ``--override
+optimizer.learning_rate=3e-4`` work from the command line. ``model.params`` is free-form: it is passed to the
 model builder, which rejects what it does not know.
 
 The resolved config (recipe + overrides + flags) is written next to the
@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import yaml
 
 TASKS = ("kws", "ctc")
-MODES = ("standard", "distill", "quantized_distill")
+MODES = ("standard", "distill", "quantized_distill", "fitnet")
 ROLES = ("teacher", "student")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -140,6 +140,31 @@ class QuantizationConfig:
 
 
 @dataclasses.dataclass
+class FitNetConfig:
+  """FitNets (Romero et al. 2014; ``kws_tf.distill.fitnet``), ``mode=fitnet``.
+
+  Fields:
+    stage: 0 runs both stages; 1 only the hint stage (the student up to
+      ``guided_layer`` plus a regressor learns the teacher's hints); 2 only
+      the distillation stage, initialised from a finished stage 1.
+    guided_layer: the student layer whose output is regressed onto the hint;
+      "" picks the output of the student's middle block.
+    hint_steps: optimizer steps of stage 1 (stage 2 runs ``train.steps``).
+    hint_learning_rate: peak learning rate of stage 1 (0: that of
+      ``optimizer.learning_rate``).
+    kd_weight_start, kd_weight_end: stage 2's loss is ``hard + lambda *
+      KL(teacher_T || student_T)`` with lambda going linearly from start to end
+      over the stage (the paper: 4 to 1).
+  """
+  stage: int = 0
+  guided_layer: str = ""
+  hint_steps: int = 1000
+  hint_learning_rate: float = 0.0
+  kd_weight_start: float = 4.0
+  kd_weight_end: float = 1.0
+
+
+@dataclasses.dataclass
 class TrainConfig:
   """The train loop.
 
@@ -188,11 +213,15 @@ class Config:
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
   quantization: QuantizationConfig = dataclasses.field(default_factory=QuantizationConfig)
+  fitnet: FitNetConfig = dataclasses.field(default_factory=FitNetConfig)
   train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
 
   @property
   def metric(self) -> str:
-    """The validation metric (``train.metric`` or the task's default)."""
+    """The validation metric: ``hint`` (the hint MSE) in FitNet stage 1, else
+    ``train.metric`` or the task's default."""
+    if self.mode == "fitnet" and self.fitnet.stage == 1:
+      return "hint"
     return self.train.metric or ("accuracy" if self.task == "kws" else "cer")
 
   def validate(self) -> "Config":
@@ -203,7 +232,7 @@ class Config:
                ("optimizer.schedule", self.optimizer.schedule, ("cosine", "constant")),
                ("train.mixed_precision", self.train.mixed_precision, PRECISIONS),
                ("train.strategy", self.train.strategy, STRATEGIES),
-               ("train.metric", self.metric, ("accuracy", "cer", "wer", "loss"))]
+               ("train.metric", self.train.metric, ("", "accuracy", "cer", "wer", "loss"))]
     for key, value, allowed in choices:
       if value not in allowed:
         raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
@@ -218,6 +247,9 @@ class Config:
         raise ConfigError(f"{key} must be > 0; got {value}")
     if not 1 <= self.quantization.bits <= 16 or self.quantization.bucket_size < 1:
       raise ConfigError("quantization.bits must be in 1..16 and quantization.bucket_size >= 1")
+    if self.fitnet.stage not in (0, 1, 2) or self.fitnet.hint_steps <= 0:
+      raise ConfigError("fitnet.stage must be 0 (both), 1 or 2 and fitnet.hint_steps > 0; got "
+                        f"{self.fitnet.stage} and {self.fitnet.hint_steps}")
     if not 0.0 <= self.data.validation_fraction < 1.0:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")

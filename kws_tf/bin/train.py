@@ -7,6 +7,14 @@ r"""Trains a teacher or a student with the one custom train loop.
       --guidance_dir=workdir/guidance/kws --model_dir=workdir/models/kws_small_kd \
       --mode=distill --override distill.temperature=6 --override distill.alpha=0.8
 
+  kws-train --config=configs/kws_small.yaml --data_dir=workdir/records/kws \
+      --hints_dir=workdir/guidance/kws_hints --guidance_dir=workdir/guidance/kws \
+      --model_dir=workdir/models/kws_small_fitnet --mode=fitnet
+
+``--mode=fitnet`` runs FitNet stage 1 (hints, in ``<model_dir>/fitnet_stage1``)
+and then stage 2 (distillation from it, in ``<model_dir>``), or one of them
+with ``--fitnet_stage=1|2``.
+
 The recipe (``--config``) plus ``--override key=value`` pairs plus ``--mode``
 and ``--role`` make the resolved config, written to ``<model_dir>/config.yaml``.
 Running the same command again resumes from the last checkpoint; a model dir
@@ -30,7 +38,12 @@ flags.DEFINE_enum("role", None, list(config_lib.ROLES),
                   "teacher or student; overrides the recipe's `role`.")
 flags.DEFINE_string("model_dir", None, "Where checkpoints, summaries and results go.")
 flags.DEFINE_string("data_dir", None, "A create_tfrecords output folder (kws or ctc).")
-flags.DEFINE_string("guidance_dir", None, "A create_guidance output folder (mode=distill).")
+flags.DEFINE_string("guidance_dir", None, "A create_guidance --guidance=logits output folder "
+                    "(modes distill, quantized_distill, fitnet stage 2).")
+flags.DEFINE_string("hints_dir", None, "A create_guidance --guidance=hints output folder "
+                    "(mode=fitnet, stage 1).")
+flags.DEFINE_integer("fitnet_stage", None, "mode=fitnet: 1 (hints only) or 2 (distillation "
+                     "from a finished stage 1 only); both when unset (overrides fitnet.stage).")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices, "
                      "so train.strategy=mirrored runs several replicas without GPUs "
                      "(to exercise multi-replica code on a CPU machine); 0 leaves it whole.")
@@ -44,6 +57,8 @@ def resolved_config() -> config_lib.Config:
     overrides.append(f"mode={FLAGS.mode}")
   if FLAGS.role:
     overrides.append(f"role={FLAGS.role}")
+  if FLAGS.fitnet_stage is not None:
+    overrides.append(f"fitnet.stage={FLAGS.fitnet_stage}")
   return config_lib.load(FLAGS.config, overrides)
 
 
@@ -56,11 +71,14 @@ def main(argv):
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * FLAGS.cpu_replicas)
-  from kws_tf.training import loop
+  from kws_tf.training import fitnet_stages, loop
   try:
     config = resolved_config()
-    trainer = loop.Trainer(config, FLAGS.model_dir, FLAGS.data_dir, FLAGS.guidance_dir)
-    results = trainer.run()
+    if config.mode == "fitnet":
+      results = fitnet_stages.train(config, FLAGS.model_dir, FLAGS.data_dir, FLAGS.guidance_dir,
+                                    FLAGS.hints_dir)
+    else:
+      results = loop.Trainer(config, FLAGS.model_dir, FLAGS.data_dir, FLAGS.guidance_dir).run()
   except (config_lib.ConfigError, loop.TrainingError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -23,6 +23,11 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
   and backward with the weights quantized (``config.quantization``) and applies
   the gradient to the full-precision weights; validation, the best checkpoint
   and the final model use the quantized weights;
+* ``mode=fitnet`` (Romero et al. 2014, ``kws_tf.distill.fitnet``), one stage
+  per run (``kws_tf.training.fitnet`` runs both): stage 1 trains the student
+  up to its guided layer plus a regressor on hint guidance and validates on
+  the hint MSE; stage 2 starts from stage 1's weights (``init_from``) and
+  distils with an annealed KD weight;
 * at the end the best weights are evaluated on ``data.test_split`` and
   ``results.json`` is written.
 
@@ -50,7 +55,7 @@ from tqdm import tqdm
 
 from kws_tf import config as config_lib
 from kws_tf import data, records, text
-from kws_tf.distill import losses, quantization
+from kws_tf.distill import fitnet, losses, quantization
 from kws_tf.evaluation import runner
 from kws_tf.models import registry
 from kws_tf.training import schedules
@@ -60,7 +65,8 @@ class TrainingError(RuntimeError):
   """A run that cannot go on (non-finite loss, mismatched model dir, ...)."""
 
 
-_HIGHER_IS_BETTER = {"accuracy": True, "cer": False, "wer": False, "loss": False}
+_HIGHER_IS_BETTER = {"accuracy": True, "cer": False, "wer": False, "loss": False,
+                     "hint": False}
 
 
 def make_strategy(name: str) -> tf.distribute.Strategy:
@@ -139,16 +145,24 @@ class Trainer:
     config: the resolved, validated recipe.
     model_dir: where checkpoints, summaries and results go.
     data_dir: a ``create_tfrecords`` output folder of ``config.task``.
-    guidance_dir: a ``create_guidance`` output folder (``mode=distill`` and
-      ``quantized_distill``).
+    guidance_dir: a ``create_guidance`` output folder (``mode=distill``,
+      ``quantized_distill`` and FitNet stage 2: logits; FitNet stage 1: hints).
+    init_from: FitNet stage 2: the stage-1 model dir to start from.
   """
 
   def __init__(self, config: config_lib.Config, model_dir: str, data_dir: str,
-               guidance_dir: Optional[str] = None):
+               guidance_dir: Optional[str] = None, init_from: Optional[str] = None):
     self.config = config.validate()
     self.model_dir = model_dir
     self.data_dir = data_dir
     self.guidance_dir = guidance_dir
+    self.init_from = init_from
+    self._hint_stage = config.mode == "fitnet" and config.fitnet.stage == 1
+    if config.mode == "fitnet" and config.fitnet.stage == 0:
+      raise TrainingError("a Trainer runs one FitNet stage (fitnet.stage=1 or 2); "
+                          "kws_tf.training.fitnet.train runs both")
+    if config.mode == "fitnet" and config.fitnet.stage == 2 and not init_from:
+      raise TrainingError("FitNet stage 2 starts from a finished stage 1: give its model dir")
     self.metadata = records.load_metadata(data_dir)
     if self.metadata["task"] != config.task:
       raise TrainingError(f"{data_dir} holds {self.metadata['task']} records but the "
@@ -270,6 +284,23 @@ class Trainer:
   # ---------------------------------------------------------------- steps
   def _loss_terms(self, batch, outputs) -> Dict[str, tf.Tensor]:
     cfg = self.config
+    if self._hint_stage:
+      loss = fitnet.hint_loss(outputs["hint"], outputs["hint_frames"], batch["guidance_hint"],
+                              batch["guidance_frames"])
+      return {"hint": loss, "total": loss}
+    terms = self._task_terms(batch, outputs)
+    if cfg.mode == "fitnet":
+      f = cfg.fitnet
+      weight = fitnet.kd_weight(self.optimizer.iterations, cfg.train.steps, f.kd_weight_start,
+                                f.kd_weight_end)
+      terms["total"] = fitnet.stage2_total(terms, weight, cfg.distill.temperature,
+                                           cfg.distill.feature_weight)
+      terms["kd_weight"] = weight
+    return terms
+
+  def _task_terms(self, batch, outputs) -> Dict[str, tf.Tensor]:
+    """The task's plain terms (standard) or distillation terms (other modes)."""
+    cfg = self.config
     if cfg.task == "kws":
       if cfg.mode == "standard":
         return losses.standard_terms("kws", labels=batch["label"], logits=outputs["logits"])
@@ -376,8 +407,11 @@ class Trainer:
         temperature=cfg.distill.temperature, alpha=cfg.distill.alpha,
         beta=cfg.distill.beta, feature_weight=cfg.distill.feature_weight)
     guidance = self._guidance()
+    self._fitnet = None
     with self._strategy.scope():
       self.model = build_model(self.model_spec())
+      if self._hint_stage:
+        self.model = self._hint_model(self.model)
       self.optimizer = self._build_optimizer()
       self.optimizer.build(self.model.trainable_variables)
     # Host-side counters, outside the strategy (only the loop updates them).
@@ -417,11 +451,16 @@ class Trainer:
     best_manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, "best"),
         max_to_keep=1, step_counter=self.step)
+    if cfg.mode == "fitnet" and not self._hint_stage:
+      self._fitnet = {"initialised_from": self._initialise_from_stage1(
+          fresh=not manager.latest_checkpoint)}
     if manager.latest_checkpoint:
       checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
       tqdm.write(f"resuming from {manager.latest_checkpoint} (step {int(self.step)})")
 
-    validation_ds = self._validation_dataset(guidance=None)
+    validation_ds = self._validation_dataset(guidance=guidance if self._hint_stage else None)
+    if self._hint_stage:
+      self._check_hint_frames(validation_ds)
     self._forward = None
     train_step = self._make_train_step()
     writers = {name: tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard", name))
@@ -471,6 +510,8 @@ class Trainer:
 
   # ---------------------------------------------------------------- validation
   def _validate(self, dataset) -> Dict[str, float]:
+    if self._hint_stage:
+      return {"hint": self._hint_error(dataset, "the validation set")}
     if self._forward is None:
       self._forward = runner.make_forward(self.model, self.config.task, dataset.element_spec)
     try:
@@ -487,7 +528,7 @@ class Trainer:
   def _record_validation(self, writer, step: int, metrics: Dict[str, float],
                          best_manager) -> None:
     cfg = self.config
-    value = float(metrics[cfg.metric])
+    value = float(metrics[cfg.metric])  # cfg.metric is "hint" in FitNet stage 1
     higher = _HIGHER_IS_BETTER[cfg.metric]
     improved = value > float(self.best_value) if higher else value < float(self.best_value)
     if improved:
@@ -545,14 +586,83 @@ class Trainer:
           "bits": q.bits, "bucket_size": q.bucket_size, "stochastic": q.stochastic,
           "keep_first_last_float": q.keep_first_last_float,
           **quantization.model_size_bits(self.model, self._quantized, q.bits, q.bucket_size)}
+    if self._fitnet is not None:
+      results["fitnet"] = dict(self._fitnet, kd_weight_start=cfg.fitnet.kd_weight_start,
+                               kd_weight_end=cfg.fitnet.kd_weight_end)
     splits = self.metadata["splits"]
-    if cfg.data.test_split in splits:
+    if self._hint_stage:
+      if cfg.data.test_split in self._fitnet["hint_splits"]:
+        ds = self._dataset(cfg.data.test_split, False, guidance=self._guidance())
+        results["test_split"] = cfg.data.test_split
+        results["test"] = {"hint": self._hint_error(ds, f"split {cfg.data.test_split!r}")}
+    elif cfg.data.test_split in splits:
       ds = self._dataset(cfg.data.test_split, False)
       results["test_split"] = cfg.data.test_split
       results["test"] = runner.evaluate(self.model, ds, cfg.task, class_names=self.class_names,
                                         vocabulary=self.vocabulary, summary_only=True)
     records.write_json(os.path.join(self.model_dir, "results.json"), results)
     return results
+
+
+  # ---------------------------------------------------------------- FitNet
+  def _hint_model(self, student: keras.Model) -> keras.Model:
+    """Stage 1's model over ``student``; writes its plan to ``fitnet.json``."""
+    try:
+      hints = fitnet.hint_metadata(self.guidance_dir)
+      params = self.metadata["formats"][self.config.data.format]["params"]
+      self._fitnet = fitnet.plan(student, self.config.fitnet.guided_layer,
+                                 params["frame_step"] / params["sample_rate"], hints)
+      model = fitnet.build_hint_model(student, self._fitnet)
+    except fitnet.FitNetError as e:
+      raise TrainingError(str(e)) from None
+    records.write_json(os.path.join(self.model_dir, fitnet.SPEC_FILE), self._fitnet)
+    return model
+
+  def _check_hint_frames(self, dataset: tf.data.Dataset) -> None:
+    """TrainingError when the guided layer's frames cannot line up with the hint's."""
+    batch = next(iter(dataset))
+    outputs = self.model({"features": batch["features"], "num_frames": batch["num_frames"]},
+                         training=False)
+    try:
+      fitnet.check_frames(outputs["hint_frames"], batch["guidance_frames"],
+                          self._fitnet["factor"], self._fitnet["guided_layer"],
+                          self._fitnet["hint_layer"])
+      if batch["guidance_hint"].shape[-1] != outputs["hint"].shape[-1]:
+        raise fitnet.FitNetError("the hints changed width since fitnet.json was written")
+    except fitnet.FitNetError as e:
+      raise TrainingError(str(e)) from None
+
+  def _initialise_from_stage1(self, fresh: bool) -> str:
+    """Stage 2: the student takes stage 1's weights (when ``fresh``); returns their path."""
+    try:
+      if fresh:
+        with self._strategy.scope():
+          path = fitnet.initialise_from_stage1(self.model, self.init_from)
+        tqdm.write(f"FitNet stage 2 starts from stage 1's weights: {path}")
+        return path
+      return tf.train.latest_checkpoint(os.path.join(self.init_from, "best"))
+    except (FileNotFoundError, AssertionError) as e:
+      raise TrainingError(f"cannot start FitNet stage 2 from {self.init_from}: {e}") from None
+
+  def _hint_error(self, dataset: tf.data.Dataset, what: str) -> float:
+    """Hint MSE over every valid (frame, channel) value of ``dataset``."""
+    model = self.model
+
+    @tf.function(reduce_retracing=True)
+    def sums(batch):
+      outputs = model({"features": batch["features"], "num_frames": batch["num_frames"]},
+                      training=False)
+      return fitnet.hint_error_sums(outputs["hint"], outputs["hint_frames"],
+                                    batch["guidance_hint"], batch["guidance_frames"])
+
+    total = count = 0.0
+    for batch in dataset:
+      batch_total, batch_count = sums({k: v for k, v in batch.items() if k != "id"})
+      total += float(batch_total)
+      count += float(batch_count)
+    if count == 0:
+      raise TrainingError(f"{what} has no hint frames to measure")
+    return total / count
 
 
 def _differences(old, new, prefix: str = "") -> List[str]:
