@@ -47,6 +47,8 @@ CONSOLE_SCRIPTS = [
     "kws-align=data_prep.align:run",
     "kws-train=kws_tf.bin.train:run",
     "kws-evaluate=kws_tf.bin.evaluate:run",
+    "kws-export-tflite=kws_tf.bin.export_tflite:run",
+    "kws-infer=kws_tf.bin.infer:run",
     "kws-get-whisper-base=data_prep.get_whisper_base:run",
 ]
 

@@ -264,6 +264,12 @@ def quantize_model(model: keras.Model) -> keras.Model:
   def annotate(layer):
     if isinstance(layer, (FrameMask, FrameLengths)):
       return layer
+    # A product with a 0/1 frame mask keeps its input's range, so it gets no quantizer
+    # of its own: with one, TFLite's PAD after it (once the converter folds a constant
+    # mask away) would meet two different scales.
+    if isinstance(layer, keras.layers.Multiply) and layer.name.endswith("_mask"):
+      return quantize.quantize_annotate_layer(
+          layer, default_8bit_quantize_configs.NoOpQuantizeConfig())
     # Batch norm after a conv is folded by tfmot's layout transforms.
     if (quantize_registry.supports(layer)
         or isinstance(layer, keras.layers.BatchNormalization)):

@@ -1,0 +1,48 @@
+r"""Runs an exported model over audio files: keywords with times, or a transcript.
+
+  kws-infer --model=workdir/export/kws/distill/model_int8.tflite --audio=recordings/ \
+      --threshold=0.5 --hop_seconds=0.25 --output=jsonl
+
+``--model`` is a ``.tflite`` file or a SavedModel folder written by
+kws-export-tflite; its model card (``.json`` next to it) gives the task, the
+labels, the sample rate and the kws clip length. Audio of any sample rate is
+resampled. kws: one line per detection (``file start end keyword score``), a
+clip-long window sliding by ``--hop_seconds`` with repeated detections of a
+word merged; ctc: ``file transcript``. An unreadable file gets an error line
+on stderr, the others are still processed, and the exit code is 1. See
+``kws_tf/inference.py``.
+"""
+import sys
+
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", None, "An exported .tflite file or SavedModel folder.")
+flags.DEFINE_list("audio", None, "Audio files and/or folders (their .wav/.flac/.ogg/.mp3 "
+                  "files), comma-separated.")
+flags.DEFINE_float("threshold", 0.5, "kws: minimum keyword probability of a window.")
+flags.DEFINE_float("hop_seconds", 0.25, "kws: seconds between window starts.")
+flags.DEFINE_enum("output", "text", ["text", "jsonl"], "Output lines: tab-separated text or "
+                  "one JSON object per file.")
+flags.mark_flags_as_required(["model", "audio"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  from kws_tf import inference
+  try:
+    return inference.run(FLAGS.model, FLAGS.audio, FLAGS.threshold, FLAGS.hop_seconds,
+                         FLAGS.output)
+  except (FileNotFoundError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,362 @@
+"""Export: SavedModel and TFLite files with the front end inside, parity, gate, QAT, cards."""
+import glob
+import json
+import os
+
+import numpy as np
+import pytest
+
+import kws_tf  # noqa: F401
+import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
+
+from conftest import run_module
+from kws_tf import audio, config as config_lib, features, records
+from kws_tf.distill import quantization
+from kws_tf.export import qat, serving, tflite
+from kws_tf.training import loop
+
+CARD_KEYS = {"name", "file", "format", "task", "model", "labels", "sample_rate",
+             "window_samples", "window_seconds", "hop_samples", "hop_seconds",
+             "feature_format", "feature_params", "input", "outputs", "parity", "size_bytes",
+             "latency_ms_single_thread", "parameters", "command"}
+
+
+def _train(records_dir, model_dir, *overrides):
+  config = config_lib.load(None, [
+      "data.batch_size=8", "data.eval_batch_size=32", "optimizer.warmup_steps=2",
+      "train.early_stopping_patience=0", *overrides])
+  loop.Trainer(config, model_dir, records_dir).run()
+  return model_dir
+
+
+def _export(model_dir, records_dir, corpus, out_dir, formats, **options):
+  config = tflite.ExportConfig(formats=formats, audio_dir=str(corpus), num_parity=12,
+                               num_calibration=24, max_accuracy_drop=100.0,
+                               command="pytest", **options)
+  cards = tflite.export(model_dir, records_dir, out_dir, config, log=lambda line: None)
+  return out_dir, cards
+
+
+@pytest.fixture(scope="module")
+def kws_model(kws_train_records, tmp_path_factory):
+  return _train(kws_train_records, str(tmp_path_factory.mktemp("kws") / "model"),
+                "model.name=wav2letter_kws_tiny", "train.steps=40", "train.eval_every=40")
+
+
+@pytest.fixture(scope="module")
+def ctc_model(ctc_train_records, tmp_path_factory):
+  return _train(ctc_train_records, str(tmp_path_factory.mktemp("ctc") / "model"),
+                "task=ctc", "model.name=wav2letter", "model.params.filters=[32,32]",
+                "model.params.widths=[5,3]", "model.params.strides=[2,1]",
+                "model.params.dropouts=[0,0]", "data.validation_split=test", "train.steps=8",
+                "train.eval_every=8")
+
+
+@pytest.fixture(scope="module")
+def kws_export(kws_model, kws_train_records, synthetic_corpus, tmp_path_factory):
+  return _export(kws_model, kws_train_records, synthetic_corpus,
+                 str(tmp_path_factory.mktemp("kws_export")),
+                 ("float32", "float16", "dynamic", "int8"))
+
+
+@pytest.fixture(scope="module")
+def ctc_export(ctc_model, ctc_train_records, synthetic_corpus, tmp_path_factory):
+  return _export(ctc_model, ctc_train_records, synthetic_corpus,
+                 str(tmp_path_factory.mktemp("ctc_export")),
+                 ("float32", "dynamic", "qat"), qat_steps=4, qat_batch_size=4)
+
+
+def _test_waveform(corpus, task):
+  """A test-speaker utterance (ctc) or its first second, zero-padded (kws), 16 kHz."""
+  path = sorted(glob.glob(os.path.join(corpus, "test", "waves", "*", "*.wav")))[0]
+  waveform = audio.read_audio(path, 16000)
+  if task == "ctc":
+    return waveform
+  return np.pad(waveform[:16000], (0, max(0, 16000 - len(waveform))))
+
+
+def _keras_on_features(model_dir, waveform):
+  """The Keras model's outputs on features.py features of ``waveform``, normalised."""
+  spec = loop.read_model_spec(model_dir)
+  values = features.from_dict(spec["feature_params"]).compute(waveform).numpy()
+  values = (values - np.array(spec["normalization"]["mean"], np.float32)) / np.array(
+      spec["normalization"]["std"], np.float32)
+  model = loop.load_trained_model(model_dir)
+  outputs = model({"features": values[np.newaxis], "num_frames": np.array([len(values)])},
+                  training=False)
+  return {k: v.numpy() for k, v in outputs.items()}
+
+
+def _tflite_outputs(path, waveform):
+  """Runs a TFLite file as an app would: resize the input, invoke, read named outputs."""
+  # Tensor indices of the signature's names (read from a second interpreter of the file,
+  # since a signature runner keeps references that block resizing).
+  signature = Interpreter(model_path=path).get_signature_runner("serving_default")
+  outputs = {name: d["index"] for name, d in signature.get_output_details().items()}
+  interpreter = Interpreter(model_path=path)
+  index = signature.get_input_details()["waveform"]["index"]
+  interpreter.resize_tensor_input(index, [1, len(waveform)])
+  interpreter.allocate_tensors()
+  interpreter.set_tensor(index, waveform[np.newaxis].astype(np.float32))
+  interpreter.invoke()
+  return {name: interpreter.get_tensor(i) for name, i in outputs.items()}
+
+
+def _exported(request, task):
+  out_dir, cards = request.getfixturevalue(f"{task}_export")
+  model_dir = request.getfixturevalue(f"{task}_model")
+  return out_dir, cards, model_dir
+
+
+@pytest.mark.parametrize("task", ["kws", "ctc"])
+def test_saved_model_equals_keras_on_the_front_end_features(task, request, synthetic_corpus):
+  out_dir, _, model_dir = _exported(request, task)
+  waveform = _test_waveform(synthetic_corpus, task)
+  expected = _keras_on_features(model_dir, waveform)
+  signature = tf.saved_model.load(os.path.join(out_dir, "saved_model")).signatures[
+      "serving_default"]
+  got = {k: v.numpy() for k, v in signature(waveform=tf.constant(waveform[np.newaxis])).items()}
+  if task == "kws":
+    assert set(got) == {"logits", "probabilities"}
+    np.testing.assert_allclose(got["probabilities"], tf.nn.softmax(expected["logits"]),
+                               atol=1e-5)
+  else:
+    assert set(got) == {"logits", "logit_frames"}
+    assert got["logit_frames"].tolist() == expected["logit_frames"].tolist()
+    assert got["logits"].shape[1] == expected["logits"].shape[1] > 10
+  np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-4)
+
+
+@pytest.mark.parametrize("task", ["kws", "ctc"])
+def test_float32_tflite_equals_keras(task, request, synthetic_corpus):
+  out_dir, cards, model_dir = _exported(request, task)
+  waveform = _test_waveform(synthetic_corpus, task)
+  expected = _keras_on_features(model_dir, waveform)
+  got = _tflite_outputs(os.path.join(out_dir, "model_float32.tflite"), waveform)
+  np.testing.assert_allclose(got["logits"], expected["logits"], atol=1e-4)
+  if task == "ctc":
+    assert got["logit_frames"].tolist() == expected["logit_frames"].tolist()
+    # A dynamic input: a shorter utterance through the same file.
+    short = waveform[:len(waveform) // 2]
+    np.testing.assert_allclose(_tflite_outputs(os.path.join(out_dir, "model_float32.tflite"),
+                                               short)["logits"],
+                               _keras_on_features(model_dir, short)["logits"], atol=1e-4)
+  parity = cards["float32"]["parity"]
+  assert parity["max_abs_logit_error"] < 1e-4 and parity["drop_points"] == 0.0
+  assert parity["num_examples"] == (12 if task == "kws" else 6)
+  assert cards["saved_model"]["parity"]["max_abs_logit_error"] < 1e-4
+
+
+@pytest.mark.parametrize("task", ["kws", "ctc"])
+def test_float16_and_dynamic_are_close_and_smaller(task, request):
+  out_dir, cards, _ = _exported(request, task)
+  kinds = ("float16", "dynamic") if task == "kws" else ("dynamic",)
+  for kind in kinds:
+    # The dynamic file keeps the front end float32: quantizing its mel / DFT matrices
+    # too (TFLite's default) gave logit errors around 1 on these models.
+    assert cards[kind]["parity"]["max_abs_logit_error"] < 0.1, kind
+    assert cards[kind]["size_bytes"] < cards["float32"]["size_bytes"], kind
+  if task == "kws":
+    assert cards["dynamic"]["size_bytes"] < cards["float16"]["size_bytes"]
+
+
+def test_int8_model_is_integer_with_a_float_front_end(kws_export, kws_model):
+  out_dir, cards = kws_export
+  card = cards["int8"]
+  assert card["parity"]["num_examples"] == 12 and "accuracy" in card["parity"]["exported"]
+  assert card["accuracy_gate"] == {"max_drop_points": 100.0, "passed": True}
+  assert card["input"] == {"shape": [1, 16000], "dtype": "float32"}
+  interpreter = Interpreter(model_path=os.path.join(out_dir, "model_int8.tflite"))
+  dtypes = {t["name"]: t["dtype"] for t in interpreter.get_tensor_details()}
+  model_name = loop.read_model_spec(kws_model)["name"]
+  # Every weight and activation of the model is int8 (biases int32).
+  in_model = {n: d for n, d in dtypes.items() if n.startswith(model_name + "/")}
+  assert sum(d == np.int8 for d in in_model.values()) >= 14  # 7 weights, 7 activations
+  assert all(d in (np.int8, np.int32) for d in in_model.values())
+  # The normalised features (the front end's last op) are float32.
+  assert dtypes["front_end/mul"] == np.float32
+
+
+def test_accuracy_gate_fails_with_a_clear_message_and_keeps_the_files(
+    kws_model, kws_train_records, synthetic_corpus, tmp_path):
+  out = tmp_path / "export"
+  # No file can lose less than -100.5 points: the gate must fail.
+  result = run_module("kws_tf.bin.export_tflite", f"--model_dir={kws_model}",
+                      f"--data_dir={kws_train_records}", f"--out_dir={out}",
+                      f"--audio_dir={synthetic_corpus}", "--formats=float32,int8",
+                      "--int8_io=int8", "--num_parity=12", "--num_calibration=24",
+                      "--max_accuracy_drop=-100.5", check=False)
+  assert result.returncode != 0
+  assert "accuracy gate failed" in result.stderr
+  assert str(out / "model_int8.tflite") in result.stderr
+  assert "--max_accuracy_drop=-100.5" in result.stderr and "points" in result.stderr
+  card = json.load(open(out / "model_int8.json"))
+  assert card["accuracy_gate"]["passed"] is False
+  assert card["command"].endswith("--max_accuracy_drop=-100.5")
+  # int8 input and outputs, with their quantization parameters in the card.
+  assert card["input"]["dtype"] == "int8" and card["input"]["quantization"]["scale"] > 0
+  assert card["outputs"]["logits"]["dtype"] == "int8"
+  # Every file written is complete and usable.
+  for name in ("model_float32", "model_int8"):
+    interpreter = Interpreter(model_path=str(out / f"{name}.tflite"))
+    interpreter.allocate_tensors()
+    assert json.load(open(out / f"{name}.json"))["size_bytes"] == os.path.getsize(
+        out / f"{name}.tflite")
+  assert not glob.glob(str(out / "*.tmp-*"))
+
+
+def test_qat_export_of_a_wav2letter_student(ctc_export):
+  out_dir, cards = ctc_export
+  card = cards["qat"]
+  assert card["format"] == "qat" and card["qat_steps"] == 4
+  assert {"cer", "wer"} <= set(card["parity"]["exported"]) and "accuracy_gate" in card
+  assert card["input"] == {"shape": [1, -1], "dtype": "float32"}
+  assert card["outputs"]["logits"]["shape"][1:] == [-1, len(card["labels"]["vocabulary"])]
+  interpreter = Interpreter(model_path=os.path.join(out_dir, "model_qat.tflite"))
+  assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
+
+
+def test_qat_export_of_a_minimalistic_mobilenet_kws_student(kws_train_records, synthetic_corpus,
+                                                           tmp_path):
+  model_dir = _train(kws_train_records, str(tmp_path / "model"), "model.name=mobilenet_v3_small",
+                     "model.params.minimalistic=true", "model.params.alpha=0.25",
+                     "train.steps=2", "train.eval_every=2")
+  out_dir, cards = _export(model_dir, kws_train_records, synthetic_corpus, str(tmp_path / "out"),
+                           ("qat",), qat_steps=2, qat_batch_size=4)
+  assert cards["qat"]["parity"]["max_abs_logit_error"] < 0.5
+  interpreter = Interpreter(model_path=os.path.join(out_dir, "model_qat.tflite"))
+  assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
+
+
+def test_qat_refuses_models_without_support():
+  assert qat.supports_qat({"name": "wav2letter_kws_tiny", "params": {}})
+  assert qat.supports_qat({"name": "mobilenet_v3_small", "params": {"minimalistic": True}})
+  for name in ("mobilenet_v3_small", "resnet18", "whisper_teacher"):
+    with pytest.raises(tflite.ExportError, match=f"QAT is not supported for model '{name}'"):
+      qat.check_supported({"name": name, "params": {}})
+
+
+def test_whisper_log_mel_front_end_uses_a_matmul_dft(kws_train_records, synthetic_corpus,
+                                                     tmp_path, kws_export):
+  model_dir = _train(kws_train_records, str(tmp_path / "model"), "data.format=logmel",
+                     "model.name=wav2letter_kws_tiny", "train.steps=2", "train.eval_every=2")
+  out_dir, cards = _export(model_dir, kws_train_records, synthetic_corpus,
+                           str(tmp_path / "export"), ("float32",))
+  card = cards["float32"]
+  assert card["feature_params"]["fft_length"] == 400
+  assert card["feature_params"]["dft"] == "matmul"
+  assert card["window_samples"] == 400 and card["hop_samples"] == 160
+  assert card["parity"]["max_abs_logit_error"] < 1e-4
+
+  def complex_tensors(path):
+    return [t for t in Interpreter(model_path=path).get_tensor_details()
+            if t["dtype"] == np.complex64]
+
+  # No RFFT (complex tensors) with n_fft 400; the MFCC model (n_fft 512) keeps TFLite's RFFT.
+  assert not complex_tensors(os.path.join(out_dir, "model_float32.tflite"))
+  assert complex_tensors(os.path.join(kws_export[0], "model_float32.tflite"))
+  waveform = _test_waveform(synthetic_corpus, "kws")
+  np.testing.assert_allclose(
+      _tflite_outputs(os.path.join(out_dir, "model_float32.tflite"), waveform)["logits"],
+      _keras_on_features(model_dir, waveform)["logits"], atol=1e-4)
+
+
+def test_export_front_end_switches_to_matmul_only_when_needed():
+  assert serving.export_front_end({"format": "logmel"}).dft == "matmul"
+  assert serving.export_front_end({"format": "mfcc", "fft_length": 512}).dft == "fft"
+  assert serving.export_front_end({"format": "raw"}).format == "raw"
+
+
+@pytest.mark.parametrize("task", ["kws", "ctc"])
+def test_model_cards_have_the_required_keys(task, request):
+  out_dir, cards, model_dir = _exported(request, task)
+  spec = loop.read_model_spec(model_dir)
+  for name in ("saved_model", "model_float32", "model_dynamic"):
+    card = json.load(open(os.path.join(out_dir, name + ".json")))
+    assert CARD_KEYS <= set(card), CARD_KEYS - set(card)
+    markdown = open(os.path.join(out_dir, name + ".md")).read()
+    assert card["file"] in markdown and f"{card['size_bytes']:,}" in markdown
+    assert card["task"] == task and card["sample_rate"] == 16000
+    assert card["hop_samples"] == 160 and card["window_samples"] == 512
+    assert card["feature_format"] == "mfcc" and card["command"] == "pytest"
+    assert card["parameters"] == loop.load_trained_model(model_dir).count_params()
+    if name != "saved_model":
+      assert card["latency_ms_single_thread"] > 0
+      assert card["size_bytes"] == os.path.getsize(os.path.join(out_dir, card["file"]))
+  if task == "kws":
+    assert card["labels"]["classes"] == spec["classes"] and card["clip_samples"] == 16000
+    assert card["input"] == {"shape": [1, 16000], "dtype": "float32"}
+  else:
+    assert card["labels"]["vocabulary"] == spec["vocabulary"]["symbols"]
+    assert card["labels"]["blank_index"] == 0 and card["logit_frame_seconds"] == 0.02
+    assert card["input"] == {"shape": [1, -1], "dtype": "float32"}
+
+
+def test_quantized_distilled_weights_are_exported_as_they_are(kws_model, kws_train_records,
+                                                             synthetic_corpus, tmp_path):
+  """A quantized-distilled student's best checkpoint holds quantized weights; the float32
+  file must hold exactly those. No batch norm here, so nothing but the mean pooling's
+  constant 1 / frames (folded into the classifier by the converter) changes them."""
+  bits, bucket_size = 3, 64
+  spec = loop.read_model_spec(kws_model)
+  spec["params"] = dict(spec["params"], batch_norm=False)
+  spec["quantization"] = {"bits": bits, "bucket_size": bucket_size, "stochastic": False,
+                          "keep_first_last_float": False}
+  model_dir = tmp_path / "quantized"
+  os.makedirs(model_dir / "best")
+  records.write_json(str(model_dir / "model.json"), spec)
+  model = loop.build_model(spec)
+  quantization.post_training_quantize(model, bits, bucket_size)
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(model_dir / "best"),
+                             max_to_keep=1).save(checkpoint_number=1)
+  out_dir, cards = _export(str(model_dir), kws_train_records, synthetic_corpus,
+                           str(tmp_path / "export"), ("float32",))
+  assert cards["float32"]["weight_quantization"]["bits"] == bits
+
+  interpreter = Interpreter(model_path=os.path.join(out_dir, "model_float32.tflite"))
+  interpreter.allocate_tensors()
+  tensors = {}
+  for t in interpreter.get_tensor_details():
+    try:
+      tensors[t["name"]] = interpreter.get_tensor(t["index"])
+    except ValueError:  # activations have no data before invoke
+      pass
+  checked = 0
+  for layer in model.layers:
+    if not hasattr(layer, "kernel"):
+      continue
+    kernel = layer.kernel.numpy()
+    # TFLite stores a conv kernel [out, height, width, in] and a dense one [out, in].
+    order = (1, 2, 3, 0) if kernel.ndim == 4 else (1, 0)
+    found = [np.transpose(v, order) for n, v in tensors.items()
+             if f"/{layer.name}/" in f"/{n}" and v.ndim == kernel.ndim
+             and np.transpose(v, order).shape == kernel.shape]
+    assert len(found) == 1, layer.name
+    largest = np.unravel_index(np.argmax(np.abs(kernel)), kernel.shape)
+    scale = found[0][largest] / kernel[largest]
+    if layer.name != "logits":
+      assert scale == 1.0, layer.name
+    np.testing.assert_allclose(found[0], kernel * scale, rtol=1e-6, atol=0)
+    flat = found[0].reshape(-1)
+    for start in range(0, flat.size, bucket_size):
+      assert len(np.unique(flat[start:start + bucket_size])) <= 2 ** bits, layer.name
+    checked += 1
+  assert checked == 7  # six convolutions and the classifier
+
+
+def test_records_without_waveforms_need_the_audio(kws_model, kws_train_records):
+  with pytest.raises(tflite.ExportError, match="--audio_dir"):
+    tflite.load_examples(kws_model, kws_train_records, "test", 2)
+
+
+def test_cut_clip_pads_outside_the_utterance():
+  waveform = np.arange(1, 11, dtype=np.float32)
+  np.testing.assert_array_equal(tflite.cut_clip(waveform, -0.2, 5, 10), [0, 0, 1, 2, 3])
+  np.testing.assert_array_equal(tflite.cut_clip(waveform, 0.8, 5, 10), [9, 10, 0, 0, 0])
+
+
+def test_help_lists_the_flags():
+  result = run_module("kws_tf.bin.export_tflite", "--help", check=False)
+  for flag in ("--formats", "--int8_io", "--max_accuracy_drop", "--qat_steps", "--audio_dir"):
+    assert flag in result.stdout + result.stderr
