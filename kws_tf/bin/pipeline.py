@@ -1,64 +1,64 @@
-r"""The main job on the embedded default: synthetic corpus -> TFRecords.
+r"""The main job, end to end: synthetic corpus -> TFRecords -> teacher -> guidance ->
+standard, distilled and quantized-distilled students -> evaluation -> int8 TFLite -> table.
 
   kws-pipeline --workdir=workdir
 
-Stages run as separate programs that read what the previous one wrote from
-disk; each is resumable, so re-running the command after a kill finishes the
-job and skips what is complete:
-
-  1. corpus   data_prep.synthesize_corpus  -> <workdir>/corpus (VIVOS layout + CTM)
-  2. records  data_prep.create_tfrecords   -> <workdir>/records/{kws,ctc}
-              (logmel for the teacher, mfcc for the students)
+Every stage is a separate program (its command is printed) and is skipped when
+its outputs are complete, so re-running the command after a kill finishes the
+job. The teacher is built on the frozen Whisper-base encoder when
+``<workdir>/models/whisper-base`` exists (``kws-get-whisper-base`` makes it) or
+on ``--teacher=<Whisper checkpoint dir>`` (PhoWhisper, Hugging Face or
+CTranslate2 layout); otherwise it is trained from scratch. See
+``kws_tf/pipeline.py`` for the stages and folders.
 """
 import os
-import shlex
-import subprocess
 import sys
-import time
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
+from kws_tf import pipeline
+
+_DEFAULTS = pipeline.Options()
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", "workdir", "Where every stage writes.")
-flags.DEFINE_integer("speakers", 16, "Synthetic speakers in all.")
-flags.DEFINE_integer("test_speakers", 4, "Of which held out for the test split.")
-flags.DEFINE_integer("utterances_per_speaker", 60, "Utterances per synthetic speaker.")
-flags.DEFINE_integer("seed", 0, "Seed of the synthetic corpus.")
-flags.DEFINE_integer("cores", os.cpu_count(), "Worker processes per stage.")
-flags.DEFINE_list("formats", ["logmel", "mfcc"], "Feature formats to write.")
-flags.DEFINE_list("tasks", ["kws", "ctc"], "Record sets to write.")
-
-
-def _stage(name: str, module: str, args) -> None:
-  command = [sys.executable, "-m", module] + args
-  print(f"== {name}: {' '.join(shlex.quote(c) for c in command)}", flush=True)
-  started = time.time()
-  result = subprocess.run(command)
-  if result.returncode != 0:
-    raise SystemExit(f"stage {name} failed (exit {result.returncode}); fix the cause "
-                     f"and run the same command again: finished work is kept")
-  print(f"== {name}: done in {time.time() - started:.0f} s", flush=True)
+flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Where every stage writes.")
+flags.DEFINE_integer("speakers", _DEFAULTS.speakers, "Synthetic speakers in all.")
+flags.DEFINE_integer("test_speakers", _DEFAULTS.test_speakers,
+                     "Of which held out for the test split.")
+flags.DEFINE_integer("utterances_per_speaker", _DEFAULTS.utterances_per_speaker,
+                     "Utterances per synthetic speaker.")
+flags.DEFINE_integer("seed", _DEFAULTS.seed, "Seed of the synthetic corpus.")
+flags.DEFINE_integer("cores", _DEFAULTS.cores, "Worker processes of the data stages.")
+flags.DEFINE_list("tasks", list(_DEFAULTS.tasks), "kws and/or ctc.")
+flags.DEFINE_string("teacher", _DEFAULTS.teacher, "auto (<workdir>/models/whisper-base when "
+                    "present, else from scratch), scratch, or a Whisper checkpoint directory "
+                    "(Hugging Face PhoWhisper or CTranslate2) whose frozen encoder the teacher "
+                    "uses.")
+flags.DEFINE_integer("teacher_steps", _DEFAULTS.teacher_steps, "Training steps of the teacher.")
+flags.DEFINE_integer("student_steps", _DEFAULTS.student_steps,
+                     "Training steps of each student.")
+flags.DEFINE_integer("quantize_bits", _DEFAULTS.quantize_bits,
+                     "Bits per weight of the quantized-distilled student.")
+flags.DEFINE_integer("num_parity", _DEFAULTS.num_parity,
+                     "Test clips of each export's Keras-vs-TFLite parity check.")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  corpus = os.path.join(FLAGS.workdir, "corpus")
-  _stage("corpus", "data_prep.synthesize_corpus", [
-      f"--out_dir={corpus}", f"--speakers={FLAGS.speakers}",
-      f"--test_speakers={FLAGS.test_speakers}",
-      f"--utterances_per_speaker={FLAGS.utterances_per_speaker}",
-      f"--seed={FLAGS.seed}", f"--cores={FLAGS.cores}"])
-  for task in FLAGS.tasks:
-    args = [f"--data_dir={corpus}", "--corpus=vivos",
-            f"--out_dir={os.path.join(FLAGS.workdir, 'records', task)}",
-            "--splits=train,test", f"--formats={','.join(FLAGS.formats)}",
-            f"--task={task}", f"--cores={FLAGS.cores}"]
-    if task == "kws":
-      args.append(f"--alignments={os.path.join(corpus, '*', 'alignments.ctm')}")
-    _stage(f"records ({task})", "data_prep.create_tfrecords", args)
-  print(f"records ready under {os.path.join(FLAGS.workdir, 'records')}")
+  options = pipeline.Options(
+      workdir=FLAGS.workdir, speakers=FLAGS.speakers, test_speakers=FLAGS.test_speakers,
+      utterances_per_speaker=FLAGS.utterances_per_speaker, seed=FLAGS.seed, cores=FLAGS.cores,
+      tasks=tuple(FLAGS.tasks), teacher=FLAGS.teacher, teacher_steps=FLAGS.teacher_steps,
+      student_steps=FLAGS.student_steps, quantize_bits=FLAGS.quantize_bits,
+      num_parity=FLAGS.num_parity)
+  try:
+    pipeline.run(options)
+  except pipeline.PipelineError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  print(f"summary: {os.path.join(FLAGS.workdir, 'results.md')}")
+  return 0
 
 
 def run():

@@ -1,0 +1,299 @@
+"""The main job, end to end, as a chain of resumable stages.
+
+For each task (``kws`` by default; ``ctc`` too with ``tasks=("kws", "ctc")``)::
+
+  corpus    data_prep.synthesize_corpus    <workdir>/corpus (VIVOS layout + CTM)
+  records   data_prep.create_tfrecords     <workdir>/records/<task> (logmel + mfcc)
+  teacher   kws_tf.bin.train (role=teacher) <workdir>/models/<task>/teacher
+  guidance  data_prep.create_guidance       <workdir>/guidance/<task> (logits)
+  students  kws_tf.bin.train                <workdir>/models/<task>/{standard,distill,
+                                            quantized_distill}
+  evaluate  kws_tf.bin.evaluate             <model dir>/eval/test/
+  export    kws_tf.bin.export_tflite        <workdir>/export/<task>/<model>/ (int8 TFLite
+                                            with the front end inside + model card)
+
+then a table (``<workdir>/results.md`` and ``results.json``): each model's
+parameters, file size, test accuracy (or CER) of the Keras model and of the
+int8 TFLite file, and its single-thread latency per clip.
+
+Every stage is a separate program whose command is printed; a stage whose
+outputs are complete is skipped (a training run with other settings in the
+same folder is refused by the trainer), so re-running the same command after a
+kill finishes the job.
+
+The teacher is a Whisper encoder with a KWS (or CTC) head: on top of the
+frozen encoder of ``teacher`` when that is a Whisper checkpoint directory
+(Hugging Face PhoWhisper, or CTranslate2 such as ``kws-get-whisper-base``'s),
+else trained from scratch with a small Whisper-architecture config.
+"""
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from kws_tf import records
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs")
+TEACHER_CONFIGS = {"kws": "teacher_kws.yaml", "ctc": "teacher_ctc.yaml"}
+STUDENT_CONFIGS = {"kws": "kws_small.yaml", "ctc": "ctc_small.yaml"}
+STUDENT_MODES = ("standard", "distill", "quantized_distill")
+WHISPER_BASE_DIR = os.path.join("models", "whisper-base")
+
+
+class PipelineError(RuntimeError):
+  """A stage failed or the options cannot work (the message says what to do)."""
+
+
+@dataclasses.dataclass
+class Options:
+  """What the pipeline makes and how long it trains.
+
+  Fields:
+    workdir: where every stage writes.
+    speakers, test_speakers, utterances_per_speaker, seed: the synthetic
+      corpus (test speakers are held out of training).
+    cores: worker processes of the data stages.
+    tasks: ``kws`` and/or ``ctc``.
+    teacher: ``auto`` (the Whisper-base directory ``<workdir>/models/whisper-base``
+      when present, else from scratch), ``scratch``, or a Whisper checkpoint
+      directory (Hugging Face or CTranslate2).
+    teacher_steps, student_steps: optimizer steps of each training run.
+    quantize_bits: bits of the quantized-distilled student.
+    num_parity: test examples of the export's Keras-vs-TFLite parity check.
+  """
+  workdir: str = "workdir"
+  speakers: int = 16
+  test_speakers: int = 4
+  utterances_per_speaker: int = 60
+  seed: int = 0
+  cores: int = os.cpu_count() or 1
+  tasks: Sequence[str] = ("kws",)
+  teacher: str = "auto"
+  teacher_steps: int = 600
+  student_steps: int = 1500
+  quantize_bits: int = 4
+  num_parity: int = 200
+
+
+def _quote(command: List[str]) -> str:
+  return " ".join(shlex.quote(c) for c in command)
+
+
+def _stage(name: str, module: str, args: List[str], timings: Dict[str, float]) -> None:
+  command = [sys.executable, "-m", module] + args
+  print(f"== {name}: {_quote(command)}", flush=True)
+  started = time.time()
+  result = subprocess.run(command, cwd=REPO)
+  if result.returncode != 0:
+    raise PipelineError(f"stage {name} failed (exit {result.returncode}); fix the cause and "
+                        "run the same command again: finished work is kept")
+  timings[name] = time.time() - started
+  print(f"== {name}: done in {timings[name]:.0f} s", flush=True)
+
+
+def _skip(name: str, path: str) -> bool:
+  if os.path.exists(path):
+    print(f"== {name}: complete ({path})", flush=True)
+    return True
+  return False
+
+
+def teacher_checkpoint(options: Options) -> Optional[str]:
+  """The Whisper checkpoint the teacher is built on, or None (from scratch)."""
+  if options.teacher == "scratch":
+    return None
+  if options.teacher == "auto":
+    candidate = os.path.join(options.workdir, WHISPER_BASE_DIR)
+    present = all(os.path.exists(os.path.join(candidate, f)) for f in ("model.bin", "config.json"))
+    return os.path.abspath(candidate) if present else None
+  if not os.path.isdir(options.teacher):
+    raise PipelineError(f"teacher checkpoint {options.teacher} is not a directory")
+  return os.path.abspath(options.teacher)
+
+
+def _train_steps(steps: int) -> List[str]:
+  """Overrides that fit a recipe's schedule to ``steps``."""
+  every = max(steps // 10, 1)
+  return [f"train.steps={steps}", f"train.eval_every={every}", f"train.checkpoint_every={every}",
+          f"train.log_every={max(every // 4, 1)}", "train.early_stopping_patience=0",
+          f"optimizer.warmup_steps={min(100, steps // 10)}"]
+
+
+def _train(name: str, config: str, model_dir: str, data_dir: str, overrides: List[str],
+           timings: Dict[str, float], mode: Optional[str] = None,
+           guidance_dir: Optional[str] = None) -> None:
+  if _skip(name, os.path.join(model_dir, "results.json")):
+    return
+  args = [f"--config={os.path.join(CONFIGS, config)}", f"--model_dir={model_dir}",
+          f"--data_dir={data_dir}"] + [f"--override={o}" for o in overrides]
+  if mode:
+    args.append(f"--mode={mode}")
+  if guidance_dir:
+    args.append(f"--guidance_dir={guidance_dir}")
+  _stage(name, "kws_tf.bin.train", args, timings)
+
+
+def _data(options: Options, timings: Dict[str, float]) -> str:
+  corpus = os.path.join(options.workdir, "corpus")
+  # synthesize_corpus skips the speakers it has finished.
+  _stage("corpus", "data_prep.synthesize_corpus", [
+      f"--out_dir={corpus}", f"--speakers={options.speakers}",
+      f"--test_speakers={options.test_speakers}",
+      f"--utterances_per_speaker={options.utterances_per_speaker}",
+      f"--seed={options.seed}", f"--cores={options.cores}"], timings)
+  for task in options.tasks:
+    out = os.path.join(options.workdir, "records", task)
+    if _skip(f"records ({task})", os.path.join(out, records.METADATA_FILE)):
+      continue
+    args = [f"--data_dir={corpus}", "--corpus=vivos", f"--out_dir={out}",
+            "--splits=train,test", "--formats=logmel,mfcc", f"--task={task}",
+            f"--cores={options.cores}"]
+    if task == "kws":
+      args.append(f"--alignments={os.path.join(corpus, '*', 'alignments.ctm')}")
+    _stage(f"records ({task})", "data_prep.create_tfrecords", args, timings)
+  return corpus
+
+
+def _models(options: Options, task: str, checkpoint: Optional[str],
+            timings: Dict[str, float]) -> Dict[str, str]:
+  """Trains the teacher and the students of ``task``; returns name -> model dir."""
+  data_dir = os.path.join(options.workdir, "records", task)
+  models = os.path.join(options.workdir, "models", task)
+  dirs = {"teacher": os.path.join(models, "teacher")}
+  teacher_overrides = _train_steps(options.teacher_steps)
+  if checkpoint:
+    teacher_overrides.append(f"model.params.checkpoint={checkpoint}")
+  _train(f"teacher ({task})", TEACHER_CONFIGS[task], dirs["teacher"], data_dir,
+         teacher_overrides, timings)
+  guidance_dir = os.path.join(options.workdir, "guidance", task)
+  if not _skip(f"guidance ({task})", os.path.join(guidance_dir, records.METADATA_FILE)):
+    _stage(f"guidance ({task})", "data_prep.create_guidance", [
+        f"--teacher_dir={dirs['teacher']}", f"--data_dir={data_dir}",
+        f"--out_dir={guidance_dir}", "--guidance=logits", "--splits=train"], timings)
+  for mode in STUDENT_MODES:
+    dirs[mode] = os.path.join(models, mode)
+    overrides = _train_steps(options.student_steps)
+    if mode == "quantized_distill":
+      overrides.append(f"quantization.bits={options.quantize_bits}")
+    _train(f"student {mode} ({task})", STUDENT_CONFIGS[task], dirs[mode], data_dir, overrides,
+           timings, mode=mode, guidance_dir=None if mode == "standard" else guidance_dir)
+  return dirs
+
+
+def _evaluate(task: str, dirs: Dict[str, str], data_dir: str,
+              timings: Dict[str, float]) -> Dict[str, dict]:
+  results_paths = {name: os.path.join(d, "eval", "test", "results.json") for name, d in dirs.items()}
+  if not all(os.path.exists(p) for p in results_paths.values()):
+    _stage(f"evaluate ({task})", "kws_tf.bin.evaluate", [
+        f"--model_dirs={','.join(dirs.values())}", f"--data_dir={data_dir}", "--split=test"],
+        timings)
+  else:
+    print(f"== evaluate ({task}): complete", flush=True)
+  return {name: records.read_json(path) for name, path in results_paths.items()}
+
+
+def _export(options: Options, task: str, dirs: Dict[str, str], data_dir: str, corpus: str,
+            timings: Dict[str, float]) -> Dict[str, dict]:
+  """int8 TFLite of each student (float32 of the teacher); name -> model card."""
+  cards = {}
+  for name, model_dir in dirs.items():
+    out = os.path.join(options.workdir, "export", task, name)
+    fmt = "float32" if name == "teacher" else "int8"
+    card = os.path.join(out, f"model_{fmt}.json")
+    if not _skip(f"export {name} ({task})", card):
+      _stage(f"export {name} ({task})", "kws_tf.bin.export_tflite", [
+          f"--model_dir={model_dir}", f"--data_dir={data_dir}", f"--out_dir={out}",
+          f"--formats={fmt}", f"--num_parity={options.num_parity}", f"--audio_dir={corpus}"],
+          timings)
+    cards[name] = records.read_json(card)
+  return cards
+
+
+def _metric(task: str, values: dict) -> str:
+  if task == "kws":
+    return f"{values['accuracy']:.4f}"
+  return f"{values['cer']:.4f}"
+
+
+def summary(options: Options, task: str, checkpoint: Optional[str], dirs: Dict[str, str],
+            evaluations: Dict[str, dict], cards: Dict[str, dict]) -> List[dict]:
+  """One row per model: what the table shows, as plain values."""
+  metric = "accuracy" if task == "kws" else "cer"
+  rows = []
+  for name, model_dir in dirs.items():
+    card, evaluation = cards[name], evaluations[name]
+    parity = card["parity"]
+    rows.append({
+        "task": task, "model": name, "architecture": evaluation["model"],
+        "teacher": "Whisper checkpoint " + checkpoint if checkpoint else
+                   "Whisper architecture trained from scratch",
+        "parameters": evaluation["parameters"], "metric": metric,
+        "test": evaluation[metric], "test_examples": evaluation["num_examples"],
+        "file": card["file"], "file_format": card["format"], "size_bytes": card["size_bytes"],
+        "parity_examples": parity["num_examples"], "parity_keras": parity["keras"][metric],
+        "parity_tflite": parity["exported"][metric],
+        "max_abs_logit_error": parity["max_abs_logit_error"],
+        "latency_ms": card["latency_ms_single_thread"], "model_dir": model_dir,
+        "export_dir": os.path.join(options.workdir, "export", task, name)})
+  return rows
+
+
+def table(rows: List[dict]) -> str:
+  """The rows as a Markdown table."""
+  header = ["task", "model", "architecture", "parameters", "test metric (Keras)",
+            "TFLite file", "size (KB)", "parity clips: Keras -> TFLite", "max logit error",
+            "latency / clip (ms, 1 thread)"]
+  lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+  for r in rows:
+    examples = "" if r["test_examples"] is None else f" ({r['test_examples']} clips)"
+    lines.append("| " + " | ".join([
+        r["task"], r["model"], r["architecture"], f"{r['parameters']:,}",
+        f"{r['metric']} {r['test']:.4f}{examples}", f"{r['file']} ({r['file_format']})",
+        f"{r['size_bytes'] / 1024:.0f}",
+        f"{r['parity_keras']:.4f} -> {r['parity_tflite']:.4f} ({r['parity_examples']} clips)",
+        f"{r['max_abs_logit_error']:.2g}",
+        "n/a" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"]) + " |")
+  return "\n".join(lines)
+
+
+def run(options: Options) -> List[dict]:
+  """Runs every stage (skipping finished ones); writes and returns the summary rows."""
+  unknown = [t for t in options.tasks if t not in TEACHER_CONFIGS]
+  if unknown:
+    raise PipelineError(f"unknown task {unknown[0]!r}; tasks are kws and ctc")
+  started = time.time()
+  timings: Dict[str, float] = {}
+  checkpoint = teacher_checkpoint(options)
+  if checkpoint:
+    print(f"teacher: the frozen Whisper encoder of {checkpoint}", flush=True)
+  else:
+    print("teacher: a small Whisper-architecture encoder trained from scratch (for the real "
+          "Whisper-base teacher run kws-get-whisper-base --out_dir="
+          f"{os.path.join(options.workdir, WHISPER_BASE_DIR)} first)", flush=True)
+  corpus = _data(options, timings)
+  rows = []
+  for task in options.tasks:
+    data_dir = os.path.join(options.workdir, "records", task)
+    dirs = _models(options, task, checkpoint, timings)
+    evaluations = _evaluate(task, dirs, data_dir, timings)
+    cards = _export(options, task, dirs, data_dir, corpus, timings)
+    rows += summary(options, task, checkpoint, dirs, evaluations, cards)
+  text = table(rows)
+  teacher = (f"the frozen Whisper encoder of {checkpoint}" if checkpoint else
+             "a Whisper-architecture encoder trained from scratch")
+  elapsed = time.time() - started
+  report = (f"Teacher: {teacher}. Synthetic espeak-ng speech, {options.test_speakers} test "
+            f"speakers held out of training. Wall time of this run {elapsed / 60:.1f} min on "
+            f"{os.cpu_count()} cores (stages run now: "
+            + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "none") + ").\n\n"
+            + text + "\n")
+  records.write_json(os.path.join(options.workdir, "results.json"),
+                     {"teacher": teacher, "rows": rows, "seconds": elapsed, "timings": timings})
+  with open(os.path.join(options.workdir, "results.md"), "w", encoding="utf-8") as f:
+    f.write(report)
+  print("\n" + report, flush=True)
+  return rows

@@ -1,0 +1,44 @@
+"""The main job end to end on a tiny synthetic corpus, and its resume."""
+import json
+import os
+
+from conftest import run_module
+from kws_tf import pipeline
+
+TINY = ["--speakers=3", "--test_speakers=1", "--utterances_per_speaker=5", "--teacher=scratch",
+        "--teacher_steps=3", "--student_steps=3", "--num_parity=6", "--cores=2"]
+
+
+def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
+  workdir = str(tmp_path / "work")
+  first = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *TINY)
+  summary = json.load(open(os.path.join(workdir, "results.json")))
+  rows = {r["model"]: r for r in summary["rows"]}
+  assert list(rows) == ["teacher", *pipeline.STUDENT_MODES]
+  assert "trained from scratch" in summary["teacher"]
+  for name, row in rows.items():
+    path = os.path.join(row["export_dir"], row["file"])
+    assert os.path.getsize(path) == row["size_bytes"] > 0
+    assert row["file_format"] == ("float32" if name == "teacher" else "int8")
+    assert 0.0 <= row["test"] <= 1.0 and row["parity_examples"] == 6
+    assert row["latency_ms"] > 0
+  # The three students are one architecture; the quantized one kept 4-bit weights.
+  assert len({rows[m]["parameters"] for m in pipeline.STUDENT_MODES}) == 1
+  card = json.load(open(os.path.join(rows["quantized_distill"]["export_dir"],
+                                     "model_int8.json")))
+  assert card["weight_quantization"]["bits"] == 4
+  table = open(os.path.join(workdir, "results.md")).read()
+  assert table.count("| kws |") == 4 and table in first.stdout + "\n"
+  for stage in ("teacher (kws)", "student distill (kws)", "export teacher (kws)"):
+    assert f"== {stage}: done" in first.stdout
+
+  again = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *TINY)
+  assert "== teacher (kws): complete" in again.stdout
+  assert "done in" not in again.stdout.replace("== corpus: done in", "")
+  assert json.load(open(os.path.join(workdir, "results.json")))["rows"] == summary["rows"]
+
+
+def test_pipeline_refuses_a_missing_teacher_checkpoint(tmp_path):
+  result = run_module("kws_tf.bin.pipeline", f"--workdir={tmp_path}", "--teacher=/no/such/dir",
+                      check=False)
+  assert result.returncode == 2 and "/no/such/dir is not a directory" in result.stderr
