@@ -166,7 +166,7 @@ def _models(options: Options, task: str, checkpoint: Optional[str],
   dirs = {"teacher": os.path.join(models, "teacher")}
   teacher_overrides = _train_steps(options.teacher_steps)
   if checkpoint:
-    teacher_overrides.append(f"model.params.checkpoint={checkpoint}")
+    teacher_overrides += [f"model.params.checkpoint={checkpoint}", "model.params.encoder=null"]
   _train(f"teacher ({task})", TEACHER_CONFIGS[task], dirs["teacher"], data_dir,
          teacher_overrides, timings)
   guidance_dir = os.path.join(options.workdir, "guidance", task)

@@ -102,6 +102,18 @@ def test_checkpoint_teacher_is_frozen_by_default(hf_checkpoint, top_k, trainable
   assert any(v.name.startswith("adapt_0") for v in model.trainable_weights)
 
 
+def test_teacher_recipe_takes_a_checkpoint_with_its_encoder_config_dropped(hf_checkpoint):
+  recipe = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "teacher_kws.yaml")
+  overrides = [f"model.params.checkpoint={hf_checkpoint}"]
+  params = config_lib.load(recipe, overrides).model.params
+  with pytest.raises(ValueError, match="model.params.encoder=null"):
+    registry.build("whisper_teacher", task="kws", num_channels=80, num_classes=10, **params)
+  params = config_lib.load(recipe, overrides + ["model.params.encoder=null"]).model.params
+  model = registry.build("whisper_teacher", task="kws", num_channels=80, num_classes=10,
+                         **params)
+  assert model.get_layer("encoder").whisper_config["d_model"] == 32
+
+
 def test_teacher_rejects_mismatched_inputs():
   with pytest.raises(ValueError, match="80 mel bins but the features have 39"):
     teacher.whisper_teacher(task="kws", num_channels=39, num_classes=10, encoder=TINY_ENCODER)

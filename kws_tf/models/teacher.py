@@ -91,7 +91,8 @@ def whisper_teacher(*, task: str, num_channels: int, num_classes: int,
   if task not in ("kws", "ctc"):
     raise ValueError(f"task must be kws or ctc, got {task!r}")
   if checkpoint and encoder:
-    raise ValueError("give either checkpoint or encoder, not both")
+    raise ValueError("give either checkpoint or encoder, not both (a recipe with an encoder "
+                     "config takes --override model.params.encoder=null next to a checkpoint)")
   enc = _encoder(checkpoint, encoder, trainable_blocks, mask_padding)
   if enc.whisper_config["num_mel_bins"] != num_channels:
     raise ValueError(f"the encoder takes {enc.whisper_config['num_mel_bins']} mel bins but the "
