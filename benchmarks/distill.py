@@ -1,6 +1,8 @@
-r"""Distillation benchmark on the synthetic corpus: teacher, standard student, distilled student.
+r"""Distillation benchmark on the synthetic corpus: teacher, students, compressed students.
 
   .venv/bin/python benchmarks/distill.py [--work_dir=/tmp/kws_tf_distill]
+      [--families=wav2letter,mobilenet_v3] [--methods=standard,distill,quantized_distill,ptq,fitnet]
+      [--bits=8,4,2] [--extra_seeds=0]
 
 Not a test. Every number it prints is on **synthetic** espeak-ng speech. Stages,
 each a separate program (the commands are printed), each skipped when its
@@ -19,19 +21,42 @@ output already exists, so a re-run only redoes what changed:
 5. students ``kws_tf.bin.train --config=configs/kws_small.yaml`` with
             ``--mode=standard`` and ``--mode=distill``, for each of ``--seeds``:
             same recipe, steps and seed; only the loss differs.
+6. compression (``--until=compression``, the default), for each of
+            ``--families`` (``wav2letter``: ``--student_config``;
+            ``mobilenet_v3``: ``--mobilenet_config``) and each of
+            ``--extra_seeds``, the ``--methods``:
+            ``standard`` and ``distill`` as in 5 (the wav2letter runs of 5 are
+            reused); ``quantized_distill``: ``--mode=quantized_distill
+            --override quantization.bits=B`` for each of ``--bits`` (Polino et
+            al. 2018); ``ptq``: ``kws_tf.bin.evaluate --quantize_bits=B`` of
+            the float distilled student (post-training quantization, no
+            training; test and dev); ``fitnet``: ``--mode=fitnet`` (Romero et
+            al. 2014) with hints from ``create_guidance --guidance=hints
+            --up_to=--hint_layer --splits=train,dev,test`` for stage 1 and the
+            logits of 4 for stage 2.
 
 Every run gets ``--override data.validation_split=dev``. Model and guidance
 folders are named after a hash of everything that makes them (recipe,
 overrides, data), so changing a recipe or an ``--*_override`` trains anew while
 an unchanged one is read back from its ``results.json``.
 
-The table gives each model's parameters (all weights, batch-norm statistics
-and the teacher's fixed position embeddings included), float32 size, test and
-dev accuracy, test macro-F1 and training examples/s, then the distilled
-student's mean test accuracy over the seeds as a share of the teacher's and its
-parameter ratio, against the target: a student with at most 1/20 of the
-teacher's parameters that reaches at least 97% of the teacher's accuracy and
-beats the same student trained without the teacher.
+The first table gives each model's parameters (all weights, batch-norm
+statistics and the teacher's fixed position embeddings included), float32 size,
+test and dev accuracy, test macro-F1 and training examples/s, then the
+distilled student's mean test accuracy over the seeds as a share of the
+teacher's and its parameter ratio, against the target: a student with at most
+1/20 of the teacher's parameters that reaches at least 97% of the teacher's
+accuracy and beats the same student trained without the teacher.
+
+The compression table gives, per student and method, the bits per weight, the
+parameters, the size in bits (``kws_tf.distill.quantization.model_size_bits``:
+a quantized tensor takes ``bucket_size * bits + 64`` bits per bucket, every
+other weight, batch norm included, 32 bits), the compression ratio against
+float32, and test and dev accuracy. Its targets (test accuracy, means over the
+same ``--extra_seeds``): 4-bit quantized distillation within 2 points of the
+float distilled student and ahead of 4-bit post-training quantization; FitNet
+at least as good as plain distillation for the ``--student_config`` student
+(the thinnest).
 """
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -51,6 +76,13 @@ from kws_tf import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# Family of the compression table -> (its recipe flag, its override flag).
+FAMILIES = {"wav2letter": ("student_config", "student_override"),
+            "mobilenet_v3": ("mobilenet_config", "mobilenet_override")}
+METHODS = ("standard", "distill", "quantized_distill", "ptq", "fitnet")
+METHOD_NAMES = {"standard": "standard", "distill": "distill (KD)",
+                "quantized_distill": "quantized distillation",
+                "ptq": "post-training quantization of distill", "fitnet": "FitNet (hints + KD)"}
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "/tmp/kws_tf_distill", "Corpus, records, models and guidance "
                     "(kept and reused by later runs).")
@@ -71,14 +103,34 @@ flags.DEFINE_multi_string("distill_override", [], "key=value for the distilled r
                           "(distill.* settings; anything else would make the runs unequal).")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of the students: each seed trains "
                   "the standard and the distilled student; the target is judged on the means.")
-flags.DEFINE_enum("until", "students", ["records", "teacher", "guidance", "students"],
+flags.DEFINE_enum("until", "compression",
+                  ["records", "teacher", "guidance", "students", "compression"],
                   "Last stage to run.")
+flags.DEFINE_string("mobilenet_config",
+                    os.path.join(REPO, "configs", "kws_mobilenet_v3_small_kd.yaml"),
+                    "The MobileNetV3 student's recipe (family mobilenet_v3).")
+flags.DEFINE_multi_string("mobilenet_override", [], "key=value for every MobileNetV3 run "
+                          "(--student_override is for the wav2letter runs only).")
+flags.DEFINE_list("families", list(FAMILIES), "Students of the compression table: "
+                  "wav2letter (--student_config) and/or mobilenet_v3 (--mobilenet_config).")
+flags.DEFINE_list("methods", list(METHODS), "Rows of the compression table: " + ", ".join(METHODS)
+                  + " (ptq: post-training quantization of the float distilled student).")
+flags.DEFINE_list("bits", ["8", "4", "2"], "Bits per weight of quantized_distill and ptq.")
+flags.DEFINE_list("extra_seeds", ["0"], "Training seeds of the compression table's runs (the "
+                  "wav2letter standard and distill rows also show every one of --seeds).")
+flags.DEFINE_integer("hint_layer", 2, "FitNet hint: the teacher's encoder hidden state "
+                     "(create_guidance --up_to; 0 = embeddings; the 4-layer teacher's middle is 2).")
+flags.DEFINE_multi_string("quantized_override", [], "key=value for the quantized_distill runs "
+                          "only (quantization.*; quantization.bits comes from --bits).")
+flags.DEFINE_multi_string("fitnet_override", [], "key=value for the fitnet runs only (fitnet.*).")
 
 # Every run validates on the dev speakers (the recipes' default is a hold-out
 # of train clips, whose speakers are also in training).
 BENCHMARK_OVERRIDES = ["data.validation_split=dev"]
 TARGET_RATIO = 20          # the student has at most 1/20 of the teacher's parameters
 TARGET_SHARE = 0.97        # and at least 97% of its test accuracy
+QD_TARGET_BITS = 4         # quantized distillation at 4 bits
+QD_TARGET_POINTS = 0.02    # within 2 points of the float distilled student
 
 
 def _quote(command: List[str]) -> str:
@@ -136,19 +188,31 @@ def _digest(*parts) -> str:
 
 
 def _resolved(path: str, overrides: List[str], mode: Optional[str] = None) -> str:
-  """The resolved recipe as YAML (what the train binary writes to config.yaml)."""
+  """The resolved recipe as YAML: what the train binary writes to config.yaml,
+  less the ``fitnet`` section unless the mode is fitnet.
+
+  Only mode=fitnet reads that section, and it came after the first runs of this
+  benchmark: leaving it out of the hash keeps their folders (and results).
+  """
   overrides = list(overrides) + ([f"mode={mode}"] if mode else [])
-  return config_lib.dump(config_lib.load(path, overrides))
+  config = config_lib.load(path, overrides)
+  values = config_lib.to_dict(config)
+  if config.mode != "fitnet":
+    del values["fitnet"]
+  return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def _train(name: str, config: str, overrides: List[str], mode: str, data_dir: str,
-           model_dir: str, timings: dict, guidance_dir: Optional[str] = None) -> dict:
+           model_dir: str, timings: dict, guidance_dir: Optional[str] = None,
+           hints_dir: Optional[str] = None) -> dict:
   results_path = os.path.join(model_dir, "results.json")
   command = [sys.executable, "-m", "kws_tf.bin.train", f"--config={config}",
              f"--mode={mode}", f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
   command += [f"--override={o}" for o in overrides]
   if guidance_dir:
     command.append(f"--guidance_dir={guidance_dir}")
+  if hints_dir:
+    command.append(f"--hints_dir={hints_dir}")
   if os.path.exists(results_path):
     print(f"== {name}: reusing {results_path} (made by: {_quote(command)})", flush=True)
   else:
@@ -174,6 +238,180 @@ def _row(model: str, role: str, seed: str, results: dict, model_dir: str) -> Lis
           f"{test['macro_f1']:.4f}", "n/a" if validation is None else f"{validation:.4f}",
           f"{results['steps']} (best {results['best_step']})",
           "n/a" if rate is None else f"{rate:,.0f}"]
+
+
+def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: str,
+             fingerprint: str, guidance_dir: str, hints_dir: Optional[str],
+             timings: dict) -> dict:
+  """Trains one student run of ``family`` (or reads it back).
+
+  Returns ``{"results", "model_dir", "config"}`` (``config``: the resolved
+  recipe as a mapping). ``bits`` is for mode=quantized_distill only,
+  ``hints_dir`` for mode=fitnet only.
+  """
+  config_flag, override_flag = FAMILIES[family]
+  config = getattr(FLAGS, config_flag)
+  overrides = BENCHMARK_OVERRIDES + getattr(FLAGS, override_flag) + [f"train.seed={seed}"]
+  if mode != "standard":
+    overrides += FLAGS.distill_override
+  if mode == "quantized_distill":
+    overrides += FLAGS.quantized_override + [f"quantization.bits={bits}"]
+  if mode == "fitnet":
+    overrides += FLAGS.fitnet_override
+  resolved = _resolved(config, overrides, mode)
+  key = (resolved, fingerprint)
+  if mode != "standard":
+    key += (guidance_dir,)
+  if mode == "fitnet":
+    key += (hints_dir,)
+  model_dir = os.path.join(FLAGS.work_dir, "models", f"student_{mode}-{_digest(*key)}")
+  name = f"{family} ({mode}{f', {bits} bits' if bits else ''}, seed {seed})"
+  results = _train(name, config, overrides, mode, data_dir, model_dir, timings,
+                   guidance_dir if mode != "standard" else None,
+                   hints_dir if mode == "fitnet" else None)
+  return {"results": results, "model_dir": model_dir, "config": yaml.safe_load(resolved)}
+
+
+def _ptq(name: str, model_dir: str, data_dir: str, split: str, bits: int, bucket_size: int,
+         timings: dict) -> dict:
+  """Post-training quantization of a trained model, evaluated on ``split`` (or read back)."""
+  path = os.path.join(model_dir, "eval", f"{split}-q{bits}", "results.json")
+  command = [sys.executable, "-m", "kws_tf.bin.evaluate", f"--model_dirs={model_dir}",
+             f"--data_dir={data_dir}", f"--split={split}", f"--quantize_bits={bits}",
+             f"--bucket_size={bucket_size}", "--beam_width=0", "--batch_size=64"]
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      results = json.load(f)
+    if results["quantization"]["bucket_size"] == bucket_size:
+      print(f"== {name}: reusing {path} (made by: {_quote(command)})", flush=True)
+      return results
+  _run(name, command, timings)
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _seeds(family: str, method: str) -> List[str]:
+  """Seeds of a compression-table row: --extra_seeds, plus --seeds for the
+  wav2letter standard and distill runs (trained in stage 5 anyway)."""
+  if family == "wav2letter" and method in ("standard", "distill"):
+    return list(dict.fromkeys(FLAGS.seeds + FLAGS.extra_seeds))
+  return list(FLAGS.extra_seeds)
+
+
+def _compression_row(family: str, method: str, bits: int, seed: str, model: str,
+                     parameters: int, size: Optional[dict], test: float,
+                     dev: Optional[float]) -> dict:
+  """One row of the compression table; ``size`` is a results' "quantization"
+  dict (None: float32)."""
+  size_bits = size["total_bits"] if size else 32 * parameters
+  ratio = size["compression_ratio"] if size else 1.0
+  return {"family": family, "method": method, "bits": bits, "seed": seed, "model": model,
+          "parameters": parameters, "size_bits": size_bits, "ratio": ratio, "test": test,
+          "dev": dev}
+
+
+def _mean(rows: List[dict], family: str, method: str, bits: int, seeds: List[str],
+          key: str) -> Optional[float]:
+  """Mean of ``key`` over the rows of ``seeds``; None unless every seed has a value."""
+  values = [r[key] for r in rows if r["family"] == family and r["method"] == method
+            and r["bits"] == bits and r["seed"] in seeds and r[key] is not None]
+  return sum(values) / len(values) if values and len(values) == len(seeds) else None
+
+
+def _print_compression(rows: List[dict], fitnets: List[tuple],
+                       quantized_config: Optional[dict]) -> None:
+  """The compression table, the FitNet hint stages and the compression targets."""
+  print()
+  if quantized_config:
+    q = quantized_config
+    print(f"quantized distillation: the distill recipe (same steps, T, alpha) trained at its "
+          f"quantized weights (straight-through), buckets of {q['bucket_size']}, stochastic "
+          f"rounding {str(q['stochastic']).lower()}, first and last layers float32 "
+          f"{str(q['keep_first_last_float']).lower()}; post-training quantization: the float "
+          "distilled student's kernels and biases rounded once to the nearest level "
+          "(kws_tf.bin.evaluate --quantize_bits), same buckets; batch norm float32 in both. "
+          "Size: bucket_size * bits + 64 bits per bucket of a quantized tensor, 32 bits per "
+          "other value.")
+  for family, seed, model_dir, results in fitnets:
+    stage1 = os.path.join(model_dir, "fitnet_stage1")
+    with open(os.path.join(stage1, "results.json"), encoding="utf-8") as f:
+      hint = json.load(f)
+    with open(os.path.join(model_dir, "config.yaml"), encoding="utf-8") as f:
+      fitnet_cfg = yaml.safe_load(f)["fitnet"]
+    plan = hint["fitnet"]  # stage 1's plan: guided layer, stride, alignment, hint layer
+    dev = hint["validation_value"]
+    test = hint.get("test", {}).get("hint")
+    print(f"FitNet {family} seed {seed}: stage 1 {hint['steps']} steps (best {hint['best_step']})"
+          f" regresses layer {plan['guided_layer']!r} (stride {plan['stride']}, "
+          f"{plan['alignment']} x{plan['factor']}) onto teacher encoder layer "
+          f"{plan['hint_layer']} ({plan['hint_dim']} wide): hint MSE dev {dev:.4f}, test "
+          + ("n/a" if test is None else f"{test:.4f}") + f"; stage 2 {results['steps']} steps "
+          f"(best {results['best_step']}), lambda {fitnet_cfg['kd_weight_start']:g} -> "
+          f"{fitnet_cfg['kd_weight_end']:g}.")
+  header = ["model", "method", "bits", "seed", "parameters", "size (bits)", "size (kB)",
+            "compression vs float32", "test accuracy (synthetic)", "dev accuracy (synthetic)"]
+  print()
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+
+  def cells(r: dict, seed: str) -> List[str]:
+    dev = "n/a" if r["dev"] is None else f"{r['dev']:.4f}"
+    return [r["model"], METHOD_NAMES[r["method"]],
+            "32 (float)" if r["bits"] == 32 else str(r["bits"]), seed, f"{r['parameters']:,}",
+            f"{r['size_bits']:,}", f"{r['size_bits'] / 8000:.1f}", f"{r['ratio']:.1f}x",
+            f"{r['test']:.4f}", dev]
+
+  # Rows in the order of --families, METHODS and falling bits, whatever order they ran in.
+  groups = []
+  for r in rows:
+    group = (r["family"], r["method"], r["bits"])
+    if group not in groups:
+      groups.append(group)
+  groups.sort(key=lambda g: (FLAGS.families.index(g[0]), METHODS.index(g[1]), -g[2]))
+  for group in groups:
+    members = [r for r in rows if (r["family"], r["method"], r["bits"]) == group]
+    for r in members:
+      print("| " + " | ".join(cells(r, r["seed"])) + " |")
+    if len(members) > 1:
+      seeds = [r["seed"] for r in members]
+      mean = dict(members[0], test=_mean(rows, *group, seeds, "test"),
+                  dev=_mean(rows, *group, seeds, "dev"))
+      row = cells(mean, f"mean of {len(members)}")
+      row[8] = f"**{row[8]}**"
+      print("| " + " | ".join(row) + " |")
+
+  # Targets, on the means over the same --extra_seeds.
+  seeds = list(FLAGS.extra_seeds)
+  print()
+  print(f"| compression target (test accuracy, synthetic; seed{'s' if len(seeds) > 1 else ''} "
+        f"{', '.join(seeds)}) | value (dev in brackets) | target | |")
+  print("|---|---|---|---|")
+  families = list(dict.fromkeys(r["family"] for r in rows))
+
+  def target(label: str, family: str, a: tuple, b: tuple, threshold: float,
+             strict: bool) -> None:
+    values = [_mean(rows, family, *x, seeds, key) for x in (a, b) for key in ("test", "dev")]
+    if values[0] is None or values[2] is None:
+      print(f"| {label} | not run | | |")
+      return
+    gain = values[0] - values[2]
+    dev = ("" if values[1] is None or values[3] is None
+           else f" ({100 * (values[1] - values[3]):+.1f})")
+    ok = gain > threshold if strict else gain >= threshold
+    print(f"| {label} | {100 * gain:+.1f} points{dev} | {'>' if strict else '>='} "
+          f"{100 * threshold:+.1f} points | {'met' if ok else 'missed'} |")
+
+  for family in families:
+    model = next(r["model"] for r in rows if r["family"] == family)
+    qd = ("quantized_distill", QD_TARGET_BITS)
+    target(f"{model}: {QD_TARGET_BITS}-bit quantized distillation - float distilled student",
+           family, qd, ("distill", 32), -QD_TARGET_POINTS, False)
+    target(f"{model}: {QD_TARGET_BITS}-bit quantized distillation - {QD_TARGET_BITS}-bit "
+           "post-training quantization", family, qd, ("ptq", QD_TARGET_BITS), 0.0, True)
+    if family == "wav2letter":
+      target(f"{model} (the thinnest student): FitNet - distilled student", family,
+             ("fitnet", 32), ("distill", 32), 0.0, False)
+  print()
 
 
 def main(argv):
@@ -237,15 +475,60 @@ def main(argv):
   runs = {"standard": [], "distill": []}
   for seed in FLAGS.seeds:
     for mode in ("standard", "distill"):
-      overrides = BENCHMARK_OVERRIDES + FLAGS.student_override + [f"train.seed={seed}"]
-      if mode == "distill":
-        overrides += FLAGS.distill_override
-      resolved = _resolved(FLAGS.student_config, overrides, mode)
-      key = (resolved, metadata["fingerprint"]) + ((guidance_dir,) if mode == "distill" else ())
-      model_dir = os.path.join(FLAGS.work_dir, "models", f"student_{mode}-{_digest(*key)}")
-      results = _train(f"student ({mode}, seed {seed})", FLAGS.student_config, overrides, mode,
-                       data_dir, model_dir, timings, guidance_dir if mode == "distill" else None)
-      runs[mode].append((seed, results, model_dir, yaml.safe_load(resolved)))
+      run = _student("wav2letter", mode, seed, None, data_dir, metadata["fingerprint"],
+                     guidance_dir, None, timings)
+      runs[mode].append((seed, run["results"], run["model_dir"], run["config"]))
+
+  # 6. The compression table: each family's methods.
+  compression, fitnets = [], []
+  hints_dir = None
+  if FLAGS.until == "compression" and "fitnet" in FLAGS.methods:
+    hints_dir = f"{guidance_dir}-hints{FLAGS.hint_layer}"
+    if os.path.exists(os.path.join(hints_dir, "metadata.json")):
+      print(f"== hints: reusing {hints_dir}", flush=True)
+    else:
+      _run("hints", [sys.executable, "-m", "data_prep.create_guidance",
+                     f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
+                     f"--out_dir={hints_dir}", "--guidance=hints",
+                     f"--up_to={FLAGS.hint_layer}", "--splits=train,dev,test"], timings)
+  unknown = sorted(set(FLAGS.families) - set(FAMILIES)) + sorted(set(FLAGS.methods) - set(METHODS))
+  if unknown:
+    raise app.UsageError(f"unknown --families or --methods: {', '.join(unknown)}")
+  bits_list = [int(b) for b in FLAGS.bits]
+  quantized_config = None
+  for family in FLAGS.families if FLAGS.until == "compression" else []:
+    for method in FLAGS.methods:
+      for bits in bits_list if method in ("quantized_distill", "ptq") else [32]:
+        for seed in _seeds(family, method):
+          fingerprint = metadata["fingerprint"]
+          if method == "ptq":
+            run = _student(family, "distill", seed, None, data_dir, fingerprint, guidance_dir,
+                           None, timings)
+            # The bucket size of the quantized_distill runs, so both quantize alike.
+            config_flag, override_flag = FAMILIES[family]
+            bucket_size = config_lib.load(
+                getattr(FLAGS, config_flag),
+                getattr(FLAGS, override_flag) + FLAGS.quantized_override).quantization.bucket_size
+            name = f"{family} (ptq, {bits} bits, seed {seed})"
+            test = _ptq(f"{name}, test", run["model_dir"], data_dir, "test", bits, bucket_size,
+                        timings)
+            dev = _ptq(f"{name}, dev", run["model_dir"], data_dir, "dev", bits, bucket_size,
+                       timings)
+            compression.append(_compression_row(
+                family, method, bits, seed, test["model"], test["parameters"],
+                test["quantization"], test["accuracy"], dev["accuracy"]))
+            continue
+          run = _student(family, method, seed, bits if method == "quantized_distill" else None,
+                         data_dir, fingerprint, guidance_dir, hints_dir, timings)
+          results = run["results"]
+          if method == "quantized_distill":
+            quantized_config = run["config"]["quantization"]
+          if method == "fitnet":
+            fitnets.append((family, seed, run["model_dir"], results))
+          compression.append(_compression_row(
+              family, method, bits, seed, results["model"], results["parameters"],
+              results.get("quantization"), results["test"]["accuracy"],
+              _validation_accuracy(run["model_dir"])))
 
   # The tables.
   total = time.time() - started
@@ -313,6 +596,8 @@ def main(argv):
         f"(higher for {wins} of {len(FLAGS.seeds)} seeds) | > 0 | "
         f"{'met' if beat_ok else 'missed'} |")
   print(f"| whole target | | | **{'met' if share_ok and ratio_ok and beat_ok else 'missed'}** |")
+  if compression:
+    _print_compression(compression, fitnets, quantized_config)
 
 if __name__ == "__main__":
   app.run(main)
