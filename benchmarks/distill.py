@@ -63,8 +63,6 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import hashlib
 import json
 import os
-import shlex
-import subprocess
 import sys
 import time
 from typing import List, Optional
@@ -73,6 +71,7 @@ import yaml
 from absl import app, flags
 
 from kws_tf import config as config_lib
+from kws_tf import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -131,21 +130,6 @@ TARGET_RATIO = 20          # the student has at most 1/20 of the teacher's param
 TARGET_SHARE = 0.97        # and at least 97% of its test accuracy
 QD_TARGET_BITS = 4         # quantized distillation at 4 bits
 QD_TARGET_POINTS = 0.02    # within 2 points of the float distilled student
-
-
-def _quote(command: List[str]) -> str:
-  return " ".join(shlex.quote(c) for c in command)
-
-
-def _run(name: str, command: List[str], timings: dict) -> None:
-  print(f"== {name}: {_quote(command)}", flush=True)
-  started = time.time()
-  result = subprocess.run(command, cwd=REPO)
-  if result.returncode != 0:
-    raise SystemExit(f"stage {name} failed (exit {result.returncode}); fix the cause and run "
-                     "the same command again: finished stages are kept")
-  timings[name] = time.time() - started
-  print(f"== {name}: done in {timings[name]:.0f} s", flush=True)
 
 
 def split_view(corpus: str, view: str, dev_speakers: int) -> None:
@@ -214,9 +198,9 @@ def _train(name: str, config: str, overrides: List[str], mode: str, data_dir: st
   if hints_dir:
     command.append(f"--hints_dir={hints_dir}")
   if os.path.exists(results_path):
-    print(f"== {name}: reusing {results_path} (made by: {_quote(command)})", flush=True)
+    print(f"== {name}: reusing {results_path} (made by: {pipeline.quote(command)})", flush=True)
   else:
-    _run(name, command, timings)
+    pipeline.run_stage(name, command, timings)
   with open(results_path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -283,9 +267,9 @@ def _ptq(name: str, model_dir: str, data_dir: str, split: str, bits: int, bucket
     with open(path, encoding="utf-8") as f:
       results = json.load(f)
     if results["quantization"]["bucket_size"] == bucket_size:
-      print(f"== {name}: reusing {path} (made by: {_quote(command)})", flush=True)
+      print(f"== {name}: reusing {path} (made by: {pipeline.quote(command)})", flush=True)
       return results
-  _run(name, command, timings)
+  pipeline.run_stage(name, command, timings)
   with open(path, encoding="utf-8") as f:
     return json.load(f)
 
@@ -418,7 +402,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   started = time.time()
-  command = _quote([sys.executable] + sys.argv)
+  command = pipeline.quote([sys.executable] + sys.argv)
   print(f"command: {command}", flush=True)
   timings = {}
 
@@ -430,19 +414,21 @@ def main(argv):
   data_dir = os.path.join(FLAGS.work_dir, f"records-{corpus_key}", "kws")
   # Always run: synthesize_corpus skips the speakers it has finished, and its
   # synthesis.json is written before any speaker, so it does not mark a complete corpus.
-  _run("corpus", [sys.executable, "-m", "data_prep.synthesize_corpus", f"--out_dir={corpus}",
-                  f"--speakers={FLAGS.speakers}", f"--test_speakers={held_out}",
-                  f"--utterances_per_speaker={FLAGS.utterances_per_speaker}",
-                  f"--seed={FLAGS.corpus_seed}", f"--cores={FLAGS.cores}"], timings)
+  pipeline.run_stage("corpus", [
+      sys.executable, "-m", "data_prep.synthesize_corpus", f"--out_dir={corpus}",
+      f"--speakers={FLAGS.speakers}", f"--test_speakers={held_out}",
+      f"--utterances_per_speaker={FLAGS.utterances_per_speaker}",
+      f"--seed={FLAGS.corpus_seed}", f"--cores={FLAGS.cores}"], timings)
   view = os.path.join(FLAGS.work_dir, f"splits-{corpus_key}")
   split_view(corpus, view, FLAGS.dev_speakers)
   if os.path.exists(os.path.join(data_dir, "metadata.json")):
     print(f"== records: reusing {data_dir}", flush=True)
   else:
-    _run("records", [sys.executable, "-m", "data_prep.create_tfrecords", f"--data_dir={view}",
-                     "--corpus=vivos", f"--out_dir={data_dir}", "--splits=train,dev,test",
-                     "--formats=logmel,mfcc", "--task=kws", f"--cores={FLAGS.cores}",
-                     f"--alignments={os.path.join(view, '*', 'alignments.ctm')}"], timings)
+    pipeline.run_stage("records", [
+        sys.executable, "-m", "data_prep.create_tfrecords", f"--data_dir={view}",
+        "--corpus=vivos", f"--out_dir={data_dir}", "--splits=train,dev,test",
+        "--formats=logmel,mfcc", "--task=kws", f"--cores={FLAGS.cores}",
+        f"--alignments={os.path.join(view, '*', 'alignments.ctm')}"], timings)
   with open(os.path.join(data_dir, "metadata.json"), encoding="utf-8") as f:
     metadata = json.load(f)
   if FLAGS.until == "records":
@@ -464,7 +450,7 @@ def main(argv):
   if os.path.exists(os.path.join(guidance_dir, "metadata.json")):
     print(f"== guidance: reusing {guidance_dir}", flush=True)
   else:
-    _run("guidance", [sys.executable, "-m", "data_prep.create_guidance",
+    pipeline.run_stage("guidance", [sys.executable, "-m", "data_prep.create_guidance",
                       f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
                       f"--out_dir={guidance_dir}", "--guidance=logits", "--splits=train"],
          timings)
@@ -487,7 +473,7 @@ def main(argv):
     if os.path.exists(os.path.join(hints_dir, "metadata.json")):
       print(f"== hints: reusing {hints_dir}", flush=True)
     else:
-      _run("hints", [sys.executable, "-m", "data_prep.create_guidance",
+      pipeline.run_stage("hints", [sys.executable, "-m", "data_prep.create_guidance",
                      f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
                      f"--out_dir={hints_dir}", "--guidance=hints",
                      f"--up_to={FLAGS.hint_layer}", "--splits=train,dev,test"], timings)

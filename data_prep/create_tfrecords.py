@@ -187,18 +187,6 @@ def _init_worker(config: dict) -> None:
                            for name, params in config["feature_params"].items()}
 
 
-def _clip(waveform: np.ndarray, start_seconds: float, clip_seconds: float,
-          sample_rate: int) -> np.ndarray:
-  """``clip_seconds`` of audio from ``start_seconds``; zeros outside the utterance."""
-  length = int(round(clip_seconds * sample_rate))
-  start = int(round(start_seconds * sample_rate))
-  clip = np.zeros(length, np.float32)
-  lo, hi = max(start, 0), min(start + length, len(waveform))
-  if hi > lo:
-    clip[lo - start:hi - start] = waveform[lo:hi]
-  return clip
-
-
 # Examples are computed in chunks of CHUNK_EXAMPLES (in id order), each chunk in
 # front-end batches of BATCH_EXAMPLES of similar length, zero-padded to a
 # multiple of PAD_SAMPLES so that batch shapes repeat. The batching depends only
@@ -254,8 +242,9 @@ def _read_signals(items: Sequence[Item], config: dict, cache: dict, skipped: lis
     if cache["error"] is not None:
       continue
     waveform = cache["waveform"]
-    signals.append((item, waveform if item.start is None else _clip(
-        waveform, item.start, config["clip_seconds"], config["sample_rate"])))
+    signals.append((item, waveform if item.start is None else audio.cut_clip(
+        waveform, item.start, int(round(config["clip_seconds"] * config["sample_rate"])),
+        config["sample_rate"])))
   return signals
 
 

@@ -126,6 +126,19 @@ def read_audio(path, sample_rate: int = 16000,
   return np.clip(mono, -1.0, 1.0, out=mono)
 
 
+def cut_clip(waveform: np.ndarray, start_seconds: float, clip_samples: int,
+             sample_rate: int) -> np.ndarray:
+  """``clip_samples`` float32 samples of ``waveform [samples]`` from ``start_seconds``
+  (may be negative or run past the end); zeros outside the waveform. The kws clips
+  of the converter and of the export's parity check."""
+  start = int(round(start_seconds * sample_rate))
+  clip = np.zeros(clip_samples, np.float32)
+  lo, hi = max(start, 0), min(start + clip_samples, len(waveform))
+  if hi > lo:
+    clip[lo - start:hi - start] = waveform[lo:hi]
+  return clip
+
+
 def write_wav(path, samples: np.ndarray, sample_rate: int) -> None:
   """Writes 16-bit PCM WAV atomically (temporary file + os.replace).
 

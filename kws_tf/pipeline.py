@@ -79,13 +79,17 @@ class Options:
   num_parity: int = 200
 
 
-def _quote(command: List[str]) -> str:
+def quote(command: List[str]) -> str:
+  """``command`` as one shell-quoted line."""
   return " ".join(shlex.quote(c) for c in command)
 
 
-def _stage(name: str, module: str, args: List[str], timings: Dict[str, float]) -> None:
-  command = [sys.executable, "-m", module] + args
-  print(f"== {name}: {_quote(command)}", flush=True)
+def run_stage(name: str, command: List[str], timings: Dict[str, float]) -> None:
+  """Runs ``command`` from the repository root, printing it and its wall time.
+
+  Records the seconds in ``timings[name]``; PipelineError if it fails.
+  """
+  print(f"== {name}: {quote(command)}", flush=True)
   started = time.time()
   result = subprocess.run(command, cwd=REPO)
   if result.returncode != 0:
@@ -93,6 +97,10 @@ def _stage(name: str, module: str, args: List[str], timings: Dict[str, float]) -
                         "run the same command again: finished work is kept")
   timings[name] = time.time() - started
   print(f"== {name}: done in {timings[name]:.0f} s", flush=True)
+
+
+def _stage(name: str, module: str, args: List[str], timings: Dict[str, float]) -> None:
+  run_stage(name, [sys.executable, "-m", module] + args, timings)
 
 
 def _skip(name: str, path: str) -> bool:
@@ -186,7 +194,8 @@ def _models(options: Options, task: str, checkpoint: Optional[str],
 
 def _evaluate(task: str, dirs: Dict[str, str], data_dir: str,
               timings: Dict[str, float]) -> Dict[str, dict]:
-  results_paths = {name: os.path.join(d, "eval", "test", "results.json") for name, d in dirs.items()}
+  results_paths = {name: os.path.join(d, "eval", "test", "results.json")
+                   for name, d in dirs.items()}
   if not all(os.path.exists(p) for p in results_paths.values()):
     _stage(f"evaluate ({task})", "kws_tf.bin.evaluate", [
         f"--model_dirs={','.join(dirs.values())}", f"--data_dir={data_dir}", "--split=test"],

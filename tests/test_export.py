@@ -352,8 +352,8 @@ def test_records_without_waveforms_need_the_audio(kws_model, kws_train_records):
 
 def test_cut_clip_pads_outside_the_utterance():
   waveform = np.arange(1, 11, dtype=np.float32)
-  np.testing.assert_array_equal(tflite.cut_clip(waveform, -0.2, 5, 10), [0, 0, 1, 2, 3])
-  np.testing.assert_array_equal(tflite.cut_clip(waveform, 0.8, 5, 10), [9, 10, 0, 0, 0])
+  np.testing.assert_array_equal(audio.cut_clip(waveform, -0.2, 5, 10), [0, 0, 1, 2, 3])
+  np.testing.assert_array_equal(audio.cut_clip(waveform, 0.8, 5, 10), [9, 10, 0, 0, 0])
 
 
 def test_help_lists_the_flags():

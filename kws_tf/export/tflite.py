@@ -105,18 +105,6 @@ def audio_index(audio_dir: str) -> Dict[str, Optional[str]]:
   return index
 
 
-def cut_clip(waveform: np.ndarray, start_seconds: float, clip_samples: int,
-             sample_rate: int) -> np.ndarray:
-  """``clip_samples`` of ``waveform`` from ``start_seconds``; zeros outside it (the
-  converter's kws clips)."""
-  start = int(round(start_seconds * sample_rate))
-  clip = np.zeros(clip_samples, np.float32)
-  lo, hi = max(start, 0), min(start + clip_samples, len(waveform))
-  if hi > lo:
-    clip[lo - start:hi - start] = waveform[lo:hi]
-  return clip
-
-
 def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
                   audio_dir: Optional[str] = None) -> List[Example]:
   """``limit`` examples spread evenly over ``split`` (every k-th record, from the first),
@@ -166,8 +154,8 @@ def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
         cache[utterance] = read_waveform(source, utterance, audio_dir, sample_rate)
       waveform = cache[utterance]
       if kws:
-        waveform = cut_clip(waveform, float(extra["start"]), serving.clip_samples(metadata),
-                            sample_rate)
+        waveform = audio.cut_clip(waveform, float(extra["start"]),
+                                  serving.clip_samples(metadata), sample_rate)
     examples.append(Example(
         example_id, parsed["features"].numpy(), waveform,
         label=int(parsed["label"]) if kws else None,
