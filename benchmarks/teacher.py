@@ -1,10 +1,13 @@
 r"""Benchmark of the Whisper encoder port at PhoWhisper-base size; prints a markdown table.
 
   .venv/bin/python benchmarks/teacher.py [--batch_size=8] [--repeats=5]
+  .venv/bin/python benchmarks/teacher.py --whisper_dir=workdir/models/whisper-base
 
 Not a test. The encoder (kws_tf.models.whisper) has PhoWhisper-base's sizes
 (d_model 512, 6 blocks, 8 heads, ffn 2048, 80 mel bins; 20.6 M parameters)
-and random weights: speed does not depend on the weights. It measures
+and random weights (speed does not depend on the weights), or the weights of a
+real Whisper checkpoint directory (``--whisper_dir``: Hugging Face or
+CTranslate2, e.g. ``kws-get-whisper-base``'s Whisper base). It measures
 
 1. throughput (clips/s) on batches of 1 s and 2 s clips, each run two ways:
    padded to Whisper's 30 s window (3000 frames, what earlier projects did
@@ -41,6 +44,8 @@ flags.DEFINE_integer("latency_repeats", 30, "Timed calls for the single-clip lat
 flags.DEFINE_integer("warmup", 1, "Untimed calls before timing (the first one traces).")
 flags.DEFINE_bool("jit_compile", False, "Compile the encoder with XLA.")
 flags.DEFINE_integer("seed", 0, "Seed of the random weights and inputs.")
+flags.DEFINE_string("whisper_dir", None, "A Whisper checkpoint directory whose encoder to time "
+                    "(must be PhoWhisper-base sized); random weights when unset.")
 
 # PhoWhisper-base's encoder (vinai/PhoWhisper-base config.json).
 BASE_CONFIG = {"num_mel_bins": 80, "d_model": 512, "encoder_layers": 6,
@@ -97,7 +102,15 @@ def main(argv):
   tf.get_logger().setLevel("ERROR")
   keras.utils.set_random_seed(FLAGS.seed)
   rng = np.random.default_rng(FLAGS.seed)
-  encoder = whisper.random_encoder(BASE_CONFIG)
+  if FLAGS.whisper_dir:
+    encoder = whisper.load_encoder(FLAGS.whisper_dir)
+    sizes = {k: encoder.whisper_config[k] for k in BASE_CONFIG}
+    if sizes != BASE_CONFIG:
+      raise app.UsageError(f"{FLAGS.whisper_dir} is not PhoWhisper-base sized: {sizes}")
+    weights = f"the weights of {FLAGS.whisper_dir}"
+  else:
+    encoder = whisper.random_encoder(BASE_CONFIG)
+    weights = "random weights"
   load = os.getloadavg()[0]
   batch = FLAGS.batch_size
 
@@ -129,7 +142,7 @@ def main(argv):
   print("command: " + " ".join([sys.executable] + sys.argv))
   print(f"machine: {os.cpu_count()} cores, {cpu_model()}; TensorFlow {tf.__version__}; "
         f"1-minute load average {load:.2f} at start, {os.getloadavg()[0]:.2f} at end")
-  print(f"encoder: PhoWhisper-base size, random weights, {encoder.count_params():,} "
+  print(f"encoder: PhoWhisper-base size, {weights}, {encoder.count_params():,} "
         f"parameters, float32, jit_compile={FLAGS.jit_compile}; median of "
         f"{FLAGS.repeats} calls per throughput row ({FLAGS.latency_repeats} for the "
         f"latency) after {FLAGS.warmup} warm-up call(s)")
