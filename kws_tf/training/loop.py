@@ -24,7 +24,7 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
   the gradient to the full-precision weights; validation, the best checkpoint
   and the final model use the quantized weights;
 * ``mode=fitnet`` (Romero et al. 2014, ``kws_tf.distill.fitnet``), one stage
-  per run (``kws_tf.training.fitnet`` runs both): stage 1 trains the student
+  per run (``kws_tf.training.fitnet_stages`` runs both): stage 1 trains the student
   up to its guided layer plus a regressor on hint guidance and validates on
   the hint MSE; stage 2 starts from stage 1's weights (``init_from``) and
   distils with an annealed KD weight;
@@ -160,7 +160,7 @@ class Trainer:
     self._hint_stage = config.mode == "fitnet" and config.fitnet.stage == 1
     if config.mode == "fitnet" and config.fitnet.stage == 0:
       raise TrainingError("a Trainer runs one FitNet stage (fitnet.stage=1 or 2); "
-                          "kws_tf.training.fitnet.train runs both")
+                          "kws_tf.training.fitnet_stages.train runs both")
     if config.mode == "fitnet" and config.fitnet.stage == 2 and not init_from:
       raise TrainingError("FitNet stage 2 starts from a finished stage 1: give its model dir")
     self.metadata = records.load_metadata(data_dir)
