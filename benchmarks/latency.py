@@ -31,7 +31,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional
 
 import numpy as np
@@ -124,15 +123,8 @@ def teacher_files(whisper_dir: Optional[str], out_dir: str) -> Dict[str, str]:
 
 def latency(path: str, waveform: np.ndarray) -> Dict[str, float]:
   """Median and 90th percentile of single-thread calls on ``waveform``, ms."""
-  model = inference.TFLiteModel(path, num_threads=1)
-  for _ in range(FLAGS.warmup):
-    model(waveform)
-  times = []
-  for _ in range(FLAGS.runs):
-    start = time.perf_counter()
-    model(waveform)
-    times.append(time.perf_counter() - start)
-  times_ms = np.asarray(times) * 1000.0
+  times_ms = inference.call_times_ms(inference.TFLiteModel(path, num_threads=1), waveform,
+                                     FLAGS.runs, FLAGS.warmup)
   return {"median": float(np.median(times_ms)), "p90": float(np.percentile(times_ms, 90))}
 
 

@@ -135,15 +135,21 @@ def load_model(path: str, num_threads: Optional[int] = None):
   return TFLiteModel(path, num_threads=num_threads)
 
 
-def median_latency_ms(model, waveform: np.ndarray, runs: int = 5) -> float:
-  """Median wall time of ``model(waveform)`` over ``runs`` calls after one warm-up, ms."""
-  model(waveform)
+def call_times_ms(model, waveform: np.ndarray, runs: int, warmup: int = 1) -> np.ndarray:
+  """Wall times of ``runs`` calls ``model(waveform)`` after ``warmup`` untimed ones, ms."""
+  for _ in range(warmup):
+    model(waveform)
   times = []
   for _ in range(runs):
     start = time.perf_counter()
     model(waveform)
     times.append(time.perf_counter() - start)
-  return float(np.median(times) * 1000.0)
+  return np.asarray(times) * 1000.0
+
+
+def median_latency_ms(model, waveform: np.ndarray, runs: int = 5) -> float:
+  """Median wall time of ``model(waveform)`` over ``runs`` calls after one warm-up, ms."""
+  return float(np.median(call_times_ms(model, waveform, runs)))
 
 
 def window_starts(num_samples: int, window: int, hop: int) -> List[int]:
