@@ -47,6 +47,9 @@ class DataConfig:
       buffer (exact resume), so it sets their size: 1024 one-second log-mel
       clips are about 33 MB.
     bucket: ctc only; batch utterances of similar length together.
+    normalize: standardise the features per channel with the train split's
+      mean and standard deviation (metadata.json). False for a pretrained
+      Whisper encoder, which takes Whisper's own log-mel scaling.
     spec_augment: apply SpecAugment masks while training.
     freq_masks, freq_mask_param, time_masks, time_mask_param: SpecAugment
       (channels, frames).
@@ -60,6 +63,7 @@ class DataConfig:
   test_split: str = "test"
   shuffle_buffer: int = 1024
   bucket: bool = True
+  normalize: bool = True
   spec_augment: bool = False
   freq_masks: int = 2
   freq_mask_param: int = 8
@@ -250,6 +254,11 @@ class Config:
     if self.fitnet.stage not in (0, 1, 2) or self.fitnet.hint_steps <= 0:
       raise ConfigError("fitnet.stage must be 0 (both), 1 or 2 and fitnet.hint_steps > 0; got "
                         f"{self.fitnet.stage} and {self.fitnet.hint_steps}")
+    if (self.model.name == "whisper_teacher" and self.model.params.get("checkpoint")
+        and self.data.normalize):
+      raise ConfigError("a pretrained Whisper encoder (model.params.checkpoint) takes Whisper's "
+                        "own log-mel scaling, not standardised features; set "
+                        "data.normalize=false (configs/teacher_*_whisper.yaml do)")
     if not 0.0 <= self.data.validation_fraction < 1.0:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")

@@ -39,6 +39,8 @@ from kws_tf import records
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
 TEACHER_CONFIGS = {"kws": "teacher_kws.yaml", "ctc": "teacher_ctc.yaml"}
+# Recipes for a head on a frozen pretrained encoder (with a checkpoint).
+PRETRAINED_TEACHER_CONFIGS = {"kws": "teacher_kws_whisper.yaml", "ctc": "teacher_ctc_whisper.yaml"}
 STUDENT_CONFIGS = {"kws": "kws_small.yaml", "ctc": "ctc_small.yaml"}
 STUDENT_MODES = ("standard", "distill", "quantized_distill")
 WHISPER_BASE_DIR = os.path.join("models", "whisper-base")
@@ -173,10 +175,11 @@ def _models(options: Options, task: str, checkpoint: Optional[str],
   models = os.path.join(options.workdir, "models", task)
   dirs = {"teacher": os.path.join(models, "teacher")}
   teacher_overrides = _train_steps(options.teacher_steps)
+  recipe = TEACHER_CONFIGS[task]
   if checkpoint:
-    teacher_overrides += [f"model.params.checkpoint={checkpoint}", "model.params.encoder=null"]
-  _train(f"teacher ({task})", TEACHER_CONFIGS[task], dirs["teacher"], data_dir,
-         teacher_overrides, timings)
+    teacher_overrides.append(f"model.params.checkpoint={checkpoint}")
+    recipe = PRETRAINED_TEACHER_CONFIGS[task]
+  _train(f"teacher ({task})", recipe, dirs["teacher"], data_dir, teacher_overrides, timings)
   guidance_dir = os.path.join(options.workdir, "guidance", task)
   if not _skip(f"guidance ({task})", os.path.join(guidance_dir, records.METADATA_FILE)):
     _stage(f"guidance ({task})", "data_prep.create_guidance", [

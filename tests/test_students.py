@@ -236,6 +236,18 @@ def test_frame_mask_and_masked_mean():
   expected = [x[0].mean((0, 1)), x[1, :3].mean((0, 1)), np.zeros(4)]
   np.testing.assert_allclose(pooled, expected, rtol=1e-6, atol=1e-6)
   assert heads.MaskedMean(keepdims=True)([x, mask]).shape == (3, 1, 1, 4)
+  # Attentive pooling: softmax of v . tanh(W x + b) over the valid positions.
+  layer = heads.AttentivePooling(units=5)
+  attended = layer([x, mask]).numpy()
+  w, b = layer.hidden.get_weights()
+  v, c = layer.score.get_weights()
+  for i, valid in enumerate([6, 3]):
+    positions = x[i, :valid].reshape(-1, 4)
+    scores = (np.tanh(positions @ w + b) @ v + c)[:, 0]
+    weights = np.exp(scores - scores.max())
+    np.testing.assert_allclose(attended[i], weights @ positions / weights.sum(), rtol=1e-5,
+                               atol=1e-6)
+  np.testing.assert_array_equal(attended[2], np.zeros(4))
   assert heads.output_frames(23, 2) == 12
 
 

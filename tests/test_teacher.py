@@ -13,7 +13,7 @@ from conftest import run_module
 from data_prep import guidance
 from kws_tf import config as config_lib
 from kws_tf import data, records
-from kws_tf.models import registry, teacher, whisper
+from kws_tf.models import heads, registry, teacher, whisper
 from kws_tf.training import loop
 
 TINY_ENCODER = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
@@ -33,10 +33,12 @@ def _inputs(batch, frames, channels=80, seed=0):
           "num_frames": tf.constant([frames] * batch, tf.int32)}
 
 
-@pytest.mark.parametrize("task, classes", [("kws", 10), ("ctc", 30)])
-def test_teacher_heads_follow_the_model_contract(task, classes):
+@pytest.mark.parametrize("task, classes, pooling",
+                         [("kws", 10, "mean"), ("kws", 10, "attention"), ("ctc", 30, "mean")])
+def test_teacher_heads_follow_the_model_contract(task, classes, pooling):
   model = registry.build("whisper_teacher", task=task, num_channels=80, num_classes=classes,
-                         encoder=TINY_ENCODER, hidden_sizes=(32, 16), ctc_hidden=16)
+                         encoder=TINY_ENCODER, hidden_sizes=(32, 16), ctc_hidden=16,
+                         pooling=pooling)
   inputs = _inputs(2, 101)
   inputs["num_frames"] = tf.constant([101, 60])
   out = model(inputs)
@@ -46,7 +48,7 @@ def test_teacher_heads_follow_the_model_contract(task, classes):
     assert out["logits"].shape == (2, 51, classes)
     assert out["logit_frames"].numpy().tolist() == [51, 30]
     assert out["projection"].shape == (2, 51, 16)
-  # Padding does not change the shorter example's output (masked attention, masked mean).
+  # Padding does not change the shorter example's output (masked attention and pooling).
   alone = model({"features": inputs["features"][1:, :60], "num_frames": tf.constant([60])})
   if task == "kws":
     np.testing.assert_allclose(out["logits"][1], alone["logits"][0], atol=1e-5)
@@ -102,16 +104,42 @@ def test_checkpoint_teacher_is_frozen_by_default(hf_checkpoint, top_k, trainable
   assert any(v.name.startswith("adapt_0") for v in model.trainable_weights)
 
 
-def test_teacher_recipe_takes_a_checkpoint_with_its_encoder_config_dropped(hf_checkpoint):
-  recipe = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "teacher_kws.yaml")
-  overrides = [f"model.params.checkpoint={hf_checkpoint}"]
-  params = config_lib.load(recipe, overrides).model.params
+def test_pretrained_teacher_recipe_feeds_log_mel_as_whisper_computes_it(
+    hf_checkpoint, kws_train_records, tmp_path):
+  configs = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+  checkpoint = [f"model.params.checkpoint={hf_checkpoint}"]
+  # The from-scratch recipe standardises its features: not what a pretrained encoder takes.
+  with pytest.raises(config_lib.ConfigError, match="set data.normalize=false"):
+    config_lib.load(os.path.join(configs, "teacher_kws.yaml"), checkpoint)
+  params = config_lib.load(os.path.join(configs, "teacher_kws.yaml"),
+                           checkpoint + ["data.normalize=false"]).model.params
   with pytest.raises(ValueError, match="model.params.encoder=null"):
     registry.build("whisper_teacher", task="kws", num_channels=80, num_classes=10, **params)
-  params = config_lib.load(recipe, overrides + ["model.params.encoder=null"]).model.params
-  model = registry.build("whisper_teacher", task="kws", num_channels=80, num_classes=10,
-                         **params)
-  assert model.get_layer("encoder").whisper_config["d_model"] == 32
+
+  model_dir = str(tmp_path / "teacher")
+  config = config_lib.load(os.path.join(configs, "teacher_kws_whisper.yaml"), checkpoint + [
+      "model.params.hidden_sizes=[32,16]", "data.batch_size=8", "train.steps=2",
+      "train.eval_every=2", "train.checkpoint_every=2", "data.validation_fraction=0.3"])
+  loop.Trainer(config, model_dir, kws_train_records).run()
+  spec = loop.read_model_spec(model_dir)
+  assert spec["normalization"] is None
+  teacher_model = loop.load_trained_model(model_dir)
+  assert isinstance(teacher_model.get_layer("pool"), heads.AttentivePooling)
+  assert teacher_model.get_layer("encoder").whisper_config["d_model"] == 32
+
+  # Guidance runs the teacher on the log-mel records exactly as stored.
+  out = str(tmp_path / "guidance")
+  guidance.create_guidance(model_dir, kws_train_records, out, kind="logits", dtype="float32",
+                           batch_size=5)
+  path = data.shard_paths(kws_train_records, "logmel", "test")[0]
+  meta = records.load_metadata(kws_train_records)
+  example = next(iter(data.records_dataset([path], "none").map(
+      data.make_parser(meta, "logmel", normalize=False))))
+  expected = teacher_model({"features": example["features"][None],
+                            "num_frames": example["num_frames"][None]})["logits"][0]
+  stored = _guidance_records(os.path.join(out, os.path.basename(path)))[0]
+  np.testing.assert_allclose(np.frombuffer(stored["logits"].bytes_list.value[0], "<f4"),
+                             expected, atol=1e-4)
 
 
 def test_teacher_rejects_mismatched_inputs():

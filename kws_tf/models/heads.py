@@ -148,6 +148,50 @@ class MaskedMean(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kws_tf")
+class AttentivePooling(keras.layers.Layer):
+  """Attention-weighted mean over valid frames and all frequencies.
+
+  The mean part of attentive statistics pooling (Okabe, Koshinaka and
+  Shinoda 2018): each position gets a score ``v . tanh(W x + b)`` (``units``
+  wide), the scores are a softmax over the valid positions, and the output is
+  the weighted sum. Unlike ``MaskedMean`` it can single out the frames that
+  hold the word, which a frozen encoder cannot learn to do itself.
+
+  Inputs ``[x, mask]`` as for ``MaskedMean``: ``x [batch, time, frequency,
+  channels]``, ``mask [batch, time, 1, 1]``. Output ``[batch, channels]``;
+  float32 arithmetic; an example with no valid frame gives zeros.
+  """
+
+  def __init__(self, units: int = 128, **kwargs):
+    super().__init__(**kwargs)
+    self.units = units
+
+  def build(self, input_shape):
+    channels = int(input_shape[0][-1])
+    self.hidden = keras.layers.Dense(self.units, activation="tanh", dtype="float32",
+                                     name="hidden")
+    self.score = keras.layers.Dense(1, dtype="float32", name="score")
+    self.hidden.build([None, channels])
+    self.score.build([None, self.units])
+    super().build(input_shape)
+
+  def call(self, inputs):
+    x, mask = inputs
+    x = tf.cast(x, tf.float32)
+    batch, channels = tf.shape(x)[0], tf.shape(x)[-1]
+    valid = tf.broadcast_to(tf.cast(mask, tf.float32) > 0, tf.shape(x[..., :1]))
+    flat = tf.reshape(x, [batch, -1, channels])
+    valid = tf.reshape(valid, [batch, -1])
+    scores = tf.squeeze(self.score(self.hidden(flat)), -1)
+    scores = tf.where(valid, scores, tf.fill(tf.shape(scores), -1e9))
+    weights = tf.nn.softmax(scores, axis=-1) * tf.cast(valid, tf.float32)
+    return tf.cast(tf.einsum("bp,bpc->bc", weights, flat), self.compute_dtype)
+
+  def get_config(self):
+    return dict(super().get_config(), units=self.units)
+
+
+@keras.saving.register_keras_serializable(package="kws_tf")
 class HardSigmoid(keras.layers.Layer):
   """``relu6(x + 3) / 6``, the hard sigmoid of MobileNetV3 (any shape)."""
 

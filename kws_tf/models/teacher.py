@@ -4,7 +4,9 @@ Registered as ``whisper_teacher`` (``kws_tf.models.registry``); the model
 contract is that of ``kws_tf.models``, on Whisper log-mel input
 (``features [batch, frames, num_mel_bins]``, 10 ms frames, at most 3000).
 
-* kws: encoder -> mean over the valid 20 ms frames -> adaptation layers
+* kws: encoder -> ``pooling`` over the valid 20 ms frames (``mean``, or
+  ``attention``: ``heads.AttentivePooling``, what a frozen pretrained encoder
+  needs, as its frames cannot learn to carry the word) -> adaptation layers
   (``hidden_sizes``, default 512 -> 256, ReLU and dropout: the layout of the
   PyTorch Vietnamese KWS distillation project) -> ``num_classes`` logits.
   ``projection`` is the last adaptation layer's output ``[batch, 256]``.
@@ -52,14 +54,18 @@ def _encoder(checkpoint: Optional[str], encoder: Optional[Dict[str, Any]],
   return layer
 
 
-def pooled_frames(hidden, features, num_frames, name: str):
-  """Mean of encoder frames ``hidden [batch, ceil(frames / 2), d]`` over valid frames.
+def pooled_frames(hidden, features, num_frames, name: str, pooling: str = "mean",
+                  attention_units: int = 128):
+  """Pools encoder frames ``hidden [batch, ceil(frames / 2), d]`` over valid frames.
 
   ``features`` and ``num_frames`` are the model's inputs (they give the frame
-  mask at the encoder's time stride 2). Returns ``[batch, d]``.
+  mask at the encoder's time stride 2); ``pooling`` is ``mean`` or
+  ``attention``. Returns ``[batch, d]``.
   """
   mask = heads.FrameMask(2, name=f"{name}_mask")([features, num_frames])
   frames_4d = keras.layers.Reshape((-1, 1, hidden.shape[-1]), name=f"{name}_4d")(hidden)
+  if pooling == "attention":
+    return heads.AttentivePooling(attention_units, name=name)([frames_4d, mask])
   return heads.MaskedMean(name=name)([frames_4d, mask])
 
 
@@ -69,6 +75,7 @@ def whisper_teacher(*, task: str, num_channels: int, num_classes: int,
                     encoder: Optional[Dict[str, Any]] = None,
                     trainable_blocks: Optional[int] = None, mask_padding: bool = True,
                     hidden_sizes: Sequence[int] = (512, 256), dropout: float = 0.1,
+                    pooling: str = "mean", attention_units: int = 128,
                     ctc_hidden: int = 256) -> keras.Model:
   """The KWS or CTC teacher (module docstring).
 
@@ -86,10 +93,14 @@ def whisper_teacher(*, task: str, num_channels: int, num_classes: int,
       example's output is that of the example alone.
     hidden_sizes: kws adaptation layers.
     dropout: dropout after each adaptation layer (kws) or the ctc hidden layer.
+    pooling: kws; ``mean`` or ``attention`` over the encoder's valid frames.
+    attention_units: width of the attention scorer (``pooling=attention``).
     ctc_hidden: width of the ctc hidden layer.
   """
   if task not in ("kws", "ctc"):
     raise ValueError(f"task must be kws or ctc, got {task!r}")
+  if pooling not in ("mean", "attention"):
+    raise ValueError(f"pooling must be mean or attention, got {pooling!r}")
   if checkpoint and encoder:
     raise ValueError("give either checkpoint or encoder, not both (a recipe with an encoder "
                      "config takes --override model.params.encoder=null next to a checkpoint)")
@@ -107,7 +118,7 @@ def whisper_teacher(*, task: str, num_channels: int, num_classes: int,
   frames = whisper.output_frames(num_frames)
   outputs = {}
   if task == "kws":
-    x = pooled_frames(hidden, features, num_frames, "pool")
+    x = pooled_frames(hidden, features, num_frames, "pool", pooling, attention_units)
     for i, size in enumerate(hidden_sizes):
       feature = keras.layers.Dense(size, activation="relu", name=f"adapt_{i}")(x)
       x = keras.layers.Dropout(dropout, name=f"adapt_{i}_dropout")(feature)

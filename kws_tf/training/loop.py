@@ -208,7 +208,8 @@ class Trainer:
 
     Keys: name, task, role, num_channels, num_classes, projection_dim, params,
     format, feature_params (``kws_tf.features`` config of the input),
-    normalization (per-channel mean / std applied to the features), classes
+    normalization (per-channel mean / std applied to the features, or None:
+    features as stored), classes
     (kws) or vocabulary (ctc), data_fingerprint.
     """
     cfg, fmt = self.config, self.config.data.format
@@ -217,7 +218,8 @@ class Trainer:
             "num_classes": self.num_classes, "projection_dim": cfg.model.projection_dim,
             "params": dict(cfg.model.params), "format": fmt,
             "feature_params": self.metadata["formats"][fmt]["params"],
-            "normalization": self.metadata["normalization"].get(fmt),
+            "normalization": (self.metadata["normalization"].get(fmt)
+                              if cfg.data.normalize else None),
             "data_fingerprint": self.metadata["fingerprint"]}
     if cfg.mode == "quantized_distill":
       spec["quantization"] = dataclasses.asdict(cfg.quantization)
@@ -266,7 +268,8 @@ class Trainer:
     ds = data.make_dataset(
         self.data_dir, d.format, split,
         batch_size=d.batch_size // workers if training else d.eval_batch_size,
-        training=training, spec_augment=spec_augment, shuffle_buffer=d.shuffle_buffer,
+        training=training, normalize=d.normalize, spec_augment=spec_augment,
+        shuffle_buffer=d.shuffle_buffer,
         bucket=d.bucket, seed=self.config.train.seed, repeat=training,
         drop_remainder=training and self._strategy.num_replicas_in_sync > 1,
         guidance=guidance, keep=keep)
