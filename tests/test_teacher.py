@@ -318,6 +318,31 @@ def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, 
   quantized = report.evaluate_model(model_dir, kws_train_records, "test", beam_width=0,
                                     batch_size=16, quantize_bits=2, bucket_size=64)
   assert quantized["output_dir"].endswith(os.path.join("eval", "test-q2"))
+
+  # Quantized distillation fine-tuned from that float student (--init_from): at learning
+  # rate 0 its quantized weights are exactly the post-training quantized float weights.
+  tuned_dir = str(tmp_path / "quantized_from_float")
+  tuned = config_lib.load(None, [
+      "mode=quantized_distill", "model.name=wav2letter_kws_tiny", "model.projection_dim=16",
+      "quantization.bits=2", "quantization.bucket_size=64", "optimizer.learning_rate=0",
+      "data.batch_size=8", "train.steps=2", "train.eval_every=2",
+      "data.validation_fraction=0.3"])
+  results = loop.Trainer(tuned, tuned_dir, kws_train_records, guidance_dir,
+                         init_from=model_dir).run()
+  assert results["initialised_from"].startswith(os.path.join(model_dir, "best"))
+  from kws_tf.distill import quantization
+  float_model = loop.load_trained_model(model_dir)
+  expected = quantization.post_training_quantize(float_model, 2, 64)
+  got = quantization.quantizable_weights(loop.load_trained_model(tuned_dir))
+  assert len(got) == len(expected)
+  for a, b in zip(got, expected):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+  # Another model cannot be the starting point.
+  other = config_lib.load(None, ["mode=quantized_distill", "model.name=wav2letter_kws_tiny",
+                                 "train.steps=2"])
+  with pytest.raises(loop.TrainingError, match="its model differs in projection_dim"):
+    loop.Trainer(other, str(tmp_path / "other"), kws_train_records, guidance_dir,
+                 init_from=model_dir).run()
   assert quantized["quantization"]["post_training"] and \
       quantized["quantization"]["compression_ratio"] > 8
 

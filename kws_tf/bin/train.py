@@ -44,6 +44,10 @@ flags.DEFINE_string("hints_dir", None, "A create_guidance --guidance=hints outpu
                     "(mode=fitnet, stage 1).")
 flags.DEFINE_integer("fitnet_stage", None, "mode=fitnet: 1 (hints only) or 2 (distillation "
                      "from a finished stage 1 only); both when unset (overrides fitnet.stage).")
+flags.DEFINE_string("init_from", None, "A finished kws-train model dir of the same model whose "
+                    "best weights a fresh run starts from (fine-tuning; e.g. "
+                    "--mode=quantized_distill from the float distilled student). Not for "
+                    "mode=fitnet, whose stage 2 starts from its own stage 1.")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices, "
                      "so train.strategy=mirrored runs several replicas without GPUs "
                      "(to exercise multi-replica code on a CPU machine); 0 leaves it whole.")
@@ -75,10 +79,14 @@ def main(argv):
   try:
     config = resolved_config()
     if config.mode == "fitnet":
+      if FLAGS.init_from:
+        raise config_lib.ConfigError("--init_from is not for mode=fitnet (stage 2 starts "
+                                     "from its own stage 1)")
       results = fitnet_stages.train(config, FLAGS.model_dir, FLAGS.data_dir, FLAGS.guidance_dir,
                                     FLAGS.hints_dir)
     else:
-      results = loop.Trainer(config, FLAGS.model_dir, FLAGS.data_dir, FLAGS.guidance_dir).run()
+      results = loop.Trainer(config, FLAGS.model_dir, FLAGS.data_dir, FLAGS.guidance_dir,
+                             init_from=FLAGS.init_from).run()
   except (config_lib.ConfigError, loop.TrainingError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

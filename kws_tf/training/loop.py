@@ -65,6 +65,8 @@ class TrainingError(RuntimeError):
   """A run that cannot go on (non-finite loss, mismatched model dir, ...)."""
 
 
+# Written by a run started from another run's weights (``init_from``).
+INIT_FILE = "initialised_from.json"
 _HIGHER_IS_BETTER = {"accuracy": True, "cer": False, "wer": False, "loss": False,
                      "hint": False}
 
@@ -147,7 +149,10 @@ class Trainer:
     data_dir: a ``create_tfrecords`` output folder of ``config.task``.
     guidance_dir: a ``create_guidance`` output folder (``mode=distill``,
       ``quantized_distill`` and FitNet stage 2: logits; FitNet stage 1: hints).
-    init_from: FitNet stage 2: the stage-1 model dir to start from.
+    init_from: a model dir whose best weights a fresh run starts from: FitNet
+      stage 2's stage 1 (its layers up to the guided layer), or for the other
+      modes a finished run of the same model (fine-tuning, e.g. quantized
+      distillation from the float distilled student). Ignored on resume.
   """
 
   def __init__(self, config: config_lib.Config, model_dir: str, data_dir: str,
@@ -457,6 +462,8 @@ class Trainer:
     if cfg.mode == "fitnet" and not self._hint_stage:
       self._fitnet = {"initialised_from": self._initialise_from_stage1(
           fresh=not manager.latest_checkpoint)}
+    elif self.init_from and not manager.latest_checkpoint:
+      self._initialise_from_run()
     if manager.latest_checkpoint:
       checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
       tqdm.write(f"resuming from {manager.latest_checkpoint} (step {int(self.step)})")
@@ -589,6 +596,9 @@ class Trainer:
           "bits": q.bits, "bucket_size": q.bucket_size, "stochastic": q.stochastic,
           "keep_first_last_float": q.keep_first_last_float,
           **quantization.model_size_bits(self.model, self._quantized, q.bits, q.bucket_size)}
+    init_path = os.path.join(self.model_dir, INIT_FILE)
+    if os.path.exists(init_path):
+      results["initialised_from"] = records.read_json(init_path)["checkpoint"]
     if self._fitnet is not None:
       results["fitnet"] = dict(self._fitnet, kd_weight_start=cfg.fitnet.kd_weight_start,
                                kd_weight_end=cfg.fitnet.kd_weight_end)
@@ -644,6 +654,34 @@ class Trainer:
       return tf.train.latest_checkpoint(os.path.join(self.init_from, "best"))
     except (FileNotFoundError, AssertionError) as e:
       raise TrainingError(f"cannot start FitNet stage 2 from {self.init_from}: {e}") from None
+
+  def _initialise_from_run(self) -> None:
+    """A fresh run takes the best weights of the finished run in ``init_from``.
+
+    That run must have trained the same model (name, parameters, task and
+    input); TrainingError naming the difference otherwise. The path read is
+    written to ``<model_dir>/initialised_from.json`` (and results.json).
+    """
+    try:
+      other = read_model_spec(self.init_from)
+    except FileNotFoundError:
+      raise TrainingError(f"cannot start from {self.init_from}: it has no model.json "
+                          "(not a kws-train model dir)") from None
+    mine = self.model_spec()
+    keys = ("name", "task", "params", "num_channels", "num_classes", "projection_dim", "format")
+    differ = [k for k in keys if other.get(k) != mine.get(k)]
+    if differ:
+      raise TrainingError(f"cannot start from {self.init_from}: its model differs in "
+                          f"{', '.join(differ)} ({', '.join(f'{other.get(k)} vs {mine.get(k)}' for k in differ)})")
+    best = tf.train.latest_checkpoint(os.path.join(self.init_from, "best"))
+    if best is None:
+      raise TrainingError(f"cannot start from {self.init_from}: no best/ checkpoint "
+                          "(has that run validated yet?)")
+    with self._strategy.scope():
+      tf.train.Checkpoint(model=self.model).restore(best).expect_partial() \
+          .assert_existing_objects_matched()
+    records.write_json(os.path.join(self.model_dir, INIT_FILE), {"checkpoint": best})
+    tqdm.write(f"starting from the weights of {best}")
 
   def _hint_error(self, dataset: tf.data.Dataset, what: str) -> float:
     """Hint MSE over every valid (frame, channel) value of ``dataset``."""
