@@ -1,7 +1,8 @@
 r"""Distillation benchmark on the synthetic corpus: teacher, students, compressed students.
 
   .venv/bin/python benchmarks/distill.py [--work_dir=/tmp/kws_tf_distill]
-      [--families=wav2letter,mobilenet_v3] [--methods=standard,distill,quantized_distill,ptq,fitnet]
+      [--families=wav2letter,mobilenet_v3]
+      [--methods=standard,distill,quantized_distill,qd_finetune,ptq,fitnet]
       [--bits=8,4,2] [--extra_seeds=0]
 
 Not a test. Every number it prints is on **synthetic** espeak-ng speech. Stages,
@@ -28,7 +29,9 @@ output already exists, so a re-run only redoes what changed:
             ``standard`` and ``distill`` as in 5 (the wav2letter runs of 5 are
             reused); ``quantized_distill``: ``--mode=quantized_distill
             --override quantization.bits=B`` for each of ``--bits`` (Polino et
-            al. 2018); ``ptq``: ``kws_tf.bin.evaluate --quantize_bits=B`` of
+            al. 2018); ``qd_finetune``: the same, started with ``--init_from``
+            from the float distilled student of that seed and trained
+            ``--finetune_override`` (1000 steps at 2e-4); ``ptq``: ``kws_tf.bin.evaluate --quantize_bits=B`` of
             the float distilled student (post-training quantization, no
             training; test and dev); ``fitnet``: ``--mode=fitnet`` (Romero et
             al. 2014) with hints from ``create_guidance --guidance=hints
@@ -54,7 +57,8 @@ a quantized tensor takes ``bucket_size * bits + 64`` bits per bucket, every
 other weight, batch norm included, 32 bits), the compression ratio against
 float32, and test and dev accuracy. Its targets (test accuracy, means over the
 same ``--extra_seeds``): 4-bit quantized distillation within 2 points of the
-float distilled student and ahead of 4-bit post-training quantization; FitNet
+float distilled student and ahead of 4-bit post-training quantization (for
+both quantized-distillation variants); FitNet
 at least as good as plain distillation for the ``--student_config`` student
 (the thinnest).
 """
@@ -78,9 +82,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Family of the compression table -> (its recipe flag, its override flag).
 FAMILIES = {"wav2letter": ("student_config", "student_override"),
             "mobilenet_v3": ("mobilenet_config", "mobilenet_override")}
-METHODS = ("standard", "distill", "quantized_distill", "ptq", "fitnet")
+METHODS = ("standard", "distill", "quantized_distill", "qd_finetune", "ptq", "fitnet")
 METHOD_NAMES = {"standard": "standard", "distill": "distill (KD)",
                 "quantized_distill": "quantized distillation",
+                "qd_finetune": "quantized distillation from the float distilled student",
                 "ptq": "post-training quantization of distill", "fitnet": "FitNet (hints + KD)"}
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "/tmp/kws_tf_distill", "Corpus, records, models and guidance "
@@ -121,6 +126,11 @@ flags.DEFINE_integer("hint_layer", 2, "FitNet hint: the teacher's encoder hidden
                      "(create_guidance --up_to; 0 = embeddings; the 4-layer teacher's middle is 2).")
 flags.DEFINE_multi_string("quantized_override", [], "key=value for the quantized_distill runs "
                           "only (quantization.*; quantization.bits comes from --bits).")
+flags.DEFINE_multi_string("finetune_override", ["train.steps=1000",
+                          "optimizer.learning_rate=2e-4", "optimizer.warmup_steps=0"],
+                          "key=value for the qd_finetune runs: quantized distillation started "
+                          "(kws-train --init_from) from the float distilled student of the same "
+                          "seed, after --quantized_override.")
 flags.DEFINE_multi_string("fitnet_override", [], "key=value for the fitnet runs only (fitnet.*).")
 
 # Every run validates on the dev speakers (the recipes' default is a hold-out
@@ -173,22 +183,26 @@ def _digest(*parts) -> str:
 
 def _resolved(path: str, overrides: List[str], mode: Optional[str] = None) -> str:
   """The resolved recipe as YAML: what the train binary writes to config.yaml,
-  less the ``fitnet`` section unless the mode is fitnet.
+  less the ``fitnet`` section unless the mode is fitnet and less
+  ``data.normalize`` while it is true.
 
-  Only mode=fitnet reads that section, and it came after the first runs of this
-  benchmark: leaving it out of the hash keeps their folders (and results).
+  Both came after the first runs of this benchmark (only mode=fitnet reads
+  that section; true is what those runs did): leaving them out of the hash
+  keeps their folders (and results).
   """
   overrides = list(overrides) + ([f"mode={mode}"] if mode else [])
   config = config_lib.load(path, overrides)
   values = config_lib.to_dict(config)
   if config.mode != "fitnet":
     del values["fitnet"]
+  if config.data.normalize:
+    del values["data"]["normalize"]
   return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
 def _train(name: str, config: str, overrides: List[str], mode: str, data_dir: str,
            model_dir: str, timings: dict, guidance_dir: Optional[str] = None,
-           hints_dir: Optional[str] = None) -> dict:
+           hints_dir: Optional[str] = None, init_from: Optional[str] = None) -> dict:
   results_path = os.path.join(model_dir, "results.json")
   command = [sys.executable, "-m", "kws_tf.bin.train", f"--config={config}",
              f"--mode={mode}", f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
@@ -197,6 +211,8 @@ def _train(name: str, config: str, overrides: List[str], mode: str, data_dir: st
     command.append(f"--guidance_dir={guidance_dir}")
   if hints_dir:
     command.append(f"--hints_dir={hints_dir}")
+  if init_from:
+    command.append(f"--init_from={init_from}")
   if os.path.exists(results_path):
     print(f"== {name}: reusing {results_path} (made by: {pipeline.quote(command)})", flush=True)
   else:
@@ -226,12 +242,13 @@ def _row(model: str, role: str, seed: str, results: dict, model_dir: str) -> Lis
 
 def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: str,
              fingerprint: str, guidance_dir: str, hints_dir: Optional[str],
-             timings: dict) -> dict:
+             timings: dict, init_from: Optional[str] = None) -> dict:
   """Trains one student run of ``family`` (or reads it back).
 
   Returns ``{"results", "model_dir", "config"}`` (``config``: the resolved
   recipe as a mapping). ``bits`` is for mode=quantized_distill only,
-  ``hints_dir`` for mode=fitnet only.
+  ``hints_dir`` for mode=fitnet only; ``init_from`` (a finished run's model
+  dir) makes a fine-tuning run with ``--finetune_override``.
   """
   config_flag, override_flag = FAMILIES[family]
   config = getattr(FLAGS, config_flag)
@@ -240,6 +257,8 @@ def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: s
     overrides += FLAGS.distill_override
   if mode == "quantized_distill":
     overrides += FLAGS.quantized_override + [f"quantization.bits={bits}"]
+  if init_from:
+    overrides += FLAGS.finetune_override
   if mode == "fitnet":
     overrides += FLAGS.fitnet_override
   resolved = _resolved(config, overrides, mode)
@@ -248,11 +267,14 @@ def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: s
     key += (guidance_dir,)
   if mode == "fitnet":
     key += (hints_dir,)
+  if init_from:
+    key += (init_from,)
   model_dir = os.path.join(FLAGS.work_dir, "models", f"student_{mode}-{_digest(*key)}")
-  name = f"{family} ({mode}{f', {bits} bits' if bits else ''}, seed {seed})"
+  name = (f"{family} ({mode}{f', {bits} bits' if bits else ''}"
+          f"{', from the distilled student' if init_from else ''}, seed {seed})")
   results = _train(name, config, overrides, mode, data_dir, model_dir, timings,
                    guidance_dir if mode != "standard" else None,
-                   hints_dir if mode == "fitnet" else None)
+                   hints_dir if mode == "fitnet" else None, init_from)
   return {"results": results, "model_dir": model_dir, "config": yaml.safe_load(resolved)}
 
 
@@ -392,6 +414,13 @@ def _print_compression(rows: List[dict], fitnets: List[tuple],
            family, qd, ("distill", 32), -QD_TARGET_POINTS, False)
     target(f"{model}: {QD_TARGET_BITS}-bit quantized distillation - {QD_TARGET_BITS}-bit "
            "post-training quantization", family, qd, ("ptq", QD_TARGET_BITS), 0.0, True)
+    qd_tuned = ("qd_finetune", QD_TARGET_BITS)
+    target(f"{model}: {QD_TARGET_BITS}-bit quantized distillation from the float distilled "
+           "student - float distilled student", family, qd_tuned, ("distill", 32),
+           -QD_TARGET_POINTS, False)
+    target(f"{model}: {QD_TARGET_BITS}-bit quantized distillation from the float distilled "
+           f"student - {QD_TARGET_BITS}-bit post-training quantization", family, qd_tuned,
+           ("ptq", QD_TARGET_BITS), 0.0, True)
     if family == "wav2letter":
       target(f"{model} (the thinnest student): FitNet - distilled student", family,
              ("fitnet", 32), ("distill", 32), 0.0, False)
@@ -484,7 +513,7 @@ def main(argv):
   quantized_config = None
   for family in FLAGS.families if FLAGS.until == "compression" else []:
     for method in FLAGS.methods:
-      for bits in bits_list if method in ("quantized_distill", "ptq") else [32]:
+      for bits in bits_list if method in ("quantized_distill", "qd_finetune", "ptq") else [32]:
         for seed in _seeds(family, method):
           fingerprint = metadata["fingerprint"]
           if method == "ptq":
@@ -504,8 +533,15 @@ def main(argv):
                 family, method, bits, seed, test["model"], test["parameters"],
                 test["quantization"], test["accuracy"], dev["accuracy"]))
             continue
-          run = _student(family, method, seed, bits if method == "quantized_distill" else None,
-                         data_dir, fingerprint, guidance_dir, hints_dir, timings)
+          if method == "qd_finetune":
+            base = _student(family, "distill", seed, None, data_dir, fingerprint, guidance_dir,
+                            None, timings)
+            run = _student(family, "quantized_distill", seed, bits, data_dir, fingerprint,
+                           guidance_dir, None, timings, init_from=base["model_dir"])
+          else:
+            run = _student(family, method, seed,
+                           bits if method == "quantized_distill" else None,
+                           data_dir, fingerprint, guidance_dir, hints_dir, timings)
           results = run["results"]
           if method == "quantized_distill":
             quantized_config = run["config"]["quantization"]

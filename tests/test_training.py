@@ -86,6 +86,14 @@ def test_changed_config_is_refused(kws_train_records, tmp_path):
   with pytest.raises(loop.TrainingError, match="differs in: optimizer.learning_rate"):
     loop.Trainer(_config("train.steps=2", "train.eval_every=2", "optimizer.learning_rate=0.1"),
                  model_dir, kws_train_records).run()
+  # A config.yaml written before a field existed (so without it) holds its default: accepted.
+  path = os.path.join(model_dir, "config.yaml")
+  text = open(path).read()
+  assert "  normalize: true\n" in text
+  open(path, "w").write(text.replace("  normalize: true\n", ""))
+  again = loop.Trainer(_config("train.steps=2", "train.eval_every=2"), model_dir,
+                       kws_train_records).run()
+  assert again["steps"] == 2
 
 
 RESUME = ["train.steps=12", "train.eval_every=4", "train.checkpoint_every=3",

@@ -198,9 +198,11 @@ class Trainer:
         old = config_lib.to_dict(config_lib.from_dict(yaml.safe_load(previous)))
         new = config_lib.to_dict(self.config)
         diff = sorted(_differences(old, new))
-        raise TrainingError(
-            f"{self.model_dir} holds a run with another config (differs in: "
-            f"{', '.join(diff) or 'formatting'}); use another --model_dir or the same config")
+        # No difference: the file predates a config field and holds its default.
+        if diff:
+          raise TrainingError(
+              f"{self.model_dir} holds a run with another config (differs in: "
+              f"{', '.join(diff)}); use another --model_dir or the same config")
       return
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
