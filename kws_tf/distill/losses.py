@@ -96,13 +96,20 @@ def _masked_mean(values, mask) -> tf.Tensor:
   return tf.math.divide_no_nan(total, count)
 
 
-def _assert_same_shape(student, teacher, what: str):
-  tf.debugging.assert_equal(
+def _same_shape(student, teacher, what: str):
+  """``(student, teacher)``, checked to have one shape before any use.
+
+  The returned tensors depend on the check, so that inside a ``tf.function``
+  the clear message comes before any shape error of the arithmetic.
+  """
+  check = tf.debugging.assert_equal(
       tf.shape(student), tf.shape(teacher),
       message=(f"student and teacher {what} differ in shape; ctc teachers and "
                "students must both give one frame every 20 ms, and a teacher "
                "with more frames (a 30 s window) must be sliced to the "
                "student's frames by the caller"))
+  with tf.control_dependencies([] if check is None else [check]):
+    return tf.identity(student), tf.identity(teacher)
 
 
 def cross_entropy(labels, logits) -> tf.Tensor:
@@ -208,7 +215,7 @@ def distillation_kl(student_logits, teacher_logits, temperature: float) -> tf.Te
   Returns:
     float32 scalar, nats per example times T**2.
   """
-  _assert_same_shape(student_logits, teacher_logits, "logits")
+  student_logits, teacher_logits = _same_shape(student_logits, teacher_logits, "logits")
   kl = _softened_kl(student_logits, teacher_logits, temperature)
   return temperature ** 2 * tf.reduce_mean(kl)
 
@@ -233,7 +240,7 @@ def frame_distillation_kl(student_logits, teacher_logits, logit_length,
     float32 scalar, nats per valid frame times T**2 (each valid frame of the
     batch weighs the same).
   """
-  _assert_same_shape(student_logits, teacher_logits, "logits")
+  student_logits, teacher_logits = _same_shape(student_logits, teacher_logits, "logits")
   kl = _softened_kl(student_logits, teacher_logits, temperature)
   mask = _frame_mask(logit_length, tf.shape(kl)[1])
   return temperature ** 2 * _masked_mean(kl, mask)
@@ -249,7 +256,8 @@ def feature_mse(student_projection, teacher_features) -> tf.Tensor:
   Returns:
     float32 scalar, mean over examples and dimensions.
   """
-  _assert_same_shape(student_projection, teacher_features, "features")
+  student_projection, teacher_features = _same_shape(student_projection, teacher_features,
+                                                     "features")
   teacher_features = tf.stop_gradient(_float32(teacher_features))
   return tf.reduce_mean(tf.square(_float32(student_projection) - teacher_features))
 
@@ -266,7 +274,8 @@ def frame_feature_mse(student_projection, teacher_features, logit_length) -> tf.
   Returns:
     float32 scalar, mean over valid frames and dimensions.
   """
-  _assert_same_shape(student_projection, teacher_features, "features")
+  student_projection, teacher_features = _same_shape(student_projection, teacher_features,
+                                                     "features")
   teacher_features = tf.stop_gradient(_float32(teacher_features))
   squared = tf.square(_float32(student_projection) - teacher_features)
   mask = _frame_mask(logit_length, tf.shape(squared)[1])
