@@ -660,8 +660,9 @@ class Trainer:
   def _initialise_from_run(self) -> None:
     """A fresh run takes the best weights of the finished run in ``init_from``.
 
-    That run must have trained the same model (name, parameters, task and
-    input); TrainingError naming the difference otherwise. The path read is
+    That run must have trained the same model (name, parameters, task) on the
+    same input (format, feature parameters, normalisation); TrainingError
+    naming the difference otherwise. The path read is
     written to ``<model_dir>/initialised_from.json`` (and results.json).
     """
     try:
@@ -670,11 +671,13 @@ class Trainer:
       raise TrainingError(f"cannot start from {self.init_from}: it has no model.json "
                           "(not a kws-train model dir)") from None
     mine = self.model_spec()
-    keys = ("name", "task", "params", "num_channels", "num_classes", "projection_dim", "format")
+    keys = ("name", "task", "params", "num_channels", "num_classes", "projection_dim", "format",
+            "feature_params", "normalization")
     differ = [k for k in keys if other.get(k) != mine.get(k)]
     if differ:
+      values = "; ".join(f"{other.get(k)} vs {mine.get(k)}" for k in differ)
       raise TrainingError(f"cannot start from {self.init_from}: its model differs in "
-                          f"{', '.join(differ)} ({', '.join(f'{other.get(k)} vs {mine.get(k)}' for k in differ)})")
+                          f"{', '.join(differ)} ({values})")
     best = tf.train.latest_checkpoint(os.path.join(self.init_from, "best"))
     if best is None:
       raise TrainingError(f"cannot start from {self.init_from}: no best/ checkpoint "
