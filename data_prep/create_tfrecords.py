@@ -191,7 +191,7 @@ def _init_worker(config: dict) -> None:
 # front-end batches of BATCH_EXAMPLES of similar length, zero-padded to a
 # multiple of PAD_SAMPLES so that batch shapes repeat. The batching depends only
 # on the shard, so the bytes written do not depend on --cores.
-CHUNK_EXAMPLES = 64
+CHUNK_EXAMPLES = 256
 BATCH_EXAMPLES = 16
 PAD_SAMPLES = 1600
 
@@ -263,7 +263,7 @@ def convert_shard(task: dict) -> dict:
   classes = collections.Counter()
   skipped, max_label_length = [], 0
   cache = {"seconds": {}}
-  items = [Item(**item) for item in task["items"]]
+  items = task["items"]
   try:
     for begin in range(0, len(items), CHUNK_EXAMPLES):
       signals = _read_signals(items[begin:begin + CHUNK_EXAMPLES], config, cache, skipped)
@@ -491,7 +491,7 @@ def convert(args) -> int:
       if not _progress_ok(args.out_dir, name, args.formats):
         tasks.append({"split": split, "index": index, "count": len(chunks),
                       "stats": split in plan["stats_splits"],
-                      "items": [dataclasses.asdict(i) for i in chunk]})
+                      "items": chunk})
   done = sum(len(c) for c in shards.values()) - len(tasks)
   worker_config = {
       "out_dir": args.out_dir, "compression": compression,
@@ -499,7 +499,7 @@ def convert(args) -> int:
       "sample_rate": args.sample_rate, "min_seconds": args.min_seconds,
       "max_seconds": args.max_seconds, "clip_seconds": args.clip_seconds,
   }
-  total_utts = sum(len({i["utt"] for i in t["items"]}) for t in tasks)
+  total_utts = sum(len({i.utt for i in t["items"]}) for t in tasks)
   print(f"{len(tasks)} shards to write ({done} already complete), {total_utts} "
         f"utterances, {min(args.cores, max(len(tasks), 1))} workers", flush=True)
   if tasks:

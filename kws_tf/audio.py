@@ -103,7 +103,13 @@ def read_audio(path, sample_rate: int = 16000,
     with sf.SoundFile(os.fspath(path)) as f:
       file_rate = f.samplerate
       declared_frames = f.frames
-      data = f.read(dtype="float32", always_2d=True)
+      if f.subtype == "PCM_16":
+        # Integer samples scaled in numpy: the values libsndfile's float
+        # conversion gives (x / 32768), at half the cost.
+        data = f.read(dtype="int16", always_2d=True).astype(np.float32)
+        data *= np.float32(1.0 / 32768.0)
+      else:
+        data = f.read(dtype="float32", always_2d=True)
   except (sf.SoundFileError, RuntimeError) as error:
     raise AudioError(path, "unreadable", str(error)) from error
   if len(data) < declared_frames:

@@ -80,15 +80,16 @@ def _centred_hann(frame_length: int, fft_length: int) -> np.ndarray:
   return np.pad(window, (left, fft_length - frame_length - left))
 
 
-def _windowed_dft_matrix(window: np.ndarray) -> np.ndarray:
-  """Real DFT with the window folded in: ``[fft_length, 2 * bins]`` float32.
+def _windowed_dft_matrix(window: np.ndarray,
+                         num_bins: Optional[int] = None) -> np.ndarray:
+  """Real DFT with the window folded in: ``[fft_length, 2 * num_bins]`` float32.
 
-  ``frames @ matrix`` gives the real parts of bins 0..fft_length//2 followed
-  by their imaginary parts.
+  ``frames @ matrix`` gives the real parts of bins ``0..num_bins - 1``
+  (default all ``fft_length // 2 + 1``) followed by their imaginary parts.
   """
   fft_length = window.shape[0]
   n = np.arange(fft_length)[:, None]
-  k = np.arange(fft_length // 2 + 1)[None, :]
+  k = np.arange(num_bins or fft_length // 2 + 1)[None, :]
   angle = 2.0 * np.pi * ((n * k) % fft_length) / fft_length
   matrix = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1)
   return (window[:, None] * matrix).astype(np.float32)
@@ -134,7 +135,7 @@ def _reflect_pad(waveform: tf.Tensor, lengths: tf.Tensor,
 
 def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
                       window: np.ndarray, frame_step: int, center: bool,
-                      dft: str) -> tf.Tensor:
+                      dft: str, num_bins: Optional[int] = None) -> tf.Tensor:
   """|STFT|^2 of a batch of zero-padded waveforms.
 
   Args:
@@ -147,9 +148,12 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
     center: reflect-pad ``fft_length // 2`` samples on both sides first.
     dft: "fft" (tf.signal.rfft) or "matmul" (a DFT as one matrix product, for
       TFLite, whose RFFT takes only power-of-two sizes).
+    num_bins: the lowest bins kept (a mel bank that ends below the Nyquist
+      frequency reads no more; the matrix product then computes no more);
+      None keeps all ``fft_length // 2 + 1``.
 
   Returns:
-    float32 ``[batch, frames, fft_length // 2 + 1]``, power per bin, with
+    float32 ``[batch, frames, num_bins]``, power per bin, with
     ``frames`` those of ``samples`` samples. Frames past the end of an example
     (see ``_num_stft_frames``) read what follows it.
   """
@@ -159,12 +163,20 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
   frames = tf.signal.frame(waveform, fft_length, frame_step)
   if dft == "fft":
     spectrum = tf.signal.rfft(frames * window.astype(np.float32))
-    return tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
+    power = tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
+    # Sliced once real: TFLite cannot slice a complex tensor.
+    return power if num_bins is None else power[..., :num_bins]
   if dft == "matmul":
-    real_imag = tf.tensordot(frames, _windowed_dft_matrix(window), 1)
+    real_imag = tf.tensordot(frames, _windowed_dft_matrix(window, num_bins), 1)
     real, imag = tf.split(real_imag, 2, axis=-1)
     return tf.square(real) + tf.square(imag)
   raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
+
+
+def _bins_read(mel_matrix: np.ndarray) -> int:
+  """Bins up to the highest one with a nonzero weight in ``[mels, bins]``."""
+  used = np.flatnonzero(np.any(mel_matrix != 0, axis=0))
+  return int(used[-1]) + 1 if used.size else 1
 
 
 def _check(condition: bool, message: str) -> None:
@@ -445,13 +457,14 @@ class MfccConfig(_FeatureConfig):
                            2 * self.num_mfcc).astype(np.float32)
 
   def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
-    power = power_spectrogram(
-        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
-        self.frame_step, self.center, self.dft)
     mel_matrix = librosa.filters.mel(
         sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
         fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
         norm="slaney")
+    mel_matrix = mel_matrix[:, :_bins_read(mel_matrix)]
+    power = power_spectrogram(
+        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
+        self.frame_step, self.center, self.dft, num_bins=mel_matrix.shape[1])
     mel = tf.tensordot(power, mel_matrix.T.astype(np.float32), 1)
     db = 10.0 * tf.math.log(tf.maximum(mel, _POWER_TO_DB_AMIN)) / np.log(10.0)
     num_frames = self.num_frames(lengths)

@@ -30,6 +30,19 @@ def test_reads_int16_wav_at_its_rate(tmp_path):
   np.testing.assert_allclose(y, x, atol=1 / 32768)
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_int16_samples_equal_libsndfile_float_decoding(tmp_path, channels):
+  # PCM_16 is read as integers and scaled in numpy: exactly libsndfile's floats.
+  rng = np.random.default_rng(0)
+  samples = rng.integers(-32768, 32768, size=(4000, channels), dtype=np.int16)
+  samples[:3, 0] = [-32768, 32767, 0]
+  path = str(tmp_path / "pcm16.wav")
+  sf.write(path, samples, 16000, subtype="PCM_16")
+  reference, _ = sf.read(path, dtype="float32", always_2d=True)
+  expected = reference.mean(axis=1, dtype=np.float32) if channels > 1 else reference[:, 0]
+  np.testing.assert_array_equal(audio.read_audio(path), expected)
+
+
 def test_stereo_is_averaged(tmp_path):
   left, right = sine(440, 0.25, 16000, 0.8), sine(440, 0.25, 16000, 0.2)
   path = str(tmp_path / "stereo.wav")

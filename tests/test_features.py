@@ -90,12 +90,24 @@ def test_log_power_matches_librosa(signal):
   assert error < 5e-3, f"max |error| = {error:.2e} nepers, bound 5e-3"
 
 
-def test_mfcc_matches_librosa(signal):
-  ours = features.MfccConfig()(signal).numpy()
+# The default, and the kws students' front end of the pipeline (25 ms windows
+# every 20 ms, a 400-point DFT, mel bands up to 4 kHz: the DFT stops at the
+# highest bin the mel bank reads).
+MFCC_CASES = {"default": {},
+              "kws-student": dict(frame_length=400, fft_length=400, frame_step=320,
+                                  upper_edge_hertz=4000.0)}
+
+
+@pytest.mark.parametrize("dft", ["fft", "matmul"])
+@pytest.mark.parametrize("case", list(MFCC_CASES))
+def test_mfcc_matches_librosa(signal, case, dft):
+  config = features.MfccConfig(dft=dft, **MFCC_CASES[case])
+  ours = config(signal).numpy()
   mel = librosa.feature.melspectrogram(
-      y=signal.astype(np.float64), sr=SAMPLE_RATE, n_fft=512, hop_length=160,
-      win_length=512, window="hann", center=True, pad_mode="reflect",
-      power=2.0, n_mels=40, fmin=20.0, fmax=8000.0, htk=False, norm="slaney")
+      y=signal.astype(np.float64), sr=SAMPLE_RATE, n_fft=config.fft_length,
+      hop_length=config.frame_step, win_length=config.frame_length, window="hann",
+      center=True, pad_mode="reflect", power=2.0, n_mels=40, fmin=20.0,
+      fmax=config.upper_edge_hertz, htk=False, norm="slaney")
   mfcc = librosa.feature.mfcc(
       S=librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=80.0),
       n_mfcc=13, dct_type=2, norm="ortho")
@@ -300,8 +312,10 @@ def test_bad_lengths_raise():
 
 @pytest.mark.parametrize("config", [
     features.MfccConfig(dft="matmul"),
+    features.MfccConfig(),
+    features.MfccConfig(dft="matmul", **MFCC_CASES["kws-student"]),
     features.LogMelConfig(dft="matmul", pad_to_seconds=1.5),
-], ids=["mfcc", "logmel-1.5s"])
+], ids=["mfcc", "mfcc-rfft", "mfcc-kws-student", "logmel-1.5s"])
 def test_tflite_builtins_convert_padded_batches(config):
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
                                 tf.TensorSpec([None], tf.int32)])
