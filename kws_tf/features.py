@@ -167,8 +167,12 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
     # Sliced once real: TFLite cannot slice a complex tensor.
     return power if num_bins is None else power[..., :num_bins]
   if dft == "matmul":
-    real_imag = tf.tensordot(frames, _windowed_dft_matrix(window, num_bins), 1)
-    real, imag = tf.split(real_imag, 2, axis=-1)
+    # Two products rather than one split in two: TFLite's int8 conversion
+    # quantizes a SPLIT even when its producer and consumers stay float.
+    matrix = _windowed_dft_matrix(window, num_bins)
+    bins = matrix.shape[1] // 2
+    real = tf.tensordot(frames, matrix[:, :bins], 1)
+    imag = tf.tensordot(frames, matrix[:, bins:], 1)
     return tf.square(real) + tf.square(imag)
   raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
 

@@ -43,14 +43,6 @@ TEACHER_CONFIGS = {"kws": "teacher_kws.yaml", "ctc": "teacher_ctc.yaml"}
 PRETRAINED_TEACHER_CONFIGS = {"kws": "teacher_kws_whisper.yaml", "ctc": "teacher_ctc_whisper.yaml"}
 STUDENT_CONFIGS = {"kws": "kws_small.yaml", "ctc": "ctc_small.yaml"}
 STUDENT_MODES = ("standard", "distill", "quantized_distill")
-# The kws students' MFCC front end, cheap enough for a phone: 25 ms windows every
-# 20 ms (51 frames per 1 s clip, as the 20 ms stride of Zhang et al. 2017's
-# "Hello Edge" KWS models), a 400-point DFT and 40 mel bands up to 4 kHz, so the
-# exported DFT (a matrix product: 400 is not a power of two) computes 100 bins.
-# In TFLite it costs about a quarter of the 10 ms / 512-point default (see
-# benchmarks/latency.py); ctc students keep the default's 10 ms frames.
-KWS_STUDENT_FEATURES = ("mfcc.frame_length=400", "mfcc.fft_length=400",
-                        "mfcc.frame_step=320", "mfcc.upper_edge_hertz=4000")
 WHISPER_BASE_DIR = os.path.join("models", "whisper-base")
 
 
@@ -172,7 +164,6 @@ def _data(options: Options, timings: Dict[str, float]) -> str:
             f"--cores={options.cores}"]
     if task == "kws":
       args.append(f"--alignments={os.path.join(corpus, '*', 'alignments.ctm')}")
-      args.append(f"--feature_params={','.join(KWS_STUDENT_FEATURES)}")
     _stage(f"records ({task})", "data_prep.create_tfrecords", args, timings)
   return corpus
 

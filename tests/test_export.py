@@ -242,7 +242,7 @@ def test_whisper_log_mel_front_end_uses_a_matmul_dft(kws_train_records, syntheti
   model_dir = _train(kws_train_records, str(tmp_path / "model"), "data.format=logmel",
                      "model.name=wav2letter_kws_tiny", "train.steps=2", "train.eval_every=2")
   out_dir, cards = _export(model_dir, kws_train_records, synthetic_corpus,
-                           str(tmp_path / "export"), ("float32",))
+                           str(tmp_path / "export"), ("float32", "int8"))
   card = cards["float32"]
   assert card["feature_params"]["fft_length"] == 400
   assert card["feature_params"]["dft"] == "matmul"
@@ -260,6 +260,16 @@ def test_whisper_log_mel_front_end_uses_a_matmul_dft(kws_train_records, syntheti
   np.testing.assert_allclose(
       _tflite_outputs(os.path.join(out_dir, "model_float32.tflite"), waveform)["logits"],
       _keras_on_features(model_dir, waveform)["logits"], atol=1e-4)
+  # In the int8 file the DFT's products, and everything up to the normalised
+  # features, stay float: the only int8 tensor outside the model is the
+  # quantized copy of the features that it reads.
+  model_name = loop.read_model_spec(model_dir)["name"]
+  front_end = {t["name"]: t["dtype"] for t in Interpreter(
+      model_path=os.path.join(out_dir, "model_int8.tflite")).get_tensor_details()
+      if not tflite._in_model(t["name"], model_name)}
+  assert front_end["front_end/mul"] == np.float32
+  assert [n for n, d in front_end.items() if d == np.int8] == ["tfl.quantize"]
+  assert cards["int8"]["parity"]["max_abs_logit_error"] < 0.5
 
 
 def test_export_front_end_switches_to_matmul_only_when_needed():

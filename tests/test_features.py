@@ -90,9 +90,9 @@ def test_log_power_matches_librosa(signal):
   assert error < 5e-3, f"max |error| = {error:.2e} nepers, bound 5e-3"
 
 
-# The default, and the kws students' front end of the pipeline (25 ms windows
-# every 20 ms, a 400-point DFT, mel bands up to 4 kHz: the DFT stops at the
-# highest bin the mel bank reads).
+# The default, and a cheaper KWS front end (25 ms windows every 20 ms, a
+# 400-point DFT, mel bands up to 4 kHz: the DFT stops at the highest bin the mel
+# bank reads).
 MFCC_CASES = {"default": {},
               "kws-student": dict(frame_length=400, fft_length=400, frame_step=320,
                                   upper_edge_hertz=4000.0)}
