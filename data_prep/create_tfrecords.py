@@ -191,7 +191,7 @@ def _init_worker(config: dict) -> None:
 # front-end batches of BATCH_EXAMPLES of similar length, zero-padded to a
 # multiple of PAD_SAMPLES so that batch shapes repeat. The batching depends only
 # on the shard, so the bytes written do not depend on --cores.
-CHUNK_EXAMPLES = 256
+CHUNK_EXAMPLES = 64
 BATCH_EXAMPLES = 16
 PAD_SAMPLES = 1600
 
