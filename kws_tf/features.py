@@ -80,19 +80,18 @@ def _centred_hann(frame_length: int, fft_length: int) -> np.ndarray:
   return np.pad(window, (left, fft_length - frame_length - left))
 
 
-def _windowed_dft_matrix(window: np.ndarray,
-                         num_bins: Optional[int] = None) -> np.ndarray:
-  """Real DFT with the window folded in: ``[fft_length, 2 * num_bins]`` float32.
+def _windowed_dft_matrices(window: np.ndarray, num_bins: Optional[int] = None):
+  """Real DFT with the window folded in: two float32 ``[fft_length, num_bins]``.
 
-  ``frames @ matrix`` gives the real parts of bins ``0..num_bins - 1``
-  (default all ``fft_length // 2 + 1``) followed by their imaginary parts.
+  ``frames @ real`` and ``frames @ imag`` give the real and imaginary parts of
+  bins ``0..num_bins - 1`` (default all ``fft_length // 2 + 1``).
   """
   fft_length = window.shape[0]
   n = np.arange(fft_length)[:, None]
   k = np.arange(num_bins or fft_length // 2 + 1)[None, :]
   angle = 2.0 * np.pi * ((n * k) % fft_length) / fft_length
-  matrix = np.concatenate([np.cos(angle), -np.sin(angle)], axis=1)
-  return (window[:, None] * matrix).astype(np.float32)
+  return ((window[:, None] * np.cos(angle)).astype(np.float32),
+          (-window[:, None] * np.sin(angle)).astype(np.float32))
 
 
 def _reflect_pad(waveform: tf.Tensor, lengths: tf.Tensor,
@@ -169,10 +168,9 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
   if dft == "matmul":
     # Two products rather than one split in two: TFLite's int8 conversion
     # quantizes a SPLIT even when its producer and consumers stay float.
-    matrix = _windowed_dft_matrix(window, num_bins)
-    bins = matrix.shape[1] // 2
-    real = tf.tensordot(frames, matrix[:, :bins], 1)
-    imag = tf.tensordot(frames, matrix[:, bins:], 1)
+    real_matrix, imag_matrix = _windowed_dft_matrices(window, num_bins)
+    real = tf.tensordot(frames, real_matrix, 1)
+    imag = tf.tensordot(frames, imag_matrix, 1)
     return tf.square(real) + tf.square(imag)
   raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
 
