@@ -80,18 +80,34 @@ def _centred_hann(frame_length: int, fft_length: int) -> np.ndarray:
   return np.pad(window, (left, fft_length - frame_length - left))
 
 
-def _windowed_dft_matrices(window: np.ndarray, num_bins: Optional[int] = None):
-  """Real DFT with the window folded in: two float32 ``[fft_length, num_bins]``.
+def _folded_dft_matrices(window: np.ndarray, num_bins: Optional[int] = None):
+  """Real DFT of a symmetric window's frames, folded in half: two float32
+  ``[fft_length // 2, num_bins]`` matrices with the window inside.
 
-  ``frames @ real`` and ``frames @ imag`` give the real and imaginary parts of
-  bins ``0..num_bins - 1`` (default all ``fft_length // 2 + 1``).
+  A real frame's DFT needs only its even part ``x[n] + x[N - n]`` for the
+  cosines and its odd part ``x[n] - x[N - n]`` for the sines, which halves the
+  multiply-adds. With ``lo = x[1 : N/2 + 1]`` and ``hi = x[N/2 : N]`` reversed
+  (``hi[j] = x[N - 1 - j]``), ``(lo + hi) @ real`` and ``(lo - hi) @ imag``
+  give the real and imaginary parts of bins ``0..num_bins - 1`` (default all
+  ``N // 2 + 1``). This needs ``window[N - n] == window[n]`` and
+  ``window[0] == 0`` (a periodic Hann window centred in an even frame), so
+  that ``x[0]`` drops out and the window factors out of each pair.
   """
   fft_length = window.shape[0]
-  n = np.arange(fft_length)[:, None]
-  k = np.arange(num_bins or fft_length // 2 + 1)[None, :]
+  half = fft_length // 2
+  if (fft_length % 2 or window[0] != 0
+      or not np.allclose(window[1:], window[:0:-1])):
+    raise ValueError(
+        "the matrix DFT needs an even fft_length and a window centred in it "
+        f"(fft_length - frame_length even); got fft_length {fft_length}")
+  n = np.arange(1, half + 1)[:, None]
+  k = np.arange(num_bins or half + 1)[None, :]
   angle = 2.0 * np.pi * ((n * k) % fft_length) / fft_length
-  return ((window[:, None] * np.cos(angle)).astype(np.float32),
-          (-window[:, None] * np.sin(angle)).astype(np.float32))
+  # x[N/2] is its own pair: lo + hi holds it twice.
+  weight = window[1:half + 1, None] * np.where(n == half, 0.5, 1.0)
+  # Rows n = N/2 of the sines are sin(pi k) = 0, as lo - hi is there.
+  return ((weight * np.cos(angle)).astype(np.float32),
+          (-weight * np.sin(angle)).astype(np.float32))
 
 
 def _reflect_pad(waveform: tf.Tensor, lengths: tf.Tensor,
@@ -168,9 +184,12 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
   if dft == "matmul":
     # Two products rather than one split in two: TFLite's int8 conversion
     # quantizes a SPLIT even when its producer and consumers stay float.
-    real_matrix, imag_matrix = _windowed_dft_matrices(window, num_bins)
-    real = tf.tensordot(frames, real_matrix, 1)
-    imag = tf.tensordot(frames, imag_matrix, 1)
+    real_matrix, imag_matrix = _folded_dft_matrices(window, num_bins)
+    half = fft_length // 2
+    lo = frames[..., 1:half + 1]
+    hi = tf.reverse(frames[..., half:], axis=[-1])
+    real = tf.tensordot(lo + hi, real_matrix, 1)
+    imag = tf.tensordot(lo - hi, imag_matrix, 1)
     return tf.square(real) + tf.square(imag)
   raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
 
@@ -335,6 +354,11 @@ def _check_stft_fields(config) -> None:
   _check(config.frame_step > 0, f"frame_step must be > 0: {config.frame_step}")
   _check(config.dft in DFT_METHODS,
          f"unknown dft {config.dft!r}, expected one of {DFT_METHODS}")
+  _check(config.dft != "matmul" or (config.fft_length % 2 == 0
+                                    and config.frame_length % 2 == 0),
+         "the matrix DFT folds each frame in half: it needs an even "
+         f"fft_length and frame_length, got {config.fft_length} and "
+         f"{config.frame_length}")
 
 
 @dataclasses.dataclass(frozen=True)

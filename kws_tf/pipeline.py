@@ -44,6 +44,13 @@ PRETRAINED_TEACHER_CONFIGS = {"kws": "teacher_kws_whisper.yaml", "ctc": "teacher
 STUDENT_CONFIGS = {"kws": "kws_small.yaml", "ctc": "ctc_small.yaml"}
 STUDENT_MODES = ("standard", "distill", "quantized_distill")
 WHISPER_BASE_DIR = os.path.join("models", "whisper-base")
+# The kws student's MFCC front end, sized for a phone: 20 ms windows and hop
+# (a 320-point DFT, exported as a folded matrix product, 51 frames per 1 s
+# clip) and mel bands up to 4 kHz (81 DFT bins). Its int8 TFLite file stays
+# under 300 KB and runs in a fifth of the time of the default front end's
+# (README, latency table).
+KWS_STUDENT_FEATURES = ("mfcc.frame_length=320", "mfcc.fft_length=320",
+                        "mfcc.frame_step=320", "mfcc.upper_edge_hertz=4000")
 
 
 class PipelineError(RuntimeError):
@@ -163,7 +170,8 @@ def _data(options: Options, timings: Dict[str, float]) -> str:
             "--splits=train,test", "--formats=logmel,mfcc", f"--task={task}",
             f"--cores={options.cores}"]
     if task == "kws":
-      args.append(f"--alignments={os.path.join(corpus, '*', 'alignments.ctm')}")
+      args += [f"--alignments={os.path.join(corpus, '*', 'alignments.ctm')}",
+               f"--feature_params={','.join(KWS_STUDENT_FEATURES)}"]
     _stage(f"records ({task})", "data_prep.create_tfrecords", args, timings)
   return corpus
 

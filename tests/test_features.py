@@ -166,14 +166,25 @@ def test_short_waveforms_match_librosa(num_samples):
 
 
 @pytest.mark.parametrize("config", [
-    features.PowerConfig(), features.MfccConfig(), features.LogMelConfig()
-], ids=["power", "mfcc", "logmel"])
+    features.PowerConfig(), features.PowerConfig(frame_length=400),
+    features.MfccConfig(), features.LogMelConfig()
+], ids=["power", "power-short-window", "mfcc", "logmel"])
 def test_matmul_dft_matches_fft(config):
+  # The matrix DFT folds each frame into its even and odd halves; a window
+  # shorter than the FFT sits in its centre and must stay symmetric.
   y = chirp(1.7, seed=2)
   fft = config(y).numpy()
   matmul = features.from_dict({**config.to_dict(), "dft": "matmul"})(y).numpy()
   error = np.abs(matmul - fft).max() / np.abs(fft).max()
   assert error < 1e-5, f"max |error| / max |feature| = {error:.2e}, bound 1e-5"
+
+
+@pytest.mark.parametrize("lengths", [(401, 512), (400, 401)])
+def test_matmul_dft_refuses_an_odd_frame(lengths):
+  frame_length, fft_length = lengths
+  with pytest.raises(ValueError, match="even fft_length and frame_length"):
+    features.PowerConfig(frame_length=frame_length, fft_length=fft_length,
+                         dft="matmul")
 
 
 ALL_CONFIGS = [
