@@ -7,7 +7,8 @@ Not a test. Prints one markdown table, on this machine, of
 * each KWS student of a pipeline run (``<workdir>/models/kws/{standard,distill,
   quantized_distill}``, made by ``kws-pipeline``; or ``--model_dirs``) as
   float32 and int8 TFLite files, exported with ``kws-export-tflite`` into
-  ``--out_dir`` (reused when present): the feature front end is inside, so a
+  ``--out_dir`` (exported afresh every run, so that no file of an earlier model
+  or an earlier version of the code is timed): the feature front end is inside, so a
   call takes a 1 s waveform and gives the class probabilities;
 * the teacher encoder at PhoWhisper-base size (d_model 512, 6 blocks, 8 heads;
   the weights of ``--whisper_dir`` when given or when
@@ -28,6 +29,7 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,7 +55,8 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir", "A kws-pipeline workdir (its kws students, records "
                     "and corpus are read).")
 flags.DEFINE_list("model_dirs", [], "Student model dirs instead of the pipeline's three.")
-flags.DEFINE_string("out_dir", "/tmp/kws_tf_latency", "Exported files (kept and reused).")
+flags.DEFINE_string("out_dir", "/tmp/kws_tf_latency", "Exported files (replaced every run, "
+                    "kept for inspection).")
 flags.DEFINE_string("whisper_dir", None, "A Whisper checkpoint dir for the teacher's weights "
                     "(default: <workdir>/models/whisper-base when present, else random).")
 flags.DEFINE_integer("runs", 100, "Timed calls per file.")
@@ -70,17 +73,16 @@ def _run(command: List[str]) -> None:
 
 def export_students(model_dirs: Dict[str, str], data_dir: str, audio_dir: str,
                     out_dir: str) -> Dict[str, Dict[str, str]]:
-  """name -> format -> TFLite path, exporting what is missing."""
+  """name -> format -> TFLite path, each student exported into a fresh folder."""
   paths = {}
   for name, model_dir in model_dirs.items():
     folder = os.path.join(out_dir, name)
-    wanted = {fmt: os.path.join(folder, f"model_{fmt}.tflite") for fmt in STUDENT_FORMATS}
-    if not all(os.path.exists(p) for p in wanted.values()):
-      _run([sys.executable, "-m", "kws_tf.bin.export_tflite", f"--model_dir={model_dir}",
-            f"--data_dir={data_dir}", f"--out_dir={folder}", f"--audio_dir={audio_dir}",
-            f"--formats={','.join(STUDENT_FORMATS)}", "--num_parity=200",
-            "--max_accuracy_drop=100"])  # accuracy is the export's business, not this table's
-    paths[name] = wanted
+    shutil.rmtree(folder, ignore_errors=True)
+    _run([sys.executable, "-m", "kws_tf.bin.export_tflite", f"--model_dir={model_dir}",
+          f"--data_dir={data_dir}", f"--out_dir={folder}", f"--audio_dir={audio_dir}",
+          f"--formats={','.join(STUDENT_FORMATS)}", "--num_parity=200",
+          "--max_accuracy_drop=100"])  # accuracy is the export's business, not this table's
+    paths[name] = {fmt: os.path.join(folder, f"model_{fmt}.tflite") for fmt in STUDENT_FORMATS}
   return paths
 
 
@@ -93,8 +95,6 @@ def teacher_files(whisper_dir: Optional[str], out_dir: str) -> Dict[str, str]:
   source = os.path.basename(os.path.normpath(whisper_dir)) if whisper_dir else "random"
   paths = {window: os.path.join(out_dir, f"teacher_{source}_{window}.tflite")
            for window in ("30s", "trimmed")}
-  if all(os.path.exists(p) for p in paths.values()):
-    return paths
   tf.keras.utils.set_random_seed(FLAGS.seed)
   encoder = (whisper.load_encoder(whisper_dir, name="encoder") if whisper_dir
              else whisper.random_encoder(BASE_CONFIG, name="encoder"))
@@ -119,6 +119,11 @@ def teacher_files(whisper_dir: Optional[str], out_dir: str) -> Dict[str, str]:
       f.write(content)
     os.replace(paths[window] + ".tmp", paths[window])
   return paths
+
+
+def _milliseconds(value: float) -> str:
+  """Three significant digits below 10 ms (a student's 0.083), two decimals above."""
+  return f"{value:.3g}" if value < 10 else f"{value:,.2f}"
 
 
 def latency(path: str, waveform: np.ndarray) -> Dict[str, float]:
@@ -178,9 +183,9 @@ def main(argv):
         "speed-up vs trimmed teacher | vs 30 s teacher |")
   print("|---|---|---|---|---|---|---|")
   for model, kind, path, times in rows:
-    print(f"| {model} | {kind} | {os.path.getsize(path) / 1024:,.0f} | {times['median']:.2f} | "
-          f"{times['p90']:.2f} | {trimmed / times['median']:.1f}x | "
-          f"{padded / times['median']:.1f}x |")
+    print(f"| {model} | {kind} | {os.path.getsize(path) / 1024:,.0f} | "
+          f"{_milliseconds(times['median'])} | {_milliseconds(times['p90'])} | "
+          f"{trimmed / times['median']:,.1f}x | {padded / times['median']:,.0f}x |")
   print()
   # The target is judged on the student one would ship: the distilled one.
   shipped = "distill" if "distill" in students else next(iter(students))
