@@ -418,6 +418,7 @@ class Trainer:
         beta=cfg.distill.beta, feature_weight=cfg.distill.feature_weight)
     guidance = self._guidance()
     self._fitnet = None
+    self._hint_sums = None  # (model, tf.function) of _hint_error
     with self._strategy.scope():
       self.model = build_model(self.model_spec())
       if self._hint_stage:
@@ -691,17 +692,20 @@ class Trainer:
   def _hint_error(self, dataset: tf.data.Dataset, what: str) -> float:
     """Hint MSE over every valid (frame, channel) value of ``dataset``."""
     model = self.model
+    if self._hint_sums is None or self._hint_sums[0] is not model:  # traced once per model
 
-    @tf.function(reduce_retracing=True)
-    def sums(batch):
-      outputs = model({"features": batch["features"], "num_frames": batch["num_frames"]},
-                      training=False)
-      return fitnet.hint_error_sums(outputs["hint"], outputs["hint_frames"],
-                                    batch["guidance_hint"], batch["guidance_frames"])
+      @tf.function(reduce_retracing=True)
+      def sums(batch):
+        outputs = model({"features": batch["features"], "num_frames": batch["num_frames"]},
+                        training=False)
+        return fitnet.hint_error_sums(outputs["hint"], outputs["hint_frames"],
+                                      batch["guidance_hint"], batch["guidance_frames"])
 
+      self._hint_sums = (model, sums)
     total = count = 0.0
     for batch in dataset:
-      batch_total, batch_count = sums({k: v for k, v in batch.items() if k != "id"})
+      batch_total, batch_count = self._hint_sums[1](
+          {k: v for k, v in batch.items() if k != "id"})
       total += float(batch_total)
       count += float(batch_count)
     if count == 0:
