@@ -47,8 +47,8 @@ WHISPER_BASE_DIR = os.path.join("models", "whisper-base")
 # The kws student's MFCC front end, sized for a phone: 20 ms windows and hop
 # (a 320-point DFT, exported as a folded matrix product, 51 frames per 1 s
 # clip) and mel bands up to 4 kHz (81 DFT bins). Its int8 TFLite file stays
-# under 300 KB and runs in a fifth of the time of the default front end's
-# (README, latency table).
+# under 300 KB; in TFLite this front end takes 0.056 ms per 1 s clip against
+# the default's 0.52 (README, latency section).
 KWS_STUDENT_FEATURES = ("mfcc.frame_length=320", "mfcc.fft_length=320",
                         "mfcc.frame_step=320", "mfcc.upper_edge_hertz=4000")
 
