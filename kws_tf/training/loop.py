@@ -418,7 +418,7 @@ class Trainer:
         beta=cfg.distill.beta, feature_weight=cfg.distill.feature_weight)
     guidance = self._guidance()
     self._fitnet = None
-    self._hint_sums = None  # (model, tf.function) of _hint_error
+    self._hint_sums = None  # _hint_error's tf.function
     with self._strategy.scope():
       self.model = build_model(self.model_spec())
       if self._hint_stage:
@@ -691,8 +691,8 @@ class Trainer:
 
   def _hint_error(self, dataset: tf.data.Dataset, what: str) -> float:
     """Hint MSE over every valid (frame, channel) value of ``dataset``."""
-    model = self.model
-    if self._hint_sums is None or self._hint_sums[0] is not model:  # traced once per model
+    if self._hint_sums is None:  # one function for every evaluation: traced once
+      model = self.model
 
       @tf.function(reduce_retracing=True)
       def sums(batch):
@@ -701,11 +701,10 @@ class Trainer:
         return fitnet.hint_error_sums(outputs["hint"], outputs["hint_frames"],
                                       batch["guidance_hint"], batch["guidance_frames"])
 
-      self._hint_sums = (model, sums)
+      self._hint_sums = sums
     total = count = 0.0
     for batch in dataset:
-      batch_total, batch_count = self._hint_sums[1](
-          {k: v for k, v in batch.items() if k != "id"})
+      batch_total, batch_count = self._hint_sums({k: v for k, v in batch.items() if k != "id"})
       total += float(batch_total)
       count += float(batch_count)
     if count == 0:
