@@ -187,11 +187,16 @@ def _init_worker(config: dict) -> None:
                            for name, params in config["feature_params"].items()}
 
 
-# Examples are computed in chunks of CHUNK_EXAMPLES (in id order), each chunk in
+# Examples are computed in chunks (in id order) of CHUNK_EXAMPLES, or fewer when
+# their waveforms reach CHUNK_SAMPLES (64 MB of float32), each chunk in
 # front-end batches of BATCH_EXAMPLES of similar length, zero-padded to a
-# multiple of PAD_SAMPLES so that batch shapes repeat. The batching depends only
-# on the shard, so the bytes written do not depend on --cores.
-CHUNK_EXAMPLES = 64
+# multiple of PAD_SAMPLES so that batch shapes repeat. A chunk holds a whole
+# shard of the default size: sorting more utterances by length leaves less
+# padding (on 2 s utterances of 0.7 to 4.3 s, 8% more samples than the audio
+# instead of 20% with chunks of 64). The batching depends only on the shard, so
+# the bytes written do not depend on --cores.
+CHUNK_EXAMPLES = 256
+CHUNK_SAMPLES = 1 << 24
 BATCH_EXAMPLES = 16
 PAD_SAMPLES = 1600
 
@@ -220,15 +225,22 @@ def batched_features(front_end, signals: Sequence[np.ndarray]) -> List[np.ndarra
   return out
 
 
-def _read_signals(items: Sequence[Item], config: dict, cache: dict, skipped: list):
-  """(item, waveform or clip) for every item whose audio reads; failures go to ``skipped``.
+def _read_chunk(items: Sequence[Item], begin: int, config: dict, cache: dict,
+                skipped: list):
+  """The next chunk of ``items`` from index ``begin``: (list of (item, waveform
+  or clip) for every item whose audio reads, index after the chunk); failures go
+  to ``skipped``. A chunk ends after CHUNK_EXAMPLES items or once its signals
+  hold CHUNK_SAMPLES samples.
 
   ``cache`` holds the last utterance read (``utt``, ``waveform``, ``error``), since
   the examples of one utterance are consecutive, and ``seconds``: the duration of
   every utterance read, by id.
   """
-  signals = []
-  for item in items:
+  signals, samples = [], 0
+  end = min(begin + CHUNK_EXAMPLES, len(items))
+  while begin < end and samples < CHUNK_SAMPLES:
+    item = items[begin]
+    begin += 1
     if item.utt != cache.get("utt"):
       cache.update(utt=item.utt, waveform=None, error=None)
       try:
@@ -245,7 +257,8 @@ def _read_signals(items: Sequence[Item], config: dict, cache: dict, skipped: lis
     signals.append((item, waveform if item.start is None else audio.cut_clip(
         waveform, item.start, int(round(config["clip_seconds"] * config["sample_rate"])),
         config["sample_rate"])))
-  return signals
+    samples += len(signals[-1][1])
+  return signals, begin
 
 
 def convert_shard(task: dict) -> dict:
@@ -265,8 +278,9 @@ def convert_shard(task: dict) -> dict:
   cache = {"seconds": {}}
   items = task["items"]
   try:
-    for begin in range(0, len(items), CHUNK_EXAMPLES):
-      signals = _read_signals(items[begin:begin + CHUNK_EXAMPLES], config, cache, skipped)
+    begin = 0
+    while begin < len(items):
+      signals, begin = _read_chunk(items, begin, config, cache, skipped)
       computed = {f: batched_features(front_end, [s for _, s in signals])
                   for f, front_end in front_ends.items() if f != "raw"}
       for index, (item, signal) in enumerate(signals):

@@ -30,9 +30,11 @@ def test_reads_int16_wav_at_its_rate(tmp_path):
   np.testing.assert_allclose(y, x, atol=1 / 32768)
 
 
-@pytest.mark.parametrize("channels", [1, 2])
+@pytest.mark.parametrize("channels", [1, 2, 3])
 def test_int16_samples_equal_libsndfile_float_decoding(tmp_path, channels):
   # PCM_16 is read as integers and scaled in numpy: exactly libsndfile's floats.
+  # (libsndfile writes 3 channels as WAVE_FORMAT_EXTENSIBLE, which Python
+  # 3.11's wave module refuses: that file takes the soundfile path.)
   rng = np.random.default_rng(0)
   samples = rng.integers(-32768, 32768, size=(4000, channels), dtype=np.int16)
   samples[:3, 0] = [-32768, 32767, 0]
@@ -41,6 +43,18 @@ def test_int16_samples_equal_libsndfile_float_decoding(tmp_path, channels):
   reference, _ = sf.read(path, dtype="float32", always_2d=True)
   expected = reference.mean(axis=1, dtype=np.float32) if channels > 1 else reference[:, 0]
   np.testing.assert_array_equal(audio.read_audio(path), expected)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_wave_and_soundfile_paths_agree(tmp_path, channels):
+  samples = np.random.default_rng(1).integers(-32768, 32768, (3000, channels), np.int16)
+  path = str(tmp_path / "pcm16.wav")
+  sf.write(path, samples, 22050, subtype="PCM_16")
+  from_wave = audio._read_pcm16_wav(path)
+  assert from_wave is not None
+  from_soundfile = audio._read_with_soundfile(path)
+  assert from_wave[1:] == from_soundfile[1:] == (22050, True)
+  np.testing.assert_array_equal(from_wave[0], from_soundfile[0])
 
 
 def test_stereo_is_averaged(tmp_path):

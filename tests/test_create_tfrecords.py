@@ -297,3 +297,29 @@ def test_unknown_split_is_a_clear_error_and_writes_nothing(synthetic_corpus, tmp
   assert result.returncode != 0
   assert "split 'dev' not found" in result.stderr and "available: test, train" in result.stderr
   assert not (tmp_path / "r").exists()
+
+
+def test_chunks_end_at_the_example_or_sample_budget(synthetic_corpus, monkeypatch):
+  from data_prep import create_tfrecords as ct
+  waves = sorted(glob.glob(f"{synthetic_corpus}/train/waves/*/*.wav"))[:5]
+  items = [ct.Item(id=f"u{i}", utt=f"u{i}", path=p, text="x") for i, p in enumerate(waves)]
+  items.insert(2, ct.Item(id="u_missing", utt="u_missing", path="/no/such.wav", text="x"))
+  config = {"sample_rate": 16000, "min_seconds": None, "max_seconds": None,
+            "clip_seconds": 1.0}
+
+  def chunks():
+    cache, skipped, out, begin = {"seconds": {}}, [], [], 0
+    while begin < len(items):
+      signals, begin = ct._read_chunk(items, begin, config, cache, skipped)
+      out.append([item.id for item, _ in signals])
+    return out, skipped
+
+  monkeypatch.setattr(ct, "CHUNK_EXAMPLES", 4)
+  out, skipped = chunks()
+  assert out == [["u0", "u1", "u2"], ["u3", "u4"]]  # the missing file counts
+  assert [s["id"] for s in skipped] == ["u_missing"]
+  # A budget below two waveforms: every chunk ends at its first signal.
+  shortest = min(len(audio.read_audio(p)) for p in waves)
+  monkeypatch.setattr(ct, "CHUNK_SAMPLES", shortest)
+  out, _ = chunks()
+  assert out == [["u0"], ["u1"], ["u2"], ["u3"], ["u4"]]  # u_missing went with u2
