@@ -116,14 +116,16 @@ def plan_ctc(utts: Sequence[corpora.Utterance], vocab: text.Vocabulary):
   items, skipped = [], []
   for utt in utts:
     problem = utt.problem
-    if problem is None and vocab.unknown(utt.text):
-      problem = f"characters not in the vocabulary: {''.join(vocab.unknown(utt.text))}"
+    if problem is None:
+      normalized = text.normalize(utt.text)
+      missing = vocab.unknown(normalized, normalized=True)
+      if missing:
+        problem = f"characters not in the vocabulary: {''.join(missing)}"
     if problem:
       skipped.append({"id": utt.id, "path": utt.audio_path, "reason": problem})
       continue
-    normalized = text.normalize(utt.text)
     items.append(Item(utt.id, utt.id, utt.audio_path, normalized,
-                      labels=tuple(vocab.encode(normalized))))
+                      labels=tuple(vocab.encode(normalized, normalized=True))))
   return items, skipped
 
 

@@ -126,26 +126,31 @@ def _reflect_pad(waveform: tf.Tensor, lengths: tf.Tensor,
     ``numpy.pad(waveform[b, :lengths[b]], pad, mode="reflect")``; the rest
     hold whatever followed the example in ``waveform``, then zeros.
   """
-  # A zero pad, then the 2 * pad mirrored samples of each example written over
-  # it (gathering every padded sample instead costs several times as much).
-  # Positions, relative to the example's first sample: [-pad, 0) and
-  # [length, length + pad).
-  offsets = tf.range(pad)
-  positions = tf.concat([
-      tf.broadcast_to(offsets - pad, [tf.shape(lengths)[0], pad]),
-      lengths[:, tf.newaxis] + offsets
-  ], axis=1)
+  # The head sits at the same columns in every row: concatenated. The tail
+  # starts after each example's own last sample: written over the zeros that
+  # follow it, by flat index (gathering every padded sample instead costs
+  # several times as much).
+  batch = tf.shape(lengths)[0]
+  width = tf.shape(waveform)[1] + 2 * pad
   # Mirroring repeatedly at samples 0 and length - 1 is periodic with period
   # 2 * (length - 1) (a one-sample example repeats its sample).
   period = tf.maximum(2 * (lengths - 1), 1)[:, tf.newaxis]
-  folded = tf.math.floormod(positions, period)
-  sources = tf.minimum(folded, period - folded)
-  rows = tf.broadcast_to(tf.range(tf.shape(lengths)[0])[:, tf.newaxis],
-                         tf.shape(positions))
-  return tf.tensor_scatter_nd_update(
-      tf.pad(waveform, [[0, 0], [pad, pad]]),
-      tf.stack([rows, positions + pad], axis=-1),
-      tf.gather(waveform, sources, batch_dims=1))
+
+  def mirrored(positions):
+    """The examples' samples at ``positions [batch, pad]``, relative to each
+    example's first sample, mirrored endlessly at both ends."""
+    folded = tf.math.floormod(positions, period)
+    return tf.gather(waveform, tf.minimum(folded, period - folded), batch_dims=1)
+
+  offsets = tf.range(pad)
+  head = mirrored(tf.broadcast_to(offsets - pad, [batch, pad]))
+  tail_positions = lengths[:, tf.newaxis] + offsets
+  padded = tf.concat([head, waveform, tf.zeros([batch, pad])], axis=1)
+  flat_index = tf.range(batch)[:, tf.newaxis] * width + pad + tail_positions
+  padded = tf.tensor_scatter_nd_update(
+      tf.reshape(padded, [-1]), tf.reshape(flat_index, [-1, 1]),
+      tf.reshape(mirrored(tail_positions), [-1]))
+  return tf.reshape(padded, [batch, width])
 
 
 def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,

@@ -19,17 +19,24 @@ BLANK = "<blank>"
 BLANK_INDEX = 0
 
 
+class _PunctuationToSpace(dict):
+  """A ``str.translate`` table, filled as characters are first seen: letters,
+  numbers, marks and the apostrophe map to themselves, anything else to a space."""
+
+  def __missing__(self, code: int) -> int:
+    char = chr(code)
+    kept = char == "'" or unicodedata.category(char)[0] in "LNM"
+    self[code] = code if kept else ord(" ")
+    return self[code]
+
+
+_PUNCTUATION_TO_SPACE = _PunctuationToSpace()
+
+
 def normalize(text: str) -> str:
   """NFC, lower case, no punctuation but apostrophes, single spaces."""
   text = unicodedata.normalize("NFC", text).lower()
-  kept = []
-  for char in text:
-    category = unicodedata.category(char)
-    if char == "'" or category[0] in "LNM":
-      kept.append(char)
-    else:
-      kept.append(" ")
-  return " ".join("".join(kept).split())
+  return " ".join(text.translate(_PUNCTUATION_TO_SPACE).split())
 
 
 def keyword_classes(keywords: Sequence[str] = KEYWORDS) -> List[str]:
@@ -83,14 +90,17 @@ class Vocabulary:
   def __len__(self) -> int:
     return len(self.symbols)
 
-  def unknown(self, text: str) -> List[str]:
-    """Characters of the normalised text that have no id."""
-    return sorted({c for c in normalize(text) if c not in self._ids})
+  def unknown(self, text: str, normalized: bool = False) -> List[str]:
+    """Characters of the normalised text that have no id (``normalized``: the
+    caller already normalised it)."""
+    return sorted({c for c in (text if normalized else normalize(text))
+                   if c not in self._ids})
 
-  def encode(self, text: str) -> List[int]:
-    """Normalised text -> ids (no blanks). Raises KeyError naming unknown characters."""
-    text = normalize(text)
-    missing = self.unknown(text)
+  def encode(self, text: str, normalized: bool = False) -> List[int]:
+    """Normalised text -> ids (no blanks). Raises KeyError naming unknown
+    characters. ``normalized``: the caller already normalised it."""
+    text = text if normalized else normalize(text)
+    missing = self.unknown(text, normalized=True)
     if missing:
       raise KeyError(f"characters not in the vocabulary: {missing}")
     return [self._ids[c] for c in text]

@@ -165,6 +165,20 @@ def test_short_waveforms_match_librosa(num_samples):
   assert error < 2e-6, f"max |error| / max power = {error:.2e}, bound 2e-6"
 
 
+def test_reflect_pad_of_a_batch_matches_numpy_pad():
+  # Lengths below, at and above the pad: numpy mirrors repeatedly when the
+  # pad is longer than the example.
+  lengths = [1, 2, 5, 6, 7, 30]
+  rng = np.random.default_rng(3)
+  batch = rng.standard_normal((len(lengths), 32)).astype(np.float32)
+  padded = features._reflect_pad(tf.constant(batch), tf.constant(lengths, tf.int32),
+                                 6).numpy()
+  assert padded.shape == (len(lengths), 32 + 12)
+  for row, length in enumerate(lengths):
+    expected = np.pad(batch[row, :length], 6, mode="reflect" if length > 1 else "edge")
+    np.testing.assert_array_equal(padded[row, :length + 12], expected)
+
+
 @pytest.mark.parametrize("config", [
     features.PowerConfig(), features.PowerConfig(frame_length=400),
     features.MfccConfig(), features.LogMelConfig()
