@@ -83,7 +83,8 @@ def audio_info(path) -> AudioInfo:
 
 def read_audio(path, sample_rate: int = 16000,
                min_seconds: Optional[float] = None,
-               max_seconds: Optional[float] = None) -> np.ndarray:
+               max_seconds: Optional[float] = None,
+               keep_int16: bool = False) -> np.ndarray:
   """Decodes a file to mono float32 at ``sample_rate`` Hz.
 
   Args:
@@ -92,10 +93,14 @@ def read_audio(path, sample_rate: int = 16000,
       rate differs.
     min_seconds, max_seconds: inclusive bounds on the duration in seconds;
       None means unbounded.
+    keep_int16: return the samples of a 16-bit PCM mono file at
+      ``sample_rate`` as they are stored (int16; ``x / 32768`` is the float
+      waveform), which saves the conversion when the consumer takes integers
+      (``kws_tf.features``). Other files still give float32.
 
   Returns:
     float32 [samples] in [-1, 1] (float files holding louder samples, and the
-    resampler's overshoot, are clipped).
+    resampler's overshoot, are clipped), or int16 [samples] (``keep_int16``).
 
   Raises:
     AudioError with reason "missing", "unreadable", "truncated", "empty",
@@ -105,11 +110,12 @@ def read_audio(path, sample_rate: int = 16000,
   decoded = _read_pcm16_wav(path)
   if decoded is None:
     decoded = _read_with_soundfile(path)
-  data, file_rate, integer = decoded
+  data, file_rate = decoded
+  integer = data.dtype == np.int16
   if len(data) == 0:
     raise AudioError(path, "empty", "no samples")
-  # Integer samples are finite and in [-1, 1). For floats, the sum is finite
-  # when every sample is (the full check only runs otherwise).
+  # The sum of float samples is finite when every sample is (the full check
+  # only runs otherwise).
   if (not integer and not np.isfinite(data.sum(dtype=np.float64))
       and not np.all(np.isfinite(data))):
     raise AudioError(path, "nan", "NaN or infinite samples")
@@ -118,18 +124,27 @@ def read_audio(path, sample_rate: int = 16000,
     raise AudioError(path, "too_short", f"{duration:.3f} s < {min_seconds} s")
   if max_seconds is not None and duration > max_seconds:
     raise AudioError(path, "too_long", f"{duration:.3f} s > {max_seconds} s")
+  if integer and data.shape[1] == 1 and file_rate == sample_rate:
+    if keep_int16:
+      return data[:, 0]
+    # x / 32768 (exact): what libsndfile's float decoding gives, in [-1, 1).
+    mono = data[:, 0].astype(np.float32)
+    mono *= np.float32(1.0 / 32768.0)
+    return mono
+  if integer:
+    data = data.astype(np.float32)
+    data *= np.float32(1.0 / 32768.0)
   mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
   if file_rate != sample_rate:
     mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
-    integer = False  # the resampler overshoots
   mono = np.ascontiguousarray(mono, dtype=np.float32)
-  return mono if integer else np.clip(mono, -1.0, 1.0, out=mono)
+  return np.clip(mono, -1.0, 1.0, out=mono)
 
 
-def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int, bool]]:
-  """(float32 ``[frames, channels]``, rate in Hz, True) of a 16-bit PCM WAV
-  file whose data chunk declares its size; None for any other file, or when
-  ``wave`` cannot parse it (soundfile decides then).
+def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int]]:
+  """(int16 ``[frames, channels]``, rate in Hz) of a 16-bit PCM WAV file whose
+  data chunk declares its size; None for any other file, or when ``wave``
+  cannot parse it (soundfile decides then).
 
   Raises AudioError("truncated") when the file holds fewer samples than the
   data chunk declares.
@@ -151,14 +166,13 @@ def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int, bool]]:
     raise AudioError(path, "truncated",
                      f"data chunk declares {declared * frame_bytes} bytes, "
                      f"file holds {len(payload)}")
-  data = np.frombuffer(payload, "<i2").reshape(frames, channels).astype(np.float32)
-  data *= np.float32(1.0 / 32768.0)
-  return data, rate, True
+  return np.frombuffer(payload, "<i2").reshape(frames, channels), rate
 
 
-def _read_with_soundfile(path) -> Tuple[np.ndarray, int, bool]:
-  """(float32 ``[frames, channels]``, rate in Hz, whether the samples were
-  16-bit integers) of any file libsndfile decodes.
+def _read_with_soundfile(path) -> Tuple[np.ndarray, int]:
+  """(``[frames, channels]``, rate in Hz) of any file libsndfile decodes: int16
+  for 16-bit PCM (scaled by the caller in numpy, at half the cost of
+  libsndfile's float conversion), float32 otherwise.
 
   Raises AudioError ("unreadable", "truncated").
   """
@@ -167,29 +181,23 @@ def _read_with_soundfile(path) -> Tuple[np.ndarray, int, bool]:
     with sf.SoundFile(os.fspath(path)) as f:
       file_rate = f.samplerate
       declared_frames = f.frames
-      integer = f.subtype == "PCM_16"
-      if integer:
-        # Integer samples scaled in numpy: the values libsndfile's float
-        # conversion gives (x / 32768), at half the cost.
-        data = f.read(dtype="int16", always_2d=True).astype(np.float32)
-        data *= np.float32(1.0 / 32768.0)
-      else:
-        data = f.read(dtype="float32", always_2d=True)
+      dtype = "int16" if f.subtype == "PCM_16" else "float32"
+      data = f.read(dtype=dtype, always_2d=True)
   except (sf.SoundFileError, RuntimeError) as error:
     raise AudioError(path, "unreadable", str(error)) from error
   if len(data) < declared_frames:
     raise AudioError(path, "truncated",
                      f"header declares {declared_frames} frames, decoded {len(data)}")
-  return data, file_rate, integer
+  return data, file_rate
 
 
 def cut_clip(waveform: np.ndarray, start_seconds: float, clip_samples: int,
              sample_rate: int) -> np.ndarray:
-  """``clip_samples`` float32 samples of ``waveform [samples]`` from ``start_seconds``
-  (may be negative or run past the end); zeros outside the waveform. The kws clips
-  of the converter and of the export's parity check."""
+  """``clip_samples`` samples of ``waveform [samples]`` (float32 or int16, kept)
+  from ``start_seconds`` (may be negative or run past the end); zeros outside
+  the waveform. The kws clips of the converter and of the export's parity check."""
   start = int(round(start_seconds * sample_rate))
-  clip = np.zeros(clip_samples, np.float32)
+  clip = np.zeros(clip_samples, waveform.dtype)
   lo, hi = max(start, 0), min(start + clip_samples, len(waveform))
   if hi > lo:
     clip[lo - start:hi - start] = waveform[lo:hi]

@@ -266,6 +266,16 @@ class _FeatureConfig(abc.ABC):
                          tf.TensorSpec([None], tf.int32)])
 
   @functools.cached_property
+  def _pcm16_batch_function(self) -> tf.types.experimental.GenericFunction:
+    def pcm16(waveform, lengths):
+      return self._masked_features(
+          tf.cast(waveform, tf.float32) * (1.0 / 32768.0), lengths)
+    return tf.function(
+        pcm16, autograph=False,
+        input_signature=[tf.TensorSpec([None, None], tf.int16),
+                         tf.TensorSpec([None], tf.int32)])
+
+  @functools.cached_property
   def _single_function(self) -> tf.types.experimental.GenericFunction:
     def single(waveform):
       return self._masked_features(waveform[tf.newaxis],
@@ -279,7 +289,9 @@ class _FeatureConfig(abc.ABC):
 
     Args:
       waveform: floating point, in [-1, 1], ``[samples]`` or
-        ``[batch, samples]`` (tensor or array); cast to float32.
+        ``[batch, samples]`` (tensor or array); cast to float32. Or int16
+        PCM samples ``x``, taken as ``x / 32768`` (a batch is scaled inside
+        the graph, which moves half the bytes of a float batch).
       lengths: batches only: integer ``[batch]``, the valid samples of each
         example, each in [1, samples] (checked when executing eagerly); what
         follows them is padding, which does not change any valid frame. None:
@@ -293,11 +305,17 @@ class _FeatureConfig(abc.ABC):
       frames are zeros.
     """
     waveform = tf.convert_to_tensor(waveform)
-    if not waveform.dtype.is_floating:
+    batch_function = self._batch_function
+    if waveform.dtype == tf.int16 and waveform.shape.rank == 2:
+      batch_function = self._pcm16_batch_function
+    elif waveform.dtype == tf.int16:
+      waveform = tf.cast(waveform, tf.float32) * (1.0 / 32768.0)
+    elif waveform.dtype.is_floating:
+      waveform = tf.cast(waveform, tf.float32)
+    else:
       raise ValueError(
-          "expected a floating point waveform in [-1, 1], got "
-          f"{waveform.dtype}")
-    waveform = tf.cast(waveform, tf.float32)
+          "expected a floating point waveform in [-1, 1] or int16 samples, "
+          f"got {waveform.dtype}")
     if waveform.shape.rank == 1 and lengths is None:
       return self._single_function(waveform)
     if waveform.shape.rank != 2:
@@ -305,7 +323,7 @@ class _FeatureConfig(abc.ABC):
           "expected a waveform [samples], or [batch, samples] with optional "
           f"lengths [batch], got shape {waveform.shape} and lengths {lengths}")
     if lengths is None:
-      return self._batch_function(
+      return batch_function(
           waveform, tf.fill(tf.shape(waveform)[:1], tf.shape(waveform)[1]))
     lengths = tf.convert_to_tensor(lengths)
     if not lengths.dtype.is_integer or not lengths.shape.is_compatible_with(
@@ -319,7 +337,7 @@ class _FeatureConfig(abc.ABC):
       if not np.all((values >= 1) & (values <= waveform.shape[1])):
         raise ValueError(f"lengths must be in [1, {waveform.shape[1]}] "
                          f"(the padded length), got {values}")
-    return self._batch_function(waveform, lengths)
+    return batch_function(waveform, lengths)
 
   def __call__(self, waveform, lengths=None) -> tf.Tensor:
     """Same as ``compute``."""

@@ -53,8 +53,26 @@ def test_wave_and_soundfile_paths_agree(tmp_path, channels):
   from_wave = audio._read_pcm16_wav(path)
   assert from_wave is not None
   from_soundfile = audio._read_with_soundfile(path)
-  assert from_wave[1:] == from_soundfile[1:] == (22050, True)
-  np.testing.assert_array_equal(from_wave[0], from_soundfile[0])
+  assert from_wave[1] == from_soundfile[1] == 22050
+  assert from_wave[0].dtype == from_soundfile[0].dtype == np.int16
+  np.testing.assert_array_equal(from_wave[0], samples)
+  np.testing.assert_array_equal(from_soundfile[0], samples)
+
+
+def test_keep_int16_only_for_pcm16_mono_at_the_rate(tmp_path):
+  samples = np.random.default_rng(2).integers(-32768, 32768, 1600, np.int16)
+  path = str(tmp_path / "pcm16.wav")
+  sf.write(path, samples, 16000, subtype="PCM_16")
+  kept = audio.read_audio(path, keep_int16=True)
+  assert kept.dtype == np.int16
+  np.testing.assert_array_equal(kept, samples)
+  np.testing.assert_array_equal(audio.read_audio(path), samples / np.float32(32768))
+  # Resampled, downmixed or float files still give float32.
+  assert audio.read_audio(path, 8000, keep_int16=True).dtype == np.float32
+  sf.write(path, np.stack([samples, samples], axis=1), 16000, subtype="PCM_16")
+  assert audio.read_audio(path, keep_int16=True).dtype == np.float32
+  sf.write(path, samples / 32768.0, 16000, subtype="FLOAT")
+  assert audio.read_audio(path, keep_int16=True).dtype == np.float32
 
 
 def test_stereo_is_averaged(tmp_path):

@@ -323,3 +323,16 @@ def test_chunks_end_at_the_example_or_sample_budget(synthetic_corpus, monkeypatc
   monkeypatch.setattr(ct, "CHUNK_SAMPLES", shortest)
   out, _ = chunks()
   assert out == [["u0"], ["u1"], ["u2"], ["u3"], ["u4"]]  # u_missing went with u2
+
+
+def test_batched_features_of_int16_float_and_mixed_signals_agree():
+  from data_prep import create_tfrecords as ct
+  rng = np.random.default_rng(4)
+  pcm = [rng.integers(-32768, 32768, n, np.int16) for n in (5000, 12000, 700, 8000)]
+  floats = [x / np.float32(32768) for x in pcm]
+  mixed = [pcm[0], floats[1], pcm[2], floats[3]]
+  mfcc = features.default_config("mfcc")
+  expected = [mfcc(x).numpy() for x in floats]
+  for signals in (pcm, floats, mixed):
+    for got, want in zip(ct.batched_features(mfcc, signals), expected):
+      np.testing.assert_allclose(got, want, atol=1e-4)

@@ -311,6 +311,19 @@ def test_padding_values_change_no_valid_frame(config):
   np.testing.assert_array_equal(noise, zeros)
 
 
+@pytest.mark.parametrize("config", [features.MfccConfig(), features.LogMelConfig()],
+                         ids=["mfcc", "logmel"])
+def test_int16_samples_equal_their_float_waveform(config):
+  rng = np.random.default_rng(5)
+  pcm = rng.integers(-32768, 32768, (3, 8000), np.int16)
+  lengths = np.array([8000, 5000, 333], np.int32)
+  waveform = pcm / np.float32(32768)
+  np.testing.assert_array_equal(config(pcm, lengths).numpy(),
+                                config(waveform, lengths).numpy())
+  np.testing.assert_array_equal(config(pcm[1, :5000]).numpy(),
+                                config(waveform[1, :5000]).numpy())
+
+
 def test_lengths_none_and_full_lengths_agree():
   config = features.MfccConfig()
   batch = np.stack([chirp(0.8, seed=9), chirp(0.8, seed=10)])
@@ -409,7 +422,7 @@ def test_bad_format_and_keys_raise():
 def test_bad_inputs_raise():
   config = features.MfccConfig()
   with pytest.raises(ValueError, match="floating"):
-    config(np.zeros(16000, np.int16))
+    config(np.zeros(16000, np.int32))
   with pytest.raises(ValueError, match="shape"):
     config(np.zeros((1, 1, 16000), np.float32))
 
