@@ -50,7 +50,7 @@ flags.DEFINE_integer("examples_per_shard", 200, "Converter --examples_per_shard 
                      "(200 is the converter's default).")
 flags.DEFINE_integer("startup_limit", 20, "Converter --limit (utterances per split) of "
                      "the small run whose time is subtracted for the steady-state rate.")
-flags.DEFINE_integer("repeats", 2, "Runs of the baseline and of each converter command; "
+flags.DEFINE_integer("repeats", 5, "Runs of the baseline and of each converter command; "
                      "the fastest counts (other processes on the machine only slow a run down).")
 flags.DEFINE_integer("reader_examples", 20000, "Examples each reader benchmark reads.")
 flags.DEFINE_integer("batch_size", 64, "Reader batch size.")
