@@ -261,9 +261,7 @@ def batched_features(front_end, signals: Sequence[np.ndarray]) -> List[np.ndarra
 
 def _as_float(signal: np.ndarray) -> np.ndarray:
   """float32 ``[samples]`` in [-1, 1] of a float32 or int16 (``x / 32768``) waveform."""
-  if signal.dtype == np.int16:
-    return signal.astype(np.float32) * np.float32(1.0 / 32768.0)
-  return signal
+  return audio.pcm16_to_float(signal) if signal.dtype == np.int16 else signal
 
 
 def _read_chunk(items: Sequence[Item], begin: int, config: dict, cache: dict,

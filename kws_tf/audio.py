@@ -125,20 +125,22 @@ def read_audio(path, sample_rate: int = 16000,
   if max_seconds is not None and duration > max_seconds:
     raise AudioError(path, "too_long", f"{duration:.3f} s > {max_seconds} s")
   if integer and data.shape[1] == 1 and file_rate == sample_rate:
-    if keep_int16:
-      return data[:, 0]
-    # x / 32768 (exact): what libsndfile's float decoding gives, in [-1, 1).
-    mono = data[:, 0].astype(np.float32)
-    mono *= np.float32(1.0 / 32768.0)
-    return mono
+    return data[:, 0] if keep_int16 else pcm16_to_float(data[:, 0])
   if integer:
-    data = data.astype(np.float32)
-    data *= np.float32(1.0 / 32768.0)
+    data = pcm16_to_float(data)
   mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
   if file_rate != sample_rate:
     mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
   mono = np.ascontiguousarray(mono, dtype=np.float32)
   return np.clip(mono, -1.0, 1.0, out=mono)
+
+
+def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
+  """float32 ``x / 32768`` of int16 samples (any shape), in [-1, 1): exact, and
+  what libsndfile's float decoding gives."""
+  out = samples.astype(np.float32)
+  out *= np.float32(1.0 / 32768.0)
+  return out
 
 
 def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int]]:
