@@ -9,8 +9,9 @@ data_prep.synthesize_corpus and reused) it measures, in this order:
    succeeds): one process, one file at a time, ``librosa.load`` then MFCC,
    delta and delta-delta (39 channels), features only (nothing written);
 2. ``python -m data_prep.create_tfrecords --task=ctc --formats=mfcc`` with
-   ``--cores=1`` and ``--cores=2``, each into a fresh folder, timed as a whole
-   command and as a steady-state rate (see the footnotes);
+   ``--cores=1`` restricted to one CPU and ``--cores=2`` to two (as ``taskset``
+   would), each into a fresh folder, timed as a whole command and as a
+   steady-state rate (see the footnotes);
 3. ``kws_tf.data.make_dataset`` reading MFCC records on one core: one-second
    KWS clips (records made from the same corpus with ``--task=kws``) and
    whole CTC utterances.
@@ -31,14 +32,14 @@ import resource
 import shutil
 import subprocess
 import time
-from typing import List, Optional
+from typing import List, Optional, Set
 
 import librosa
 import numpy as np
 import tensorflow as tf
 from absl import app, flags
 
-from data_prep import corpora
+from data_prep import affinity, corpora
 from kws_tf import data, records
 
 FLAGS = flags.FLAGS
@@ -79,13 +80,18 @@ class Measure:
     return self.items / self.wall
 
 
-def run_module(*args: str) -> Measure:
-  """Runs ``python -m <args>`` (kws_tf installed); wall and CPU time of its process
-  tree (items and audio are 0)."""
+def run_module(*args: str, cpus: Optional[Set[int]] = None) -> Measure:
+  """Runs ``python -m <args>`` (kws_tf installed), on ``cpus`` only if given; wall and
+  CPU time of its process tree (items and audio are 0)."""
   before = resource.getrusage(resource.RUSAGE_CHILDREN)
+  inherited = os.sched_getaffinity(0)
+  os.sched_setaffinity(0, cpus or inherited)  # this thread's, which the child inherits
   start = time.perf_counter()
-  result = subprocess.run([sys.executable, "-m", *args], capture_output=True,
-                          text=True)
+  try:
+    result = subprocess.run([sys.executable, "-m", *args], capture_output=True,
+                            text=True)
+  finally:
+    os.sched_setaffinity(0, inherited)
   wall = time.perf_counter() - start
   after = resource.getrusage(resource.RUSAGE_CHILDREN)
   if result.returncode != 0:
@@ -116,7 +122,8 @@ def convert(corpus_dir: str, out_dir: str, cores: int, task: str = "ctc",
   if limit:
     args.append(f"--limit={limit}")
   print(f"converter: {out_dir}", file=sys.stderr)
-  timing = run_module("data_prep.create_tfrecords", *args)
+  cpus = affinity.usable_cpus()[:cores]
+  timing = run_module("data_prep.create_tfrecords", *args, cpus=set(cpus))
   splits = records.load_metadata(out_dir)["splits"].values()
   return Measure(sum(s["utterances"] for s in splits), sum(s["seconds"] for s in splits),
                  timing.wall, timing.cpu)
@@ -141,13 +148,6 @@ def librosa_baseline(paths: List[str]) -> List[Measure]:
                   time.process_time() - start_cpu)
   return [whole, whole.minus(first)]
 
-
-def pin_to_one_core() -> int:
-  """Restricts every thread of this process (and the threads they start) to one CPU."""
-  cpu = min(os.sched_getaffinity(0))
-  for thread in os.listdir("/proc/self/task"):
-    os.sched_setaffinity(int(thread), {cpu})
-  return cpu
 
 
 def read(records_dir: str, split: str) -> List[Measure]:
@@ -212,7 +212,8 @@ def main(argv):
     converter[cores] = [whole, whole.minus(startup)]
   kws_dir = os.path.join(FLAGS.work_dir, "kws")
   convert(corpus_dir, kws_dir, os.cpu_count(), task="kws")
-  cpu = pin_to_one_core()
+  cpu = affinity.usable_cpus()[0]
+  affinity.pin_threads({cpu})
   reader_kws = read(kws_dir, "train")
   reader_ctc = read(os.path.join(FLAGS.work_dir, "ctc_2"), "train")
 
@@ -253,7 +254,8 @@ def main(argv):
         "command.")
   print(f"- Converter: `python -m data_prep.create_tfrecords --corpus=vivos "
         f"--splits=train,test --task=ctc --formats=mfcc --cores=N "
-        f"--examples_per_shard={FLAGS.examples_per_shard}` into a fresh folder. The first "
+        f"--examples_per_shard={FLAGS.examples_per_shard}` into a fresh folder, the whole "
+        "process tree restricted to N CPUs (so each worker is pinned to its own). The first "
         "columns time the whole command (interpreter, TensorFlow import, planning, worker "
         "start-up, conversion, metadata). Steady = (utterances of the full run - those of a "
         f"run with --limit={FLAGS.startup_limit} per split) / (difference of their wall "

@@ -28,7 +28,7 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 from absl import app, flags
 
-from data_prep import corpora
+from data_prep import affinity, corpora
 from kws_tf import audio, features, records, text
 
 FLAGS = flags.FLAGS
@@ -50,7 +50,11 @@ flags.DEFINE_float("negatives_per_positive", 1.0, "KWS negative clips (overlappi
                    "keyword) per keyword clip, drawn per split.")
 flags.DEFINE_list("alignments", [], "CTM files or globs (<utt> <ch> <start> <dur> <word>); "
                   "required for --task=kws.")
-flags.DEFINE_integer("cores", os.cpu_count(), "Worker processes.")
+flags.DEFINE_integer("cores", len(affinity.usable_cpus()), "Worker processes; "
+                     "default: the CPUs this process may run on.")
+flags.DEFINE_bool("pin_workers", True, "When the workers are as many as the CPUs this "
+                  "process may run on, bind each worker to its own CPU (the scheduler "
+                  "otherwise moves them between CPUs and their caches go cold).")
 flags.DEFINE_integer("examples_per_shard", 200, "Examples per shard (the unit of "
                      "work of a worker and of resuming).")
 flags.DEFINE_string("vocab", None, "Reuse this vocab.json (ctc) instead of building "
@@ -207,8 +211,27 @@ def _keep_freed_memory() -> None:
   mallopt(_M_TOP_PAD, 64 << 20)
 
 
-def _init_worker(config: dict) -> None:
+def worker_cpus(workers: int, pin: bool) -> Optional[List[int]]:
+  """The CPU of each of ``workers`` workers, or None to leave them to the scheduler.
+
+  Two workers on two CPUs, unpinned, converted 1.6x to 1.8x as fast as one, as
+  the scheduler moved them between CPUs; pinned, 1.9x to 2.0x. Only workers
+  that fill every CPU this process may use are pinned: two jobs with fewer
+  workers each would otherwise pin theirs to the same first CPUs.
+  """
+  usable = affinity.usable_cpus()
+  return usable if pin and workers == len(usable) else None
+
+
+def _init_worker(config: dict, cpus: Optional[List[int]], started) -> None:
+  """Worker set-up. ``cpus``: one per worker, or None (not pinned); ``started``: a
+  shared counter of the workers started, the index of this one's CPU."""
   _keep_freed_memory()
+  if cpus:
+    with started.get_lock():
+      index = started.value
+      started.value += 1
+    affinity.pin_threads({cpus[index % len(cpus)]})  # before TensorFlow starts its threads
   import tensorflow as tf
   tf.config.threading.set_intra_op_parallelism_threads(1)
   tf.config.threading.set_inter_op_parallelism_threads(1)
@@ -559,15 +582,18 @@ def convert(args) -> int:
       "max_seconds": args.max_seconds, "clip_seconds": args.clip_seconds,
   }
   total_utts = sum(len({i.utt for i in t["items"]}) for t in tasks)
+  workers = max(1, min(args.cores, len(tasks)))
+  cpus = worker_cpus(workers, args.pin_workers)
   print(f"{len(tasks)} shards to write ({done} already complete), {total_utts} "
-        f"utterances, {min(args.cores, max(len(tasks), 1))} workers", flush=True)
+        f"utterances, {workers} workers{', each on its own CPU' if cpus else ''}",
+        flush=True)
   if tasks:
     from tqdm import tqdm
     started = time.time()
     seconds = 0.0
     context = multiprocessing.get_context("spawn")
-    with context.Pool(max(1, min(args.cores, len(tasks))), _init_worker,
-                      (worker_config,)) as pool, \
+    with context.Pool(workers, _init_worker,
+                      (worker_config, cpus, context.Value("i", 0))) as pool, \
         tqdm(total=total_utts, unit="utt", desc="converting", file=sys.stderr,
              dynamic_ncols=True) as bar:
       for summary in pool.imap_unordered(convert_shard, tasks):

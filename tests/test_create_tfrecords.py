@@ -299,6 +299,48 @@ def test_unknown_split_is_a_clear_error_and_writes_nothing(synthetic_corpus, tmp
   assert not (tmp_path / "r").exists()
 
 
+def test_only_workers_that_fill_the_cpus_are_pinned(monkeypatch):
+  from data_prep import affinity, create_tfrecords as ct
+  monkeypatch.setattr(affinity, "usable_cpus", lambda: [3, 5])
+  assert ct.worker_cpus(2, pin=True) == [3, 5]
+  assert ct.worker_cpus(2, pin=False) is None
+  assert ct.worker_cpus(1, pin=True) is None   # another job may run beside it
+  assert ct.worker_cpus(3, pin=True) is None   # more workers than CPUs
+
+
+def _thread_affinities_after_init(config, cpus, started, results):
+  """Spawned worker: the converter's set-up, a TensorFlow op and a new thread, then
+  the CPU set of every thread of the process."""
+  import threading
+  from data_prep import create_tfrecords as ct
+  ct._init_worker(config, cpus, started)
+  ct._WORKER["front_ends"]["mfcc"].compute(np.zeros(4000, np.float32))
+  late = threading.Thread(target=time.sleep, args=(1,))
+  late.start()
+  results.put(sorted(sorted(os.sched_getaffinity(int(t)))
+                     for t in os.listdir("/proc/self/task")))
+  late.join()
+
+
+def test_each_pinned_worker_and_all_its_threads_run_on_its_own_cpu():
+  import multiprocessing
+  from data_prep import affinity
+  cpus = affinity.usable_cpus()
+  config = {"feature_params": {"mfcc": features.default_config("mfcc").to_dict()}}
+  context = multiprocessing.get_context("spawn")
+  started, results = context.Value("i", 0), context.Queue()
+  for index in range(2):  # one after the other: worker i takes cpus[i]
+    worker = context.Process(target=_thread_affinities_after_init,
+                             args=(config, cpus, started, results))
+    worker.start()
+    threads = results.get(timeout=120)
+    worker.join()
+    assert worker.exitcode == 0
+    assert len(threads) >= 3  # main, TensorFlow's pools, the late thread
+    assert threads == [[cpus[index % len(cpus)]]] * len(threads)
+  assert started.value == 2
+
+
 def test_chunks_end_at_the_example_or_sample_budget(synthetic_corpus, monkeypatch):
   from data_prep import create_tfrecords as ct
   waves = sorted(glob.glob(f"{synthetic_corpus}/train/waves/*/*.wav"))[:5]
