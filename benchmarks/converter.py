@@ -1,6 +1,6 @@
 r"""Benchmark of the TFRecord converter and the tf.data reader; prints a markdown table.
 
-  .venv/bin/python benchmarks/converter.py [--work_dir=/tmp/kws_tf_bench]
+  .venv/bin/python benchmarks/converter.py [--work_dir=/tmp/kws_tf_bench16k]
 
 Not a test. On a synthetic corpus (made once in ``<work_dir>/corpus`` with
 data_prep.synthesize_corpus and reused) it measures, in this order:
@@ -11,7 +11,8 @@ data_prep.synthesize_corpus and reused) it measures, in this order:
 2. ``python -m data_prep.create_tfrecords --task=ctc --formats=mfcc`` with
    ``--cores=1`` restricted to one CPU and ``--cores=2`` to two (as ``taskset``
    would), each into a fresh folder, timed as a whole command and as a
-   steady-state rate (see the footnotes);
+   steady-state rate (see the footnotes); ``--repeats`` rounds of the four
+   commands, so that 1 and 2 cores see the same spells of a shared machine;
 3. ``kws_tf.data.make_dataset`` reading MFCC records on one core: one-second
    KWS clips (records made from the same corpus with ``--task=kws``) and
    whole CTC utterances.
@@ -44,8 +45,8 @@ from kws_tf import data, records
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("work_dir", "/tmp/kws_tf_bench", "Corpus (kept and reused) and records.")
-flags.DEFINE_integer("speakers", 40, "Synthetic corpus speakers, train and test.")
-flags.DEFINE_integer("test_speakers", 8, "Of which test speakers.")
+flags.DEFINE_integer("speakers", 80, "Synthetic corpus speakers, train and test.")
+flags.DEFINE_integer("test_speakers", 16, "Of which test speakers.")
 flags.DEFINE_integer("utterances_per_speaker", 200, "Utterances per speaker.")
 flags.DEFINE_integer("examples_per_shard", 200, "Converter --examples_per_shard "
                      "(200 is the converter's default).")
@@ -202,14 +203,25 @@ def main(argv):
 
   baseline = min((librosa_baseline([u.audio_path for u in utts])
                   for _ in range(FLAGS.repeats)), key=lambda m: m[0].wall)
+  # Rounds of the four converter commands, so that a slow spell of the machine
+  # (other tenants) falls on 1 and 2 cores alike.
+  runs = {(cores, kind): [] for cores in (1, 2) for kind in ("startup", "whole")}
+  for _ in range(FLAGS.repeats):
+    for cores in (1, 2):
+      runs[cores, "startup"].append(convert(
+          corpus_dir, os.path.join(FLAGS.work_dir, f"ctc_{cores}_startup"), cores,
+          limit=FLAGS.startup_limit))
+      runs[cores, "whole"].append(convert(
+          corpus_dir, os.path.join(FLAGS.work_dir, f"ctc_{cores}"), cores))
   converter = {}
   for cores in (1, 2):
-    startup = min((convert(corpus_dir, os.path.join(FLAGS.work_dir, f"ctc_{cores}_startup"),
-                           cores, limit=FLAGS.startup_limit)
-                   for _ in range(FLAGS.repeats)), key=lambda m: m.wall)
-    whole = min((convert(corpus_dir, os.path.join(FLAGS.work_dir, f"ctc_{cores}"), cores)
-                 for _ in range(FLAGS.repeats)), key=lambda m: m.wall)
+    startup = min(runs[cores, "startup"], key=lambda m: m.wall)
+    whole = min(runs[cores, "whole"], key=lambda m: m.wall)
     converter[cores] = [whole, whole.minus(startup)]
+  round_scaling = [
+      (w2.minus(s2)).rate / (w1.minus(s1)).rate
+      for s1, w1, s2, w2 in zip(runs[1, "startup"], runs[1, "whole"], runs[2, "startup"],
+                                runs[2, "whole"])]
   kws_dir = os.path.join(FLAGS.work_dir, "kws")
   convert(corpus_dir, kws_dir, os.cpu_count(), task="kws")
   cpu = affinity.usable_cpus()[0]
@@ -251,7 +263,7 @@ def main(argv):
         "n_mels=40, fmin=20, fmax=8000), feature.delta(width=9) orders 1 and 2, stacked to "
         "39 channels; features only, no TFRecord writing (favours the baseline). Steady "
         f"excludes the first file. Fastest of {FLAGS.repeats} runs, as for each converter "
-        "command.")
+        "command (their runs in rounds: 1 core limited, 1 core, 2 cores limited, 2 cores).")
   print(f"- Converter: `python -m data_prep.create_tfrecords --corpus=vivos "
         f"--splits=train,test --task=ctc --formats=mfcc --cores=N "
         f"--examples_per_shard={FLAGS.examples_per_shard}` into a fresh folder, the whole "
@@ -262,6 +274,9 @@ def main(argv):
         "times): the fixed start-up and finishing costs cancel, what remains is the "
         "conversion rate at scale (including any idle worker at the end). CPU ms and CPU/wall: "
         "CPU time of the process tree (user + system) over the same differences.")
+  print("- 2 cores / 1 core, steady, within each round: "
+        + ", ".join(f"{r:.2f}x" for r in round_scaling)
+        + f" (median {np.median(round_scaling):.2f}x).")
   print(f"- Readers: kws_tf.data.make_dataset(records, 'mfcc', 'train', "
         f"batch_size={FLAGS.batch_size}, repeat=True), no shuffling, normalised, "
         f"{FLAGS.reader_examples:,}+ examples, TensorFlow intra/inter-op threads 1 and "
