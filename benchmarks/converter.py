@@ -150,7 +150,6 @@ def librosa_baseline(paths: List[str]) -> List[Measure]:
   return [whole, whole.minus(first)]
 
 
-
 def read(records_dir: str, split: str) -> List[Measure]:
   """Iterates make_dataset (repeated) until ``--reader_examples``: (whole, after the first
   batch). Audio seconds: examples times the split's mean seconds per example."""

@@ -215,7 +215,7 @@ def worker_cpus(workers: int, pin: bool) -> Optional[List[int]]:
   """The CPU of each of ``workers`` workers, or None to leave them to the scheduler.
 
   Two workers on two CPUs, unpinned, converted 1.6x to 1.8x as fast as one, as
-  the scheduler moved them between CPUs; pinned, 1.9x to 2.0x. Only workers
+  the scheduler moved them between CPUs; pinned, 1.8x to 2.0x. Only workers
   that fill every CPU this process may use are pinned: two jobs with fewer
   workers each would otherwise pin theirs to the same first CPUs.
   """
