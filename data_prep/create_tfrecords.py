@@ -46,6 +46,9 @@ flags.DEFINE_enum("task", "ctc", ["ctc", "kws"], "ctc: utterances with character
 flags.DEFINE_list("keywords", list(text.KEYWORDS), "KWS keywords; class i is keyword i, "
                   "the last class is 'negative'.")
 flags.DEFINE_float("clip_seconds", 1.0, "KWS clip length, seconds.")
+flags.DEFINE_float("context_seconds", 0.5, "KWS: the raw format keeps this much audio "
+                   "before and after each clip, for training-time shifts and augmentation "
+                   "(the feature formats hold the clip itself).")
 flags.DEFINE_float("negatives_per_positive", 1.0, "KWS negative clips (overlapping no "
                    "keyword) per keyword clip, drawn per split.")
 flags.DEFINE_list("alignments", [], "CTM files or globs (<utt> <ch> <start> <dur> <word>); "
@@ -75,7 +78,12 @@ PROGRESS_DIR = "progress"
 
 @dataclasses.dataclass(frozen=True)
 class Item:
-  """One planned example. ``start``/``label`` for kws, ``labels`` for ctc."""
+  """One planned example. ``start``/``label``/``shift_range`` for kws, ``labels`` for ctc.
+
+  ``shift_range`` (seconds) is the lowest and highest offset of the clip's
+  start from ``start`` that keep its label true: a keyword stays whole inside
+  the clip, a negative overlaps no keyword.
+  """
   id: str
   utt: str
   path: str
@@ -83,6 +91,7 @@ class Item:
   labels: Optional[Tuple[int, ...]] = None
   label: Optional[int] = None
   start: Optional[float] = None
+  shift_range: Optional[Tuple[float, float]] = None
 
 
 # ---------------------------------------------------------------------------
@@ -141,7 +150,8 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
 
   A negative is a clip on a grid of ``clip_seconds / 4`` inside the aligned
   speech that overlaps no keyword word. ``round(negatives_per_positive *
-  positives)`` of them are drawn from the whole split.
+  positives)`` of them are drawn from the whole split. Every item carries its
+  ``shift_range`` (see ``Item``).
   """
   classes = {k: i for i, k in enumerate(keywords)}
   negative = len(keywords)
@@ -157,16 +167,22 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
       if key in classes:
         spans.append((word.start, word.end))
         start = round((word.start + word.end) / 2 - clip_seconds / 2, 3)
+        slack = max(clip_seconds - (word.end - word.start), 0.0) / 2
         positives.append(Item(f"{utt.id}-p{index:03d}", utt.id, utt.audio_path, key,
-                              label=classes[key], start=start))
+                              label=classes[key], start=start,
+                              shift_range=(round(-slack, 3), round(slack, 3))))
     end = max(w.end for w in words)
     hop = clip_seconds / 4
     for step in range(int(np.floor((end - clip_seconds) / hop + 1e-9)) + 1):
       start = round(step * hop, 3)
       if all(start + clip_seconds <= s or start >= e for s, e in spans):
+        before = max([e - start for s, e in spans if e <= start], default=-np.inf)
+        after = min([s - start - clip_seconds for s, e in spans if s >= start + clip_seconds],
+                    default=np.inf)
         candidates.append(Item(f"{utt.id}-n{int(round(start * 1000)):06d}", utt.id,
                                utt.audio_path, text.NEGATIVE_LABEL, label=negative,
-                               start=start))
+                               start=start, shift_range=(round(max(before, -clip_seconds), 3),
+                                                         round(min(after, clip_seconds), 3))))
   count = min(len(candidates), int(round(negatives_per_positive * len(positives))))
   chosen = rng.choice(len(candidates), size=count, replace=False) if count else []
   items = positives + [candidates[i] for i in sorted(chosen)]
@@ -317,9 +333,13 @@ def _read_chunk(items: Sequence[Item], begin: int, config: dict, cache: dict,
     if cache["error"] is not None:
       continue
     waveform = cache["waveform"]
-    signals.append((item, waveform if item.start is None else audio.cut_clip(
-        waveform, item.start, int(round(config["clip_seconds"] * config["sample_rate"])),
-        config["sample_rate"])))
+    if item.start is not None:
+      context = config["context_seconds"]
+      waveform = audio.cut_clip(
+          waveform, item.start - context,
+          int(round((config["clip_seconds"] + 2 * context) * config["sample_rate"])),
+          config["sample_rate"])
+    signals.append((item, waveform))
     samples += len(signals[-1][1])
   return signals, begin
 
@@ -344,13 +364,17 @@ def convert_shard(task: dict) -> dict:
     begin = 0
     while begin < len(items):
       signals, begin = _read_chunk(items, begin, config, cache, skipped)
-      computed = {f: batched_features(front_end, [s for _, s in signals])
+      context = int(round(config["context_seconds"] * config["sample_rate"]))
+      clips = [s if item.start is None or not context else s[context:len(s) - context]
+               for item, s in signals]
+      computed = {f: batched_features(front_end, clips)
                   for f, front_end in front_ends.items() if f != "raw"}
       for index, (item, signal) in enumerate(signals):
         for fmt in front_ends:
           if fmt == "raw":
             waveform = _as_float(signal)
-            values = np.round(np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
+            values = signal if signal.dtype == np.int16 else np.round(
+                np.clip(waveform, -1.0, 1.0) * 32767).astype(np.int16)
             frames = waveform[:, None].astype(np.float64)
           else:
             values = computed[fmt][index]
@@ -362,7 +386,8 @@ def convert_shard(task: dict) -> dict:
           max_frames[fmt] = max(max_frames[fmt], len(values))
           writers[fmt].write(records.serialize_example(
               item.id, values, item.text, labels=item.labels, label=item.label,
-              utterance=None if item.start is None else item.utt, start=item.start))
+              utterance=None if item.start is None else item.utt, start=item.start,
+              shift_range=item.shift_range))
         classes[item.text if item.label is not None else "utterances"] += 1
         max_label_length = max(max_label_length, len(item.labels or ()))
     examples = next(iter(writers.values())).count
@@ -520,7 +545,10 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
           "Forced Aligner, and export CTM).")
     alignments = corpora.read_ctm(args.alignments)
     keywords = text.keyword_classes(args.keywords)[:-1]
+    if args.context_seconds < 0:
+      raise SystemExit(f"error: --context_seconds must be >= 0, got {args.context_seconds}")
     params.update(keywords=keywords, clip_seconds=args.clip_seconds,
+                  context_seconds=args.context_seconds,
                   negatives_per_positive=args.negatives_per_positive, seed=args.seed)
     plan["classes"] = text.keyword_classes(keywords)
     for split, split_utts in by_split.items():
@@ -536,7 +564,8 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
   plan["fingerprint"] = records.fingerprint({
       "params": params,
       "vocabulary": plan.get("vocabulary"),
-      "items": {s: [[i.id, os.path.relpath(i.path, root), i.text, i.labels, i.label, i.start]
+      "items": {s: [[i.id, os.path.relpath(i.path, root), i.text, i.labels, i.label, i.start,
+                   i.shift_range]
                     for i in items] for s, items in items_by_split.items()},
   })
   shards = {s: shard_items(items, args.examples_per_shard)
@@ -580,6 +609,7 @@ def convert(args) -> int:
       "feature_params": plan["params"]["feature_params"],
       "sample_rate": args.sample_rate, "min_seconds": args.min_seconds,
       "max_seconds": args.max_seconds, "clip_seconds": args.clip_seconds,
+      "context_seconds": args.context_seconds if args.task == "kws" else 0.0,
   }
   total_utts = sum(len({i.utt for i in t["items"]}) for t in tasks)
   workers = max(1, min(args.cores, len(tasks)))

@@ -2,7 +2,7 @@
 
 A recipe in ``configs/<name>.yaml`` is a nested mapping whose keys are the
 fields below (``task``, ``mode``, ``role``, ``data.*``, ``model.*``,
-``optimizer.*``, ``distill.*``, ``quantization.*``, ``fitnet.*``, ``train.*``).
+``augment.*``, ``optimizer.*``, ``distill.*``, ``quantization.*``, ``fitnet.*``, ``train.*``).
 Unknown keys are errors that name the key and the file; values are converted
 to the field's type, so ``--override train.steps=500`` and ``--override
 optimizer.learning_rate=3e-4`` work from the command line. ``model.params`` is free-form: it is passed to the
@@ -69,6 +69,76 @@ class DataConfig:
   freq_mask_param: int = 8
   time_masks: int = 2
   time_mask_param: int = 10
+
+
+@dataclasses.dataclass
+class AugmentConfig:
+  """On-the-fly waveform augmentation of kws training clips (``kws_tf.augment``).
+
+  Training then reads the records' ``raw`` format, which must hold context
+  around each clip (``kws-create-tfrecords --formats=raw,... --context_seconds``),
+  augments the waveform and computes ``data.format``'s features from it with
+  the records' own front-end parameters. Validation and evaluation read the
+  stored, clean features.
+
+  Fields:
+    enabled: augment the training clips.
+    max_shift_seconds: the window moves up to this far from the centred clip,
+      within each record's shift range (the offsets that keep its label).
+    speed_prob, speed_min, speed_max: speed perturbation (tempo and pitch).
+    reverb_prob, rt60_min, rt60_max: reverberation, RT60 in seconds
+      (synthetic rooms unless ``rir_dir`` is set).
+    rir_dir: a folder of room impulse responses (WAV/FLAC, any rate).
+    noise_prob, snr_db_min, snr_db_max: additive noise at an SNR in dB.
+    coloured_noise_weight, babble_weight, recorded_noise_weight: relative
+      chances of the noise types (babble: other training clips summed;
+      recorded: segments of the files in ``noise_dir``).
+    babble_talkers: at most this many clips in a babble (at least 2).
+    babble_seconds: seconds of training clips in the babble bank.
+    noise_dir: a folder of noise recordings (e.g. Speech Commands'
+      ``_background_noise_``), read recursively.
+    telephone_prob: a 300-3400 Hz band and 8-bit mu-law.
+    gain_db_min, gain_db_max: level change in dB (then clipped to [-1, 1]).
+  """
+  enabled: bool = False
+  max_shift_seconds: float = 0.3
+  speed_prob: float = 0.5
+  speed_min: float = 0.85
+  speed_max: float = 1.15
+  reverb_prob: float = 0.3
+  rt60_min: float = 0.1
+  rt60_max: float = 0.7
+  rir_dir: str = ""
+  noise_prob: float = 0.8
+  snr_db_min: float = 0.0
+  snr_db_max: float = 30.0
+  coloured_noise_weight: float = 1.0
+  babble_weight: float = 1.0
+  recorded_noise_weight: float = 1.0
+  babble_talkers: int = 6
+  babble_seconds: float = 120.0
+  noise_dir: str = ""
+  telephone_prob: float = 0.15
+  gain_db_min: float = -12.0
+  gain_db_max: float = 6.0
+
+  def validate(self) -> None:
+    """ConfigError naming the first bad field."""
+    for key in ("speed_prob", "reverb_prob", "noise_prob", "telephone_prob"):
+      if not 0.0 <= getattr(self, key) <= 1.0:
+        raise ConfigError(f"augment.{key} must be in [0, 1]; got {getattr(self, key)}")
+    ranges = [("speed", self.speed_min, self.speed_max, 0.0),
+              ("rt60", self.rt60_min, self.rt60_max, 0.0),
+              ("snr_db", self.snr_db_min, self.snr_db_max, None),
+              ("gain_db", self.gain_db_min, self.gain_db_max, None)]
+    for name, low, high, floor in ranges:
+      if low > high or (floor is not None and low <= floor):
+        raise ConfigError(f"augment.{name}_min must be <= augment.{name}_max"
+                          f"{' and > 0' if floor is not None else ''}; got {low} and {high}")
+    if self.max_shift_seconds < 0:
+      raise ConfigError(f"augment.max_shift_seconds must be >= 0; got {self.max_shift_seconds}")
+    if self.babble_seconds <= 0:
+      raise ConfigError(f"augment.babble_seconds must be > 0; got {self.babble_seconds}")
 
 
 @dataclasses.dataclass
@@ -213,6 +283,7 @@ class Config:
   mode: str = "standard"
   role: str = "student"
   data: DataConfig = dataclasses.field(default_factory=DataConfig)
+  augment: AugmentConfig = dataclasses.field(default_factory=AugmentConfig)
   model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
   optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
   distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
@@ -259,6 +330,10 @@ class Config:
       raise ConfigError("a pretrained Whisper encoder (model.params.checkpoint) takes Whisper's "
                         "own log-mel scaling, not standardised features; set "
                         "data.normalize=false (configs/teacher_*_whisper.yaml do)")
+    self.augment.validate()
+    if self.augment.enabled and self.task != "kws":
+      raise ConfigError("augment.enabled is for kws recipes (clips with context); "
+                        f"this recipe's task is {self.task}")
     if not 0.0 <= self.data.validation_fraction < 1.0:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")

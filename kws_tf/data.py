@@ -18,9 +18,10 @@ import os
 from typing import Callable, Dict, List, Optional, Sequence
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
 import tensorflow as tf
 
-from kws_tf import records
+from kws_tf import augment, features, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,11 +80,14 @@ def shard_paths(records_dir: str, fmt: str, split: str,
   return paths
 
 
-def make_parser(metadata: dict, fmt: str, normalize: bool = True) -> Callable:
+def make_parser(metadata: dict, fmt: str, normalize: bool = True,
+                shift_range: bool = False) -> Callable:
   """Returns ``parse(serialized) -> dict`` for one record of ``fmt``.
 
   With ``normalize``, features are standardised per channel with the mean
-  and standard deviation that metadata.json holds for the format.
+  and standard deviation that metadata.json holds for the format. With
+  ``shift_range`` (kws), the dict also holds the record's ``shift_range``
+  (float32 ``[2]``, seconds).
   """
   task = metadata["task"]
   channels = metadata["formats"][fmt]["num_channels"]
@@ -95,6 +99,8 @@ def make_parser(metadata: dict, fmt: str, normalize: bool = True) -> Callable:
   }
   if task == "kws":
     spec["label"] = tf.io.FixedLenFeature([], tf.int64)
+    if shift_range:
+      spec["shift_range"] = tf.io.FixedLenFeature([2], tf.float32)
   else:
     spec["labels"] = tf.io.VarLenFeature(tf.int64)
   mean = std = None
@@ -119,6 +125,8 @@ def make_parser(metadata: dict, fmt: str, normalize: bool = True) -> Callable:
            "num_frames": tf.cast(example["num_frames"], tf.int32)}
     if task == "kws":
       out["label"] = tf.cast(example["label"], tf.int32)
+      if shift_range:
+        out["shift_range"] = example["shift_range"]
     else:
       labels = tf.cast(tf.sparse.to_dense(example["labels"]), tf.int32)
       out["labels"] = labels
@@ -150,22 +158,33 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
                  seed: Optional[int] = None, repeat: bool = False,
                  drop_remainder: bool = False,
                  guidance: Optional["Guidance"] = None,
-                 keep: Optional[Callable[[Dict[str, tf.Tensor]], tf.Tensor]] = None
+                 keep: Optional[Callable[[Dict[str, tf.Tensor]], tf.Tensor]] = None,
+                 augmenter: Optional[augment.Augmenter] = None
                  ) -> tf.data.Dataset:
   """The input pipeline for one split: parse, normalise, augment, batch.
 
   Args:
-    training: shuffle (with ``seed``) and apply ``spec_augment``.
+    training: shuffle (with ``seed``) and apply ``spec_augment`` and ``augmenter``.
     bucket: ctc only; batch examples of similar length together (boundaries
       from the split's maximum length), padding within a bucket.
     guidance: join guidance records shard by shard (see ``Guidance``).
     keep: optional predicate on a parsed example; examples for which it is
       False are dropped before shuffling (see ``id_holdout``).
+    augmenter: kws training only: read the ``raw`` records (clips with
+      context), augment each waveform with its own seed, and compute ``fmt``'s
+      features from the window with the records' front-end parameters.
   """
   metadata = records.load_metadata(records_dir)
   compression = metadata["params"]["compression"]
-  paths = shard_paths(records_dir, fmt, split, metadata)
-  parse = make_parser(metadata, fmt, normalize)
+  if augmenter is not None:
+    if not training or metadata["task"] != "kws":
+      raise ValueError("waveform augmentation is for kws training pipelines")
+    check_context(metadata, records_dir)
+    paths = shard_paths(records_dir, "raw", split, metadata)
+    parse = make_parser(metadata, "raw", normalize=False, shift_range=True)
+  else:
+    paths = shard_paths(records_dir, fmt, split, metadata)
+    parse = make_parser(metadata, fmt, normalize)
   if guidance is not None:
     ds = guidance.join(paths, compression, parse)
   else:
@@ -176,11 +195,22 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  if training and spec_augment is not None:
-    seeds = tf.data.Dataset.random(seed=seed).batch(2)
-    ds = tf.data.Dataset.zip((ds, seeds)).map(
-        lambda x, s: dict(x, features=spec_augment(x["features"], s)),
-        num_parallel_calls=tf.data.AUTOTUNE)
+  if training and (spec_augment is not None or augmenter is not None):
+    # One seed [2] per example for SpecAugment, and one more for the waveform.
+    seeds = tf.data.Dataset.random(seed=seed).batch(2 if augmenter is None else 4)
+    ds = tf.data.Dataset.zip((ds, seeds))
+    if augmenter is not None:
+      front_end = WaveformFrontEnd(metadata, fmt, normalize)
+
+      def augment_example(x, s):
+        shift_range = x.pop("shift_range")
+        return front_end(x, augmenter(x["features"][:, 0], s[2:], shift_range)), s
+
+      ds = ds.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE)
+    if spec_augment is not None:
+      ds = ds.map(lambda x, s: (dict(x, features=spec_augment(x["features"], s[:2])), s),
+                  num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda x, s: x)
   if metadata["task"] == "ctc" and bucket:
     max_frames = metadata["splits"][split]["max_frames"][fmt]
     bounds = bucket_boundaries(max_frames)
@@ -190,6 +220,73 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   else:
     ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def check_context(metadata: dict, records_dir: str) -> None:
+  """ValueError unless the records hold kws ``raw`` clips with context around them."""
+  if "raw" not in metadata["formats"]:
+    raise ValueError(f"waveform augmentation reads the raw format, which {records_dir} does "
+                     "not have: convert with --formats=raw,<feature formats>")
+  if metadata["params"].get("context_seconds", 0.0) <= 0:
+    raise ValueError(f"the raw clips of {records_dir} have no context around them: convert "
+                     "with --context_seconds > 0 (e.g. 0.5)")
+
+
+class WaveformFrontEnd:
+  """``fmt``'s features of an augmented window, as the converter computes them.
+
+  Called with a parsed example and its window (float32 ``[samples]``), it
+  returns the example with ``features`` ``[frames, channels]`` (standardised
+  with the records' statistics of ``fmt`` when ``normalize``) and
+  ``num_frames``.
+  """
+
+  def __init__(self, metadata: dict, fmt: str, normalize: bool):
+    if fmt not in metadata["formats"]:
+      raise ValueError(f"the records have no {fmt!r} format, whose front-end parameters "
+                       f"the augmented pipeline needs (they have {sorted(metadata['formats'])})")
+    self.config = features.from_dict(metadata["formats"][fmt]["params"])
+    self.mean = self.std = None
+    if normalize:
+      stats = metadata["normalization"].get(fmt)
+      if stats is None:
+        raise ValueError(f"metadata.json has no normalisation statistics for {fmt!r}")
+      self.mean = tf.constant(stats["mean"], tf.float32)
+      self.std = tf.constant(stats["std"], tf.float32)
+
+  def __call__(self, example: Dict[str, tf.Tensor], window: tf.Tensor) -> Dict[str, tf.Tensor]:
+    values = self.config.compute(window[tf.newaxis])[0]
+    if self.mean is not None:
+      values = (values - self.mean) / self.std
+    return dict(example, features=values, num_frames=tf.shape(values)[0])
+
+
+def babble_bank(records_dir: str, split: str, seconds: float) -> np.ndarray:
+  """float32 ``[samples]``: the clips (without context) of the first negative
+  records of ``split``'s raw shards, end to end, up to ``seconds``.
+
+  Negatives hold speech without keywords, so babble made from them never
+  puts a keyword behind a clip.
+  """
+  metadata = records.load_metadata(records_dir)
+  check_context(metadata, records_dir)
+  rate = metadata["formats"]["raw"]["params"]["sample_rate"]
+  context = int(round(metadata["params"]["context_seconds"] * rate))
+  negative = len(metadata["classes"]) - 1
+  parse = make_parser(metadata, "raw", normalize=False)
+  wanted, parts, total = int(round(seconds * rate)), [], 0
+  for example in records_dataset(shard_paths(records_dir, "raw", split, metadata),
+                                 metadata["params"]["compression"]).map(parse):
+    if int(example["label"]) != negative:
+      continue
+    clip = example["features"].numpy()[context:-context, 0]
+    parts.append(clip)
+    total += len(clip)
+    if total >= wanted:
+      break
+  if not parts:
+    raise ValueError(f"{records_dir} has no negative clips in {split!r} to make babble from")
+  return np.concatenate(parts)[:wanted]
 
 
 def id_holdout(fraction: float, held_out: bool) -> Callable[[Dict[str, tf.Tensor]], tf.Tensor]:
@@ -325,3 +422,18 @@ def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
     return out
 
   return Guidance(guidance_dir, spec, meta["compression"], decode=decode)
+
+
+def make_augmenter(records_dir: str, config, split: str) -> augment.Augmenter:
+  """The ``Augmenter`` of a recipe's ``augment`` section (``config.AugmentConfig``)
+  for ``records_dir``: babble from ``split``'s negative clips, and the noise and
+  impulse-response folders the section names, at the records' sample rate."""
+  metadata = records.load_metadata(records_dir)
+  check_context(metadata, records_dir)
+  rate = metadata["formats"]["raw"]["params"]["sample_rate"]
+  babble = (babble_bank(records_dir, split, config.babble_seconds)
+            if config.babble_weight > 0 else None)
+  noise = augment.load_noise_bank(config.noise_dir, rate) if config.noise_dir else None
+  rirs = augment.load_rirs(config.rir_dir, rate, config.rt60_max) if config.rir_dir else None
+  return augment.Augmenter(config, rate, metadata["params"]["clip_seconds"],
+                           babble=babble, noise=noise, rirs=rirs)

@@ -11,6 +11,12 @@ One record is a ``tf.train.Example`` with these features:
   label       int64    kws: class index, ``len(keywords)`` is "negative"
   utterance   bytes    kws: the source utterance id
   start       float    kws: clip start in the source utterance, seconds
+  shift_range float[2] kws: lowest and highest offsets of the clip start from
+                       ``start`` (seconds) that keep its label true
+
+The kws ``raw`` format holds ``params.context_seconds`` of audio before and
+after the clip (``clip_seconds + 2 * context_seconds`` in all); the feature
+formats hold the clip itself.
 
 ``num_channels`` is the same for every record of a format and is stored in
 ``metadata.json`` (``formats.<name>.num_channels``).
@@ -18,7 +24,7 @@ One record is a ``tf.train.Example`` with these features:
 import hashlib
 import json
 import os
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
@@ -58,7 +64,8 @@ def serialize_example(example_id: str, features: np.ndarray, text: str,
                       labels: Optional[Iterable[int]] = None,
                       label: Optional[int] = None,
                       utterance: Optional[str] = None,
-                      start: Optional[float] = None) -> bytes:
+                      start: Optional[float] = None,
+                      shift_range: Optional[Sequence[float]] = None) -> bytes:
   """One record, see the module docstring. Map order is fixed (``deterministic``),
   so the same example gives the same bytes in every process.
 
@@ -89,6 +96,8 @@ def serialize_example(example_id: str, features: np.ndarray, text: str,
     feature["utterance"] = _bytes([utterance.encode("utf-8")])
   if start is not None:
     feature["start"] = _floats([start])
+  if shift_range is not None:
+    feature["shift_range"] = _floats(list(shift_range))
   return tf.train.Example(
       features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
 

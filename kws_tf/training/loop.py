@@ -175,6 +175,11 @@ class Trainer:
     if config.data.format not in self.metadata["formats"]:
       raise TrainingError(f"{data_dir} has no {config.data.format!r} records (it has "
                           f"{', '.join(self.metadata['formats'])})")
+    if config.augment.enabled:
+      try:
+        data.check_context(self.metadata, data_dir)
+      except ValueError as e:
+        raise TrainingError(f"augment.enabled: {e}") from None
     if config.mode != "standard" and not guidance_dir:
       raise TrainingError(f"mode={config.mode} needs --guidance_dir (made by create_guidance)")
     if config.task == "kws":
@@ -271,6 +276,9 @@ class Trainer:
     if d.spec_augment:
       spec_augment = data.SpecAugment(d.freq_masks, d.freq_mask_param,
                                       d.time_masks, d.time_mask_param)
+    augmenter = None
+    if training and self.config.augment.enabled:
+      augmenter = data.make_augmenter(self.data_dir, self.config.augment, d.train_split)
     workers, index = _workers(self._strategy)
     ds = data.make_dataset(
         self.data_dir, d.format, split,
@@ -279,7 +287,7 @@ class Trainer:
         shuffle_buffer=d.shuffle_buffer,
         bucket=d.bucket, seed=self.config.train.seed, repeat=training,
         drop_remainder=training and self._strategy.num_replicas_in_sync > 1,
-        guidance=guidance, keep=keep)
+        guidance=guidance, keep=keep, augmenter=augmenter)
     if training and workers > 1:
       ds = ds.shard(workers, index)
     return ds
