@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "librosa==0.11.0",
     "soundfile==0.14.0",
     "soxr>=0.5",
+    "scipy>=1.11",
     "numpy==2.4.6",
     "absl-py==1.4.0",
     "ai-edge-litert==2.3.0",
@@ -50,6 +51,7 @@ CONSOLE_SCRIPTS = [
     "kws-export-tflite=kws_tf.bin.export_tflite:run",
     "kws-infer=kws_tf.bin.infer:run",
     "kws-get-whisper-base=data_prep.get_whisper_base:run",
+    "kws-make-robustness-set=data_prep.robustness_set:run",
 ]
 
 setup(

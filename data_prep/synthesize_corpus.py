@@ -41,6 +41,7 @@ from absl import flags
 
 from data_prep import espeak
 from data_prep import lexicon
+from data_prep import texts
 from kws_tf.text import KEYWORDS
 
 FLAGS = flags.FLAGS
@@ -52,17 +53,34 @@ flags.DEFINE_integer("seed", 0, "Seed of speakers, sentences and noise.")
 flags.DEFINE_integer("cores", None, "Worker processes; default: all cores.")
 flags.DEFINE_float("snr_db", None, "If set, add white or pink noise at this SNR (dB).")
 flags.DEFINE_bool("overwrite", False, "Replace a corpus made with other flags.")
+flags.DEFINE_enum("voices", "demo", ["demo", "varied", "held_out"], "Voice variants and "
+                  "speaking rates: demo (15 variants, 130-210 wpm), varied (45 variants, "
+                  "110-230 wpm, wider pitch) or held_out (15 variants and rates of 90-105 "
+                  "or 235-260 wpm that no training corpus uses; for robustness test sets).")
+flags.DEFINE_enum("texts", "lexicon", ["lexicon", "gettext_train", "gettext_test", "mixed"],
+                  "Sentence source: the project's grammar (data_prep.lexicon), one half "
+                  "of the system's Vietnamese gettext catalogues (data_prep.texts), drawn "
+                  "round-robin over the keywords, or mixed: lexicon and gettext_train "
+                  "sentences in turn.")
 
 SAMPLE_RATE = 16000
 SPEAKER_PREFIX = "VSYN"
 SPLITS = ("train", "test")
 RATE_WPM = (130, 210)  # inclusive range of speaking rates
 PITCH = (30, 70)
+# Per --voices: variants, inclusive rate ranges (wpm), pitch range.
+VOICE_SETS = {
+    "demo": (espeak.VARIANTS, (RATE_WPM,), PITCH),
+    "varied": (espeak.VARIANTS + espeak.MORE_VARIANTS, ((110, 230),), (20, 80)),
+    "held_out": (espeak.HELD_OUT_VARIANTS, ((90, 105), (235, 260)), (20, 80)),
+}
 PITCH_RANGE = (25, 75)
 VOLUME = (40, 60)
 CLIP_VOLUME_FACTOR = 0.75  # volume scale after espeak saturated an utterance
 PEAK_LIMIT = 0.99  # full scale after noise
 DONE_DIR = ".done"
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5", "Annie", "aunty", "belinda", "shelby", "steph",
+                   "steph3", "grandma", "linda", "steph2")
 SETTINGS_FILE = "synthesis.json"
 
 
@@ -76,14 +94,16 @@ class Speaker:
   seed: Sequence[int]  # entropy of the speaker's np.random.SeedSequence
 
 
-def make_speakers(seed: int, speakers: int, test_speakers: int) -> List[Speaker]:
+def make_speakers(seed: int, speakers: int, test_speakers: int,
+                  voices: str = "demo") -> List[Speaker]:
   """The speakers of a corpus: the last ``test_speakers`` of them are the test split.
 
-  Voice/variant pairs are drawn without replacement until all are used, so
-  speakers differ in timbre as far as possible.
+  Voice/variant pairs of the ``voices`` set (``VOICE_SETS``) are drawn without
+  replacement until all are used, so speakers differ in timbre as far as possible.
   """
+  variants, rates, pitch = VOICE_SETS[voices]
   rng = np.random.default_rng([seed, 0])
-  pairs = [(v, w) for v in espeak.VOICES for w in espeak.VARIANTS]
+  pairs = [(v, w) for v in espeak.VOICES for w in variants]
   order: List[int] = []
   while len(order) < speakers:
     order.extend(rng.permutation(len(pairs)).tolist())
@@ -91,16 +111,17 @@ def make_speakers(seed: int, speakers: int, test_speakers: int) -> List[Speaker]
   result = []
   for index in range(speakers):
     voice_name, variant = pairs[order[index]]
+    low, high = rates[int(rng.integers(len(rates)))] if len(rates) > 1 else rates[0]
     voice = espeak.Voice(
         name=f"{voice_name}+{variant}",
-        rate_wpm=int(rng.integers(RATE_WPM[0], RATE_WPM[1] + 1)),
-        pitch=int(rng.integers(PITCH[0], PITCH[1] + 1)),
+        rate_wpm=int(rng.integers(low, high + 1)),
+        pitch=int(rng.integers(pitch[0], pitch[1] + 1)),
         pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
         volume=int(rng.integers(VOLUME[0], VOLUME[1] + 1)))
     result.append(Speaker(
         speaker_id=f"{SPEAKER_PREFIX}{index + 1:0{width}d}",
         split="test" if index >= speakers - test_speakers else "train",
-        gender="f" if variant.startswith("f") else "m",
+        gender="f" if variant in FEMALE_VARIANTS else "m",
         voice=voice,
         seed=(seed, 1, index)))
   return result
@@ -169,15 +190,38 @@ def _speak(text: str, voice: espeak.Voice) -> espeak.Synthesis:
     voice = dataclasses.replace(voice, volume=int(voice.volume * CLIP_VOLUME_FACTOR))
 
 
+def catalogue_sentences(rng: np.random.Generator, count: int, half: str) -> List[str]:
+  """``count`` sentences of one half of the gettext catalogues (``data_prep.texts``):
+  sentence i holds keyword ``i mod 9`` (round-robin from a random keyword),
+  drawn uniformly among the sentences that hold it."""
+  pool = texts.sentences(half=half)
+  holding = [[s for s in pool if k in s.split()] for k in KEYWORDS]
+  first = int(rng.integers(len(KEYWORDS)))
+  chosen = []
+  for i in range(count):
+    candidates = holding[(first + i) % len(KEYWORDS)] or pool
+    chosen.append(candidates[int(rng.integers(len(candidates)))])
+  return chosen
+
+
 def synthesize_speaker(out_dir: str, speaker: Speaker, utterances: int,
-                       snr_db: Optional[float], progress=None) -> dict:
+                       snr_db: Optional[float], progress=None,
+                       text_source: str = "lexicon") -> dict:
   """Writes the waves of one speaker and its done marker; returns the marker's content.
 
   Must run in a fresh process for byte-identical output. ``progress``, if given,
-  is called with 1 after each utterance.
+  is called with 1 after each utterance. ``text_source`` is a ``--texts`` value.
   """
   text_seed, noise_seed = np.random.SeedSequence(list(speaker.seed)).spawn(2)
-  sentences = lexicon.generate_sentences(np.random.default_rng(text_seed), utterances)
+  text_rng = np.random.default_rng(text_seed)
+  if text_source == "lexicon":
+    sentences = lexicon.generate_sentences(text_rng, utterances)
+  elif text_source == "mixed":
+    grammar = lexicon.generate_sentences(text_rng, (utterances + 1) // 2)
+    catalogue = catalogue_sentences(text_rng, utterances // 2, "train")
+    sentences = [(grammar if i % 2 == 0 else catalogue)[i // 2] for i in range(utterances)]
+  else:
+    sentences = catalogue_sentences(text_rng, utterances, text_source.split("_")[1])
   noise_rng = np.random.default_rng(noise_seed)
   os.makedirs(speaker_dir(out_dir, speaker), exist_ok=True)
   records = []
@@ -236,8 +280,9 @@ def _init_worker(progress_queue) -> None:
 
 
 def _worker(args) -> dict:
-  out_dir, speaker, utterances, snr_db = args
-  return synthesize_speaker(out_dir, speaker, utterances, snr_db, _PROGRESS_QUEUE.put)
+  out_dir, speaker, utterances, snr_db, text_source = args
+  return synthesize_speaker(out_dir, speaker, utterances, snr_db, _PROGRESS_QUEUE.put,
+                            text_source)
 
 
 def transcript(text: str) -> str:
@@ -263,10 +308,19 @@ def write_index(out_dir: str, markers: List[dict]) -> None:
 
 
 def settings(speakers: int, test_speakers: int, utterances: int, seed: int,
-             snr_db: Optional[float]) -> dict:
-  """Everything the content depends on (not ``--cores``), as stored in synthesis.json."""
+             snr_db: Optional[float], voices: str = "demo", text_source: str = "lexicon") -> dict:
+  """Everything the content depends on (not ``--cores``), as stored in synthesis.json.
+
+  ``voices`` and ``texts`` appear only when not the defaults, so a default
+  corpus keeps the settings it was made with.
+  """
   grammar = json.dumps([lexicon.TEMPLATES, lexicon.RULES], ensure_ascii=False, sort_keys=True)
-  return {
+  chosen = {}
+  if voices != "demo":
+    chosen["voices"] = voices
+  if text_source != "lexicon":
+    chosen["texts"] = text_source
+  return {**chosen,
       "speakers": speakers, "test_speakers": test_speakers,
       "utterances_per_speaker": utterances, "seed": seed, "snr_db": snr_db,
       "sample_rate": SAMPLE_RATE, "espeak_ng": espeak.library_version(),
@@ -316,8 +370,8 @@ def main(argv: List[str]) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.out_dir:
     raise app.UsageError("--out_dir is required")
-  if not 1 <= FLAGS.test_speakers < FLAGS.speakers:
-    raise app.UsageError("need 1 <= --test_speakers < --speakers")
+  if not 1 <= FLAGS.test_speakers <= FLAGS.speakers:
+    raise app.UsageError("need 1 <= --test_speakers <= --speakers")
   if FLAGS.utterances_per_speaker < 1:
     raise app.UsageError("need --utterances_per_speaker >= 1")
   if FLAGS.seed < 0:
@@ -328,8 +382,11 @@ def main(argv: List[str]) -> None:
   out_dir = FLAGS.out_dir
   utterances = FLAGS.utterances_per_speaker
   prepare_out_dir(out_dir, settings(FLAGS.speakers, FLAGS.test_speakers, utterances,
-                                    FLAGS.seed, FLAGS.snr_db), FLAGS.overwrite)
-  speakers = make_speakers(FLAGS.seed, FLAGS.speakers, FLAGS.test_speakers)
+                                    FLAGS.seed, FLAGS.snr_db, FLAGS.voices, FLAGS.texts),
+                  FLAGS.overwrite)
+  if FLAGS.texts != "lexicon":
+    texts.sentences(half="test" if FLAGS.texts == "gettext_test" else "train")  # fail early
+  speakers = make_speakers(FLAGS.seed, FLAGS.speakers, FLAGS.test_speakers, FLAGS.voices)
   markers: Dict[str, dict] = {}
   for speaker in speakers:
     marker = _load_finished(out_dir, speaker, utterances)
@@ -343,8 +400,9 @@ def main(argv: List[str]) -> None:
       progress = context.Queue()
       with context.Pool(min(cores, len(todo)), initializer=_init_worker, initargs=(progress,),
                         maxtasksperchild=1) as pool:
-        result = pool.map_async(_worker, [(out_dir, s, utterances, FLAGS.snr_db) for s in todo],
-                                chunksize=1)
+        result = pool.map_async(
+            _worker, [(out_dir, s, utterances, FLAGS.snr_db, FLAGS.texts) for s in todo],
+            chunksize=1)
         reported = 0
         while reported < len(todo) * utterances:
           if result.ready() and not result.successful():

@@ -206,8 +206,16 @@ class Augmenter:
     s = step["shift"]
     low, high = -float(c.max_shift_seconds), float(c.max_shift_seconds)
     if shift_range is not None:
-      low = tf.minimum(tf.maximum(low, shift_range[0] / factor), 0.0)
-      high = tf.maximum(tf.minimum(high, shift_range[1] / factor), 0.0)
+      # The audio is stretched by 1 / factor about the clip's centre while the
+      # window keeps its length: a keyword must stay inside the window, a
+      # negative's window must stay between its keywords. Either way, the
+      # stricter bound of the two.
+      half = self.window / self.sample_rate / 2
+      low = tf.maximum(low, tf.maximum((shift_range[0] + half) / factor - half,
+                                        (shift_range[0] - half) / factor + half))
+      high = tf.minimum(high, tf.minimum((shift_range[1] - half) / factor + half,
+                                         (shift_range[1] + half) / factor - half))
+      low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)
     if c.max_shift_seconds > 0:
       seconds = _draw(s, 0) * (high - low) + low
       offset = tf.cast(tf.round(seconds * self.sample_rate), tf.int32)
@@ -262,7 +270,8 @@ class Augmenter:
       branches.append(branches[0])
     noise = tf.switch_case(tf.cast(kind, tf.int32), branches)
     snr_db = _draw(s, 6, c.snr_db_min, c.snr_db_max)
-    scale = tf.sqrt(reference / (tf.maximum(_power(noise), 1e-12) * tf.pow(10.0, snr_db / 10.0)))
+    in_window = tf.maximum(_power(noise[self.lead_in:]), 1e-12)  # the SNR of the window
+    scale = tf.sqrt(reference / (in_window * tf.pow(10.0, snr_db / 10.0)))
     return x + scale * noise
 
   def _babble(self, seed: tf.Tensor, length: int) -> tf.Tensor:

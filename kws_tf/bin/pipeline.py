@@ -41,6 +41,10 @@ flags.DEFINE_integer("quantize_bits", _DEFAULTS.quantize_bits,
                      "Bits per weight of the quantized-distilled student.")
 flags.DEFINE_integer("num_parity", _DEFAULTS.num_parity,
                      "Test clips of each export's Keras-vs-TFLite parity check.")
+flags.DEFINE_integer("robustness_speakers", _DEFAULTS.robustness_speakers,
+                     "Held-out speakers of the kws robustness set.")
+flags.DEFINE_integer("robustness_utterances", _DEFAULTS.robustness_utterances,
+                     "Utterances per speaker of the kws robustness set.")
 
 
 def main(argv):
@@ -51,7 +55,8 @@ def main(argv):
       utterances_per_speaker=FLAGS.utterances_per_speaker, seed=FLAGS.seed, cores=FLAGS.cores,
       tasks=tuple(FLAGS.tasks), teacher=FLAGS.teacher, teacher_steps=FLAGS.teacher_steps,
       student_steps=FLAGS.student_steps, quantize_bits=FLAGS.quantize_bits,
-      num_parity=FLAGS.num_parity)
+      num_parity=FLAGS.num_parity, robustness_speakers=FLAGS.robustness_speakers,
+      robustness_utterances=FLAGS.robustness_utterances)
   try:
     pipeline.run(options)
   except pipeline.PipelineError as e:

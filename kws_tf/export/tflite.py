@@ -126,7 +126,14 @@ def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
   serialized = spread(spec["format"])
   if "raw" in metadata["formats"]:
     raw_parse = data.make_parser(metadata, "raw", normalize=False)
-    waveforms = (raw_parse(r)["features"].numpy()[:, 0] for r in spread("raw"))
+    # kws raw records hold context around the clip: the model takes the clip.
+    context = int(round(metadata["params"].get("context_seconds", 0.0) * sample_rate))
+
+    def clip(record):
+      waveform = raw_parse(record)["features"].numpy()[:, 0]
+      return waveform[context:len(waveform) - context]
+
+    waveforms = (clip(r) for r in spread("raw"))
     source = None
   elif audio_dir:
     waveforms = None

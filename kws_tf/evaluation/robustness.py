@@ -1,0 +1,120 @@
+"""Scores a keyword spotter on a robustness set (``kws-make-robustness-set``), per condition.
+
+A set is a folder of 1 s WAV windows and ``manifest.jsonl`` rows (``label``,
+``placement`` centred/offset/negative, ``condition``, ``noise``, ``snr_db``...).
+Each window is classified by the argmax of the model's probabilities (as the
+exported model runs: raw audio in), and every group of rows gets
+
+  accuracy        correct class over all windows of the group
+  keyword_recall  keyword windows classified as their keyword
+  false_accepts   negative windows classified as any keyword
+  windows         how many windows the group holds
+
+Groups: ``all``, ``clean`` (condition clean), ``centred`` and ``offset``
+(keyword placement, with the group's negatives), ``condition=<c>``,
+``noise=<type>`` and ``snr=<dB>``.
+"""
+import json
+import os
+from typing import Callable, Dict, List, Sequence
+
+import numpy as np
+
+from kws_tf import audio, inference, text
+
+MANIFEST = "manifest.jsonl"
+_ROW_KEYS = ("path", "label", "placement", "condition")
+
+
+def read_manifest(set_dir: str) -> List[dict]:
+  """The rows of ``<set_dir>/manifest.jsonl``, each with ``path`` made absolute."""
+  path = os.path.join(set_dir, MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: make the set with kws-make-robustness-set")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+      missing = ([k for k in _ROW_KEYS if k not in row] if isinstance(row, dict)
+                 else list(_ROW_KEYS))
+      if missing:
+        raise ValueError(f"{path}:{number}: not a window row (needs {', '.join(missing)})")
+      row["path"] = os.path.join(set_dir, row["path"])
+      rows.append(row)
+  return rows
+
+
+def load_windows(rows: Sequence[dict], sample_rate: int) -> np.ndarray:
+  """float32 ``[windows, samples]`` of the rows' WAV files."""
+  return np.stack([audio.read_audio(row["path"], sample_rate) for row in rows])
+
+
+def predict(model: Callable[[np.ndarray], Dict[str, np.ndarray]], windows: np.ndarray,
+            classes: Sequence[str], model_classes: Sequence[str]) -> List[str]:
+  """The class name the model gives each window (argmax of ``probabilities``).
+
+  ``model_classes`` are the model's output classes in order (its card's);
+  every one must be in ``classes`` (the set's).
+  """
+  unknown = [c for c in model_classes if c not in classes]
+  if unknown:
+    raise ValueError(f"the model's classes {unknown} are not keywords of the set ({classes})")
+  return [model_classes[int(np.argmax(model(window)["probabilities"][0]))]
+          for window in windows]
+
+
+def _metrics(rows: Sequence[dict], predicted: Sequence[str]) -> Dict[str, float]:
+  labels = [r["label"] for r in rows]
+  keyword = [i for i, label in enumerate(labels) if label != text.NEGATIVE_LABEL]
+  negative = [i for i, label in enumerate(labels) if label == text.NEGATIVE_LABEL]
+  out = {"windows": len(rows),
+         "accuracy": float(np.mean([p == label for p, label in zip(predicted, labels)]))}
+  out["keyword_recall"] = (float(np.mean([predicted[i] == labels[i] for i in keyword]))
+                           if keyword else float("nan"))
+  out["false_accepts"] = (float(np.mean([predicted[i] != text.NEGATIVE_LABEL for i in negative]))
+                          if negative else float("nan"))
+  return out
+
+
+def groups(rows: Sequence[dict]) -> Dict[str, List[int]]:
+  """Group name -> row indices (see the module docstring), in a stable order."""
+  out: Dict[str, List[int]] = {"all": list(range(len(rows)))}
+  out["clean"] = [i for i, r in enumerate(rows) if r["condition"] == "clean"]
+  negatives = [i for i, r in enumerate(rows) if r["placement"] == "negative"]
+  for placement in ("centred", "offset"):
+    out[placement] = sorted([i for i, r in enumerate(rows) if r["placement"] == placement]
+                            + negatives)
+  for key in ("condition", "noise", "snr_db"):
+    values = sorted({r[key] for r in rows if r.get(key) is not None})
+    for value in values:
+      name = f"{'snr' if key == 'snr_db' else key}={value}"
+      out[name] = [i for i, r in enumerate(rows) if r.get(key) == value]
+  return {name: indices for name, indices in out.items() if indices}
+
+
+def score(rows: Sequence[dict], predicted: Sequence[str]) -> Dict[str, Dict[str, float]]:
+  """Group name -> metrics (see the module docstring)."""
+  if len(rows) != len(predicted):
+    raise ValueError(f"{len(rows)} rows but {len(predicted)} predictions")
+  return {name: _metrics([rows[i] for i in indices], [predicted[i] for i in indices])
+          for name, indices in groups(rows).items()}
+
+
+def evaluate_file(model_path: str, set_dir: str) -> Dict[str, Dict[str, float]]:
+  """``score`` of an exported kws model (TFLite file or SavedModel folder, with its
+  model card beside it) on the set in ``set_dir``, run as shipped: raw audio in."""
+  card = inference.read_card(model_path)
+  if card.get("task") != "kws":
+    raise ValueError(f"{model_path} is not a kws model (its card says task "
+                     f"{card.get('task')!r})")
+  rows = read_manifest(set_dir)
+  windows = load_windows(rows, card["sample_rate"])
+  if windows.shape[1] != card["clip_samples"]:
+    raise ValueError(f"the set's windows hold {windows.shape[1]} samples but {model_path} "
+                     f"takes {card['clip_samples']}")
+  model = inference.load_model(model_path, num_threads=1)
+  predicted = predict(model, windows, text.keyword_classes(), card["labels"]["classes"])
+  return score(rows, predicted)
