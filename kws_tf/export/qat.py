@@ -20,7 +20,7 @@ import tf_keras as keras
 from kws_tf import data
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import losses
-from kws_tf.export.tflite import ExportError
+from kws_tf.export.errors import ExportError
 from kws_tf.models import heads, wav2letter
 
 

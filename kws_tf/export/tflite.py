@@ -54,7 +54,8 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from kws_tf import audio, data, inference, records, text
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.evaluation import decoding, metrics
-from kws_tf.export import serving
+from kws_tf.export import qat, serving
+from kws_tf.export.errors import ExportError
 from kws_tf.models import heads
 
 FORMATS = ("float32", "float16", "dynamic", "int8", "qat")
@@ -67,10 +68,6 @@ LATENCY_RUNS = 5
 def tflite_path(out_dir: str, kind: str) -> str:
   """``<out_dir>/model_<kind>.tflite``."""
   return os.path.join(out_dir, f"model_{kind}.tflite")
-
-
-class ExportError(RuntimeError):
-  """An export that cannot be made or that failed its accuracy gate."""
 
 
 class Example(NamedTuple):
@@ -528,7 +525,6 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   does not support it, no waveforms) before writing anything, and after
   writing everything when an int8 / qat file failed the accuracy gate.
   """
-  from kws_tf.export import qat
   unknown = [f for f in config.formats if f not in FORMATS]
   if unknown:
     raise ExportError(f"unknown formats {unknown}; choose from {', '.join(FORMATS)}")
