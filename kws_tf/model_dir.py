@@ -77,7 +77,9 @@ class ModelSpec:
     missing = sorted(required - set(spec))
     unknown = sorted(set(spec) - {f.name for f in fields})
     if missing or unknown:
-      raise ValueError(f"not a model spec: missing keys {missing}, unknown keys {unknown}")
+      problems = [f"{what} keys {keys}" for what, keys in (("missing", missing),
+                                                             ("unknown", unknown)) if keys]
+      raise ValueError(f"not a model spec: {', '.join(problems)}")
     return cls(**copy.deepcopy(dict(spec)))
 
   def to_json(self) -> Dict[str, Any]:
