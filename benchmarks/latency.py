@@ -38,7 +38,8 @@ from typing import Dict, List, Optional
 import numpy as np
 from absl import app, flags
 
-from kws_tf import inference, records
+from kws_tf import inference
+from kws_tf import model_dir as model_dir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDENTS = ("standard", "distill", "quantized_distill")
@@ -143,7 +144,7 @@ def main(argv):
     model_dirs = {os.path.basename(os.path.normpath(d)): d for d in FLAGS.model_dirs}
   else:
     model_dirs = {name: os.path.join(FLAGS.workdir, "models", "kws", name) for name in STUDENTS}
-  missing = [d for d in model_dirs.values() if not os.path.exists(os.path.join(d, "model.json"))]
+  missing = [d for d in model_dirs.values() if not os.path.exists(model_dir_lib.spec_path(d))]
   if missing:
     raise SystemExit(f"no trained student in {missing[0]}: run kws-pipeline "
                      f"--workdir={FLAGS.workdir} first (or give --model_dirs)")
@@ -165,10 +166,10 @@ def main(argv):
                  f"float32, {'30 s window' if window == '30s' else 'trimmed to the clip'}",
                  path, measured[("teacher", window)]))
   for name, files in students.items():
-    spec = records.read_json(os.path.join(model_dirs[name], "model.json"))
+    spec = model_dir_lib.read_spec(model_dirs[name])
     for fmt, path in files.items():
       measured[(name, fmt)] = latency(path, waveform)
-      rows.append((f"{name} ({spec['name']}, {spec.get('params', {}).get('filters', '')})",
+      rows.append((f"{name} ({spec.name}, {spec.params.get('filters', '')})",
                     fmt, path, measured[(name, fmt)]))
   trimmed = measured[("teacher", "trimmed")]["median"]
   padded = measured[("teacher", "30s")]["median"]

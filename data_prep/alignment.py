@@ -43,13 +43,6 @@ class BoundaryErrors:
   unreferenced: List[str]
 
 
-def hop_seconds(feature_params: Mapping) -> float:
-  """Seconds between two input frames of a ``kws_tf.features`` config dict."""
-  if feature_params["format"] == "raw":
-    return 1.0 / feature_params["sample_rate"]
-  return feature_params["frame_step"] / feature_params["sample_rate"]
-
-
 def time_stride(model, num_channels: int) -> int:
   """Input frames per logit frame of a ctc model, from a probe of ``PROBE_FRAMES`` zeros."""
   import tensorflow as tf
@@ -136,21 +129,21 @@ def align_records(model_dir: str, data_dir: str, splits: Sequence[str] = (),
   import tensorflow as tf
   from tqdm import tqdm
   from kws_tf import data
-  from kws_tf.training import loop
+  from kws_tf import model_dir as model_dir_lib
 
-  spec, data_meta, parse = loop.model_records(model_dir, data_dir)
-  if spec["task"] != "ctc":
-    raise ValueError(f"{model_dir} holds a {spec['task']} model; alignment needs a ctc model")
+  spec, data_meta, parse = model_dir_lib.model_records(model_dir, data_dir)
+  if spec.task != "ctc":
+    raise ValueError(f"{model_dir} holds a {spec.task} model; alignment needs a ctc model")
   splits = list(splits) or list(data_meta["splits"])
   unknown = [s for s in splits if s not in data_meta["splits"]]
   if unknown:
     raise ValueError(f"{data_dir} has no split {unknown[0]!r} (it has "
                      f"{', '.join(data_meta['splits'])})")
-  fmt = spec["format"]
-  vocabulary = text_lib.Vocabulary(spec["vocabulary"]["symbols"])
-  model = loop.load_trained_model(model_dir, checkpoint)
-  hop = hop_seconds(spec["feature_params"])
-  channels = spec["num_channels"]
+  fmt = spec.format
+  vocabulary = text_lib.Vocabulary(spec.vocabulary["symbols"])
+  model = model_dir_lib.load_trained_model(model_dir, checkpoint)
+  hop = spec.frame_seconds
+  channels = spec.num_channels
   frame_seconds = hop * time_stride(model, channels)
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, channels], tf.float32),

@@ -31,17 +31,6 @@ def teacher_fingerprint(teacher_dir: str, checkpoint_path: str) -> str:
   return digest.hexdigest()
 
 
-def _checkpoint_path(teacher_dir: str, which: str) -> str:
-  import tensorflow as tf
-  if which in ("best", "last"):
-    folder = os.path.join(teacher_dir, "best" if which == "best" else "checkpoints")
-    path = tf.train.latest_checkpoint(folder)
-    if path is None:
-      raise FileNotFoundError(f"no {which} checkpoint in {folder}: train the teacher first")
-    return path
-  return which
-
-
 def guidance_model(teacher, kind: str, up_to: int, with_features: bool):
   """A model with the teacher's inputs and the outputs to store.
 
@@ -140,16 +129,16 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   """Writes guidance shards and metadata.json; returns the metadata."""
   from tqdm import tqdm
   from kws_tf import data
-  from kws_tf.training import loop
+  from kws_tf import model_dir as model_dir_lib
 
-  spec, data_meta, parse = loop.model_records(teacher_dir, data_dir)
-  fmt = spec["format"]
+  spec, data_meta, parse = model_dir_lib.model_records(teacher_dir, data_dir)
+  fmt = spec.format
   splits = list(splits) or list(data_meta["splits"])
   unknown = [s for s in splits if s not in data_meta["splits"]]
   if unknown:
     raise ValueError(f"{data_dir} has no split {unknown[0]!r} (it has "
                      f"{', '.join(data_meta['splits'])})")
-  checkpoint_path = _checkpoint_path(teacher_dir, checkpoint)
+  checkpoint_path = model_dir_lib.checkpoint_path(teacher_dir, checkpoint)
   params = {"kind": kind, "layer": up_to if kind == "hints" else None,
             "features": with_features and kind == "logits", "dtype": dtype,
             "splits": splits, "teacher_fingerprint": teacher_fingerprint(teacher_dir,
@@ -164,7 +153,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                      f"{', '.join(differ)}); use another --out_dir")
   records.write_json(plan_path, params)
 
-  teacher = loop.load_trained_model(teacher_dir, checkpoint_path)
+  teacher = model_dir_lib.load_trained_model(teacher_dir, checkpoint_path)
   model, names = guidance_model(teacher, kind, up_to, with_features)
   compression = data_meta["params"]["compression"]
   todo, total = [], 0
@@ -181,7 +170,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
     for path in todo:
       _write_shard(model, parse, path, os.path.join(out_dir, os.path.basename(path)),
                    compression, compression, names, dtype, batch_size, bar)
-  meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec["task"],
+  meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec.task,
           "frame_seconds": FRAME_SECONDS, "compression": compression,
           "outputs": _shapes(model, names), "data_format": fmt, "teacher_dir": teacher_dir,
           "teacher_checkpoint": checkpoint_path,

@@ -1,4 +1,5 @@
 """data_prep.align: alignment against true word times, boundary errors, the binary end to end."""
+import dataclasses
 import json
 import math
 import os
@@ -14,6 +15,7 @@ import tensorflow as tf
 from conftest import run_module
 from data_prep import alignment, corpora
 from kws_tf import config as config_lib
+from kws_tf import model_dir as model_dir_lib
 from kws_tf import records
 from kws_tf import text as text_lib
 from kws_tf.training import loop
@@ -151,9 +153,10 @@ def test_align_binary_end_to_end(synthetic_corpus, ctc_train_records, tmp_path):
   # its frames: skipped too.
   counts = {c: sum(c in t for t in transcripts.values()) for c in symbols[2:]}
   rare = min(counts, key=lambda c: (counts[c], c))
-  spec = loop.read_model_spec(model_dir)
-  spec["vocabulary"]["symbols"] = [s if s != rare else "#" for s in symbols]
-  records.write_json(os.path.join(model_dir, "model.json"), spec)
+  spec = model_dir_lib.read_spec(model_dir)
+  renamed = [s if s != rare else "#" for s in symbols]
+  model_dir_lib.write_spec(model_dir, dataclasses.replace(
+      spec, vocabulary=dict(spec.vocabulary, symbols=renamed)))
   test_ids = sorted(i for i, u in utterances.items() if u.split == "test")
   too_long = next(i for i in test_ids if rare not in transcripts[i])
   shard = os.path.join(data_dir, "mfcc", meta["splits"]["test"]["shards"][0]["name"])

@@ -214,7 +214,7 @@ def test_reads_float16_bfloat16_float32_and_aliases(tmp_path):
       {"num_mel_bins": MELS, "d_model": D, "encoder_layers": LAYERS,
        "encoder_attention_heads": HEADS, "encoder_ffn_dim": FFN,
        "max_source_positions": POSITIONS})
-  encoder = cw.load_ctranslate2_encoder(directory, name="encoder")
+  encoder = whisper.load_ctranslate2_encoder(directory, name="encoder")
   assert encoder.name == "encoder"
   assert_weights(encoder, values)
   # The encoder runs on any window up to 2 * POSITIONS frames.
@@ -240,7 +240,7 @@ def test_int8_and_int16_weights_are_dequantized_with_their_scales(tmp_path):
   stored[qkv] = ("int16", q)
   stored[qkv + "_scale"] = ("float32", np.array(512.0, np.float32))
   values[qkv] = q.astype(np.float32) / np.float32(512.0)
-  encoder = cw.load_ctranslate2_encoder(write_tiny(tmp_path / "ct2", stored))
+  encoder = whisper.load_ctranslate2_encoder(write_tiny(tmp_path / "ct2", stored))
   np.testing.assert_allclose(encoder.conv1.kernel.numpy(),
                              values["encoder/conv1/weight"].T, rtol=1e-6)
   np.testing.assert_allclose(encoder.blocks[0].fc1.kernel.numpy(),
@@ -256,7 +256,7 @@ def test_unknown_spec_name_revision_and_binary_version_are_refused(tmp_path):
                           ({"version": 7}, "binary version 7")):
     directory = write_tiny(tmp_path / str(len(message)), variables, **kwargs)
     with pytest.raises(cw.CTranslate2FormatError, match=message):
-      cw.load_ctranslate2_encoder(directory)
+      whisper.load_ctranslate2_encoder(directory)
 
 
 def test_missing_unexpected_and_misshapen_variables_are_listed(tmp_path):
@@ -266,7 +266,7 @@ def test_missing_unexpected_and_misshapen_variables_are_listed(tmp_path):
   variables["encoder/layer_0/self_attention/queries_scale"] = ("float32", np.float32(1.0))
   variables["encoder/layer_0/ffn/linear_1/weight"] = ("float32", np.zeros([D, FFN + 1], np.float32))
   with pytest.raises(cw.CTranslate2FormatError) as error:
-    cw.load_ctranslate2_encoder(write_tiny(tmp_path / "ct2", variables))
+    whisper.load_ctranslate2_encoder(write_tiny(tmp_path / "ct2", variables))
   message = str(error.value)
   assert ("missing variables ['encoder/layer_1/ffn/linear_1/bias', "
           "'encoder/layer_norm/gamma']") in message
@@ -289,11 +289,11 @@ def test_truncated_files_unscaled_int8_and_awq_are_refused(tmp_path):
   variables = as_float32_file(tiny_variables())
   variables["encoder/conv2/weight"] = ("int8", np.ones([D, D, 3], np.int8))
   with pytest.raises(cw.CTranslate2FormatError, match="encoder/conv2/weight_scale is missing"):
-    cw.load_ctranslate2_encoder(write_tiny(tmp_path / "unscaled", variables))
+    whisper.load_ctranslate2_encoder(write_tiny(tmp_path / "unscaled", variables))
   variables["encoder/conv2/weight_scale"] = ("float32", np.ones([D], np.float32))
   variables["encoder/conv2/weight_zero"] = ("float32", np.ones([D], np.float32))
   with pytest.raises(cw.CTranslate2FormatError, match="AWQ"):
-    cw.load_ctranslate2_encoder(write_tiny(tmp_path / "awq", variables))
+    whisper.load_ctranslate2_encoder(write_tiny(tmp_path / "awq", variables))
 
 
 def test_checkpoint_dispatch_takes_ctranslate2_and_hugging_face_dirs(tmp_path):

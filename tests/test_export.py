@@ -1,4 +1,5 @@
 """Export: SavedModel and TFLite files with the front end inside, parity, gate, QAT, cards."""
+import dataclasses
 import glob
 import json
 import os
@@ -11,7 +12,8 @@ import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
 from conftest import run_module
-from kws_tf import audio, config as config_lib, features, records
+from kws_tf import audio, config as config_lib
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import quantization
 from kws_tf.export import qat, serving, tflite
 from kws_tf.training import loop
@@ -78,11 +80,11 @@ def _test_waveform(corpus, task):
 
 def _keras_on_features(model_dir, waveform):
   """The Keras model's outputs on features.py features of ``waveform``, normalised."""
-  spec = loop.read_model_spec(model_dir)
-  values = features.from_dict(spec["feature_params"]).compute(waveform).numpy()
-  values = (values - np.array(spec["normalization"]["mean"], np.float32)) / np.array(
-      spec["normalization"]["std"], np.float32)
-  model = loop.load_trained_model(model_dir)
+  spec = model_dir_lib.read_spec(model_dir)
+  values = spec.feature_config.compute(waveform).numpy()
+  values = (values - np.array(spec.normalization["mean"], np.float32)) / np.array(
+      spec.normalization["std"], np.float32)
+  model = model_dir_lib.load_trained_model(model_dir)
   outputs = model({"features": values[np.newaxis], "num_frames": np.array([len(values)])},
                   training=False)
   return {k: v.numpy() for k, v in outputs.items()}
@@ -169,7 +171,7 @@ def test_int8_model_is_integer_with_a_float_front_end(kws_export, kws_model):
   assert card["input"] == {"shape": [1, 16000], "dtype": "float32"}
   interpreter = Interpreter(model_path=os.path.join(out_dir, "model_int8.tflite"))
   dtypes = {t["name"]: t["dtype"] for t in interpreter.get_tensor_details()}
-  model_name = loop.read_model_spec(kws_model)["name"]
+  model_name = model_dir_lib.read_spec(kws_model).name
   # Every weight and activation of the model is int8 (biases int32).
   in_model = {n: d for n, d in dtypes.items() if n.startswith(model_name + "/")}
   assert sum(d == np.int8 for d in in_model.values()) >= 14  # 7 weights, 7 activations
@@ -229,12 +231,19 @@ def test_qat_export_of_a_minimalistic_mobilenet_kws_student(kws_train_records, s
   assert any(t["dtype"] == np.int8 for t in interpreter.get_tensor_details())
 
 
+def _kws_spec(name, params):
+  return model_dir_lib.ModelSpec(
+      name=name, task="kws", role="student", num_channels=39, num_classes=2, projection_dim=0,
+      params=params, format="mfcc", feature_params={"format": "mfcc"}, normalization=None,
+      data_fingerprint="", classes=["a", "negative"])
+
+
 def test_qat_refuses_models_without_support():
-  assert qat.supports_qat({"name": "wav2letter_kws_tiny", "params": {}})
-  assert qat.supports_qat({"name": "mobilenet_v3_small", "params": {"minimalistic": True}})
+  assert qat.supports_qat(_kws_spec("wav2letter_kws_tiny", {}))
+  assert qat.supports_qat(_kws_spec("mobilenet_v3_small", {"minimalistic": True}))
   for name in ("mobilenet_v3_small", "resnet18", "whisper_teacher"):
     with pytest.raises(tflite.ExportError, match=f"QAT is not supported for model '{name}'"):
-      qat.check_supported({"name": name, "params": {}})
+      qat.check_supported(_kws_spec(name, {}))
 
 
 def test_whisper_log_mel_front_end_uses_a_matmul_dft(kws_train_records, synthetic_corpus,
@@ -263,7 +272,7 @@ def test_whisper_log_mel_front_end_uses_a_matmul_dft(kws_train_records, syntheti
   # In the int8 file the DFT's products, and everything up to the normalised
   # features, stay float: the only int8 tensor outside the model is the
   # quantized copy of the features that it reads.
-  model_name = loop.read_model_spec(model_dir)["name"]
+  model_name = model_dir_lib.read_spec(model_dir).name
   front_end = {t["name"]: t["dtype"] for t in Interpreter(
       model_path=os.path.join(out_dir, "model_int8.tflite")).get_tensor_details()
       if not tflite._in_model(t["name"], model_name)}
@@ -281,7 +290,7 @@ def test_export_front_end_switches_to_matmul_only_when_needed():
 @pytest.mark.parametrize("task", ["kws", "ctc"])
 def test_model_cards_have_the_required_keys(task, request):
   out_dir, cards, model_dir = _exported(request, task)
-  spec = loop.read_model_spec(model_dir)
+  spec = model_dir_lib.read_spec(model_dir)
   for name in ("saved_model", "model_float32", "model_dynamic"):
     card = json.load(open(os.path.join(out_dir, name + ".json")))
     assert CARD_KEYS <= set(card), CARD_KEYS - set(card)
@@ -290,15 +299,15 @@ def test_model_cards_have_the_required_keys(task, request):
     assert card["task"] == task and card["sample_rate"] == 16000
     assert card["hop_samples"] == 160 and card["window_samples"] == 512
     assert card["feature_format"] == "mfcc" and card["command"] == "pytest"
-    assert card["parameters"] == loop.load_trained_model(model_dir).count_params()
+    assert card["parameters"] == model_dir_lib.load_trained_model(model_dir).count_params()
     if name != "saved_model":
       assert card["latency_ms_single_thread"] > 0
       assert card["size_bytes"] == os.path.getsize(os.path.join(out_dir, card["file"]))
   if task == "kws":
-    assert card["labels"]["classes"] == spec["classes"] and card["clip_samples"] == 16000
+    assert card["labels"]["classes"] == spec.classes and card["clip_samples"] == 16000
     assert card["input"] == {"shape": [1, 16000], "dtype": "float32"}
   else:
-    assert card["labels"]["vocabulary"] == spec["vocabulary"]["symbols"]
+    assert card["labels"]["vocabulary"] == spec.vocabulary["symbols"]
     assert card["labels"]["blank_index"] == 0 and card["logit_frame_seconds"] == 0.02
     assert card["input"] == {"shape": [1, -1], "dtype": "float32"}
 
@@ -309,14 +318,15 @@ def test_quantized_distilled_weights_are_exported_as_they_are(kws_model, kws_tra
   file must hold exactly those. No batch norm here, so nothing but the mean pooling's
   constant 1 / frames (folded into the classifier by the converter) changes them."""
   bits, bucket_size = 3, 64
-  spec = loop.read_model_spec(kws_model)
-  spec["params"] = dict(spec["params"], batch_norm=False)
-  spec["quantization"] = {"bits": bits, "bucket_size": bucket_size, "stochastic": False,
-                          "keep_first_last_float": False}
+  spec = model_dir_lib.read_spec(kws_model)
+  spec = dataclasses.replace(
+      spec, params=dict(spec.params, batch_norm=False),
+      quantization={"bits": bits, "bucket_size": bucket_size, "stochastic": False,
+                    "keep_first_last_float": False})
   model_dir = tmp_path / "quantized"
   os.makedirs(model_dir / "best")
-  records.write_json(str(model_dir / "model.json"), spec)
-  model = loop.build_model(spec)
+  model_dir_lib.write_spec(str(model_dir), spec)
+  model = model_dir_lib.build_model(spec)
   quantization.post_training_quantize(model, bits, bucket_size)
   tf.train.CheckpointManager(tf.train.Checkpoint(model=model), str(model_dir / "best"),
                              max_to_keep=1).save(checkpoint_number=1)

@@ -13,6 +13,7 @@ from conftest import run_module
 from data_prep import guidance
 from kws_tf import config as config_lib
 from kws_tf import data, records
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import fitnet
 from kws_tf.models import registry
 from kws_tf.training import fitnet_stages, loop
@@ -154,11 +155,11 @@ def test_stage1_reduces_the_hint_loss_and_stage2_starts_from_its_weights(
   assert np.isfinite(results["test"]["hint"])
 
   # The stage-1 model at its initial weights (same seed) against its best weights.
-  spec = loop.read_model_spec(stage1)
+  spec = model_dir_lib.read_spec(stage1)
   keras.utils.set_random_seed(0)
-  initial = fitnet.build_hint_model(loop.build_model(spec), plan)
+  initial = fitnet.build_hint_model(model_dir_lib.build_model(spec), plan)
   before = _hint_error(initial, kws_train_records, hints_dir)
-  student = loop.build_model(spec)
+  student = model_dir_lib.build_model(spec)
   trained = fitnet.build_hint_model(student, plan)
   best = tf.train.latest_checkpoint(os.path.join(stage1, "best"))
   tf.train.Checkpoint(model=trained).restore(best).assert_existing_objects_matched()
@@ -170,7 +171,7 @@ def test_stage1_reduces_the_hint_loss_and_stage2_starts_from_its_weights(
                                                    "optimizer.learning_rate=0"])
   results = fitnet_stages.train(stage2, model_dir, kws_train_records, logits_dir, None)
   assert results["fitnet"]["initialised_from"] == best
-  final = loop.load_trained_model(model_dir, "last")
+  final = model_dir_lib.load_trained_model(model_dir, "last")
   for name in ("conv0", "conv1"):
     np.testing.assert_array_equal(final.get_layer(name).kernel.numpy(),
                                   student.get_layer(name).kernel.numpy())

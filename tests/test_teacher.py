@@ -13,6 +13,7 @@ from conftest import run_module
 from data_prep import guidance
 from kws_tf import config as config_lib
 from kws_tf import data, records
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.models import heads, registry, teacher, whisper
 from kws_tf.training import loop
 
@@ -121,9 +122,9 @@ def test_pretrained_teacher_recipe_feeds_log_mel_as_whisper_computes_it(
       "model.params.hidden_sizes=[32,16]", "data.batch_size=8", "train.steps=2",
       "train.eval_every=2", "train.checkpoint_every=2", "data.validation_fraction=0.3"])
   loop.Trainer(config, model_dir, kws_train_records).run()
-  spec = loop.read_model_spec(model_dir)
-  assert spec["normalization"] is None
-  teacher_model = loop.load_trained_model(model_dir)
+  spec = model_dir_lib.read_spec(model_dir)
+  assert spec.normalization is None
+  teacher_model = model_dir_lib.load_trained_model(model_dir)
   assert isinstance(teacher_model.get_layer("pool"), heads.AttentivePooling)
   assert teacher_model.get_layer("encoder").whisper_config["d_model"] == 32
 
@@ -161,8 +162,8 @@ def test_teacher_training_reports_and_saves_accuracy(kws_teacher_dir):
   results = json.load(open(os.path.join(kws_teacher_dir, "results.json")))
   assert results["role"] == "teacher" and results["test_split"] == "test"
   assert 0.0 <= results["test"]["accuracy"] <= 1.0
-  spec = loop.read_model_spec(kws_teacher_dir)
-  assert spec["format"] == "logmel" and spec["classes"][-1] == "negative"
+  spec = model_dir_lib.read_spec(kws_teacher_dir)
+  assert spec.format == "logmel" and spec.classes[-1] == "negative"
 
 
 def _guidance_records(path, compression="none"):
@@ -180,7 +181,7 @@ def test_logit_guidance_mirrors_the_data_and_matches_the_teacher(kws_teacher_dir
   data_meta = records.load_metadata(kws_train_records)
   assert meta["data_fingerprint"] == data_meta["fingerprint"]
   assert meta["outputs"] == {"logits": {"shape": [10]}, "features": {"shape": [16]}}
-  teacher_model = loop.load_trained_model(kws_teacher_dir)
+  teacher_model = model_dir_lib.load_trained_model(kws_teacher_dir)
   for split in ("train", "test"):
     for path in data.shard_paths(kws_train_records, "logmel", split):
       name = os.path.basename(path)
@@ -260,7 +261,7 @@ def test_quantized_distillation_keeps_quantized_weights_and_resumes_exactly(
   report = results["quantization"]
   assert report["bits"] == 2 and report["compression_ratio"] > 8
   # The best (saved) model holds 2-bit weights: at most 4 levels per bucket of 64.
-  model = loop.load_trained_model(whole)
+  model = model_dir_lib.load_trained_model(whole)
   variables = quantization.quantizable_weights(model)
   assert variables
   for variable in variables:
@@ -272,10 +273,10 @@ def test_quantized_distillation_keeps_quantized_weights_and_resumes_exactly(
   loop.Trainer(config, parts, kws_train_records, kws_guidance).run(stop_after=4)
   loop.Trainer(config, parts, kws_train_records, kws_guidance).run()
   for name in ("last", "best"):
-    for a, b in zip(loop.load_trained_model(whole, name).variables,
-                    loop.load_trained_model(parts, name).variables):
+    for a, b in zip(model_dir_lib.load_trained_model(whole, name).variables,
+                    model_dir_lib.load_trained_model(parts, name).variables):
       np.testing.assert_array_equal(a.numpy(), b.numpy())
-  last = loop.load_trained_model(whole, "last")
+  last = model_dir_lib.load_trained_model(whole, "last")
   assert any(len(np.unique(v.numpy())) > 4 for v in quantization.quantizable_weights(last))
 
 
@@ -331,9 +332,9 @@ def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, 
                          init_from=model_dir).run()
   assert results["initialised_from"].startswith(os.path.join(model_dir, "best"))
   from kws_tf.distill import quantization
-  float_model = loop.load_trained_model(model_dir)
+  float_model = model_dir_lib.load_trained_model(model_dir)
   expected = quantization.post_training_quantize(float_model, 2, 64)
-  got = quantization.quantizable_weights(loop.load_trained_model(tuned_dir))
+  got = quantization.quantizable_weights(model_dir_lib.load_trained_model(tuned_dir))
   assert len(got) == len(expected)
   for a, b in zip(got, expected):
     np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -16,6 +16,7 @@ import tf_keras as keras
 
 from conftest import REPO, run_module
 from kws_tf import config as config_lib
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.training import loop
 
 TINY_KWS = ["model.name=wav2letter_kws_tiny", "data.batch_size=8", "data.eval_batch_size=32",
@@ -45,7 +46,7 @@ def _events(folder):
 
 
 def _weights(model_dir, which="last"):
-  return [v.numpy() for v in loop.load_trained_model(model_dir, which).variables]
+  return [v.numpy() for v in model_dir_lib.load_trained_model(model_dir, which).variables]
 
 
 def test_standard_kws_run_writes_everything(kws_train_records, tmp_path):
@@ -75,7 +76,7 @@ def test_standard_kws_run_writes_everything(kws_train_records, tmp_path):
   assert [step for step, _ in validation["accuracy"]] == [4, 8]
 
   # The model dir alone rebuilds the best model.
-  model = loop.load_trained_model(model_dir)
+  model = model_dir_lib.load_trained_model(model_dir)
   assert model.count_params() == results["parameters"]
 
 

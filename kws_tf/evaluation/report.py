@@ -11,9 +11,9 @@ import sys
 from typing import List
 
 from kws_tf import data, records, text
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import quantization
 from kws_tf.evaluation import metrics, plots, runner
-from kws_tf.training import loop
 
 
 def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
@@ -27,22 +27,20 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
   quantized distillation); the output goes to ``eval/<split>-q<bits>/`` and
   the results hold the size report.
   """
-  spec, metadata, parse = loop.model_records(model_dir, data_dir)
-  fmt = spec["format"]
-  model = loop.load_trained_model(model_dir, checkpoint)
+  spec, metadata, parse = model_dir_lib.model_records(model_dir, data_dir)
+  model = model_dir_lib.load_trained_model(model_dir, checkpoint)
   size = None
   if quantize_bits:
     variables = quantization.post_training_quantize(model, quantize_bits, bucket_size)
     size = {"bits": quantize_bits, "bucket_size": bucket_size, "post_training": True,
             **quantization.model_size_bits(model, variables, quantize_bits, bucket_size)}
-  paths = data.shard_paths(data_dir, fmt, split, metadata)
+  paths = data.shard_paths(data_dir, spec.format, split, metadata)
   dataset = data.records_dataset(paths, metadata["params"]["compression"]).map(parse)
   dataset = dataset.padded_batch(batch_size)
-  vocabulary = text.Vocabulary(spec["vocabulary"]["symbols"]) if spec["task"] == "ctc" else None
-  predictions = runner.predict(model, dataset, spec["task"])
-  results = runner.score(spec["task"], predictions, spec.get("classes", ()), vocabulary,
-                         beam_width)
-  results.update(task=spec["task"], model_dir=model_dir, model=spec["name"], role=spec["role"],
+  vocabulary = text.Vocabulary(spec.vocabulary["symbols"]) if spec.task == "ctc" else None
+  predictions = runner.predict(model, dataset, spec.task)
+  results = runner.score(spec.task, predictions, spec.classes or (), vocabulary, beam_width)
+  results.update(task=spec.task, model_dir=model_dir, model=spec.name, role=spec.role,
                  parameters=int(model.count_params()), split=split, data_dir=data_dir,
                  checkpoint=checkpoint, command=" ".join(sys.argv))
   if size is not None:
@@ -50,20 +48,20 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
   out = os.path.join(model_dir, "eval", f"{split}-q{quantize_bits}" if quantize_bits else split)
   results["output_dir"] = out
   os.makedirs(out, exist_ok=True)
-  if spec["task"] == "kws":
+  if spec.task == "kws":
     report = results["report"]
     table = metrics.format_confusion_matrix(report["confusion_matrix"], report["class_names"])
     with open(os.path.join(out, "confusion.txt"), "w", encoding="utf-8") as f:
       f.write(table + "\n")
     plots.plot_confusion_matrix(report["confusion_matrix"], report["class_names"],
                                 os.path.join(out, "confusion.png"),
-                                title=f"{spec['name']} on {split}")
+                                title=f"{spec.name} on {split}")
     if results["detection"]:
       negative = report["class_names"].index(text.NEGATIVE_LABEL)
       curve = metrics.det_curve(runner.softmax(predictions["logits"]), predictions["labels"],
                                 negative)
       plots.plot_det_curve([(far, frr) for _, far, frr in curve], os.path.join(out, "det.png"),
-                           title=f"{spec['name']} on {split}")
+                           title=f"{spec.name} on {split}")
   records.write_json(os.path.join(out, "results.json"), results)
   return results
 

@@ -2,5 +2,6 @@
 
 ``serving`` builds the waveform-in graph, ``tflite`` converts it, checks parity
 with the Keras model and writes model cards, ``qat`` fine-tunes a student with
-quantization-aware training before its int8 conversion.
+quantization-aware training before its int8 conversion; ``errors`` holds their
+``ExportError``.
 """

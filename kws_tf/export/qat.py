@@ -18,26 +18,26 @@ import tensorflow as tf
 import tf_keras as keras
 
 from kws_tf import data
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import losses
-from kws_tf.export.tflite import ExportError
+from kws_tf.export.errors import ExportError
 from kws_tf.models import heads, wav2letter
-from kws_tf.training import loop
 
 
-def supports_qat(spec: dict) -> bool:
+def supports_qat(spec: model_dir_lib.ModelSpec) -> bool:
   """True for wav2letter students and MobileNetV3 with ``minimalistic=True``."""
-  name = spec["name"]
+  name = spec.name
   if name == "wav2letter" or name in wav2letter.PRESETS:
     return True
-  return name.startswith("mobilenet_v3_") and bool(spec["params"].get("minimalistic"))
+  return name.startswith("mobilenet_v3_") and bool(spec.params.get("minimalistic"))
 
 
-def check_supported(spec: dict) -> None:
+def check_supported(spec: model_dir_lib.ModelSpec) -> None:
   """ExportError unless the model of ``spec`` supports QAT."""
   if not supports_qat(spec):
-    params = f" with params {spec['params']}" if spec["params"] else ""
+    params = f" with params {spec.params}" if spec.params else ""
     raise ExportError(
-        f"QAT is not supported for model {spec['name']!r}{params}: only wav2letter students "
+        f"QAT is not supported for model {spec.name!r}{params}: only wav2letter students "
         "and mobilenet_v3_small / mobilenet_v3_large with minimalistic=true can be fine-tuned "
         "with quantization-aware training; use --formats=int8 (post-training) instead")
 
@@ -45,23 +45,23 @@ def check_supported(spec: dict) -> None:
 def train_batches(model_dir: str, data_dir: str, split: str, batch_size: int,
                   seed: int) -> tf.data.Dataset:
   """Shuffled, repeated, padded batches of ``split``, normalised as the model was trained."""
-  spec, metadata, parse = loop.model_records(model_dir, data_dir)
-  paths = data.shard_paths(data_dir, spec["format"], split, metadata)
+  spec, metadata, parse = model_dir_lib.model_records(model_dir, data_dir)
+  paths = data.shard_paths(data_dir, spec.format, split, metadata)
   ds = data.records_dataset(paths, metadata["params"]["compression"]).map(
       parse, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda x: {k: v for k, v in x.items() if k != "id"})
   return ds.shuffle(1024, seed=seed).repeat().padded_batch(batch_size).prefetch(2)
 
 
-def fine_tune(model: keras.Model, spec: dict, model_dir: str, data_dir: str, split: str,
-              steps: int, learning_rate: float, batch_size: int, seed: int = 0,
+def fine_tune(model: keras.Model, spec: model_dir_lib.ModelSpec, model_dir: str, data_dir: str,
+              split: str, steps: int, learning_rate: float, batch_size: int, seed: int = 0,
               log: Callable = print) -> keras.Model:
   """The QAT copy of ``model`` after ``steps`` Adam steps (module docstring)."""
   check_supported(spec)
   keras.utils.set_random_seed(seed)
   qat_model = heads.quantize_model(model)
   optimizer = keras.optimizers.Adam(learning_rate)
-  task = spec["task"]
+  task = spec.task
   batches = train_batches(model_dir, data_dir, split, batch_size, seed)
 
   @tf.function(input_signature=[batches.element_spec])

@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 from kws_tf import features
+from kws_tf import model_dir as model_dir_lib
 
 SIGNATURE = "serving_default"
 WAVEFORM = "waveform"
@@ -67,21 +68,22 @@ class ServingModule(tf.Module):
 
   Args:
     model: a model of the ``kws_tf.models`` contract.
-    spec: its ``model.json`` (task, feature_params, normalization).
+    spec: its ``ModelSpec`` (task, feature_params, normalization).
     clip_samples: kws: samples of one clip (the fixed input length); ctc: None.
   """
 
-  def __init__(self, model, spec: dict, clip_samples: Optional[int] = None):
+  def __init__(self, model, spec: model_dir_lib.ModelSpec,
+               clip_samples: Optional[int] = None):
     super().__init__(name="serving")
-    if (spec["task"] == "kws") != (clip_samples is not None):
+    if (spec.task == "kws") != (clip_samples is not None):
       raise ValueError("a kws model takes clips of a fixed length (clip_samples), a ctc "
-                       f"model any length (clip_samples None); got task {spec['task']} "
+                       f"model any length (clip_samples None); got task {spec.task} "
                        f"with clip_samples {clip_samples}")
     self.model = model
-    self.task = spec["task"]
-    self.front_end = export_front_end(spec["feature_params"])
+    self.task = spec.task
+    self.front_end = export_front_end(spec.feature_params)
     self.clip_samples = clip_samples
-    norm = spec.get("normalization")
+    norm = spec.normalization
     self._mean = None if norm is None else np.asarray(norm["mean"], np.float32)
     self._inverse_std = None if norm is None else 1.0 / np.asarray(norm["std"], np.float32)
     self.serve = tf.function(

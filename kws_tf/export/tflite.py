@@ -52,10 +52,11 @@ import tensorflow as tf
 from tensorflow.lite.python.convert_phase import ConverterError
 
 from kws_tf import audio, data, inference, records, text
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.evaluation import decoding, metrics
-from kws_tf.export import serving
+from kws_tf.export import qat, serving
+from kws_tf.export.errors import ExportError
 from kws_tf.models import heads
-from kws_tf.training import loop
 
 FORMATS = ("float32", "float16", "dynamic", "int8", "qat")
 # Formats whose accuracy drop against Keras is checked.
@@ -67,10 +68,6 @@ LATENCY_RUNS = 5
 def tflite_path(out_dir: str, kind: str) -> str:
   """``<out_dir>/model_<kind>.tflite``."""
   return os.path.join(out_dir, f"model_{kind}.tflite")
-
-
-class ExportError(RuntimeError):
-  """An export that cannot be made or that failed its accuracy gate."""
 
 
 class Example(NamedTuple):
@@ -113,17 +110,17 @@ def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
   Raises ExportError when the records have no ``raw`` format and no
   ``audio_dir`` is given, or an example's audio cannot be found or read.
   """
-  spec, metadata, parse = loop.model_records(model_dir, data_dir)
+  spec, metadata, parse = model_dir_lib.model_records(model_dir, data_dir)
   compression = metadata["params"]["compression"]
   sample_rate = metadata["params"]["sample_rate"]
-  data.shard_paths(data_dir, spec["format"], split, metadata)  # checks the split
+  data.shard_paths(data_dir, spec.format, split, metadata)  # checks the split
   every = max(1, metadata["splits"][split]["examples"] // max(limit, 1))
 
   def spread(fmt):
     paths = data.shard_paths(data_dir, fmt, split, metadata)
     return data.records_dataset(paths, compression).shard(every, 0).take(limit)
 
-  serialized = spread(spec["format"])
+  serialized = spread(spec.format)
   if "raw" in metadata["formats"]:
     raw_parse = data.make_parser(metadata, "raw", normalize=False)
     # kws raw records hold context around the clip: the model takes the clip.
@@ -143,7 +140,7 @@ def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
         f"{data_dir} holds features but no waveforms (no 'raw' format); the parity check and "
         "int8 calibration need the audio: pass --audio_dir=<the corpus the records were made "
         "from>")
-  kws = spec["task"] == "kws"
+  kws = spec.task == "kws"
   extra_spec = {"utterance": tf.io.FixedLenFeature([], tf.string, b""),
                 "start": tf.io.FixedLenFeature([], tf.float32, 0.0)}
   cache = {}
@@ -322,13 +319,13 @@ def keras_outputs(model, examples: Sequence[Example]) -> List[Dict[str, np.ndarr
   return outputs
 
 
-def score(spec: dict, examples: Sequence[Example], outputs: Sequence[Dict[str, np.ndarray]]
-          ) -> Dict[str, float]:
+def score(spec: model_dir_lib.ModelSpec, examples: Sequence[Example],
+          outputs: Sequence[Dict[str, np.ndarray]]) -> Dict[str, float]:
   """kws: ``accuracy``; ctc: greedy ``cer`` and ``wer``; fractions."""
-  if spec["task"] == "kws":
+  if spec.task == "kws":
     predictions = [int(np.argmax(o["logits"][0])) for o in outputs]
     return {"accuracy": float(np.mean([p == e.label for p, e in zip(predictions, examples)]))}
-  vocabulary = text.Vocabulary(spec["vocabulary"]["symbols"])
+  vocabulary = text.Vocabulary(spec.vocabulary["symbols"])
   references = [vocabulary.decode(e.labels) for e in examples]
   hypotheses = [vocabulary.decode(decoding.greedy_decode(o["logits"], o["logit_frames"])[0])
                 for o in outputs]
@@ -349,21 +346,21 @@ def max_logit_error(reference: Sequence[Dict[str, np.ndarray]],
   return worst
 
 
-def accuracy_drop(spec: dict, keras_metrics: Dict[str, float],
+def accuracy_drop(spec: model_dir_lib.ModelSpec, keras_metrics: Dict[str, float],
                   file_metrics: Dict[str, float]) -> float:
   """Points (percent) lost against Keras: kws accuracy, ctc CER increase."""
-  if spec["task"] == "kws":
+  if spec.task == "kws":
     return 100.0 * (keras_metrics["accuracy"] - file_metrics["accuracy"])
   return 100.0 * (file_metrics["cer"] - keras_metrics["cer"])
 
 
-def parity(spec: dict, runner, examples: Sequence[Example],
+def parity(spec: model_dir_lib.ModelSpec, runner, examples: Sequence[Example],
            reference: Sequence[Dict[str, np.ndarray]], keras_metrics: Dict[str, float]) -> dict:
   """Parity of an exported model (``inference.TFLiteModel`` / ``SavedModel``) with Keras."""
   outputs = [runner(e.waveform) for e in examples]
   file_metrics = score(spec, examples, outputs)
   frames = [(int(r["logit_frames"][0]), int(o["logit_frames"][0]))
-            for r, o in zip(reference, outputs)] if spec["task"] == "ctc" else []
+            for r, o in zip(reference, outputs)] if spec.task == "ctc" else []
   result = {"num_examples": len(examples),
             "max_abs_logit_error": max_logit_error(reference, outputs),
             "keras": keras_metrics, "exported": file_metrics,
@@ -384,49 +381,47 @@ def _tensor(detail: dict) -> dict:
   return out
 
 
-def _labels(spec: dict) -> dict:
-  if spec["task"] == "kws":
-    return {"classes": list(spec["classes"]), "negative": text.NEGATIVE_LABEL}
-  return {"vocabulary": list(spec["vocabulary"]["symbols"]),
-          "blank_index": spec["vocabulary"]["blank_index"]}
+def _labels(spec: model_dir_lib.ModelSpec) -> dict:
+  if spec.task == "kws":
+    return {"classes": list(spec.classes), "negative": text.NEGATIVE_LABEL}
+  return {"vocabulary": list(spec.vocabulary["symbols"]),
+          "blank_index": spec.vocabulary["blank_index"]}
 
 
-def _window(front_end) -> dict:
+def _window(spec: model_dir_lib.ModelSpec, front_end) -> dict:
   """Analysis window and hop of the front end, samples and seconds."""
-  rate = front_end.sample_rate
   window = getattr(front_end, "frame_length", getattr(front_end, "fft_length", 1))
-  hop = getattr(front_end, "frame_step", 1)
-  return {"window_samples": window, "window_seconds": window / rate,
-          "hop_samples": hop, "hop_seconds": hop / rate}
+  return {"window_samples": window, "window_seconds": window / spec.sample_rate,
+          "hop_samples": getattr(front_end, "frame_step", 1), "hop_seconds": spec.frame_seconds}
 
 
-def model_card(spec: dict, name: str, kind: str, path: str, front_end, clip_samples,
-               inputs: dict, outputs: dict, parity_result: dict, parameters: int,
+def model_card(spec: model_dir_lib.ModelSpec, name: str, kind: str, path: str, front_end,
+               clip_samples, inputs: dict, outputs: dict, parity_result: dict, parameters: int,
                latency_ms: Optional[float], latency_seconds: Optional[float],
                command: str, model_dir: str, checkpoint: str,
                max_accuracy_drop: Optional[float], qat_steps: Optional[int] = None) -> dict:
   """What an app needs to run an exported file, and how it was made and measured."""
   card = {
-      "name": name, "file": os.path.basename(path), "format": kind, "task": spec["task"],
-      "model": spec["name"], "role": spec["role"], "labels": _labels(spec),
-      "sample_rate": front_end.sample_rate, **_window(front_end),
+      "name": name, "file": os.path.basename(path), "format": kind, "task": spec.task,
+      "model": spec.name, "role": spec.role, "labels": _labels(spec),
+      "sample_rate": spec.sample_rate, **_window(spec, front_end),
       "feature_format": front_end.format, "feature_params": front_end.to_dict(),
       "normalization": "per-channel mean/std of the training data, inside the model"
-                       if spec.get("normalization") else None,
+                       if spec.normalization else None,
       "front_end_dtype": "float32",
       "input": inputs, "outputs": outputs,
       "parity": parity_result, "size_bytes": _size(path), "parameters": parameters,
       "latency_ms_single_thread": latency_ms, "latency_audio_seconds": latency_seconds,
       "latency_runs": LATENCY_RUNS if latency_ms is not None else None,
       "model_dir": os.path.abspath(model_dir), "checkpoint": checkpoint,
-      "data_fingerprint": spec.get("data_fingerprint"),
-      "weight_quantization": spec.get("quantization"), "command": command,
+      "data_fingerprint": spec.data_fingerprint,
+      "weight_quantization": spec.quantization, "command": command,
   }
-  if spec["task"] == "kws":
+  if spec.task == "kws":
     card["clip_samples"] = clip_samples
-    card["clip_seconds"] = clip_samples / front_end.sample_rate
+    card["clip_seconds"] = clip_samples / spec.sample_rate
   else:
-    card["logit_frame_seconds"] = heads.CTC_TIME_STRIDE * _window(front_end)["hop_seconds"]
+    card["logit_frame_seconds"] = heads.CTC_TIME_STRIDE * spec.frame_seconds
   if kind in GATED_FORMATS:
     card["accuracy_gate"] = {"max_drop_points": max_accuracy_drop,
                              "passed": parity_result["drop_points"] <= max_accuracy_drop}
@@ -537,16 +532,15 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   does not support it, no waveforms) before writing anything, and after
   writing everything when an int8 / qat file failed the accuracy gate.
   """
-  from kws_tf.export import qat
   unknown = [f for f in config.formats if f not in FORMATS]
   if unknown:
     raise ExportError(f"unknown formats {unknown}; choose from {', '.join(FORMATS)}")
-  spec = loop.read_model_spec(model_dir)
+  spec = model_dir_lib.read_spec(model_dir)
   if "qat" in config.formats:
     qat.check_supported(spec)
   metadata = records.load_metadata(data_dir)
-  clip = serving.clip_samples(metadata) if spec["task"] == "kws" else None
-  model = loop.load_trained_model(model_dir, config.checkpoint)
+  clip = serving.clip_samples(metadata) if spec.task == "kws" else None
+  model = model_dir_lib.load_trained_model(model_dir, config.checkpoint)
   examples = load_examples(model_dir, data_dir, config.split, config.num_parity,
                            config.audio_dir)
   calibration = None
@@ -595,7 +589,7 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
       except ConverterError as e:
         first = next((line for line in str(e).splitlines() if "error" in line), str(e))
         raise ExportError(f"the TFLite converter failed on the {kind} file of model "
-                          f"{spec['name']!r}: {first.strip()}") from e
+                          f"{spec.name!r}: {first.strip()}") from e
       _write_atomically(path, content)
       runner = inference.TFLiteModel(path)
       result = check(runner)
@@ -606,7 +600,7 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
           inputs=_tensor(runner.input_detail),
           outputs={k: _tensor(v) for k, v in runner.output_details.items()},
           parity_result=result, latency_ms=latency,
-          latency_seconds=len(examples[0].waveform) / module.front_end.sample_rate,
+          latency_seconds=len(examples[0].waveform) / spec.sample_rate,
           qat_steps=config.qat_steps if kind == "qat" else None, **card_fields)
       write_card(os.path.splitext(path)[0], card)
       log(f"{path}: {card['size_bytes']:,} bytes, max |logit error| "

@@ -1,11 +1,12 @@
-"""CTranslate2 Whisper model directories (faster-whisper's format) as Keras encoders.
+"""CTranslate2 Whisper model directories (faster-whisper's format): the encoder's weights.
 
 A CTranslate2 Whisper directory holds ``model.bin`` (every weight), a
 ``config.json`` (decoding settings only: suppressed tokens, language ids,
 alignment heads; no sizes) and vocabulary / tokenizer files. This module reads
 ``model.bin`` with numpy alone (``ctranslate2`` is not needed at run time),
-takes the encoder's variables, converts them to float32 and sets them into the
-Keras port ``kws_tf.models.whisper.WhisperEncoder``.
+takes the encoder's variables and converts them to float32 arrays under
+Hugging Face names; ``kws_tf.models.whisper.load_ctranslate2_encoder`` sets
+them into the Keras port ``WhisperEncoder``.
 
 ``model.bin`` layout, as CTranslate2's writer (``ModelSpec._serialize`` in
 ``ctranslate2/specs/model_spec.py``) and reader (``Model::load`` in
@@ -492,32 +493,6 @@ def _is_quantized(model: ModelBin, scale_name: str) -> bool:
       model.info(base).dtype in ("int8", "int16")
 
 
-def load_ctranslate2_encoder(model_dir: PathLike, mask_padding: bool = False,
-                             **kwargs) -> "whisper.WhisperEncoder":  # noqa: F821
-  """The encoder of a CTranslate2 Whisper directory, as a built Keras layer.
-
-  Args:
-    model_dir: a directory with a CTranslate2 ``model.bin`` of spec
-      ``WhisperSpec`` (e.g. a faster-whisper model, or
-      ``kws-get-whisper-base``'s output).
-    mask_padding: see ``whisper.WhisperEncoder``.
-    kwargs: go to the layer (e.g. ``name``).
-
-  Raises:
-    FileNotFoundError: no ``model.bin``.
-    CTranslate2FormatError (a ValueError): see ``read_model_bin`` and
-      ``encoder_tensors``.
-  """
-  from kws_tf.models import whisper
-
-  model = read_model_bin(model_dir)
-  config = config_from_model(model)
-  tensors = encoder_tensors(model, config)
-  encoder = whisper.random_encoder(config, mask_padding=mask_padding, **kwargs)
-  whisper._set_weights(encoder, tensors)  # pylint: disable=protected-access
-  return encoder
-
-
 def summary(model: ModelBin) -> Dict[str, Any]:
   """Counts of a model for checks and logs: variables, aliases, dtypes, parameters."""
   dtypes: Dict[str, int] = {}
@@ -532,6 +507,5 @@ def summary(model: ModelBin) -> Dict[str, Any]:
 
 __all__: Sequence[str] = (
     "CTranslate2FormatError", "ModelBin", "VariableInfo", "config_from_model",
-    "ctranslate2_config", "encoder_tensors", "is_ctranslate2_dir",
-    "load_ctranslate2_encoder", "read_model_bin",
+    "ctranslate2_config", "encoder_tensors", "is_ctranslate2_dir", "read_model_bin",
     "summary", "to_float32")

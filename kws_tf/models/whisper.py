@@ -440,8 +440,7 @@ def load_encoder(checkpoint_dir: Union[str, os.PathLike],
       (read with numpy, no torch) or ``pytorch_model.bin`` (read with
       ``torch.load(weights_only=True)``), or their sharded ``*.index.json``
       forms; safetensors are preferred when both exist. Or a CTranslate2
-      Whisper directory (``model.bin``), read by
-      ``ctranslate2_whisper.load_ctranslate2_encoder``.
+      Whisper directory (``model.bin``), read by ``load_ctranslate2_encoder``.
     mask_padding: see ``WhisperEncoder``.
     kwargs: go to the layer (e.g. ``name``).
 
@@ -453,10 +452,32 @@ def load_encoder(checkpoint_dir: Union[str, os.PathLike],
   """
   checkpoint_dir = os.fspath(checkpoint_dir)
   if ctranslate2_whisper.is_ctranslate2_dir(checkpoint_dir):
-    return ctranslate2_whisper.load_ctranslate2_encoder(
-        checkpoint_dir, mask_padding=mask_padding, **kwargs)
+    return load_ctranslate2_encoder(checkpoint_dir, mask_padding=mask_padding, **kwargs)
   encoder = random_encoder(checkpoint_dir, mask_padding=mask_padding, **kwargs)
   _set_weights(encoder, _read_tensors(checkpoint_dir))
+  return encoder
+
+
+def load_ctranslate2_encoder(model_dir: Union[str, os.PathLike], mask_padding: bool = False,
+                             **kwargs) -> WhisperEncoder:
+  """The encoder of a CTranslate2 Whisper directory, weights set.
+
+  Args:
+    model_dir: a directory with a CTranslate2 ``model.bin`` of spec
+      ``WhisperSpec`` (e.g. a faster-whisper model, or
+      ``kws-get-whisper-base``'s output).
+    mask_padding: see ``WhisperEncoder``.
+    kwargs: go to the layer (e.g. ``name``).
+
+  Raises:
+    FileNotFoundError: no ``model.bin``.
+    CTranslate2FormatError (a ValueError): see
+      ``ctranslate2_whisper.read_model_bin`` and ``encoder_tensors``.
+  """
+  model = ctranslate2_whisper.read_model_bin(model_dir)
+  config = ctranslate2_whisper.config_from_model(model)
+  encoder = random_encoder(config, mask_padding=mask_padding, **kwargs)
+  _set_weights(encoder, ctranslate2_whisper.encoder_tensors(model, config))
   return encoder
 
 

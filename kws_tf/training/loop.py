@@ -34,6 +34,7 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
 Model dir layout::
 
   config.yaml      the resolved config (a different config is refused)
+  model.json       what the model takes and gives (``kws_tf.model_dir.ModelSpec``)
   checkpoints/     ckpt-<step>.*  (full training state)
   best/            ckpt-<step>.*  (model only) + best.json
   tensorboard/     train/, validation/
@@ -55,9 +56,9 @@ from tqdm import tqdm
 
 from kws_tf import config as config_lib
 from kws_tf import data, records, text
+from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import fitnet, losses, quantization
 from kws_tf.evaluation import runner
-from kws_tf.models import registry
 from kws_tf.training import schedules
 
 
@@ -190,6 +191,7 @@ class Trainer:
       self.class_names = []
       self.vocabulary = text.Vocabulary(self.metadata["vocabulary"]["symbols"])
       self.num_classes = len(self.vocabulary)
+    self.spec = self._model_spec()
 
   # ---------------------------------------------------------------- set-up
   def _prepare_model_dir(self) -> None:
@@ -213,33 +215,24 @@ class Trainer:
     with open(tmp, "w", encoding="utf-8") as f:
       f.write(resolved)
     os.replace(tmp, path)
-    records.write_json(os.path.join(self.model_dir, "model.json"), self.model_spec())
+    model_dir_lib.write_spec(self.model_dir, self.spec)
 
-  def model_spec(self) -> dict:
-    """What the model takes and gives: rebuilds it and its front end.
-
-    Keys: name, task, role, num_channels, num_classes, projection_dim, params,
-    format, feature_params (``kws_tf.features`` config of the input),
-    normalization (per-channel mean / std applied to the features, or None:
-    features as stored), classes
-    (kws) or vocabulary (ctc), data_fingerprint.
-    """
+  def _model_spec(self) -> model_dir_lib.ModelSpec:
+    """The spec of the model this run trains, on ``config.data.format`` records."""
     cfg, fmt = self.config, self.config.data.format
-    spec = {"name": cfg.model.name, "task": cfg.task, "role": cfg.role,
-            "num_channels": self.metadata["formats"][fmt]["num_channels"],
-            "num_classes": self.num_classes, "projection_dim": cfg.model.projection_dim,
-            "params": dict(cfg.model.params), "format": fmt,
-            "feature_params": self.metadata["formats"][fmt]["params"],
-            "normalization": (self.metadata["normalization"].get(fmt)
-                              if cfg.data.normalize else None),
-            "data_fingerprint": self.metadata["fingerprint"]}
-    if cfg.mode == "quantized_distill":
-      spec["quantization"] = dataclasses.asdict(cfg.quantization)
-    if cfg.task == "kws":
-      spec["classes"] = self.class_names
-    else:
-      spec["vocabulary"] = self.metadata["vocabulary"]
-    return spec
+    kws = cfg.task == "kws"
+    return model_dir_lib.ModelSpec(
+        name=cfg.model.name, task=cfg.task, role=cfg.role,
+        num_channels=self.metadata["formats"][fmt]["num_channels"],
+        num_classes=self.num_classes, projection_dim=cfg.model.projection_dim,
+        params=dict(cfg.model.params), format=fmt,
+        feature_params=self.metadata["formats"][fmt]["params"],
+        normalization=self.metadata["normalization"].get(fmt) if cfg.data.normalize else None,
+        data_fingerprint=self.metadata["fingerprint"],
+        classes=self.class_names if kws else None,
+        vocabulary=None if kws else self.metadata["vocabulary"],
+        quantization=(dataclasses.asdict(cfg.quantization)
+                      if cfg.mode == "quantized_distill" else None))
 
   def _set_up_runtime(self) -> None:
     train = self.config.train
@@ -428,7 +421,7 @@ class Trainer:
     self._fitnet = None
     self._hint_sums = None  # _hint_error's tf.function
     with self._strategy.scope():
-      self.model = build_model(self.model_spec())
+      self.model = model_dir_lib.build_model(self.spec)
       if self._hint_stage:
         self.model = self._hint_model(self.model)
       self.optimizer = self._build_optimizer()
@@ -442,9 +435,8 @@ class Trainer:
     self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_evals")
     self.stopped = tf.Variable(False, trainable=False, name="stopped_early")
     # Build the model's random layers, so their generators exist to checkpoint.
-    channels = self.metadata["formats"][cfg.data.format]["num_channels"]
-    self.model({"features": tf.zeros([1, 8, channels]), "num_frames": tf.constant([8])},
-               training=False)
+    self.model({"features": tf.zeros([1, 8, self.spec.num_channels]),
+                "num_frames": tf.constant([8])}, training=False)
     self._quantizer = self._rounder = None
     if cfg.mode == "quantized_distill":
       q = cfg.quantization
@@ -633,9 +625,8 @@ class Trainer:
     """Stage 1's model over ``student``; writes its plan to ``fitnet.json``."""
     try:
       hints = fitnet.hint_metadata(self.guidance_dir)
-      params = self.metadata["formats"][self.config.data.format]["params"]
       self._fitnet = fitnet.plan(student, self.config.fitnet.guided_layer,
-                                 params["frame_step"] / params["sample_rate"], hints)
+                                 self.spec.frame_seconds, hints)
       model = fitnet.build_hint_model(student, self._fitnet)
     except fitnet.FitNetError as e:
       raise TrainingError(str(e)) from None
@@ -675,16 +666,15 @@ class Trainer:
     written to ``<model_dir>/initialised_from.json`` (and results.json).
     """
     try:
-      other = read_model_spec(self.init_from)
+      other = model_dir_lib.read_spec(self.init_from)
     except FileNotFoundError:
       raise TrainingError(f"cannot start from {self.init_from}: it has no model.json "
                           "(not a kws-train model dir)") from None
-    mine = self.model_spec()
     keys = ("name", "task", "params", "num_channels", "num_classes", "projection_dim", "format",
             "feature_params", "normalization")
-    differ = [k for k in keys if other.get(k) != mine.get(k)]
+    differ = [k for k in keys if getattr(other, k) != getattr(self.spec, k)]
     if differ:
-      values = "; ".join(f"{other.get(k)} vs {mine.get(k)}" for k in differ)
+      values = "; ".join(f"{getattr(other, k)} vs {getattr(self.spec, k)}" for k in differ)
       raise TrainingError(f"cannot start from {self.init_from}: its model differs in "
                           f"{', '.join(differ)} ({values})")
     best = tf.train.latest_checkpoint(os.path.join(self.init_from, "best"))
@@ -730,63 +720,3 @@ def _differences(old, new, prefix: str = "") -> List[str]:
     elif a != b:
       out.append(f"{prefix}{key}")
   return out
-
-
-def build_model(spec: dict) -> keras.Model:
-  """A freshly initialised model from a model spec (see ``Trainer.model_spec``)."""
-  return registry.build(spec["name"], task=spec["task"], num_channels=spec["num_channels"],
-                        num_classes=spec["num_classes"], projection_dim=spec["projection_dim"],
-                        **spec["params"])
-
-
-def load_trained_model(model_dir: str, checkpoint: str = "best") -> keras.Model:
-  """Rebuilds the model of a model dir from its ``model.json`` and restores weights.
-
-  ``checkpoint`` is ``best`` (the best validation weights), ``last`` (the
-  latest training checkpoint) or a checkpoint path prefix.
-  """
-  model = build_model(read_model_spec(model_dir))
-  if checkpoint in ("best", "last"):
-    folder = os.path.join(model_dir, "best" if checkpoint == "best" else "checkpoints")
-    path = tf.train.latest_checkpoint(folder)
-    if path is None:
-      raise FileNotFoundError(f"no {checkpoint} checkpoint in {folder}")
-  else:
-    path = checkpoint
-  tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
-  return model
-
-
-def read_model_spec(model_dir: str) -> dict:
-  """``<model_dir>/model.json``: what a trained model takes and gives (see Trainer)."""
-  path = os.path.join(model_dir, "model.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: is {model_dir} a kws_tf model dir?")
-  return records.read_json(path)
-
-
-def model_records(model_dir: str, data_dir: str):
-  """``(spec, metadata, parse)`` for running a trained model over ``data_dir``'s records.
-
-  Checks that the records are of the model's task and hold its feature format
-  made with the same parameters (ValueError naming both otherwise); ``parse``
-  reads one record of that format and normalises it with the statistics the
-  model was trained with (from ``model.json``), not the records' own.
-  """
-  spec = read_model_spec(model_dir)
-  metadata = records.load_metadata(data_dir)
-  if metadata["task"] != spec["task"]:
-    raise ValueError(f"{model_dir} is a {spec['task']} model but {data_dir} holds "
-                     f"{metadata['task']} records")
-  fmt = spec["format"]
-  if fmt not in metadata["formats"]:
-    raise ValueError(f"{model_dir} reads {fmt!r} features, which {data_dir} does not have "
-                     f"(it has {', '.join(metadata['formats'])})")
-  if metadata["formats"][fmt]["params"] != spec["feature_params"]:
-    raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
-                     f"those {model_dir} was trained on: {metadata['formats'][fmt]['params']} "
-                     f"vs {spec['feature_params']}")
-  model_meta = dict(metadata, normalization={fmt: spec["normalization"]})
-  parse = data.make_parser(model_meta, fmt, normalize=spec["normalization"] is not None)
-  return spec, metadata, parse
-

@@ -1,0 +1,204 @@
+"""A trained model dir: what its model takes and gives, and its weights.
+
+``kws-train`` writes, among the files of ``kws_tf.training.loop``'s layout::
+
+  model.json     the ``ModelSpec``: rebuilds the model and its front end
+  best/          ckpt-<step>.* of the best validation weights (model only)
+  checkpoints/   ckpt-<step>.* of the full training state
+
+Every stage that runs a trained model (guidance, alignment, evaluation,
+export) reads the dir through ``read_spec``, ``load_trained_model`` and
+``model_records``.
+"""
+import copy
+import dataclasses
+import os
+from typing import Any, Dict, List, Mapping, Optional
+
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+import tensorflow as tf
+import tf_keras as keras
+
+from kws_tf import data, features, records
+from kws_tf.models import registry
+
+SPEC_FILE = "model.json"
+# Checkpoint name -> folder of the model dir that holds it.
+CHECKPOINT_FOLDERS = {"best": "best", "last": "checkpoints"}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+  """What a trained model takes and gives (the keys of ``model.json``).
+
+  Fields:
+    name, params: the ``kws_tf.models.registry`` name and its keyword arguments.
+    task: "kws" or "ctc". role: "teacher" or "student".
+    num_channels: channels of the input features ``[batch, frames, num_channels]``.
+    num_classes: size of the logits' last axis (kws classes, ctc vocabulary).
+    projection_dim: size of the feature-projector output (0: none).
+    format: the records' feature format the model reads.
+    feature_params: the ``kws_tf.features`` config dict of that format.
+    normalization: per-channel ``{"mean": [num_channels], "std": [num_channels]}``
+      applied to the features, or None (features as stored).
+    data_fingerprint: fingerprint of the records the model was trained on.
+    classes: kws class names by label index; None for ctc.
+    vocabulary: ctc ``{"blank_index", "symbols"}`` of the records; None for kws.
+    quantization: the weight quantization of quantized distillation
+      (``config.QuantizationConfig`` fields), or None.
+  """
+  name: str
+  task: str
+  role: str
+  num_channels: int
+  num_classes: int
+  projection_dim: int
+  params: Dict[str, Any]
+  format: str
+  feature_params: Dict[str, Any]
+  normalization: Optional[Dict[str, List[float]]]
+  data_fingerprint: str
+  classes: Optional[List[str]] = None
+  vocabulary: Optional[Dict[str, Any]] = None
+  quantization: Optional[Dict[str, Any]] = None
+
+  def __post_init__(self):
+    if self.task not in ("kws", "ctc"):
+      raise ValueError(f"unknown task {self.task!r}, expected kws or ctc")
+    labels = "classes" if self.task == "kws" else "vocabulary"
+    if getattr(self, labels) is None:
+      raise ValueError(f"a {self.task} model spec needs {labels}")
+
+  @classmethod
+  def from_json(cls, spec: Mapping[str, Any]) -> "ModelSpec":
+    """The spec of a ``model.json`` dict; ValueError naming missing or unknown keys."""
+    fields = dataclasses.fields(cls)
+    required = {f.name for f in fields if f.default is dataclasses.MISSING}
+    missing = sorted(required - set(spec))
+    unknown = sorted(set(spec) - {f.name for f in fields})
+    if missing or unknown:
+      problems = [f"{what} keys {keys}" for what, keys in (("missing", missing),
+                                                             ("unknown", unknown)) if keys]
+      raise ValueError(f"not a model spec: {', '.join(problems)}")
+    return cls(**copy.deepcopy(dict(spec)))
+
+  def to_json(self) -> Dict[str, Any]:
+    """The ``model.json`` dict: every field, the optional ones only when set."""
+    out = dataclasses.asdict(self)
+    for key in ("classes", "vocabulary", "quantization"):
+      if out[key] is None:
+        del out[key]
+    return out
+
+  @property
+  def feature_config(self):
+    """The ``kws_tf.features`` config of the input (``feature_params``)."""
+    return features.from_dict(self.feature_params)
+
+  @property
+  def sample_rate(self) -> int:
+    """Samples per second of the waveform the front end takes."""
+    return self.feature_config.sample_rate
+
+  @property
+  def frame_seconds(self) -> float:
+    """Seconds between two input frames: the front end's hop (raw: one sample)."""
+    config = self.feature_config
+    return getattr(config, "frame_step", 1) / config.sample_rate
+
+  @property
+  def clip_samples(self) -> Optional[int]:
+    """Samples every waveform is padded or trimmed to by the front end
+    (logmel ``pad_to_seconds``); None when it takes any length."""
+    return getattr(self.feature_config, "padded_samples", None)
+
+  @property
+  def clip_seconds(self) -> Optional[float]:
+    """``clip_samples`` in seconds, or None."""
+    samples = self.clip_samples
+    return None if samples is None else samples / self.sample_rate
+
+
+def spec_path(model_dir: str) -> str:
+  """``<model_dir>/model.json``."""
+  return os.path.join(model_dir, SPEC_FILE)
+
+
+def read_spec(model_dir: str) -> ModelSpec:
+  """The ``ModelSpec`` of ``<model_dir>/model.json``.
+
+  FileNotFoundError when the file is missing, ValueError naming it when it
+  is not a model spec.
+  """
+  path = spec_path(model_dir)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: is {model_dir} a kws_tf model dir?")
+  try:
+    return ModelSpec.from_json(records.read_json(path))
+  except ValueError as e:
+    raise ValueError(f"{path}: {e}") from None
+
+
+def write_spec(model_dir: str, spec: ModelSpec) -> None:
+  """Writes ``<model_dir>/model.json`` atomically."""
+  records.write_json(spec_path(model_dir), spec.to_json())
+
+
+def build_model(spec: ModelSpec) -> keras.Model:
+  """A freshly initialised model of ``spec``."""
+  return registry.build(spec.name, task=spec.task, num_channels=spec.num_channels,
+                        num_classes=spec.num_classes, projection_dim=spec.projection_dim,
+                        **spec.params)
+
+
+def checkpoint_path(model_dir: str, checkpoint: str = "best") -> str:
+  """The checkpoint prefix that ``checkpoint`` names.
+
+  ``checkpoint`` is ``best`` (the latest in ``best/``: the best validation
+  weights), ``last`` (the latest in ``checkpoints/``) or a checkpoint path
+  prefix, returned as it is. FileNotFoundError naming the folder when it
+  holds no checkpoint.
+  """
+  if checkpoint not in CHECKPOINT_FOLDERS:
+    return checkpoint
+  folder = os.path.join(model_dir, CHECKPOINT_FOLDERS[checkpoint])
+  path = tf.train.latest_checkpoint(folder)
+  if path is None:
+    raise FileNotFoundError(f"no {checkpoint} checkpoint in {folder}: has {model_dir} "
+                            "been trained (and validated) yet?")
+  return path
+
+
+def load_trained_model(model_dir: str, checkpoint: str = "best") -> keras.Model:
+  """The model of ``model_dir`` rebuilt from ``model.json``, with the weights of
+  ``checkpoint`` (see ``checkpoint_path``)."""
+  model = build_model(read_spec(model_dir))
+  path = checkpoint_path(model_dir, checkpoint)
+  tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+  return model
+
+
+def model_records(model_dir: str, data_dir: str):
+  """``(spec, metadata, parse)`` for running a trained model over ``data_dir``'s records.
+
+  Checks that the records are of the model's task and hold its feature format
+  made with the same parameters (ValueError naming both otherwise); ``parse``
+  reads one record of that format and normalises it with the statistics the
+  model was trained with (``spec.normalization``), not the records' own.
+  """
+  spec = read_spec(model_dir)
+  metadata = records.load_metadata(data_dir)
+  if metadata["task"] != spec.task:
+    raise ValueError(f"{model_dir} is a {spec.task} model but {data_dir} holds "
+                     f"{metadata['task']} records")
+  fmt = spec.format
+  if fmt not in metadata["formats"]:
+    raise ValueError(f"{model_dir} reads {fmt!r} features, which {data_dir} does not have "
+                     f"(it has {', '.join(metadata['formats'])})")
+  if metadata["formats"][fmt]["params"] != spec.feature_params:
+    raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
+                     f"those {model_dir} was trained on: {metadata['formats'][fmt]['params']} "
+                     f"vs {spec.feature_params}")
+  model_meta = dict(metadata, normalization={fmt: spec.normalization})
+  parse = data.make_parser(model_meta, fmt, normalize=spec.normalization is not None)
+  return spec, metadata, parse
