@@ -24,6 +24,7 @@ from typing import Dict, List
 
 from absl import app, flags
 
+from kws_tf import inference
 from kws_tf.evaluation import robustness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -74,7 +75,8 @@ def main(argv):
   for path in paths:
     name = os.path.relpath(path)
     print(f"scoring {name}", flush=True)
-    results[name] = robustness.evaluate_file(path, FLAGS.set_dir)
+    results[name] = robustness.evaluate(inference.load_model(path, num_threads=1),
+                                        inference.read_card(path), FLAGS.set_dir)
   windows = results[name]["all"]["windows"]
   print(f"\nRobustness set {FLAGS.set_dir} ({windows} windows, synthetic speech):\n")
   print(table(results, list(SUMMARY_GROUPS)))

@@ -34,7 +34,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from kws_tf import records
+from kws_tf import inference, records
 from kws_tf.evaluation import robustness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -246,14 +246,16 @@ def _robustness(options: Options, cards: Dict[str, dict], timings: Dict[str, flo
   """Each exported kws file on a small robustness set (held-out voices, rates and
   texts under noise, reverberation, telephone and level changes); name -> metrics."""
   set_dir = os.path.join(options.workdir, "robustness")
-  _stage("robustness set", "data_prep.robustness_set", [
-      f"--out_dir={set_dir}", f"--speakers={options.robustness_speakers}",
-      f"--utterances_per_speaker={options.robustness_utterances}", f"--seed={options.seed}",
-      f"--cores={options.cores}"], timings)
+  if not _skip("robustness set", os.path.join(set_dir, robustness.MANIFEST)):
+    _stage("robustness set", "data_prep.robustness_set", [
+        f"--out_dir={set_dir}", f"--speakers={options.robustness_speakers}",
+        f"--utterances_per_speaker={options.robustness_utterances}", f"--seed={options.seed}",
+        f"--cores={options.cores}"], timings)
   out = {}
   for name, card in cards.items():
     path = os.path.join(options.workdir, "export", "kws", name, card["file"])
-    out[name] = robustness.evaluate_file(path, set_dir)
+    out[name] = robustness.evaluate(inference.load_model(path, num_threads=1),
+                                    inference.read_card(path), set_dir)
   return out
 
 

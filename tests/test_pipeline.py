@@ -6,7 +6,8 @@ from conftest import run_module
 from kws_tf import pipeline
 
 TINY = ["--speakers=3", "--test_speakers=1", "--utterances_per_speaker=5", "--teacher=scratch",
-        "--teacher_steps=3", "--student_steps=3", "--num_parity=6", "--cores=2"]
+        "--teacher_steps=3", "--student_steps=3", "--num_parity=6", "--cores=2",
+        "--robustness_speakers=2", "--robustness_utterances=4"]
 
 
 def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
@@ -22,6 +23,12 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
     assert row["file_format"] == ("float32" if name == "teacher" else "int8")
     assert 0.0 <= row["test"] <= 1.0 and row["parity_examples"] == 6
     assert row["latency_ms"] > 0
+    # Every exported file was scored on the robustness set, as shipped.
+    robust = row["robustness"]
+    windows = robust["all"]["windows"]
+    assert windows > 0 and robust["centred"]["windows"] + robust["offset"]["windows"] > windows
+    assert 0.0 <= robust["all"]["keyword_recall"] <= 1.0
+    assert 0.0 <= robust["all"]["false_accepts"] <= 1.0
   # The three students are one architecture; the quantized one kept 4-bit weights.
   assert len({rows[m]["parameters"] for m in pipeline.STUDENT_MODES}) == 1
   card = json.load(open(os.path.join(rows["quantized_distill"]["export_dir"],
@@ -36,7 +43,9 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
   assert rows["standard"]["size_bytes"] <= 300 * 1024
   table = open(os.path.join(workdir, "results.md")).read()
   assert table.count("| kws |") == 4 and table in first.stdout + "\n"
-  for stage in ("teacher (kws)", "student distill (kws)", "export teacher (kws)"):
+  assert "robustness set: keyword recall, false accepts" in table
+  for stage in ("teacher (kws)", "student distill (kws)", "export teacher (kws)",
+                "robustness set"):
     assert f"== {stage}: done" in first.stdout
 
   again = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *TINY)

@@ -12,7 +12,8 @@ exported model runs: raw audio in), and every group of rows gets
 
 Groups: ``all``, ``clean`` (condition clean), ``centred`` and ``offset``
 (keyword placement, with the group's negatives), ``condition=<c>``,
-``noise=<type>`` and ``snr=<dB>``.
+``noise=<type>`` and ``snr=<dB>``. ``evaluate`` runs a loaded exported model
+(``kws_tf.inference.load_model``) with its model card over a whole set.
 """
 import json
 import os
@@ -20,7 +21,7 @@ from typing import Callable, Dict, List, Sequence
 
 import numpy as np
 
-from kws_tf import audio, inference, text
+from kws_tf import audio, text
 
 MANIFEST = "manifest.jsonl"
 _ROW_KEYS = ("path", "label", "placement", "condition")
@@ -103,18 +104,17 @@ def score(rows: Sequence[dict], predicted: Sequence[str]) -> Dict[str, Dict[str,
           for name, indices in groups(rows).items()}
 
 
-def evaluate_file(model_path: str, set_dir: str) -> Dict[str, Dict[str, float]]:
-  """``score`` of an exported kws model (TFLite file or SavedModel folder, with its
-  model card beside it) on the set in ``set_dir``, run as shipped: raw audio in."""
-  card = inference.read_card(model_path)
+def evaluate(model: Callable[[np.ndarray], Dict[str, np.ndarray]], card: dict,
+             set_dir: str) -> Dict[str, Dict[str, float]]:
+  """``score`` of an exported kws model on the set in ``set_dir``, run as shipped (raw
+  audio in). ``model`` is a loaded ``kws_tf.inference`` model, ``card`` its model card."""
   if card.get("task") != "kws":
-    raise ValueError(f"{model_path} is not a kws model (its card says task "
+    raise ValueError(f"{card.get('file')} is not a kws model (its card says task "
                      f"{card.get('task')!r})")
   rows = read_manifest(set_dir)
   windows = load_windows(rows, card["sample_rate"])
   if windows.shape[1] != card["clip_samples"]:
-    raise ValueError(f"the set's windows hold {windows.shape[1]} samples but {model_path} "
-                     f"takes {card['clip_samples']}")
-  model = inference.load_model(model_path, num_threads=1)
+    raise ValueError(f"the set's windows hold {windows.shape[1]} samples but "
+                     f"{card.get('file')} takes {card['clip_samples']}")
   predicted = predict(model, windows, text.keyword_classes(), card["labels"]["classes"])
   return score(rows, predicted)
