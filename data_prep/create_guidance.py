@@ -17,6 +17,14 @@ record. Each record holds:
                       ``--up_to`` (0 = embeddings): ``[frames, d_model]``
   hint_pooled bytes   (--guidance=hints, kws) its mean over the valid frames ``[d_model]``
 
+With ``--views=K`` (kws logits) ``logits`` is ``[K, classes]``: the teacher's
+logits for K augmented views of the clip, made from the raw records (clip
+with context) with the ``augment`` section of ``--augment_recipe`` and the
+seed ``kws_tf.augment.view_seed(id, view, --view_seed)``. A student trained
+with that recipe draws one view per example and step and sees exactly the
+window the teacher saw ("a good teacher is patient and consistent", Beyer et
+al. 2022).
+
 Values are little-endian ``--dtype`` (float32 or float16). ``metadata.json``
 records the kind, layer, dtype, shapes, frame rate, the teacher fingerprint
 (hash of its config and weights) and the data fingerprint, which the joiner
@@ -43,6 +51,14 @@ flags.DEFINE_list("splits", [], "Splits to write (default: every split of the da
 flags.DEFINE_integer("batch_size", 32, "Examples per teacher batch.")
 flags.DEFINE_enum("dtype", "float16", ["float32", "float16"], "Stored value type.")
 flags.DEFINE_string("checkpoint", "best", "Teacher weights: best, last or a checkpoint path.")
+flags.DEFINE_integer("views", 0, "kws logits: the teacher's logits for this many augmented "
+                     "views of every clip (0: the stored clean clip). The student trained "
+                     "with the same augment section then sees exactly these views.")
+flags.DEFINE_string("augment_recipe", None, "With --views: the student's recipe (YAML) "
+                    "whose augment section makes the views.")
+flags.DEFINE_multi_string("override", [], "With --views: key=value overrides of the "
+                          "recipe, as kws-train takes them.")
+flags.DEFINE_integer("view_seed", 0, "With --views: seed of the views.")
 flags.mark_flags_as_required(["teacher_dir", "data_dir", "out_dir"])
 
 
@@ -51,11 +67,20 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)
   from data_prep import guidance
+  from kws_tf import config as config_lib
   try:
+    recipe = None
+    if FLAGS.views:
+      if not FLAGS.augment_recipe:
+        raise ValueError("--views needs --augment_recipe (the student's recipe)")
+      recipe = config_lib.load(FLAGS.augment_recipe, FLAGS.override)
     meta = guidance.create_guidance(
         FLAGS.teacher_dir, FLAGS.data_dir, FLAGS.out_dir, FLAGS.guidance, FLAGS.up_to,
-        FLAGS.features, FLAGS.splits, FLAGS.batch_size, FLAGS.dtype, FLAGS.checkpoint)
-  except (ValueError, FileNotFoundError) as e:
+        FLAGS.features, FLAGS.splits, FLAGS.batch_size, FLAGS.dtype, FLAGS.checkpoint,
+        views=FLAGS.views, augment_config=recipe.augment if recipe else None,
+        view_seed=FLAGS.view_seed,
+        babble_split=recipe.data.train_split if recipe else "train")
+  except (ValueError, FileNotFoundError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
   print(f"guidance ({meta['kind']}, {', '.join(meta['outputs'])}) written to {FLAGS.out_dir}")

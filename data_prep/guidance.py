@@ -122,17 +122,89 @@ def _write_shard(model, parse, data_path: str, out_path: str, data_compression: 
   return len(examples)
 
 
+def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_seed: int,
+                      data_path: str, out_path: str, compression: str, dtype: str,
+                      batch_size: int, bar) -> int:
+  """Writes the teacher's logits ``[views, classes]`` for every record of one raw
+  data shard: view v of a record is its augmented window with seed
+  ``augment.view_seed(id, v, view_seed)``, through the teacher's front end."""
+  import tensorflow as tf
+  from kws_tf import augment, data
+  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
+  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
+
+  samples = int(round((data_meta["params"]["clip_seconds"] +
+                       2 * data_meta["params"]["context_seconds"]) *
+                      data_meta["formats"]["raw"]["params"]["sample_rate"]))
+
+  def choose(x, v):
+    return (tf.ensure_shape(x["features"][:, 0], [samples]),
+            augmenter.draw(augment.view_seed(x["id"], v, view_seed), x["shift_range"], samples))
+
+  def teacher_input(waveforms, choices):
+    values = front_end(augmenter.apply(waveforms, choices))
+    return values, tf.fill(tf.shape(values)[:1], tf.shape(values)[1])
+
+  records_ds = data.records_dataset([data_path], compression).map(parse)
+  ids = [x["id"].numpy() for x in records_ds]
+  windows = records_ds.flat_map(
+      lambda x: tf.data.Dataset.range(views).map(lambda v: (x, v))).map(
+          choose, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).map(teacher_input)
+  logits, frames = [], []
+  for features, num_frames in windows:
+    out = model({"features": features, "num_frames": num_frames}, training=False)
+    logits.append(out["logits"].numpy())
+    frames.append(out["frames"].numpy())
+    bar.update(len(features))
+  if ids:
+    logits = np.concatenate(logits).reshape([len(ids), views, -1])
+    frames = np.concatenate(frames).reshape([len(ids), views])[:, 0]
+  writer = records.ShardWriter(out_path, compression)
+  try:
+    for example_id, values, count in zip(ids, logits, frames):
+      feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id])),
+                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(count)])),
+                 "logits": tf.train.Feature(bytes_list=tf.train.BytesList(value=[
+                     values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()]))}
+      writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
+                   .SerializeToString(deterministic=True))
+  except BaseException:
+    writer.abort()
+    raise
+  writer.commit()
+  return len(ids)
+
+
 def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "logits",
                     up_to: int = -1, with_features: bool = True, splits=(),
                     batch_size: int = 32, dtype: str = "float16",
-                    checkpoint: str = "best") -> dict:
-  """Writes guidance shards and metadata.json; returns the metadata."""
+                    checkpoint: str = "best", views: int = 0, augment_config=None,
+                    view_seed: int = 0, babble_split: str = "train") -> dict:
+  """Writes guidance shards and metadata.json; returns the metadata.
+
+  With ``views`` > 0 (kws logits only) every record gets the teacher's logits
+  for ``views`` augmented views of its clip (``augment_config``, a
+  ``config.AugmentConfig``, applied to the records' raw clips with context),
+  ``[views, classes]``; a student trained with the same augmentation sees
+  exactly those views (``kws_tf.data.make_dataset``). Babble comes from
+  ``babble_split``'s negatives, as in the student's pipeline (its
+  ``data.train_split``).
+  """
+  import dataclasses
   from tqdm import tqdm
   from kws_tf import data
   from kws_tf import model_dir as model_dir_lib
 
   spec, data_meta, parse = model_dir_lib.model_records(teacher_dir, data_dir)
   fmt = spec.format
+  if views < 0:
+    raise ValueError(f"views must be >= 0, got {views}")
+  if views and (kind != "logits" or spec.task != "kws" or augment_config is None):
+    raise ValueError("augmented views (--views) are kws logits guidance, made with a "
+                     "recipe's augment section (--augment_recipe)")
+  if views:
+    data.check_context(data_meta, data_dir)
+    with_features = False
   splits = list(splits) or list(data_meta["splits"])
   unknown = [s for s in splits if s not in data_meta["splits"]]
   if unknown:
@@ -144,6 +216,11 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
             "splits": splits, "teacher_fingerprint": teacher_fingerprint(teacher_dir,
                                                                          checkpoint_path),
             "data_fingerprint": data_meta["fingerprint"]}
+  if views:
+    augment_fields = dataclasses.asdict(augment_config)
+    augment_fields.pop("enabled")
+    params.update(views=views, view_seed=view_seed, augment=augment_fields,
+                  babble_split=babble_split)
   os.makedirs(out_dir, exist_ok=True)
   plan_path = os.path.join(out_dir, PLAN_FILE)
   if os.path.exists(plan_path) and records.read_json(plan_path) != params:
@@ -165,14 +242,27 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
     total += data_meta["splits"][split]["examples"]
   done = sum(len(data_meta["splits"][s]["shards"]) for s in splits) - len(todo)
   print(f"{len(todo)} guidance shards to write ({done} already complete)", flush=True)
-  with tqdm(total=total, unit="ex", desc=f"guidance ({kind})", dynamic_ncols=True) as bar:
-    bar.update(total - sum(_shard_examples(data_meta, p) for p in todo))
+  augmenter = data.make_augmenter(data_dir, augment_config, babble_split) if views else None
+  per_example = views or 1  # the bar counts teacher inputs: views of clips, or clips
+  with tqdm(total=total * per_example, unit="view" if views else "ex",
+            desc=f"guidance ({kind})", dynamic_ncols=True) as bar:
+    bar.update((total - sum(_shard_examples(data_meta, p) for p in todo)) * per_example)
     for path in todo:
-      _write_shard(model, parse, path, os.path.join(out_dir, os.path.basename(path)),
-                   compression, compression, names, dtype, batch_size, bar)
+      out_path = os.path.join(out_dir, os.path.basename(path))
+      if views:
+        raw_path = os.path.join(data_dir, data_meta["formats"]["raw"]["dir"],
+                                os.path.basename(path))
+        _write_view_shard(model, spec, data_meta, augmenter, views, view_seed, raw_path,
+                          out_path, compression, dtype, batch_size, bar)
+      else:
+        _write_shard(model, parse, path, out_path, compression, compression, names, dtype,
+                     batch_size, bar)
+  outputs = _shapes(model, names)
+  if views:
+    outputs = {"logits": {**outputs["logits"], "shape": [views] + outputs["logits"]["shape"]}}
   meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec.task,
           "frame_seconds": FRAME_SECONDS, "compression": compression,
-          "outputs": _shapes(model, names), "data_format": fmt, "teacher_dir": teacher_dir,
+          "outputs": outputs, "data_format": fmt, "teacher_dir": teacher_dir,
           "teacher_checkpoint": checkpoint_path,
           "shards": {s: [shard["name"] for shard in data_meta["splits"][s]["shards"]]
                      for s in splits}}

@@ -29,7 +29,7 @@ exactly: a resumed run draws the same views, and guidance computed for a view
 import glob
 import math
 import os
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -59,28 +59,6 @@ def _chance(seed: tf.Tensor, index: int, probability: float) -> tf.Tensor:
   return _draw(seed, index) < probability
 
 
-def speed(waveform: tf.Tensor, factor: tf.Tensor) -> tf.Tensor:
-  """``waveform [samples]`` played ``factor`` times faster: ``round(samples / factor)``
-  samples by linear interpolation."""
-  size = tf.shape(waveform)[0]
-  length = tf.maximum(tf.cast(tf.round(tf.cast(size, tf.float32) / factor), tf.int32), 1)
-  position = tf.range(length, dtype=tf.float32) * factor
-  left = tf.minimum(tf.cast(tf.floor(position), tf.int32), size - 1)
-  right = tf.minimum(left + 1, size - 1)
-  weight = position - tf.cast(left, tf.float32)
-  return tf.gather(waveform, left) * (1.0 - weight) + tf.gather(waveform, right) * weight
-
-
-def crop(waveform: tf.Tensor, start: tf.Tensor, length: int) -> tf.Tensor:
-  """``length`` samples of ``waveform [samples]`` from ``start`` (may lie outside;
-  zeros there)."""
-  size = tf.shape(waveform)[0]
-  before = tf.maximum(-start, 0)
-  after = tf.maximum(start + length - size, 0)
-  padded = tf.pad(waveform, [[before, after]])
-  return padded[start + before:start + before + length]
-
-
 def synthetic_rir(seed: tf.Tensor, rt60: tf.Tensor, sample_rate: int,
                   max_seconds: float) -> tf.Tensor:
   """A room impulse response ``[round(max_seconds * sample_rate)]``: a unit direct
@@ -98,24 +76,36 @@ def synthetic_rir(seed: tf.Tensor, rt60: tf.Tensor, sample_rate: int,
 
 
 def convolve(signal: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-  """The first ``len(signal)`` samples of ``signal * kernel`` (both 1-D), by FFT."""
-  size = tf.shape(signal)[0]
-  total = size + tf.shape(kernel)[0] - 1
+  """The first ``signal`` samples of ``signal * kernel`` along the last axis, by FFT
+  (``[..., samples]`` and ``[..., taps]``, broadcast over the leading axes)."""
+  size = tf.shape(signal)[-1]
+  total = size + tf.shape(kernel)[-1] - 1
   fft_length = tf.cast(2 ** tf.math.ceil(tf.math.log(tf.cast(total, tf.float32)) /
                                         math.log(2.0)), tf.int32)
-  spectrum = tf.signal.rfft(signal, [fft_length]) * tf.signal.rfft(kernel, [fft_length])
-  return tf.signal.irfft(spectrum, [fft_length])[:size]
+  def padded(x):  # rfft pads only inputs of a static shape
+    pad = tf.concat([tf.zeros([tf.rank(x) - 1, 2], tf.int32),
+                     [[0, fft_length - tf.shape(x)[-1]]]], 0)
+    return tf.pad(x, pad)
+
+  spectrum = tf.signal.rfft(padded(signal)) * tf.signal.rfft(padded(kernel))
+  return tf.signal.irfft(spectrum, [fft_length])[..., :size]
+
+
+def shape_noise(white: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+  """``white [..., samples]`` shaped to the power spectrum ``1 / f^beta`` (``beta``
+  of the leading shape; 0: white, 1: pink, 2: brown), scaled to unit power."""
+  length = tf.shape(white)[-1]
+  spectrum = tf.signal.rfft(white)
+  f = tf.maximum(tf.range(tf.shape(spectrum)[-1], dtype=tf.float32), 1.0)
+  gain = f ** (-tf.expand_dims(tf.cast(beta, tf.float32), -1) / 2.0)
+  shaped = tf.signal.irfft(spectrum * tf.cast(gain, tf.complex64), [length])
+  return shaped / tf.sqrt(tf.reduce_mean(tf.square(shaped), axis=-1, keepdims=True) + 1e-12)
 
 
 def coloured_noise(seed: tf.Tensor, length: int, beta: tf.Tensor) -> tf.Tensor:
   """Unit-power noise ``[length]`` with power spectrum ``1 / f^beta`` (0: white, 1: pink,
   2: brown)."""
-  white = tf.random.stateless_normal([length], seed)
-  spectrum = tf.signal.rfft(white)
-  bins = tf.shape(spectrum)[0]
-  f = tf.maximum(tf.range(bins, dtype=tf.float32), 1.0)
-  shaped = tf.signal.irfft(spectrum * tf.cast(f ** (-beta / 2.0), tf.complex64), [length])
-  return shaped / tf.sqrt(tf.reduce_mean(tf.square(shaped)) + 1e-12)
+  return shape_noise(tf.random.stateless_normal([length], seed), beta)
 
 
 def bank_segment(bank: tf.Tensor, seed: tf.Tensor, length) -> tf.Tensor:
@@ -125,10 +115,10 @@ def bank_segment(bank: tf.Tensor, seed: tf.Tensor, length) -> tf.Tensor:
 
 
 def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
-  """The 300-3400 Hz band of ``waveform [samples]`` through 8-bit mu-law (G.711)."""
-  size = tf.shape(waveform)[0]
+  """The 300-3400 Hz band of ``waveform [..., samples]`` through 8-bit mu-law (G.711)."""
+  size = tf.shape(waveform)[-1]
   spectrum = tf.signal.rfft(waveform)
-  bins = tf.shape(spectrum)[0]
+  bins = tf.shape(spectrum)[-1]
   hertz = tf.range(bins, dtype=tf.float32) * (sample_rate / tf.cast(size, tf.float32))
   band = tf.logical_and(hertz >= _TELEPHONE_BAND_HZ[0], hertz <= _TELEPHONE_BAND_HZ[1])
   narrow = tf.signal.irfft(tf.where(band, spectrum, 0.0), [size])
@@ -138,8 +128,24 @@ def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
   return tf.sign(levels) * (tf.pow(1.0 + _MU, tf.abs(levels)) - 1.0) / _MU
 
 
-def _power(x: tf.Tensor) -> tf.Tensor:
-  return tf.reduce_mean(tf.square(x))
+def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
+  """int64 ``[2]``: the augmentation seed of view ``view`` of the example named
+  ``example_id`` (a string), for guidance of several views (``--views``); the
+  same in the guidance job and in the student's pipeline."""
+  return tf.stack([tf.strings.to_hash_bucket_fast(example_id, 2 ** 62),
+                   tf.cast(seed, tf.int64) * 4096 + tf.cast(view, tf.int64)])
+
+
+def _on_rows(chosen: tf.Tensor, x: tf.Tensor, fn) -> tf.Tensor:
+  """``x [batch, ...]`` with the rows where ``chosen [batch]`` is True replaced by
+  ``fn(those rows, their indices)``; only those rows are computed."""
+  rows = tf.where(chosen)[:, 0]
+  return tf.tensor_scatter_nd_update(x, rows[:, None], fn(tf.gather(x, rows), rows))
+
+
+def _power(x: tf.Tensor, keep: bool = False) -> tf.Tensor:
+  """Mean square over the last axis."""
+  return tf.reduce_mean(tf.square(x), axis=-1, keepdims=keep)
 
 
 class Augmenter:
@@ -178,30 +184,33 @@ class Augmenter:
       weights = [1.0, 0.0, 0.0]
     self._noise_weights = np.log(np.maximum(np.asarray(weights, np.float64), 1e-30))
 
-  def __call__(self, waveform: tf.Tensor, seed: tf.Tensor,
-               shift_range: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """One augmented window.
+  @property
+  def span(self) -> int:
+    """Samples of the augmented stretch: the reverberation lead-in and the window."""
+    return self.lead_in + self.window
+
+  def draw(self, seed: tf.Tensor, shift_range: Optional[tf.Tensor],
+           samples: int) -> Dict[str, tf.Tensor]:
+    """The random choices of one example's view (cheap, per example).
 
     Args:
-      waveform: float32 ``[samples]``, the clip centred in its context.
       seed: int ``[2]``.
       shift_range: float32 ``[2]``, seconds: the lowest and highest window
         offsets from the centred clip that keep the label; None: any.
+      samples: length of the context waveforms.
 
     Returns:
-      float32 ``[window_samples]`` in [-1, 1].
+      a dict of tensors (scalars, the noise ``[span]`` and the impulse
+      response ``[taps]``) that ``apply`` takes, batched.
     """
     c = self.config
     seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64),
                                                    len(_STEPS) * _DRAWS_PER_STEP)
     step = {name: seeds[i * _DRAWS_PER_STEP:(i + 1) * _DRAWS_PER_STEP]
             for i, name in enumerate(_STEPS)}
-    waveform = tf.cast(waveform, tf.float32)
 
     s = step["speed"]
     factor = tf.where(_chance(s, 0, c.speed_prob), _draw(s, 1, c.speed_min, c.speed_max), 1.0)
-    waveform = tf.cond(tf.equal(factor, 1.0), lambda: waveform, lambda: speed(waveform, factor))
-    reference = tf.maximum(_power(waveform), _SILENCE_POWER)
 
     s = step["shift"]
     low, high = -float(c.max_shift_seconds), float(c.max_shift_seconds)
@@ -216,69 +225,118 @@ class Augmenter:
       high = tf.minimum(high, tf.minimum((shift_range[1] - half) / factor + half,
                                          (shift_range[1] + half) / factor - half))
       low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)
+    offset = tf.constant(0, tf.int32)
     if c.max_shift_seconds > 0:
-      seconds = _draw(s, 0) * (high - low) + low
-      offset = tf.cast(tf.round(seconds * self.sample_rate), tf.int32)
-    else:
-      offset = tf.constant(0, tf.int32)
-    start = (tf.shape(waveform)[0] - self.window) // 2 + offset
-    x = crop(waveform, start - self.lead_in, self.window + self.lead_in)
+      offset = tf.cast(tf.round((_draw(s, 0) * (high - low) + low) * self.sample_rate),
+                       tf.int32)
+    # The first sample of the stretch, in samples of the sped-up waveform.
+    stretched = tf.cast(tf.round(tf.cast(samples, tf.float32) / factor), tf.int32)
+    start = (stretched - self.window) // 2 + offset - self.lead_in
 
     s = step["reverb"]
-    x = tf.cond(_chance(s, 0, c.reverb_prob), lambda: self._reverb(x, s), lambda: x)
-
-    s = step["noise"]
-    x = tf.cond(_chance(s, 0, c.noise_prob), lambda: self._add_noise(x, s, reference),
-                lambda: x)
-    x = x[self.lead_in:]
-
-    s = step["telephone"]
-    x = tf.cond(_chance(s, 0, c.telephone_prob),
-                lambda: telephone(x, self.sample_rate), lambda: x)
-
-    s = step["gain"]
-    gain_db = _draw(s, 0, c.gain_db_min, c.gain_db_max) if c.gain_db_max > c.gain_db_min \
-        else tf.constant(c.gain_db_min, tf.float32)
-    x = tf.clip_by_value(x * tf.pow(10.0, gain_db / 20.0), -1.0, 1.0)
-    return tf.ensure_shape(x, [self.window])
-
-  def _reverb(self, x: tf.Tensor, s: tf.Tensor) -> tf.Tensor:
-    c = self.config
-    if self.rirs is not None:
-      index = tf.random.stateless_uniform([], s[1], 0, tf.shape(self.rirs)[0], tf.int32)
-      rir = self.rirs[index]
+    if c.reverb_prob <= 0:
+      rir = tf.zeros([1])
+    elif self.rirs is not None:
+      rir = self.rirs[tf.random.stateless_uniform([], s[1], 0, tf.shape(self.rirs)[0],
+                                                  tf.int32)]
     else:
       rir = synthetic_rir(s[2], _draw(s, 1, c.rt60_min, c.rt60_max), self.sample_rate,
                           c.rt60_max)
-    wet = convolve(x, rir)
-    # Keep the dry signal's level: reverberation is not a gain change.
-    return wet * tf.sqrt((_power(x) + 1e-12) / (_power(wet) + 1e-12))
 
-  def _add_noise(self, x: tf.Tensor, s: tf.Tensor, reference: tf.Tensor) -> tf.Tensor:
+    s = step["noise"]
+    kind = tf.constant(0) if c.noise_prob <= 0 else tf.cast(tf.random.stateless_categorical(
+        tf.constant(self._noise_weights[np.newaxis], tf.float32), 1, s[1])[0, 0], tf.int32)
+    noise = tf.zeros([1]) if c.noise_prob <= 0 else tf.switch_case(kind, [
+        lambda: tf.random.stateless_normal([self.span], s[2]),
+        (lambda: self._babble(s[4])) if self.babble is not None else
+        (lambda: tf.zeros([self.span])),
+        (lambda: bank_segment(self.noise, s[5], self.span)) if self.noise is not None else
+        (lambda: tf.zeros([self.span]))])
+
+    gain_db = tf.constant(float(c.gain_db_min))
+    if c.gain_db_max > c.gain_db_min:
+      gain_db = _draw(step["gain"], 0, c.gain_db_min, c.gain_db_max)
+    return {"factor": factor, "start": start, "reverb": _chance(step["reverb"], 0, c.reverb_prob),
+            "rir": rir, "add_noise": _chance(s, 0, c.noise_prob), "noise_kind": kind,
+            "noise": noise, "beta": _draw(s, 3, 0.0, 2.0),
+            "snr_db": _draw(s, 6, c.snr_db_min, c.snr_db_max),
+            "telephone": _chance(step["telephone"], 0, c.telephone_prob), "gain_db": gain_db}
+
+  def apply(self, waveforms: tf.Tensor, choices: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """The windows of a batch (the signal processing, vectorised).
+
+    Args:
+      waveforms: float32 ``[batch, samples]``, clips centred in their context.
+      choices: ``draw``'s dicts, batched (every tensor with a leading batch axis).
+
+    Returns:
+      float32 ``[batch, window_samples]`` in [-1, 1].
+    """
     c = self.config
-    length = self.window + self.lead_in
-    kind = tf.random.stateless_categorical(
-        tf.constant(self._noise_weights[np.newaxis], tf.float32), 1, s[1])[0, 0]
-    branches = [lambda: coloured_noise(s[2], length, _draw(s, 3, 0.0, 2.0))]
-    if self.babble is not None:
-      branches.append(lambda: self._babble(s[4], length))
-    else:
-      branches.append(branches[0])
-    if self.noise is not None:
-      branches.append(lambda: bank_segment(self.noise, s[5], length))
-    else:
-      branches.append(branches[0])
-    noise = tf.switch_case(tf.cast(kind, tf.int32), branches)
-    snr_db = _draw(s, 6, c.snr_db_min, c.snr_db_max)
-    in_window = tf.maximum(_power(noise[self.lead_in:]), 1e-12)  # the SNR of the window
-    scale = tf.sqrt(reference / (in_window * tf.pow(10.0, snr_db / 10.0)))
-    return x + scale * noise
+    waveforms = tf.cast(waveforms, tf.float32)
+    samples = tf.shape(waveforms)[1]
+    factor = choices["factor"]
+    # Speed and crop in one: stretch sample j is the waveform at (start + j) * factor,
+    # linearly interpolated; zeros outside the waveform.
+    # float64: a float32 position near 30000 samples is only good to 0.002 of a sample.
+    position = (tf.cast(choices["start"][:, None] + tf.range(self.span)[None], tf.float64)
+                * tf.cast(factor, tf.float64)[:, None])
+    left = tf.cast(tf.floor(position), tf.int32)
+    weight = tf.cast(position - tf.floor(position), tf.float32)
+    flat = tf.reshape(waveforms, [-1])
+    row_start = tf.range(tf.shape(waveforms)[0])[:, None] * samples
 
-  def _babble(self, seed: tf.Tensor, length: int) -> tf.Tensor:
+    def take(index):
+      inside = tf.logical_and(index >= 0, index < samples)
+      return tf.where(inside, tf.gather(flat, row_start + tf.clip_by_value(index, 0, samples - 1)),
+                      0.0)
+
+    x = take(left) * (1.0 - weight) + take(left + 1) * weight
+    reference = tf.maximum(tf.reduce_mean(tf.square(waveforms), axis=1), _SILENCE_POWER)
+
+    if c.reverb_prob > 0:
+      def reverberate(dry, rows):
+        wet = convolve(dry, tf.gather(choices["rir"], rows))
+        return wet * tf.sqrt((_power(dry, keep=True) + 1e-12) / (_power(wet, keep=True) + 1e-12))
+      x = _on_rows(choices["reverb"], x, reverberate)
+
+    if c.noise_prob > 0:
+      noise = _on_rows(tf.logical_and(choices["add_noise"], tf.equal(choices["noise_kind"], 0)),
+                       choices["noise"],
+                       lambda white, rows: shape_noise(white, tf.gather(choices["beta"], rows)))
+      in_window = tf.maximum(tf.reduce_mean(tf.square(noise[:, self.lead_in:]), axis=1), 1e-12)
+      scale = tf.sqrt(reference / (in_window * tf.pow(10.0, choices["snr_db"] / 10.0)))
+      x = tf.where(choices["add_noise"][:, None], x + scale[:, None] * noise, x)
+    x = x[:, self.lead_in:]
+
+    if c.telephone_prob > 0:
+      x = _on_rows(choices["telephone"], x, lambda rows_x, _: telephone(rows_x, self.sample_rate))
+    x = x * tf.pow(10.0, choices["gain_db"] / 20.0)[:, None]
+    return tf.ensure_shape(tf.clip_by_value(x, -1.0, 1.0), [None, self.window])
+
+  def __call__(self, waveform: tf.Tensor, seed: tf.Tensor,
+               shift_range: Optional[tf.Tensor] = None) -> tf.Tensor:
+    """One augmented window: ``apply`` of ``draw`` for a single example.
+
+    Args:
+      waveform: float32 ``[samples]``, the clip centred in its context.
+      seed: int ``[2]``.
+      shift_range: float32 ``[2]`` seconds (see ``draw``), or None.
+
+    Returns:
+      float32 ``[window_samples]`` in [-1, 1].
+    """
+    waveform = tf.convert_to_tensor(waveform, tf.float32)
+    samples = waveform.shape[0] if waveform.shape[0] is not None else tf.shape(waveform)[0]
+    choices = self.draw(seed, shift_range, samples)
+    return self.apply(waveform[tf.newaxis],
+                      {k: v[tf.newaxis] for k, v in choices.items()})[0]
+
+  def _babble(self, seed: tf.Tensor) -> tf.Tensor:
     talkers = max(self.config.babble_talkers, 2)
     seeds = tf.random.experimental.stateless_split(seed, talkers + 1)
     count = tf.random.stateless_uniform([], seeds[0], 2, talkers + 1, tf.int32)
-    parts = [bank_segment(self.babble, seeds[i + 1], length) * tf.cast(i < count, tf.float32)
+    parts = [bank_segment(self.babble, seeds[i + 1], self.span) * tf.cast(i < count, tf.float32)
              for i in range(talkers)]
     return tf.add_n(parts)
 

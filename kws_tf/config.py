@@ -331,6 +331,9 @@ class Config:
                         "own log-mel scaling, not standardised features; set "
                         "data.normalize=false (configs/teacher_*_whisper.yaml do)")
     self.augment.validate()
+    if self.augment.enabled and self.mode == "fitnet":
+      raise ConfigError("augment.enabled: FitNet hints are stored for the clean clips; "
+                        "train FitNets without waveform augmentation")
     if self.augment.enabled and self.task != "kws":
       raise ConfigError("augment.enabled is for kws recipes (clips with context); "
                         f"this recipe's task is {self.task}")

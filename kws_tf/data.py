@@ -45,21 +45,27 @@ class SpecAugment:
   time_masks: int = 2
   time_mask_param: int = 10
 
-  def __call__(self, features: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+  def keep(self, seed: tf.Tensor, frames, channels) -> tf.Tensor:
+    """bool ``[frames, channels]``: False where a mask falls."""
     seeds = tf.random.experimental.stateless_split(
         tf.cast(seed, tf.int64), 2 * (self.freq_masks + self.time_masks))
     masks = [(1, self.freq_mask_param)] * self.freq_masks + [(0, self.time_mask_param)] * \
         self.time_masks
+    keep = tf.ones([frames, channels], tf.bool)
     for i, (axis, param) in enumerate(masks):
-      size = tf.shape(features)[axis]
+      size = channels if axis == 1 else frames
       width = tf.random.stateless_uniform([], seeds[2 * i], 0, param + 1, tf.int32)
       width = tf.minimum(width, size)
       start = tf.random.stateless_uniform([], seeds[2 * i + 1], 0, size - width + 1, tf.int32)
       index = tf.range(size)
-      keep = tf.logical_or(index < start, index >= start + width)
-      keep = keep[tf.newaxis, :] if axis == 1 else keep[:, tf.newaxis]
-      features = tf.where(keep, features, tf.zeros_like(features))
-    return features
+      outside = tf.logical_or(index < start, index >= start + width)
+      keep = tf.logical_and(keep, outside[tf.newaxis, :] if axis == 1 else
+                            outside[:, tf.newaxis])
+    return keep
+
+  def __call__(self, features: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    shape = tf.shape(features)
+    return tf.where(self.keep(seed, shape[0], shape[1]), features, tf.zeros_like(features))
 
 
 def shard_paths(records_dir: str, fmt: str, split: str,
@@ -172,7 +178,10 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       False are dropped before shuffling (see ``id_holdout``).
     augmenter: kws training only: read the ``raw`` records (clips with
       context), augment each waveform with its own seed, and compute ``fmt``'s
-      features from the window with the records' front-end parameters.
+      features from the window with the records' front-end parameters. With
+      ``guidance`` of several views (``Guidance.views``), each example takes
+      one of the views at random: the window is the view's
+      (``augment.view_seed``) and ``guidance_logits`` the teacher's logits for it.
   """
   metadata = records.load_metadata(records_dir)
   compression = metadata["params"]["compression"]
@@ -195,22 +204,14 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  if training and (spec_augment is not None or augmenter is not None):
-    # One seed [2] per example for SpecAugment, and one more for the waveform.
-    seeds = tf.data.Dataset.random(seed=seed).batch(2 if augmenter is None else 4)
-    ds = tf.data.Dataset.zip((ds, seeds))
-    if augmenter is not None:
-      front_end = WaveformFrontEnd(metadata, fmt, normalize)
-
-      def augment_example(x, s):
-        shift_range = x.pop("shift_range")
-        return front_end(x, augmenter(x["features"][:, 0], s[2:], shift_range)), s
-
-      ds = ds.map(augment_example, num_parallel_calls=tf.data.AUTOTUNE)
-    if spec_augment is not None:
-      ds = ds.map(lambda x, s: (dict(x, features=spec_augment(x["features"], s[:2])), s),
-                  num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.map(lambda x, s: x)
+  if training and augmenter is not None:
+    return _augmented_batches(ds, metadata, fmt, normalize, augmenter, spec_augment, guidance,
+                              seed, batch_size, drop_remainder).prefetch(tf.data.AUTOTUNE)
+  if training and spec_augment is not None:
+    seeds = tf.data.Dataset.random(seed=seed).batch(2)
+    ds = tf.data.Dataset.zip((ds, seeds)).map(
+        lambda x, s: dict(x, features=spec_augment(x["features"], s)),
+        num_parallel_calls=tf.data.AUTOTUNE)
   if metadata["task"] == "ctc" and bucket:
     max_frames = metadata["splits"][split]["max_frames"][fmt]
     bounds = bucket_boundaries(max_frames)
@@ -220,6 +221,54 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   else:
     ds = ds.padded_batch(batch_size, drop_remainder=drop_remainder)
   return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _augmented_batches(ds: tf.data.Dataset, metadata: dict, fmt: str, normalize: bool,
+                       augmenter: augment.Augmenter, spec_augment: Optional[SpecAugment],
+                       guidance: Optional["Guidance"], seed: Optional[int], batch_size: int,
+                       drop_remainder: bool) -> tf.data.Dataset:
+  """Batches of augmented kws training examples from parsed raw records.
+
+  Per example, the cheap random choices (``Augmenter.draw``; a view of
+  ``guidance`` when it has several; SpecAugment's masks); per batch, the
+  signal processing (``Augmenter.apply``), ``fmt``'s front end and the masks.
+  """
+  front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize)
+  samples = int(round((metadata["params"]["clip_seconds"] +
+                       2 * metadata["params"]["context_seconds"]) *
+                      metadata["formats"]["raw"]["params"]["sample_rate"]))
+  frames = front_end.config.num_frames(augmenter.window)
+  channels = front_end.config.num_channels
+  views = guidance.views if guidance is not None else 0
+
+  def choose(x, s):
+    shift_range = x.pop("shift_range")
+    waveform = tf.ensure_shape(x.pop("features")[:, 0], [samples])
+    x.pop("num_frames")
+    seed = s[2:]
+    if views:
+      view = tf.random.stateless_uniform([], seed, 0, views, tf.int32)
+      seed = augment.view_seed(x["id"], view, guidance.view_seed)
+      x["guidance_logits"] = x["guidance_logits"][view]
+    x["waveform"] = waveform
+    x["choices"] = augmenter.draw(seed, shift_range, samples)
+    if spec_augment is not None:
+      x["keep"] = spec_augment.keep(s[:2], frames, channels)
+    return x
+
+  def process(x):
+    windows = augmenter.apply(x.pop("waveform"), x.pop("choices"))
+    values = front_end(windows)
+    if "keep" in x:
+      values = tf.where(x.pop("keep"), values, 0.0)
+    x["features"] = values
+    x["num_frames"] = tf.fill(tf.shape(windows)[:1], frames)
+    return x
+
+  seeds = tf.data.Dataset.random(seed=seed).batch(4)
+  ds = tf.data.Dataset.zip((ds, seeds)).map(choose, num_parallel_calls=tf.data.AUTOTUNE)
+  return ds.batch(batch_size, drop_remainder=drop_remainder).map(
+      process, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def check_context(metadata: dict, records_dir: str) -> None:
@@ -233,32 +282,42 @@ def check_context(metadata: dict, records_dir: str) -> None:
 
 
 class WaveformFrontEnd:
-  """``fmt``'s features of an augmented window, as the converter computes them.
+  """Features of augmented windows, as the converter computes them.
 
-  Called with a parsed example and its window (float32 ``[samples]``), it
-  returns the example with ``features`` ``[frames, channels]`` (standardised
-  with the records' statistics of ``fmt`` when ``normalize``) and
-  ``num_frames``.
+  Called with windows (float32 ``[batch, samples]``), it returns their
+  features ``[batch, frames, channels]``, standardised with
+  ``normalization``'s per-channel ``mean`` and ``std`` when given.
+
+  Args:
+    feature_params: a ``kws_tf.features`` config as a dict.
+    normalization: ``{"mean": [...], "std": [...]}`` or None.
   """
 
-  def __init__(self, metadata: dict, fmt: str, normalize: bool):
+  def __init__(self, feature_params: dict, normalization: Optional[dict]):
+    self.config = features.from_dict(feature_params)
+    self.mean = self.std = None
+    if normalization is not None:
+      self.mean = tf.constant(normalization["mean"], tf.float32)
+      self.std = tf.constant(normalization["std"], tf.float32)
+
+  @classmethod
+  def of_records(cls, metadata: dict, fmt: str, normalize: bool) -> "WaveformFrontEnd":
+    """The front end of the records' ``fmt``, standardised with their statistics."""
     if fmt not in metadata["formats"]:
       raise ValueError(f"the records have no {fmt!r} format, whose front-end parameters "
                        f"the augmented pipeline needs (they have {sorted(metadata['formats'])})")
-    self.config = features.from_dict(metadata["formats"][fmt]["params"])
-    self.mean = self.std = None
+    stats = None
     if normalize:
       stats = metadata["normalization"].get(fmt)
       if stats is None:
         raise ValueError(f"metadata.json has no normalisation statistics for {fmt!r}")
-      self.mean = tf.constant(stats["mean"], tf.float32)
-      self.std = tf.constant(stats["std"], tf.float32)
+    return cls(metadata["formats"][fmt]["params"], stats)
 
-  def __call__(self, example: Dict[str, tf.Tensor], window: tf.Tensor) -> Dict[str, tf.Tensor]:
-    values = self.config.compute(window[tf.newaxis])[0]
+  def __call__(self, windows: tf.Tensor) -> tf.Tensor:
+    values = self.config.compute(windows)
     if self.mean is not None:
       values = (values - self.mean) / self.std
-    return dict(example, features=values, num_frames=tf.shape(values)[0])
+    return values
 
 
 def babble_bank(records_dir: str, split: str, seconds: float) -> np.ndarray:
@@ -314,6 +373,10 @@ class Guidance:
       contain ``id`` (bytes).
     compression: of the guidance shards (``none|gzip``).
     prefix: added to every guidance key in the joined example.
+    views, view_seed: guidance of several augmented views per example: the
+      logits are ``[views, classes]``, view v made with
+      ``augment.view_seed(id, v, view_seed)`` (0: one clean view).
+    metadata: the guidance folder's metadata.json.
 
   A record whose id differs from the data record's id stops the pipeline with
   an InvalidArgumentError that names both shards and both ids; a guidance
@@ -322,7 +385,8 @@ class Guidance:
 
   def __init__(self, guidance_dir: str, spec: Dict[str, tf.io.FixedLenFeature],
                compression: str = "none", prefix: str = "guidance_",
-               decode: Optional[Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]] = None):
+               decode: Optional[Callable[[Dict[str, tf.Tensor]], Dict[str, tf.Tensor]]] = None,
+               views: int = 0, view_seed: int = 0, metadata: Optional[dict] = None):
     if "id" not in spec:
       raise ValueError("the guidance spec must contain 'id'")
     self.guidance_dir = guidance_dir
@@ -330,6 +394,9 @@ class Guidance:
     self.compression = compression
     self.prefix = prefix
     self.decode = decode
+    self.views = views
+    self.view_seed = view_seed
+    self.metadata = metadata or {}
 
   def guidance_paths(self, data_paths: Sequence[str]) -> List[str]:
     paths = [os.path.join(self.guidance_dir, os.path.basename(p)) for p in data_paths]
@@ -397,7 +464,8 @@ def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
   decodes every output to float32 of its recorded shape, so joined examples
   carry ``guidance_logits`` (kws ``[classes]``, ctc ``[frames, vocabulary]``),
   ``guidance_frames`` and, when written, ``guidance_features``,
-  ``guidance_hint`` ``[frames, d_model]`` or ``guidance_hint_pooled``.
+  ``guidance_hint`` ``[frames, d_model]`` or ``guidance_hint_pooled``; guidance
+  of several views (``--views``) holds ``guidance_logits`` ``[views, classes]``.
   """
   meta_path = os.path.join(guidance_dir, records.METADATA_FILE)
   if not os.path.exists(meta_path):
@@ -421,7 +489,9 @@ def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
       out[name] = tf.reshape(tf.cast(values, tf.float32), shape)
     return out
 
-  return Guidance(guidance_dir, spec, meta["compression"], decode=decode)
+  return Guidance(guidance_dir, spec, meta["compression"], decode=decode,
+                  views=meta.get("views", 0), view_seed=meta.get("view_seed", 0),
+                  metadata=meta)
 
 
 def make_augmenter(records_dir: str, config, split: str) -> augment.Augmenter:

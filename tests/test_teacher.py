@@ -12,7 +12,7 @@ from transformers import WhisperConfig, WhisperForConditionalGeneration
 from conftest import run_module
 from data_prep import guidance
 from kws_tf import config as config_lib
-from kws_tf import data, records
+from kws_tf import augment, data, records
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.models import heads, registry, teacher, whisper
 from kws_tf.training import loop
@@ -376,3 +376,108 @@ def test_ctc_teacher_guidance_and_distillation(ctc_train_records, tmp_path):
   results = loop.Trainer(config, str(tmp_path / "student"), ctc_train_records,
                          guidance_dir).run()
   assert np.isfinite(results["test"]["loss"])
+
+
+@pytest.fixture(scope="module")
+def kws_raw_records(synthetic_corpus, tmp_path_factory):
+  """KWS clips with raw audio and 0.5 s of context, beside logmel and mfcc."""
+  out = tmp_path_factory.mktemp("kws_raw") / "records"
+  run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
+             f"--out_dir={out}", "--splits=train,test", "--formats=raw,logmel,mfcc",
+             "--task=kws", f"--alignments={synthetic_corpus}/*/alignments.ctm",
+             "--context_seconds=0.5", "--cores=2")
+  return str(out)
+
+
+VIEWS = 3
+VIEW_SEED = 5
+
+
+@pytest.fixture(scope="module")
+def view_guidance(kws_teacher_dir, kws_raw_records, tmp_path_factory):
+  out = str(tmp_path_factory.mktemp("views") / "guidance")
+  meta = guidance.create_guidance(
+      kws_teacher_dir, kws_raw_records, out, dtype="float32", splits=["train"],
+      views=VIEWS, augment_config=config_lib.AugmentConfig(enabled=True), view_seed=VIEW_SEED)
+  return out, meta
+
+
+def _view_windows(records_dir, example, augmenter):
+  wave = example["features"][:, 0]
+  return [augmenter(wave, augment.view_seed(example["id"], v, VIEW_SEED),
+                    example["shift_range"]) for v in range(VIEWS)]
+
+
+def test_view_guidance_holds_the_teachers_logits_of_each_view(kws_teacher_dir, kws_raw_records,
+                                                              view_guidance):
+  out, meta = view_guidance
+  assert meta["views"] == VIEWS and meta["outputs"] == {"logits": {"shape": [VIEWS, 10]}}
+  data_meta = records.load_metadata(kws_raw_records)
+  augmenter = data.make_augmenter(kws_raw_records, config_lib.AugmentConfig(enabled=True),
+                                  "train")
+  spec = model_dir_lib.read_spec(kws_teacher_dir)
+  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
+  teacher_model = model_dir_lib.load_trained_model(kws_teacher_dir)
+  path = data.shard_paths(kws_raw_records, "raw", "train")[0]
+  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
+  examples = [parse(r) for r in data.records_dataset([path], "none").take(3)]
+  stored = _guidance_records(os.path.join(out, os.path.basename(path)))[:3]
+  for example, guide in zip(examples, stored):
+    assert guide["id"].bytes_list.value[0] == example["id"].numpy()
+    logits = np.frombuffer(guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+    windows = _view_windows(kws_raw_records, example, augmenter)
+    assert not np.allclose(windows[0], windows[1])  # the views differ
+    for view, window in enumerate(windows):
+      features = front_end(window[None])
+      expected = teacher_model({"features": features,
+                                "num_frames": tf.shape(features)[1:2]})["logits"][0]
+      np.testing.assert_allclose(logits[view], expected, atol=1e-4)
+
+
+def test_student_sees_the_view_whose_logits_it_gets(kws_raw_records, view_guidance):
+  out, _ = view_guidance
+  data_meta = records.load_metadata(kws_raw_records)
+  cfg = config_lib.AugmentConfig(enabled=True)
+  augmenter = data.make_augmenter(kws_raw_records, cfg, "train")
+  ds = data.make_dataset(kws_raw_records, "mfcc", "train", batch_size=6, training=True,
+                         seed=2, guidance=data.open_guidance(out, data_meta),
+                         augmenter=augmenter)
+  batch = next(iter(ds))
+  assert batch["guidance_logits"].shape == (6, 10)
+  stored = {}
+  for path in data.shard_paths(kws_raw_records, "raw", "train"):
+    for guide in _guidance_records(os.path.join(out, os.path.basename(path))):
+      stored[guide["id"].bytes_list.value[0]] = np.frombuffer(
+          guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+  raw = {}
+  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
+  for record in data.records_dataset(data.shard_paths(kws_raw_records, "raw", "train"), "none"):
+    example = parse(record)
+    raw[example["id"].numpy()] = example
+  front_end = data.WaveformFrontEnd.of_records(data_meta, "mfcc", normalize=True)
+  for i, example_id in enumerate(batch["id"].numpy()):
+    view = [v for v in range(VIEWS)
+            if np.allclose(stored[example_id][v], batch["guidance_logits"][i], atol=1e-6)]
+    assert len(view) == 1
+    window = _view_windows(kws_raw_records, raw[example_id], augmenter)[view[0]]
+    features = front_end(window[None])[0]
+    np.testing.assert_allclose(batch["features"][i], features, atol=1e-5)
+
+
+def test_trainer_refuses_guidance_of_other_views(kws_raw_records, view_guidance, kws_teacher_dir,
+                                                 tmp_path):
+  out, _ = view_guidance
+  student = ["mode=distill", "model.name=wav2letter_kws_tiny", "data.batch_size=8",
+             "train.steps=2", "train.eval_every=2", "data.validation_fraction=0.3"]
+  trained = loop.Trainer(config_lib.load(None, student + ["augment.enabled=true"]),
+                         str(tmp_path / "ok"), kws_raw_records, out).run()
+  assert np.isfinite(trained["test"]["loss"])
+  clean = str(tmp_path / "clean")
+  guidance.create_guidance(kws_teacher_dir, kws_raw_records, clean, splits=["train"])
+  cases = [(student + ["augment.enabled=true"], clean, "--views"),
+           (student + ["augment.enabled=true", "augment.snr_db_min=5"], out, "snr_db_min"),
+           (student, out, "augment.enabled=true")]
+  for index, (overrides, guidance_dir, message) in enumerate(cases):
+    with pytest.raises(loop.TrainingError, match=message):
+      loop.Trainer(config_lib.load(None, overrides), str(tmp_path / f"bad{index}"),
+                   kws_raw_records, guidance_dir).run()

@@ -259,9 +259,36 @@ class Trainer:
     if self.config.mode == "standard":
       return None
     try:
-      return data.open_guidance(self.guidance_dir, self.metadata)
+      guidance = data.open_guidance(self.guidance_dir, self.metadata)
     except ValueError as e:
       raise TrainingError(str(e)) from None
+    self._check_views(guidance)
+    return guidance
+
+  def _check_views(self, guidance: data.Guidance) -> None:
+    """Distilling with augmentation needs the teacher's logits for the student's views."""
+    cfg = self.config
+    if not cfg.augment.enabled:
+      if guidance.views:
+        raise TrainingError(f"{self.guidance_dir} holds the teacher's logits for "
+                            f"{guidance.views} augmented views per clip: train with the "
+                            "augment section they were made with (augment.enabled=true)")
+      return
+    if not guidance.views:
+      raise TrainingError(
+          f"augment.enabled: the student would see augmented clips while {self.guidance_dir} "
+          "holds the teacher's logits for the clean ones; make guidance of the same views: "
+          "kws-create-guidance --views=8 --augment_recipe=<this recipe> (same --override)")
+    wanted = dataclasses.asdict(cfg.augment)
+    wanted.pop("enabled")
+    made = guidance.metadata.get("augment", {})
+    differ = sorted(k for k in set(wanted) | set(made) if wanted.get(k) != made.get(k))
+    if guidance.metadata.get("babble_split") != cfg.data.train_split:
+      differ.append("data.train_split (babble)")
+    if differ:
+      raise TrainingError(f"the views in {self.guidance_dir} were made with another augment "
+                          f"section (differs in: {', '.join(differ)}); make them again with "
+                          "this recipe")
 
   def _dataset(self, split: str, training: bool, keep=None, guidance=None) -> tf.data.Dataset:
     d = self.config.data
