@@ -54,6 +54,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags, logging
 
+from kws_tf import cli
+
 from data_prep.alignment import align_records, reference_report, skipped_file, write_outputs
 
 FLAGS = flags.FLAGS
@@ -103,7 +105,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags, logging
 
+from kws_tf import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("teacher_dir", None, "A teacher model dir written by kws-train "
                     "(--role=teacher).")
@@ -88,7 +90,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 from absl import app, flags
 
+from kws_tf import cli
+
 from data_prep import affinity, corpora
 from kws_tf import audio, features, records, text
 
@@ -679,7 +681,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,8 @@ from typing import Dict, List
 
 from absl import app, flags
 
+from kws_tf import cli
+
 from data_prep.whisper_base import DEFAULT_OUT_DIR, WhisperBaseError, assemble, check
 
 FLAGS = flags.FLAGS
@@ -72,7 +74,7 @@ def main(argv: List[str]) -> int:
 
 def run() -> None:
   """Console script ``kws-get-whisper-base``."""
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

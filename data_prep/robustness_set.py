@@ -38,6 +38,8 @@ import soxr
 import tqdm
 from absl import app, flags
 
+from kws_tf import cli
+
 from data_prep import corpora
 from kws_tf import audio, text
 from kws_tf.evaluation.robustness import MANIFEST
@@ -282,7 +284,7 @@ def main(argv: List[str]) -> None:
 
 def run() -> None:
   """Console script ``kws-make-robustness-set``."""
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import soundfile
 import soxr
 import tqdm
 from absl import app
+
+from kws_tf import cli
 from absl import flags
 
 from data_prep import espeak
@@ -423,7 +425,7 @@ def main(argv: List[str]) -> None:
 
 def run() -> None:
   """Console script ``kws-synthesize-corpus``."""
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags, logging
 
+from kws_tf import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_list("model_dirs", None, "Model dirs written by kws-train (comma-separated).")
 flags.DEFINE_string("data_dir", None, "A create_tfrecords output of the models' task.")
@@ -58,7 +60,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

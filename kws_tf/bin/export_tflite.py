@@ -18,6 +18,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags, logging
 
+from kws_tf import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model_dir", None, "A model dir written by kws-train.")
 flags.DEFINE_string("data_dir", None, "The create_tfrecords output the model was trained on "
@@ -68,7 +70,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

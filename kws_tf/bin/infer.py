@@ -17,6 +17,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
+from kws_tf import cli
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "An exported .tflite file or SavedModel folder.")
 flags.DEFINE_list("audio", None, "Audio files and/or folders (their .wav/.flac/.ogg/.mp3 "
@@ -41,7 +43,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
+from kws_tf import cli
+
 from kws_tf import pipeline
 
 _DEFAULTS = pipeline.Options()
@@ -67,7 +69,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import sys
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags, logging
 
+from kws_tf import cli
+
 from kws_tf import config as config_lib
 
 FLAGS = flags.FLAGS
@@ -99,7 +101,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  cli.run_app(main, __name__)
 
 
 if __name__ == "__main__":
