@@ -2,19 +2,30 @@
 
 For each task (``kws`` by default; ``ctc`` too with ``tasks=("kws", "ctc")``)::
 
-  corpus    data_prep.synthesize_corpus    <workdir>/corpus (VIVOS layout + CTM)
-  records   data_prep.create_tfrecords     <workdir>/records/<task> (logmel + mfcc)
+  corpus    data_prep.synthesize_corpus    <workdir>/corpus (VIVOS layout + CTM; varied
+                                            voices, grammar and gettext sentences)
+  records   data_prep.create_tfrecords     <workdir>/records/<task> (logmel + mfcc; kws
+                                            also raw clips with 0.5 s of context)
   teacher   kws_tf.bin.train (role=teacher) <workdir>/models/<task>/teacher
-  guidance  data_prep.create_guidance       <workdir>/guidance/<task> (logits)
+  guidance  data_prep.create_guidance       <workdir>/guidance/<task> (logits; kws: of
+                                            ``views`` augmented views per clip)
   students  kws_tf.bin.train                <workdir>/models/<task>/{standard,distill,
                                             quantized_distill}
   evaluate  kws_tf.bin.evaluate             <model dir>/eval/test/
   export    kws_tf.bin.export_tflite        <workdir>/export/<task>/<model>/ (int8 TFLite
                                             with the front end inside + model card)
+  robustness data_prep.robustness_set      <workdir>/robustness (kws: held-out voices,
+                                            rates, texts and conditions), every
+                                            exported file scored on it
 
-then a table (``<workdir>/results.md`` and ``results.json``): each model's
-parameters, file size, test accuracy (or CER) of the Keras model and of the
-int8 TFLite file, and its single-thread latency per clip.
+With ``augment`` (the default) the kws teacher and students train on
+waveforms augmented on the fly (``kws_tf.augment``), and the students distil
+from the teacher's logits for the very views they see.
+
+Then a table (``<workdir>/results.md`` and ``results.json``): each model's
+parameters, file size, test accuracy (or CER) on the test speakers, keyword
+recall and false accepts of the exported file on the robustness set, and its
+single-thread latency per clip.
 
 Every stage is a separate program whose command is printed; a stage whose
 outputs are complete is skipped (a training run with other settings in the
@@ -74,11 +85,15 @@ class Options:
     teacher_steps, student_steps: optimizer steps of each training run.
     quantize_bits: bits of the quantized-distilled student.
     num_parity: test examples of the export's Keras-vs-TFLite parity check.
+    voices, texts: the corpus's ``synthesize_corpus --voices`` and ``--texts``.
+    augment: kws: train the teacher and the students on waveforms augmented
+      on the fly (the recipes' ``augment`` section), and distil from the
+      teacher's logits for ``views`` augmented views of every clip.
     robustness_speakers, robustness_utterances: the kws robustness set's
       held-out speakers and utterances per speaker.
   """
   workdir: str = "workdir"
-  speakers: int = 16
+  speakers: int = 32
   test_speakers: int = 4
   utterances_per_speaker: int = 60
   seed: int = 0
@@ -89,6 +104,10 @@ class Options:
   student_steps: int = 1500
   quantize_bits: int = 4
   num_parity: int = 200
+  voices: str = "varied"
+  texts: str = "mixed"
+  augment: bool = True
+  views: int = 4
   robustness_speakers: int = 6
   robustness_utterances: int = 20
 
@@ -166,7 +185,8 @@ def _data(options: Options, timings: Dict[str, float]) -> str:
       f"--out_dir={corpus}", f"--speakers={options.speakers}",
       f"--test_speakers={options.test_speakers}",
       f"--utterances_per_speaker={options.utterances_per_speaker}",
-      f"--seed={options.seed}", f"--cores={options.cores}"], timings)
+      f"--seed={options.seed}", f"--cores={options.cores}", f"--voices={options.voices}",
+      f"--texts={options.texts}"], timings)
   for task in options.tasks:
     out = os.path.join(options.workdir, "records", task)
     if _skip(f"records ({task})", os.path.join(out, records.METADATA_FILE)):
@@ -190,7 +210,9 @@ def _models(options: Options, task: str, checkpoint: Optional[str],
   data_dir = os.path.join(options.workdir, "records", task)
   models = os.path.join(options.workdir, "models", task)
   dirs = {"teacher": os.path.join(models, "teacher")}
-  teacher_overrides = _train_steps(options.teacher_steps)
+  augment = options.augment and task == "kws"
+  augmented = ["augment.enabled=true"] if augment else []
+  teacher_overrides = _train_steps(options.teacher_steps) + augmented
   recipe = TEACHER_CONFIGS[task]
   if checkpoint:
     teacher_overrides.append(f"model.params.checkpoint={checkpoint}")
@@ -198,12 +220,17 @@ def _models(options: Options, task: str, checkpoint: Optional[str],
   _train(f"teacher ({task})", recipe, dirs["teacher"], data_dir, teacher_overrides, timings)
   guidance_dir = os.path.join(options.workdir, "guidance", task)
   if not _skip(f"guidance ({task})", os.path.join(guidance_dir, records.METADATA_FILE)):
+    views = []
+    if augment:  # the teacher's logits for the views the students will see
+      views = [f"--views={options.views}", "--nofeatures",
+               f"--augment_recipe={os.path.join(CONFIGS, STUDENT_CONFIGS[task])}",
+               "--override=augment.enabled=true"]
     _stage(f"guidance ({task})", "data_prep.create_guidance", [
         f"--teacher_dir={dirs['teacher']}", f"--data_dir={data_dir}",
-        f"--out_dir={guidance_dir}", "--guidance=logits", "--splits=train"], timings)
+        f"--out_dir={guidance_dir}", "--guidance=logits", "--splits=train"] + views, timings)
   for mode in STUDENT_MODES:
     dirs[mode] = os.path.join(models, mode)
-    overrides = _train_steps(options.student_steps)
+    overrides = _train_steps(options.student_steps) + augmented
     if mode == "quantized_distill":
       overrides.append(f"quantization.bits={options.quantize_bits}")
     _train(f"student {mode} ({task})", STUDENT_CONFIGS[task], dirs[mode], data_dir, overrides,

@@ -44,6 +44,14 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
   table = open(os.path.join(workdir, "results.md")).read()
   assert table.count("| kws |") == 4 and table in first.stdout + "\n"
   assert "robustness set: keyword recall, false accepts" in table
+  # By default the kws models train on augmented waveforms and the students
+  # distil from the teacher's logits for the same augmented views.
+  guidance_meta = json.load(open(os.path.join(workdir, "guidance", "kws", "metadata.json")))
+  assert guidance_meta["views"] == pipeline.Options().views
+  assert guidance_meta["outputs"]["logits"]["shape"] == [pipeline.Options().views, 10]
+  for name in ("teacher", *pipeline.STUDENT_MODES):
+    config = open(os.path.join(workdir, "models", "kws", name, "config.yaml")).read()
+    assert "augment:\n  enabled: true" in config
   for stage in ("teacher (kws)", "student distill (kws)", "export teacher (kws)",
                 "robustness set"):
     assert f"== {stage}: done" in first.stdout

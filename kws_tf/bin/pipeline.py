@@ -43,6 +43,14 @@ flags.DEFINE_integer("quantize_bits", _DEFAULTS.quantize_bits,
                      "Bits per weight of the quantized-distilled student.")
 flags.DEFINE_integer("num_parity", _DEFAULTS.num_parity,
                      "Test clips of each export's Keras-vs-TFLite parity check.")
+flags.DEFINE_enum("voices", _DEFAULTS.voices, ["demo", "varied"], "Voices of the corpus "
+                  "(kws-synthesize-corpus --voices).")
+flags.DEFINE_enum("texts", _DEFAULTS.texts, ["lexicon", "gettext_train", "mixed"],
+                  "Sentences of the corpus (kws-synthesize-corpus --texts).")
+flags.DEFINE_bool("augment", _DEFAULTS.augment, "kws: train on waveforms augmented on the "
+                  "fly and distil from the teacher's logits for the same views.")
+flags.DEFINE_integer("views", _DEFAULTS.views, "kws with --augment: augmented views per clip "
+                     "in the teacher's guidance.")
 flags.DEFINE_integer("robustness_speakers", _DEFAULTS.robustness_speakers,
                      "Held-out speakers of the kws robustness set.")
 flags.DEFINE_integer("robustness_utterances", _DEFAULTS.robustness_utterances,
@@ -58,7 +66,8 @@ def main(argv):
       tasks=tuple(FLAGS.tasks), teacher=FLAGS.teacher, teacher_steps=FLAGS.teacher_steps,
       student_steps=FLAGS.student_steps, quantize_bits=FLAGS.quantize_bits,
       num_parity=FLAGS.num_parity, robustness_speakers=FLAGS.robustness_speakers,
-      robustness_utterances=FLAGS.robustness_utterances)
+      robustness_utterances=FLAGS.robustness_utterances, voices=FLAGS.voices, texts=FLAGS.texts,
+      augment=FLAGS.augment, views=FLAGS.views)
   try:
     pipeline.run(options)
   except pipeline.PipelineError as e:
