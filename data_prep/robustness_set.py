@@ -45,17 +45,6 @@ from kws_tf import audio, text
 from kws_tf.evaluation.robustness import MANIFEST
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("out_dir", None, "Output folder.")
-flags.DEFINE_string("corpus_dir", None, "A VIVOS-layout corpus whose test split has "
-                    "alignments.ctm; default: synthesise one in <out_dir>/corpus.")
-flags.DEFINE_integer("speakers", 12, "Held-out synthetic speakers (without --corpus_dir).")
-flags.DEFINE_integer("utterances_per_speaker", 30, "Utterances per synthetic speaker.")
-flags.DEFINE_integer("seed", 0, "Seed of the speech and of the windows and conditions.")
-flags.DEFINE_float("clip_seconds", 1.0, "Window length, seconds.")
-flags.DEFINE_float("max_offset_seconds", 0.3, "Offset windows move the keyword's centre by "
-                   "up to this much from the window's centre.")
-flags.DEFINE_integer("cores", None, "Synthesis processes; default: all cores.")
-
 SAMPLE_RATE = 16000
 CONDITIONS = ("clean", "noise", "reverb", "reverb_noise", "telephone", "gain")
 CONDITION_WEIGHTS = (0.2, 0.3, 0.15, 0.1, 0.15, 0.1)
@@ -249,6 +238,21 @@ def build(out_dir: str, corpus_dir: str, seed: int, clip_seconds: float,
   return rows
 
 
+def _define_flags() -> None:
+  """The binary's flags; defined when it runs, so that importing this module for its
+  functions (tests, benchmarks) does not claim flag names other binaries use."""
+  flags.DEFINE_string("out_dir", None, "Output folder.")
+  flags.DEFINE_string("corpus_dir", None, "A VIVOS-layout corpus whose test split has "
+                      "alignments.ctm; default: synthesise one in <out_dir>/corpus.")
+  flags.DEFINE_integer("speakers", 12, "Held-out synthetic speakers (without --corpus_dir).")
+  flags.DEFINE_integer("utterances_per_speaker", 30, "Utterances per synthetic speaker.")
+  flags.DEFINE_integer("seed", 0, "Seed of the speech and of the windows and conditions.")
+  flags.DEFINE_float("clip_seconds", 1.0, "Window length, seconds.")
+  flags.DEFINE_float("max_offset_seconds", 0.3, "Offset windows move the keyword's centre by "
+                     "up to this much from the window's centre.")
+  flags.DEFINE_integer("cores", None, "Synthesis processes; default: all cores.")
+
+
 def main(argv: List[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -284,6 +288,7 @@ def main(argv: List[str]) -> None:
 
 def run() -> None:
   """Console script ``kws-make-robustness-set``."""
+  _define_flags()
   cli.run_app(main, __name__)
 
 

