@@ -103,15 +103,23 @@ def _write_shard(model, parse, data_path: str, out_path: str, data_compression: 
           value = value[:frames]
         results[int(i)][name] = value.astype(dtype)
     bar.update(len(chunk))
-  writer = records.ShardWriter(out_path, out_compression)
+  return _write_records(
+      out_path, out_compression, dtype,
+      ((example["id"].numpy(), results[i]["frames"], {n: results[i][n] for n in names})
+       for i, example in enumerate(examples)))
+
+
+def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
+  """Writes a guidance shard atomically from ``(id bytes, frames, {name: array})`` rows
+  (arrays stored as little-endian ``dtype`` bytes); returns the record count."""
+  import tensorflow as tf
+  writer = records.ShardWriter(out_path, compression)
   try:
-    for i, example in enumerate(examples):
-      feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(
-                     value=[example["id"].numpy()])),
-                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(
-                     value=[results[i]["frames"]]))}
-      for name in names:
-        data = results[i][name].astype(np.dtype(dtype).newbyteorder("<")).tobytes()
+    for example_id, frames, outputs in rows:
+      feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id])),
+                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(frames)]))}
+      for name, value in outputs.items():
+        data = np.asarray(value).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
         feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
       writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
                    .SerializeToString(deterministic=True))
@@ -119,7 +127,7 @@ def _write_shard(model, parse, data_path: str, out_path: str, data_compression: 
     writer.abort()
     raise
   writer.commit()
-  return len(examples)
+  return writer.count
 
 
 def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_seed: int,
@@ -133,9 +141,7 @@ def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_
   parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
   front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
 
-  samples = int(round((data_meta["params"]["clip_seconds"] +
-                       2 * data_meta["params"]["context_seconds"]) *
-                      data_meta["formats"]["raw"]["params"]["sample_rate"]))
+  samples = data.context_samples(data_meta)
 
   def choose(x, v):
     return (tf.ensure_shape(x["features"][:, 0], [samples]),
@@ -159,20 +165,9 @@ def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_
   if ids:
     logits = np.concatenate(logits).reshape([len(ids), views, -1])
     frames = np.concatenate(frames).reshape([len(ids), views])[:, 0]
-  writer = records.ShardWriter(out_path, compression)
-  try:
-    for example_id, values, count in zip(ids, logits, frames):
-      feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id])),
-                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(count)])),
-                 "logits": tf.train.Feature(bytes_list=tf.train.BytesList(value=[
-                     values.astype(np.dtype(dtype).newbyteorder("<")).tobytes()]))}
-      writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                   .SerializeToString(deterministic=True))
-  except BaseException:
-    writer.abort()
-    raise
-  writer.commit()
-  return len(ids)
+  return _write_records(out_path, compression, dtype,
+                        ((example_id, count, {"logits": values})
+                         for example_id, values, count in zip(ids, logits, frames)))
 
 
 def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "logits",

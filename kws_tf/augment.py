@@ -1,8 +1,10 @@
 """On-the-fly waveform augmentation for training, in TensorFlow, with stateless random ops.
 
-``Augmenter(config, sample_rate, babble=..., noise=..., rirs=...)`` maps one
-waveform with context around its clip (float32 ``[samples]`` in [-1, 1]) and a
-seed (int64 ``[2]``) to one training window (float32 ``[window_samples]``):
+``Augmenter(config, sample_rate, window_seconds, babble=..., noise=..., rirs=...)``
+maps a waveform with context around its clip (float32 ``[samples]`` in [-1, 1])
+and a seed (int64 ``[2]``) to one training window (float32 ``[window_samples]``),
+in two phases: ``draw`` makes the random choices of one example (cheap, per
+example in tf.data), ``apply`` does the signal processing of a batch:
 
   speed      resampling by linear interpolation (tempo and pitch change
              together, as Kaldi's speed perturbation), factor in
@@ -23,8 +25,9 @@ seed (int64 ``[2]``) to one training window (float32 ``[window_samples]``):
 
 Each step runs with its probability. The window is a function of the
 waveform, the seed and the shift range only, so a seed reproduces a view
-exactly: a resumed run draws the same views, and guidance computed for a view
-(``views_per_example``) matches what the student sees.
+exactly: a resumed run draws the same views, and the teacher's guidance for a
+view (``kws-create-guidance --views``, seeds from ``view_seed``) matches what
+the student sees.
 """
 import glob
 import math
@@ -100,12 +103,6 @@ def shape_noise(white: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
   gain = f ** (-tf.expand_dims(tf.cast(beta, tf.float32), -1) / 2.0)
   shaped = tf.signal.irfft(spectrum * tf.cast(gain, tf.complex64), [length])
   return shaped / tf.sqrt(tf.reduce_mean(tf.square(shaped), axis=-1, keepdims=True) + 1e-12)
-
-
-def coloured_noise(seed: tf.Tensor, length: int, beta: tf.Tensor) -> tf.Tensor:
-  """Unit-power noise ``[length]`` with power spectrum ``1 / f^beta`` (0: white, 1: pink,
-  2: brown)."""
-  return shape_noise(tf.random.stateless_normal([length], seed), beta)
 
 
 def bank_segment(bank: tf.Tensor, seed: tf.Tensor, length) -> tf.Tensor:

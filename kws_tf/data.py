@@ -234,9 +234,7 @@ def _augmented_batches(ds: tf.data.Dataset, metadata: dict, fmt: str, normalize:
   signal processing (``Augmenter.apply``), ``fmt``'s front end and the masks.
   """
   front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize)
-  samples = int(round((metadata["params"]["clip_seconds"] +
-                       2 * metadata["params"]["context_seconds"]) *
-                      metadata["formats"]["raw"]["params"]["sample_rate"]))
+  samples = context_samples(metadata)
   frames = front_end.config.num_frames(augmenter.window)
   channels = front_end.config.num_channels
   views = guidance.views if guidance is not None else 0
@@ -269,6 +267,13 @@ def _augmented_batches(ds: tf.data.Dataset, metadata: dict, fmt: str, normalize:
   ds = tf.data.Dataset.zip((ds, seeds)).map(choose, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.batch(batch_size, drop_remainder=drop_remainder).map(
       process, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def context_samples(metadata: dict) -> int:
+  """Samples of a kws raw record: the clip and its context on both sides."""
+  return int(round((metadata["params"]["clip_seconds"] +
+                    2 * metadata["params"]["context_seconds"]) *
+                   metadata["formats"]["raw"]["params"]["sample_rate"]))
 
 
 def check_context(metadata: dict, records_dir: str) -> None:
