@@ -138,24 +138,21 @@ def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_
   ``augment.view_seed(id, v, view_seed)``, through the teacher's front end."""
   import tensorflow as tf
   from kws_tf import augment, data
-  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
+  parse = data.raw_batch_parser(data_meta)
   front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
-
   samples = data.context_samples(data_meta)
 
-  def choose(x, v):
-    return (tf.ensure_shape(x["features"][:, 0], [samples]),
-            augmenter.draw(augment.view_seed(x["id"], v, view_seed), x["shift_range"], samples))
-
-  def teacher_input(waveforms, choices):
-    values = front_end(augmenter.apply(waveforms, choices))
+  def teacher_input(x):  # records [batch] -> their views [batch * views], record-major
+    view = tf.tile(tf.range(views), tf.shape(x["id"]))
+    seeds = augment.view_seed(tf.repeat(x["id"], views), view, view_seed)
+    choices = augmenter.draw(seeds, tf.repeat(x["shift_range"], views, axis=0), samples)
+    values = front_end(augmenter.apply(tf.repeat(x["waveform"], views, axis=0), choices))
     return values, tf.fill(tf.shape(values)[:1], tf.shape(values)[1])
 
-  records_ds = data.records_dataset([data_path], compression).map(parse)
-  ids = [x["id"].numpy() for x in records_ds]
-  windows = records_ds.flat_map(
-      lambda x: tf.data.Dataset.range(views).map(lambda v: (x, v))).map(
-          choose, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size).map(teacher_input)
+  records_ds = data.records_dataset([data_path], compression).batch(
+      max(1, batch_size // views)).map(parse)
+  ids = [i for x in records_ds for i in x["id"].numpy()]
+  windows = records_ds.map(teacher_input)
   logits, frames = [], []
   for features, num_frames in windows:
     out = model({"features": features, "num_frames": num_frames}, training=False)
@@ -185,9 +182,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   ``babble_split``'s negatives, as in the student's pipeline (its
   ``data.train_split``).
   """
-  import dataclasses
   from tqdm import tqdm
-  from kws_tf import data
+  from kws_tf import augment, data
   from kws_tf import model_dir as model_dir_lib
 
   spec, data_meta, parse = model_dir_lib.model_records(teacher_dir, data_dir)
@@ -212,9 +208,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                                                                          checkpoint_path),
             "data_fingerprint": data_meta["fingerprint"]}
   if views:
-    augment_fields = dataclasses.asdict(augment_config)
-    augment_fields.pop("enabled")
-    params.update(views=views, view_seed=view_seed, augment=augment_fields,
+    params.update(views=views, view_seed=view_seed, augment=augment.view_fields(augment_config),
                   babble_split=babble_split)
   os.makedirs(out_dir, exist_ok=True)
   plan_path = os.path.join(out_dir, PLAN_FILE)

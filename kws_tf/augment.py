@@ -3,8 +3,9 @@
 ``Augmenter(config, sample_rate, window_seconds, babble=..., noise=..., rirs=...)``
 maps a waveform with context around its clip (float32 ``[samples]`` in [-1, 1])
 and a seed (int64 ``[2]``) to one training window (float32 ``[window_samples]``),
-in two phases: ``draw`` makes the random choices of one example (cheap, per
-example in tf.data), ``apply`` does the signal processing of a batch:
+in two phases, both on whole batches: ``draw`` turns each row's seed into its
+random choices (``uniforms``: hashes, no per-example ops), ``apply`` does the
+signal processing:
 
   speed      resampling by linear interpolation (tempo and pitch change
              together, as Kaldi's speed perturbation), factor in
@@ -12,14 +13,15 @@ example in tf.data), ``apply`` does the signal processing of a batch:
   shift      the window's start moves by up to ``max_shift_seconds`` from the
              centred clip, within the record's ``shift_range`` (the offsets at
              which its label stays true)
-  reverb     convolution with a room impulse response: one of ``rirs`` or a
-             synthetic one (direct path, then exponentially decaying Gaussian
-             noise with RT60 in ``[rt60_min, rt60_max]`` seconds)
+  reverb     convolution with a room impulse response: one of ``rirs`` or of
+             ``SYNTHETIC_ROOMS`` synthetic ones (direct path, then exponentially
+             decaying Gaussian noise with RT60 in ``[rt60_min, rt60_max]`` seconds)
   noise      at an SNR in ``[snr_db_min, snr_db_max]`` dB against the speech
-             power of the whole context: coloured noise (power spectrum
-             ``1 / f^beta``, beta in [0, 2]: white to brown), babble (2 to
-             ``babble_talkers`` segments of other utterances summed), or a
-             segment of a noise recording
+             power of the whole context: a stretch of coloured noise (power
+             spectrum ``1 / f^beta``, beta in ``COLOURED_BETAS``: white to
+             brown), of babble (2 to ``babble_talkers`` other utterances
+             summed) or of the noise recordings; every kind is precomputed
+             once per ``Augmenter`` as banks, so a view only cuts a stretch
   telephone  a 300-3400 Hz band and 8-bit mu-law companding
   gain       ``[gain_db_min, gain_db_max]`` dB, then clipping to [-1, 1]
 
@@ -29,6 +31,7 @@ exactly: a resumed run draws the same views, and the teacher's guidance for a
 view (``kws-create-guidance --views``, seeds from ``view_seed``) matches what
 the student sees.
 """
+import dataclasses
 import glob
 import math
 import os
@@ -43,9 +46,18 @@ from kws_tf import config as config_lib
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 
-# Steps, in the order they are applied; each draws from its own sub-seed.
-_STEPS = ("speed", "shift", "reverb", "noise", "telephone", "gain")
-_DRAWS_PER_STEP = 8
+# Version of the drawing and processing below: guidance views record it, and
+# views of another version do not match what a student sees.
+VERSION = 2
+SYNTHETIC_ROOMS = 128  # synthetic impulse responses an Augmenter draws once
+COLOURED_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0)  # spectral slopes of the coloured-noise banks
+# The uniform draws of one view, by column.
+_COLUMNS = ("speed_on", "speed", "shift", "reverb_on", "room", "noise_on", "noise_kind",
+            "noise_bank", "noise_at", "snr", "telephone_on", "gain")
+_GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, SplitMix64's increment
+_BANK_SEEDS = ((7, 1), (7, 2), (7, 3), (7, 4))  # RT60s, room tails, white noise, babble offsets
+_COLOURED_SECONDS = 20.0  # each coloured-noise bank
+_COLOURED_FLOOR_HZ = 20.0  # coloured banks: below this, the spectrum stays at its 20 Hz level
 _REVERB_LEAD_IN_SECONDS = 0.2  # speech before the window whose reverberation reaches it
 _DIRECT_DELAY_SECONDS = 0.0025  # direct path to the first reflection
 _TELEPHONE_BAND_HZ = (300.0, 3400.0)
@@ -53,29 +65,44 @@ _MU = 255.0
 _SILENCE_POWER = 1e-6  # reference power (-60 dBFS) of a context without speech
 
 
-def _draw(seed: tf.Tensor, index: int, low=0.0, high=1.0, shape=()) -> tf.Tensor:
-  """Uniform float32 in [low, high) from the ``index``-th sub-seed of ``seed``."""
-  return tf.random.stateless_uniform(shape, seed[index], low, high, tf.float32)
+def uniforms(seeds: tf.Tensor, count: int) -> tf.Tensor:
+  """float32 ``[batch, count]`` in [0, 1): stateless uniform draws, row b a
+  function of ``seeds[b]`` (int ``[batch, 2]``) only, whatever else is in the
+  batch. Each value is a SplitMix64 hash of the row's seed and its column."""
+  seeds = tf.bitcast(tf.cast(seeds, tf.int64), tf.uint64)
+  golden = tf.constant(_GOLDEN, tf.uint64)
+  key = _mix(_mix(seeds[:, 0]) + seeds[:, 1] * golden)
+  column = tf.bitcast(tf.range(1, count + 1, dtype=tf.int64), tf.uint64)
+  bits = tf.bitwise.right_shift(_mix(key[:, None] + column[None] * golden),
+                                tf.constant(40, tf.uint64))
+  return tf.cast(bits, tf.float32) / float(2 ** 24)
 
 
-def _chance(seed: tf.Tensor, index: int, probability: float) -> tf.Tensor:
-  return _draw(seed, index) < probability
+def _mix(z: tf.Tensor) -> tf.Tensor:
+  """SplitMix64's finaliser on uint64 (a bijection that spreads every input bit)."""
+  for shift, multiplier in ((30, 0xBF58476D1CE4E5B9), (27, 0x94D049BB133111EB)):
+    z = tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(shift, tf.uint64)))
+    z = z * tf.constant(multiplier, tf.uint64)
+  return tf.bitwise.bitwise_xor(z, tf.bitwise.right_shift(z, tf.constant(31, tf.uint64)))
 
 
 def synthetic_rir(seed: tf.Tensor, rt60: tf.Tensor, sample_rate: int,
                   max_seconds: float) -> tf.Tensor:
-  """A room impulse response ``[round(max_seconds * sample_rate)]``: a unit direct
-  path, then Gaussian noise whose energy decays by 60 dB in ``rt60`` seconds."""
+  """Room impulse responses ``rt60.shape + [round(max_seconds * sample_rate)]``:
+  a unit direct path, then Gaussian noise whose energy decays by 60 dB in
+  ``rt60`` seconds (float32, any shape)."""
+  rt60 = tf.convert_to_tensor(rt60, tf.float32)[..., tf.newaxis]
   length = int(round(max_seconds * sample_rate))
   delay = int(round(_DIRECT_DELAY_SECONDS * sample_rate))
   t = tf.range(length, dtype=tf.float32) / sample_rate
   decay = tf.exp(-3.0 * math.log(10.0) * t / rt60)  # amplitude: -60 dB of energy at rt60
-  tail = tf.random.stateless_normal([length], seed) * decay
+  shape = tf.concat([tf.shape(rt60)[:-1], [length]], 0)
+  tail = tf.random.stateless_normal(shape, seed) * decay
   tail = tf.where(tf.range(length) >= delay, tail, 0.0)
   # The reverberant energy scales with RT60 against the direct path (as in a
   # room of fixed size): 0.1 of it at RT60 = 0.1 s.
-  tail = tail * tf.sqrt(rt60 / (tf.reduce_sum(tf.square(tail)) + 1e-12))
-  return tf.tensor_scatter_nd_update(tail, [[0]], [1.0])
+  tail = tail * tf.sqrt(rt60 / (tf.reduce_sum(tf.square(tail), -1, keepdims=True) + 1e-12))
+  return tf.concat([tf.ones_like(tail[..., :1]), tail[..., 1:]], -1)
 
 
 def convolve(signal: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
@@ -94,21 +121,16 @@ def convolve(signal: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
   return tf.signal.irfft(spectrum, [fft_length])[..., :size]
 
 
-def shape_noise(white: tf.Tensor, beta: tf.Tensor) -> tf.Tensor:
+def shape_noise(white: tf.Tensor, beta: tf.Tensor, floor_bin: float = 1.0) -> tf.Tensor:
   """``white [..., samples]`` shaped to the power spectrum ``1 / f^beta`` (``beta``
-  of the leading shape; 0: white, 1: pink, 2: brown), scaled to unit power."""
+  of the leading shape; 0: white, 1: pink, 2: brown), flat below FFT bin
+  ``floor_bin``, scaled to unit power."""
   length = tf.shape(white)[-1]
   spectrum = tf.signal.rfft(white)
-  f = tf.maximum(tf.range(tf.shape(spectrum)[-1], dtype=tf.float32), 1.0)
+  f = tf.maximum(tf.range(tf.shape(spectrum)[-1], dtype=tf.float32), floor_bin)
   gain = f ** (-tf.expand_dims(tf.cast(beta, tf.float32), -1) / 2.0)
   shaped = tf.signal.irfft(spectrum * tf.cast(gain, tf.complex64), [length])
   return shaped / tf.sqrt(tf.reduce_mean(tf.square(shaped), axis=-1, keepdims=True) + 1e-12)
-
-
-def bank_segment(bank: tf.Tensor, seed: tf.Tensor, length) -> tf.Tensor:
-  """A random ``[length]`` stretch of a 1-D ``bank`` (longer than ``length``)."""
-  start = tf.random.stateless_uniform([], seed, 0, tf.shape(bank)[0] - length + 1, tf.int32)
-  return bank[start:start + length]
 
 
 def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
@@ -126,11 +148,20 @@ def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
 
 
 def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
-  """int64 ``[2]``: the augmentation seed of view ``view`` of the example named
-  ``example_id`` (a string), for guidance of several views (``--views``); the
-  same in the guidance job and in the student's pipeline."""
+  """int64 ``example_id.shape + [2]``: the augmentation seeds of view ``view`` of
+  the examples named ``example_id`` (strings), for guidance of several views
+  (``--views``); the same in the guidance job and in the student's pipeline."""
   return tf.stack([tf.strings.to_hash_bucket_fast(example_id, 2 ** 62),
-                   tf.cast(seed, tf.int64) * 4096 + tf.cast(view, tf.int64)])
+                   tf.cast(seed, tf.int64) * 4096 + tf.cast(view, tf.int64)], axis=-1)
+
+
+def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:
+  """What makes a view: the augment section's fields (without ``enabled``) and
+  ``version``, the version of this module's drawing and processing."""
+  fields = dataclasses.asdict(config)
+  fields.pop("enabled")
+  fields["version"] = VERSION
+  return fields
 
 
 def _on_rows(chosen: tf.Tensor, x: tf.Tensor, fn) -> tf.Tensor:
@@ -146,7 +177,7 @@ def _power(x: tf.Tensor, keep: bool = False) -> tf.Tensor:
 
 
 class Augmenter:
-  """Seeded augmentation of a context waveform into a training window; see the module.
+  """Seeded augmentation of context waveforms into training windows; see the module.
 
   Args:
     config: the recipe's ``augment`` section.
@@ -156,7 +187,7 @@ class Augmenter:
       ``window + lead-in`` long), or None: no babble.
     noise: float32 ``[samples]``, noise recordings end to end, or None.
     rirs: float32 ``[count, taps]`` impulse responses (direct path first), or
-      None: synthetic ones.
+      None: ``SYNTHETIC_ROOMS`` synthetic ones, RT60 uniform in the config's range.
   """
 
   def __init__(self, config: config_lib.AugmentConfig, sample_rate: int, window_seconds: float,
@@ -171,100 +202,136 @@ class Augmenter:
       if bank is not None and len(bank) <= span:
         raise ValueError(f"the {name} bank holds {len(bank)} samples; it needs more than "
                          f"{span} (one window and its reverberation lead-in)")
-    self.babble = None if babble is None else tf.constant(babble, tf.float32)
-    self.noise = None if noise is None else tf.constant(noise, tf.float32)
-    self.rirs = None if rirs is None else tf.constant(rirs, tf.float32)
-    weights = [config.coloured_noise_weight,
-               config.babble_weight if babble is not None else 0.0,
-               config.recorded_noise_weight if noise is not None else 0.0]
-    if sum(weights) <= 0:
-      weights = [1.0, 0.0, 0.0]
-    self._noise_weights = np.log(np.maximum(np.asarray(weights, np.float64), 1e-30))
+    taps = 0
+    if rirs is None and config.reverb_prob > 0:
+      rt60 = tf.random.stateless_uniform([SYNTHETIC_ROOMS], _BANK_SEEDS[0], config.rt60_min,
+                                         config.rt60_max)
+      rirs = synthetic_rir(_BANK_SEEDS[1], rt60, sample_rate, config.rt60_max).numpy()
+    self.rirs = None
+    if rirs is not None:
+      self.rirs = tf.constant(rirs, tf.float32)
+      taps = int(rirs.shape[1])
+    # Reverberation is a product of spectra of this length (no circular wrap).
+    self._fft_length = int(2 ** math.ceil(math.log2(span + max(taps, 1) - 1)))
+    self.room_spectra = None
+    if self.rirs is not None and config.reverb_prob > 0:
+      self.room_spectra = tf.signal.rfft(
+          tf.pad(self.rirs, [[0, 0], [0, self._fft_length - taps]]))
+    self._noise_banks(config, sample_rate, babble, noise)
+
+  def _noise_banks(self, config: config_lib.AugmentConfig, sample_rate: int,
+                   babble: Optional[np.ndarray], noise: Optional[np.ndarray]) -> None:
+    """The noise a view adds is a stretch of one bank, all banks end to end in
+    ``self.banks``: coloured noise (one bank per ``COLOURED_BETAS``, unit power),
+    babble (one bank per talker count 2..``babble_talkers``, each a sum of
+    that many stretches of ``babble`` at fixed random offsets) and ``noise``.
+    Bank kinds are chosen with the config's weights (kinds without a bank get 0)."""
+    kinds = [[], [], []]  # coloured, babble, recorded: float32 arrays
+    weights = np.array([config.coloured_noise_weight,
+                        config.babble_weight if babble is not None else 0.0,
+                        config.recorded_noise_weight if noise is not None else 0.0])
+    if weights.sum() <= 0:
+      weights = np.array([1.0, 0.0, 0.0])
+    if config.noise_prob > 0 and weights[0] > 0:
+      length = int(_COLOURED_SECONDS * sample_rate)
+      white = tf.random.stateless_normal([length], _BANK_SEEDS[2])
+      floor_bin = _COLOURED_FLOOR_HZ * length / sample_rate
+      kinds[0] = [shape_noise(white, beta, floor_bin).numpy() for beta in COLOURED_BETAS]
+    if config.noise_prob > 0 and weights[1] > 0:
+      talkers = max(config.babble_talkers, 2)
+      length = max(len(babble) // (talkers - 1), self.span + 1)
+      offsets = np.random.default_rng(list(_BANK_SEEDS[3])).integers(
+          0, len(babble), size=(talkers + 1, talkers))
+      for count in range(2, talkers + 1):
+        index = (np.arange(length)[None] + offsets[count, :count, None]) % len(babble)
+        kinds[1].append(np.asarray(babble, np.float32)[index].sum(axis=0))
+    if config.noise_prob > 0 and weights[2] > 0:
+      kinds[2] = [np.asarray(noise, np.float32)]
+    self.noise_kinds = tuple(name for name, kind in zip(("coloured", "babble", "recorded"), kinds)
+                             if kind)
+    banks = [bank for kind in kinds for bank in kind]
+    self.banks = tf.constant(np.concatenate(banks) if banks else np.zeros([1], np.float32))
+    # A view's bank: the first bank of its kind plus floor(u * banks of the kind).
+    self._kind_first = tf.constant(np.cumsum([0] + [len(k) for k in kinds[:-1]]), tf.int32)
+    self._kind_count = tf.constant([max(len(k), 1) for k in kinds], tf.int32)
+    lengths = [len(bank) for bank in banks] or [1]
+    self._bank_start = tf.constant(np.cumsum([0] + lengths[:-1]), tf.int32)
+    self._bank_length = tf.constant(lengths, tf.int32)
+    # Kind k is chosen when a uniform draw is at least thresholds[:k]: the
+    # cumulative weights, with 2 (never reached) past the last kind in use.
+    cumulative = np.cumsum(weights) / weights.sum()
+    self._noise_thresholds = [float(cumulative[k]) if weights[k + 1:].sum() > 0 else 2.0
+                              for k in range(len(weights) - 1)]
 
   @property
   def span(self) -> int:
     """Samples of the augmented stretch: the reverberation lead-in and the window."""
     return self.lead_in + self.window
 
-  def draw(self, seed: tf.Tensor, shift_range: Optional[tf.Tensor],
+  def draw(self, seeds: tf.Tensor, shift_range: Optional[tf.Tensor],
            samples: int) -> Dict[str, tf.Tensor]:
-    """The random choices of one example's view (cheap, per example).
+    """The random choices of a batch of views, row b a function of ``seeds[b]``
+    and ``shift_range[b]`` only.
 
     Args:
-      seed: int ``[2]``.
-      shift_range: float32 ``[2]``, seconds: the lowest and highest window
-        offsets from the centred clip that keep the label; None: any.
+      seeds: int ``[batch, 2]``.
+      shift_range: float32 ``[batch, 2]``, seconds: the lowest and highest
+        window offsets from the centred clip that keep the label; None: any.
       samples: length of the context waveforms.
 
     Returns:
-      a dict of tensors (scalars, the noise ``[span]`` and the impulse
-      response ``[taps]``) that ``apply`` takes, batched.
+      a dict of ``[batch]`` tensors that ``apply`` takes.
     """
     c = self.config
-    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64),
-                                                   len(_STEPS) * _DRAWS_PER_STEP)
-    step = {name: seeds[i * _DRAWS_PER_STEP:(i + 1) * _DRAWS_PER_STEP]
-            for i, name in enumerate(_STEPS)}
+    u = uniforms(seeds, len(_COLUMNS))
+    column = lambda name: u[:, _COLUMNS.index(name)]
+    between = lambda name, low, high: low + column(name) * (high - low)
 
-    s = step["speed"]
-    factor = tf.where(_chance(s, 0, c.speed_prob), _draw(s, 1, c.speed_min, c.speed_max), 1.0)
-
-    s = step["shift"]
-    low, high = -float(c.max_shift_seconds), float(c.max_shift_seconds)
+    factor = tf.where(column("speed_on") < c.speed_prob,
+                      between("speed", c.speed_min, c.speed_max), 1.0)
+    low = tf.fill(tf.shape(factor), -float(c.max_shift_seconds))
+    high = -low
     if shift_range is not None:
       # The audio is stretched by 1 / factor about the clip's centre while the
       # window keeps its length: a keyword must stay inside the window, a
       # negative's window must stay between its keywords. Either way, the
       # stricter bound of the two.
       half = self.window / self.sample_rate / 2
-      low = tf.maximum(low, tf.maximum((shift_range[0] + half) / factor - half,
-                                        (shift_range[0] - half) / factor + half))
-      high = tf.minimum(high, tf.minimum((shift_range[1] - half) / factor + half,
-                                         (shift_range[1] + half) / factor - half))
+      lowest, highest = shift_range[:, 0], shift_range[:, 1]
+      low = tf.maximum(low, tf.maximum((lowest + half) / factor - half,
+                                        (lowest - half) / factor + half))
+      high = tf.minimum(high, tf.minimum((highest - half) / factor + half,
+                                         (highest + half) / factor - half))
       low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)
-    offset = tf.constant(0, tf.int32)
+    offset = tf.zeros(tf.shape(factor), tf.int32)
     if c.max_shift_seconds > 0:
-      offset = tf.cast(tf.round((_draw(s, 0) * (high - low) + low) * self.sample_rate),
-                       tf.int32)
+      offset = tf.cast(tf.round(between("shift", low, high) * self.sample_rate), tf.int32)
     # The first sample of the stretch, in samples of the sped-up waveform.
     stretched = tf.cast(tf.round(tf.cast(samples, tf.float32) / factor), tf.int32)
     start = (stretched - self.window) // 2 + offset - self.lead_in
 
-    s = step["reverb"]
-    if c.reverb_prob <= 0:
-      rir = tf.zeros([1])
-    elif self.rirs is not None:
-      rir = self.rirs[tf.random.stateless_uniform([], s[1], 0, tf.shape(self.rirs)[0],
-                                                  tf.int32)]
-    else:
-      rir = synthetic_rir(s[2], _draw(s, 1, c.rt60_min, c.rt60_max), self.sample_rate,
-                          c.rt60_max)
-
-    s = step["noise"]
-    kind = tf.constant(0) if c.noise_prob <= 0 else tf.cast(tf.random.stateless_categorical(
-        tf.constant(self._noise_weights[np.newaxis], tf.float32), 1, s[1])[0, 0], tf.int32)
-    noise = tf.zeros([1]) if c.noise_prob <= 0 else tf.switch_case(kind, [
-        lambda: tf.random.stateless_normal([self.span], s[2]),
-        (lambda: self._babble(s[4])) if self.babble is not None else
-        (lambda: tf.zeros([self.span])),
-        (lambda: bank_segment(self.noise, s[5], self.span)) if self.noise is not None else
-        (lambda: tf.zeros([self.span]))])
-
-    gain_db = tf.constant(float(c.gain_db_min))
-    if c.gain_db_max > c.gain_db_min:
-      gain_db = _draw(step["gain"], 0, c.gain_db_min, c.gain_db_max)
-    return {"factor": factor, "start": start, "reverb": _chance(step["reverb"], 0, c.reverb_prob),
-            "rir": rir, "add_noise": _chance(s, 0, c.noise_prob), "noise_kind": kind,
-            "noise": noise, "beta": _draw(s, 3, 0.0, 2.0),
-            "snr_db": _draw(s, 6, c.snr_db_min, c.snr_db_max),
-            "telephone": _chance(step["telephone"], 0, c.telephone_prob), "gain_db": gain_db}
+    rooms = 1 if self.rirs is None else int(self.rirs.shape[0])
+    kind = tf.add_n([tf.cast(column("noise_kind") >= t, tf.int32)
+                     for t in self._noise_thresholds])
+    count = tf.gather(self._kind_count, kind)
+    bank = tf.gather(self._kind_first, kind) + tf.minimum(
+        tf.cast(column("noise_bank") * tf.cast(count, tf.float32), tf.int32), count - 1)
+    return {
+        "factor": factor, "start": start,
+        "reverb": column("reverb_on") < c.reverb_prob,
+        "room": tf.minimum(tf.cast(column("room") * rooms, tf.int32), rooms - 1),
+        "add_noise": column("noise_on") < c.noise_prob, "noise_bank": bank,
+        "noise_at": column("noise_at"),
+        "snr_db": between("snr", c.snr_db_min, c.snr_db_max),
+        "telephone": column("telephone_on") < c.telephone_prob,
+        "gain_db": between("gain", c.gain_db_min, c.gain_db_max)}
 
   def apply(self, waveforms: tf.Tensor, choices: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The windows of a batch (the signal processing, vectorised).
 
     Args:
       waveforms: float32 ``[batch, samples]``, clips centred in their context.
-      choices: ``draw``'s dicts, batched (every tensor with a leading batch axis).
+      choices: ``draw``'s dict for the batch.
 
     Returns:
       float32 ``[batch, window_samples]`` in [-1, 1].
@@ -274,36 +341,37 @@ class Augmenter:
     samples = tf.shape(waveforms)[1]
     factor = choices["factor"]
     # Speed and crop in one: stretch sample j is the waveform at (start + j) * factor,
-    # linearly interpolated; zeros outside the waveform.
-    # float64: a float32 position near 30000 samples is only good to 0.002 of a sample.
-    position = (tf.cast(choices["start"][:, None] + tf.range(self.span)[None], tf.float64)
-                * tf.cast(factor, tf.float64)[:, None])
-    left = tf.cast(tf.floor(position), tf.int32)
-    weight = tf.cast(position - tf.floor(position), tf.float32)
-    flat = tf.reshape(waveforms, [-1])
-    row_start = tf.range(tf.shape(waveforms)[0])[:, None] * samples
-
-    def take(index):
-      inside = tf.logical_and(index >= 0, index < samples)
-      return tf.where(inside, tf.gather(flat, row_start + tf.clip_by_value(index, 0, samples - 1)),
-                      0.0)
-
-    x = take(left) * (1.0 - weight) + take(left + 1) * weight
+    # linearly interpolated; zeros outside the waveform. The position is split
+    # into whole samples and a float32 remainder small enough to stay exact to
+    # 1e-3 of a sample: start * factor (float64, per row), j, j * (factor - 1).
+    origin = tf.cast(choices["start"], tf.float64) * tf.cast(factor, tf.float64)
+    base = tf.floor(origin)
+    j = tf.range(self.span)
+    rest = (tf.cast(origin - base, tf.float32)[:, None] +
+            tf.cast(j, tf.float32)[None] * (factor - 1.0)[:, None])
+    whole = tf.floor(rest)
+    left = tf.cast(base, tf.int32)[:, None] + j[None] + tf.cast(whole, tf.int32)
+    weight = rest - whole
+    # Zeros around the rows, as many as the positions need (none, usually).
+    low = tf.maximum(-tf.reduce_min(left[:, 0]), 0)
+    high = tf.maximum(tf.reduce_max(left[:, -1]) + 2 - samples, 0)
+    padded = tf.pad(waveforms, [[0, 0], [low, high]])
+    index = left + (low + tf.range(tf.shape(waveforms)[0]) * (samples + low + high))[:, None]
+    flat = tf.reshape(padded, [-1])
+    x = tf.gather(flat, index)
+    x = x + weight * (tf.gather(flat, index + 1) - x)
     reference = tf.maximum(tf.reduce_mean(tf.square(waveforms), axis=1), _SILENCE_POWER)
 
-    if c.reverb_prob > 0:
+    if self.room_spectra is not None:
       def reverberate(dry, rows):
-        wet = convolve(dry, tf.gather(choices["rir"], rows))
+        spectrum = (tf.signal.rfft(tf.pad(dry, [[0, 0], [0, self._fft_length - self.span]])) *
+                    tf.gather(self.room_spectra, tf.gather(choices["room"], rows)))
+        wet = tf.signal.irfft(spectrum, [self._fft_length])[:, :self.span]
         return wet * tf.sqrt((_power(dry, keep=True) + 1e-12) / (_power(wet, keep=True) + 1e-12))
       x = _on_rows(choices["reverb"], x, reverberate)
 
     if c.noise_prob > 0:
-      noise = _on_rows(tf.logical_and(choices["add_noise"], tf.equal(choices["noise_kind"], 0)),
-                       choices["noise"],
-                       lambda white, rows: shape_noise(white, tf.gather(choices["beta"], rows)))
-      in_window = tf.maximum(tf.reduce_mean(tf.square(noise[:, self.lead_in:]), axis=1), 1e-12)
-      scale = tf.sqrt(reference / (in_window * tf.pow(10.0, choices["snr_db"] / 10.0)))
-      x = tf.where(choices["add_noise"][:, None], x + scale[:, None] * noise, x)
+      x = self._add_noise(x, reference, choices)
     x = x[:, self.lead_in:]
 
     if c.telephone_prob > 0:
@@ -311,9 +379,26 @@ class Augmenter:
     x = x * tf.pow(10.0, choices["gain_db"] / 20.0)[:, None]
     return tf.ensure_shape(tf.clip_by_value(x, -1.0, 1.0), [None, self.window])
 
+  def _add_noise(self, x: tf.Tensor, reference: tf.Tensor,
+                 choices: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """``x [batch, span]`` plus, on the chosen rows, a stretch of each row's noise
+    bank at the row's SNR against ``reference`` (the power of its whole context)."""
+    def noise(_, rows):
+      bank = tf.gather(choices["noise_bank"], rows)
+      length = tf.gather(self._bank_length, bank)
+      start = tf.gather(self._bank_start, bank) + tf.cast(
+          tf.gather(choices["noise_at"], rows) * tf.cast(length - self.span + 1, tf.float32),
+          tf.int32)
+      return tf.gather(self.banks, start[:, None] + tf.range(self.span)[None])
+
+    added = _on_rows(choices["add_noise"], tf.zeros_like(x), noise)
+    in_window = tf.maximum(tf.reduce_mean(tf.square(added[:, self.lead_in:]), axis=1), 1e-12)
+    scale = tf.sqrt(reference / (in_window * tf.pow(10.0, choices["snr_db"] / 10.0)))
+    return tf.where(choices["add_noise"][:, None], x + scale[:, None] * added, x)
+
   def __call__(self, waveform: tf.Tensor, seed: tf.Tensor,
                shift_range: Optional[tf.Tensor] = None) -> tf.Tensor:
-    """One augmented window: ``apply`` of ``draw`` for a single example.
+    """One augmented window: ``apply`` of ``draw`` for a batch of one.
 
     Args:
       waveform: float32 ``[samples]``, the clip centred in its context.
@@ -325,17 +410,10 @@ class Augmenter:
     """
     waveform = tf.convert_to_tensor(waveform, tf.float32)
     samples = waveform.shape[0] if waveform.shape[0] is not None else tf.shape(waveform)[0]
-    choices = self.draw(seed, shift_range, samples)
-    return self.apply(waveform[tf.newaxis],
-                      {k: v[tf.newaxis] for k, v in choices.items()})[0]
-
-  def _babble(self, seed: tf.Tensor) -> tf.Tensor:
-    talkers = max(self.config.babble_talkers, 2)
-    seeds = tf.random.experimental.stateless_split(seed, talkers + 1)
-    count = tf.random.stateless_uniform([], seeds[0], 2, talkers + 1, tf.int32)
-    parts = [bank_segment(self.babble, seeds[i + 1], self.span) * tf.cast(i < count, tf.float32)
-             for i in range(talkers)]
-    return tf.add_n(parts)
+    choices = self.draw(tf.convert_to_tensor(seed)[tf.newaxis],
+                        None if shift_range is None else
+                        tf.convert_to_tensor(shift_range, tf.float32)[tf.newaxis], samples)
+    return self.apply(waveform[tf.newaxis], choices)[0]
 
 
 def _audio_files(folder: str) -> List[str]:

@@ -45,27 +45,29 @@ class SpecAugment:
   time_masks: int = 2
   time_mask_param: int = 10
 
-  def keep(self, seed: tf.Tensor, frames, channels) -> tf.Tensor:
-    """bool ``[frames, channels]``: False where a mask falls."""
-    seeds = tf.random.experimental.stateless_split(
-        tf.cast(seed, tf.int64), 2 * (self.freq_masks + self.time_masks))
-    masks = [(1, self.freq_mask_param)] * self.freq_masks + [(0, self.time_mask_param)] * \
-        self.time_masks
-    keep = tf.ones([frames, channels], tf.bool)
+  def keep(self, seeds: tf.Tensor, frames, channels) -> tf.Tensor:
+    """bool ``[batch, frames, channels]``: False where a mask falls; row b's masks
+    are a function of ``seeds[b]`` (int ``[batch, 2]``) only."""
+    masks = ([(2, self.freq_mask_param)] * self.freq_masks +
+             [(1, self.time_mask_param)] * self.time_masks)
+    u = augment.uniforms(seeds, 2 * len(masks))
+    keep = tf.ones([tf.shape(u)[0], frames, channels], tf.bool)
     for i, (axis, param) in enumerate(masks):
-      size = channels if axis == 1 else frames
-      width = tf.random.stateless_uniform([], seeds[2 * i], 0, param + 1, tf.int32)
-      width = tf.minimum(width, size)
-      start = tf.random.stateless_uniform([], seeds[2 * i + 1], 0, size - width + 1, tf.int32)
-      index = tf.range(size)
-      outside = tf.logical_or(index < start, index >= start + width)
-      keep = tf.logical_and(keep, outside[tf.newaxis, :] if axis == 1 else
-                            outside[:, tf.newaxis])
+      size = channels if axis == 2 else frames
+      width = tf.minimum(tf.cast(u[:, 2 * i] * (param + 1), tf.int32), size)
+      start = tf.cast(u[:, 2 * i + 1] * tf.cast(size - width + 1, tf.float32), tf.int32)
+      index = tf.range(size)[tf.newaxis]
+      outside = tf.logical_or(index < start[:, tf.newaxis],
+                              index >= (start + width)[:, tf.newaxis])  # [batch, size]
+      keep = tf.logical_and(keep, outside[:, tf.newaxis, :] if axis == 2 else
+                            outside[:, :, tf.newaxis])
     return keep
 
   def __call__(self, features: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """``features [frames, channels]`` masked with the masks of ``seed`` (int ``[2]``)."""
     shape = tf.shape(features)
-    return tf.where(self.keep(seed, shape[0], shape[1]), features, tf.zeros_like(features))
+    keep = self.keep(tf.convert_to_tensor(seed)[tf.newaxis], shape[0], shape[1])[0]
+    return tf.where(keep, features, tf.zeros_like(features))
 
 
 def shard_paths(records_dir: str, fmt: str, split: str,
@@ -188,12 +190,11 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   if augmenter is not None:
     if not training or metadata["task"] != "kws":
       raise ValueError("waveform augmentation is for kws training pipelines")
-    check_context(metadata, records_dir)
-    paths = shard_paths(records_dir, "raw", split, metadata)
-    parse = make_parser(metadata, "raw", normalize=False, shift_range=True)
-  else:
-    paths = shard_paths(records_dir, fmt, split, metadata)
-    parse = make_parser(metadata, fmt, normalize)
+    return _augmented_batches(records_dir, metadata, split, fmt, normalize, augmenter,
+                              spec_augment, guidance, keep, shuffle_buffer, seed, repeat,
+                              batch_size, drop_remainder)
+  paths = shard_paths(records_dir, fmt, split, metadata)
+  parse = make_parser(metadata, fmt, normalize)
   if guidance is not None:
     ds = guidance.join(paths, compression, parse)
   else:
@@ -204,9 +205,6 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
-  if training and augmenter is not None:
-    return _augmented_batches(ds, metadata, fmt, normalize, augmenter, spec_augment, guidance,
-                              seed, batch_size, drop_remainder).prefetch(tf.data.AUTOTUNE)
   if training and spec_augment is not None:
     seeds = tf.data.Dataset.random(seed=seed).batch(2)
     ds = tf.data.Dataset.zip((ds, seeds)).map(
@@ -223,50 +221,85 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augmented_batches(ds: tf.data.Dataset, metadata: dict, fmt: str, normalize: bool,
+def _augmented_batches(records_dir: str, metadata: dict, split: str, fmt: str, normalize: bool,
                        augmenter: augment.Augmenter, spec_augment: Optional[SpecAugment],
-                       guidance: Optional["Guidance"], seed: Optional[int], batch_size: int,
+                       guidance: Optional["Guidance"], keep: Optional[Callable],
+                       shuffle_buffer: int, seed: Optional[int], repeat: bool, batch_size: int,
                        drop_remainder: bool) -> tf.data.Dataset:
-  """Batches of augmented kws training examples from parsed raw records.
+  """Batches of augmented kws training examples from the raw records.
 
-  Per example, the cheap random choices (``Augmenter.draw``; a view of
-  ``guidance`` when it has several; SpecAugment's masks); per batch, the
-  signal processing (``Augmenter.apply``), ``fmt``'s front end and the masks.
+  Serialized records (joined with ``guidance``) are shuffled and batched; then,
+  per batch: parsing, a view of ``guidance`` per example when it has several,
+  the random choices (``Augmenter.draw``), the signal processing
+  (``Augmenter.apply``), ``fmt``'s front end and SpecAugment's masks. Each
+  example's randomness comes from its own four draws of a
+  ``tf.data.Dataset.random`` stream, so a resumed run repeats it.
   """
-  front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize)
+  check_context(metadata, records_dir)
+  paths = shard_paths(records_dir, "raw", split, metadata)
+  compression = metadata["params"]["compression"]
   samples = context_samples(metadata)
+  parse = raw_batch_parser(metadata)
+  front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize)
   frames = front_end.config.num_frames(augmenter.window)
   channels = front_end.config.num_channels
-  views = guidance.views if guidance is not None else 0
+  if guidance is not None:
+    ds = guidance.pairs(paths, compression)
+  else:
+    ds = records_dataset(paths, compression).map(lambda r: (r,))
+  if keep is not None:
+    ds = ds.filter(lambda record, *_: keep(
+        tf.io.parse_single_example(record, {"id": tf.io.FixedLenFeature([], tf.string)})))
+  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  keys = tf.data.Dataset.random(seed=seed).batch(4).batch(batch_size)
 
-  def choose(x, s):
-    shift_range = x.pop("shift_range")
-    waveform = tf.ensure_shape(x.pop("features")[:, 0], [samples])
-    x.pop("num_frames")
-    seed = s[2:]
-    if views:
-      view = tf.random.stateless_uniform([], seed, 0, views, tf.int32)
-      seed = augment.view_seed(x["id"], view, guidance.view_seed)
-      x["guidance_logits"] = x["guidance_logits"][view]
-    x["waveform"] = waveform
-    x["choices"] = augmenter.draw(seed, shift_range, samples)
+  def process(batch, keys):
+    x = parse(batch[0])
+    keys = keys[:tf.shape(x["id"])[0]]
+    seeds = keys[:, 2:]
+    if guidance is not None:
+      x.update(guidance.parse(batch[1]))
+      if guidance.views:
+        view = tf.cast(tf.math.floormod(keys[:, 0], guidance.views), tf.int32)
+        seeds = augment.view_seed(x["id"], view, guidance.view_seed)
+        x["guidance_logits"] = tf.gather(x["guidance_logits"], view, axis=1, batch_dims=1)
+    waveforms = x.pop("waveform")
+    choices = augmenter.draw(seeds, x.pop("shift_range"), samples)
+    values = front_end(augmenter.apply(waveforms, choices))
     if spec_augment is not None:
-      x["keep"] = spec_augment.keep(s[:2], frames, channels)
-    return x
-
-  def process(x):
-    windows = augmenter.apply(x.pop("waveform"), x.pop("choices"))
-    values = front_end(windows)
-    if "keep" in x:
-      values = tf.where(x.pop("keep"), values, 0.0)
+      values = tf.where(spec_augment.keep(keys[:, :2], frames, channels), values, 0.0)
     x["features"] = values
-    x["num_frames"] = tf.fill(tf.shape(windows)[:1], frames)
+    x["num_frames"] = tf.fill(tf.shape(values)[:1], frames)
     return x
 
-  seeds = tf.data.Dataset.random(seed=seed).batch(4)
-  ds = tf.data.Dataset.zip((ds, seeds)).map(choose, num_parallel_calls=tf.data.AUTOTUNE)
-  return ds.batch(batch_size, drop_remainder=drop_remainder).map(
-      process, num_parallel_calls=tf.data.AUTOTUNE)
+  ds = tf.data.Dataset.zip((ds.batch(batch_size, drop_remainder=drop_remainder), keys))
+  return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+def raw_batch_parser(metadata: dict) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
+  """Returns ``parse(serialized [batch]) -> dict`` for kws raw records with context:
+  ``id`` [batch], ``label`` int32 [batch], ``shift_range`` float32 [batch, 2]
+  (seconds) and ``waveform`` float32 [batch, context samples] in [-1, 1]."""
+  samples = context_samples(metadata)
+  dtype = tf.int16 if metadata["formats"]["raw"]["dtype"] == "int16" else tf.float32
+  spec = {"id": tf.io.FixedLenFeature([], tf.string),
+          "features": tf.io.FixedLenFeature([], tf.string),
+          "label": tf.io.FixedLenFeature([], tf.int64),
+          "shift_range": tf.io.FixedLenFeature([2], tf.float32)}
+
+  def parse(serialized):
+    example = tf.io.parse_example(serialized, spec)
+    waveform = tf.cast(tf.io.decode_raw(example["features"], dtype, little_endian=True),
+                       tf.float32)
+    if dtype == tf.int16:
+      waveform = waveform / 32768.0
+    return {"id": example["id"], "label": tf.cast(example["label"], tf.int32),
+            "shift_range": example["shift_range"],
+            "waveform": tf.ensure_shape(waveform, [None, samples])}
+
+  return parse
 
 
 def context_samples(metadata: dict) -> int:
@@ -412,14 +445,14 @@ class Guidance:
           f"{[os.path.basename(p) for p in missing[:5]]} (they must mirror the data shards)")
     return paths
 
-  def join(self, data_paths: Sequence[str], data_compression: str,
-           parse: Callable) -> tf.data.Dataset:
+  def pairs(self, data_paths: Sequence[str], data_compression: str) -> tf.data.Dataset:
+    """``(data record, guidance record)`` serialized pairs, shard by shard, ids checked."""
     guidance_paths = self.guidance_paths(data_paths)
     pairs = tf.data.Dataset.from_tensor_slices(
         (list(data_paths), guidance_paths))
     data_type = records.tf_compression(data_compression)
     guidance_type = records.tf_compression(self.compression)
-    spec, prefix, decode = self.spec, self.prefix, self.decode
+    spec = self.spec
 
     def one_shard(data_path, guidance_path):
       data = tf.data.TFRecordDataset(data_path, data_type)
@@ -448,17 +481,22 @@ class Guidance:
       return tf.data.Dataset.zip((data, guide)).map(check).filter(
           lambda d, g, real: real).map(lambda d, g, real: (d, g))
 
-    def merge(data_record, guide_record):
-      example = parse(data_record)
-      guide = tf.io.parse_single_example(guide_record, spec)
-      if decode is not None:
-        guide = decode(guide)
-      for key, value in guide.items():
-        if key != "id":
-          example[prefix + key] = value
-      return example
+    return pairs.flat_map(one_shard)
 
-    return pairs.flat_map(one_shard).map(merge, num_parallel_calls=tf.data.AUTOTUNE)
+  def parse(self, serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """Guidance records (a scalar or ``[batch]`` of serialized records) as a dict of
+    ``prefix + key`` tensors (the ids left out), decoded when ``decode`` is given."""
+    guide = tf.io.parse_example(serialized, self.spec)
+    if self.decode is not None:
+      guide = self.decode(guide)
+    return {self.prefix + key: value for key, value in guide.items() if key != "id"}
+
+  def join(self, data_paths: Sequence[str], data_compression: str,
+           parse: Callable) -> tf.data.Dataset:
+    """Parsed data examples (``parse``) with the guidance keys of their records."""
+    return self.pairs(data_paths, data_compression).map(
+        lambda data_record, guide_record: dict(parse(data_record), **self.parse(guide_record)),
+        num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
@@ -486,12 +524,13 @@ def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
           "frames": tf.io.FixedLenFeature([], tf.int64)}
   spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in outputs})
 
-  def decode(guide):
+  def decode(guide):  # one record (scalars) or a batch of them ([batch])
     out = {"frames": tf.cast(guide["frames"], tf.int32)}
     for name, info in outputs.items():
       values = tf.io.decode_raw(guide[name], dtype, little_endian=True)
       shape = [-1 if size is None else size for size in info["shape"]]
-      out[name] = tf.reshape(tf.cast(values, tf.float32), shape)
+      out[name] = tf.reshape(tf.cast(values, tf.float32),
+                             tf.concat([tf.shape(guide[name]), shape], 0))
     return out
 
   return Guidance(guidance_dir, spec, meta["compression"], decode=decode,

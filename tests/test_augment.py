@@ -155,6 +155,65 @@ def test_synthetic_rir_direct_path_and_60_db_decay_at_rt60():
   assert float(np.sum(np.square(rir[1:], dtype=np.float64))) == pytest.approx(rt60, rel=1e-3)
 
 
+def test_uniforms_are_per_row_uniform_and_independent_of_the_batch():
+  rng = np.random.default_rng(0)
+  seeds = tf.constant(rng.integers(0, 2 ** 40, size=(4000, 2)), tf.int64)
+  u = augment.uniforms(seeds, 6).numpy()
+  assert u.shape == (4000, 6) and u.min() >= 0.0 and u.max() < 1.0
+  # Uniform: every decile holds about a tenth (binomial sd ~0.002).
+  counts = np.histogram(u[:, 0], bins=10, range=(0, 1))[0] / 4000
+  assert np.abs(counts - 0.1).max() < 0.02
+  # Columns and neighbouring rows are uncorrelated; consecutive seeds too.
+  assert abs(np.corrcoef(u[:, 0], u[:, 1])[0, 1]) < 0.05
+  consecutive = augment.uniforms(tf.stack([tf.range(4000, dtype=tf.int64),
+                                           tf.zeros([4000], tf.int64)], 1), 2).numpy()
+  assert abs(np.corrcoef(consecutive[:-1, 0], consecutive[1:, 0])[0, 1]) < 0.05
+  # A row is the same alone and in any batch.
+  np.testing.assert_array_equal(augment.uniforms(seeds[7:8], 6).numpy()[0], u[7])
+
+
+def test_a_batch_of_views_equals_the_views_one_by_one():
+  """``apply(draw(seeds))`` row b is ``Augmenter(waveform b, seed b)``: guidance
+  made one view at a time matches a student's batches."""
+  rng = np.random.default_rng(3)
+  babble = rng.normal(0, 0.1, 4 * SR).astype(np.float32)
+  noise = rng.normal(0, 0.1, 3 * SR).astype(np.float32)
+  config = AugmentConfig(enabled=True, speed_prob=0.5, reverb_prob=0.5, noise_prob=0.7,
+                         telephone_prob=0.3)
+  augmenter = augment.Augmenter(config, SR, CLIP, babble=babble, noise=noise)
+  assert augmenter.noise_kinds == ("coloured", "babble", "recorded")
+  waves = np.stack([context_signal(rng, std=0.2) for _ in range(12)])
+  seeds = tf.constant(rng.integers(0, 2 ** 40, size=(12, 2)), tf.int64)
+  shift = tf.constant(np.tile([[-0.2, 0.25]], (12, 1)), tf.float32)
+  choices = augmenter.draw(seeds, shift, waves.shape[1])
+  batch = augmenter.apply(tf.constant(waves), choices).numpy()
+  for b in range(12):
+    one = augmenter(tf.constant(waves[b]), seeds[b], shift[b]).numpy()
+    np.testing.assert_allclose(batch[b], one, atol=1e-5)
+  # The draws cover the steps: some rows get each one and some do not.
+  for key in ("reverb", "add_noise", "telephone"):
+    assert 0 < np.sum(choices[key].numpy()) < 12
+  assert len(set(choices["noise_bank"].numpy()[choices["add_noise"].numpy()])) > 1
+
+
+def test_recorded_noise_alone_comes_from_the_recordings():
+  """With only recorded noise weighted, the added noise is a stretch of the bank
+  (a 1 kHz tone here) at the drawn SNR."""
+  t = np.arange(3 * SR) / SR
+  tone = np.sin(2 * np.pi * 1000 * t).astype(np.float32)
+  x = context_signal(np.random.default_rng(2), std=0.1)
+  config = quiet(noise_prob=1.0, snr_db_min=5.0, snr_db_max=5.0, coloured_noise_weight=0.0,
+                 babble_weight=0.0, recorded_noise_weight=1.0)
+  augmenter = augment.Augmenter(config, SR, CLIP, noise=tone)
+  assert augmenter.noise_kinds == ("recorded",)
+  for i in range(3):
+    added = (augmenter(tf.constant(x), seed(i)).numpy() - centred(x)).astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(added)) ** 2
+    f = np.fft.rfftfreq(len(added), 1.0 / SR)
+    assert spectrum[np.abs(f - 1000) <= 2].sum() > 0.99 * spectrum.sum()
+    assert 10 * np.log10(power(x) / power(added)) == pytest.approx(5.0, abs=0.1)
+
+
 # ---------------------------------------------------------------------------
 # Augmenter.
 
@@ -515,7 +574,7 @@ def test_pipeline_without_augmentation_gives_the_stored_features(context_records
 def test_augmented_pipeline_is_a_function_of_the_seed(context_records):
   config = AugmentConfig(enabled=True)
   augmenter = data.make_augmenter(context_records, config, "train")
-  assert augmenter.babble is not None
+  assert augmenter.noise_kinds == ("coloured", "babble")
 
   def batches(seed_value):
     ds = data.make_dataset(context_records, "mfcc", "train", batch_size=8, training=True,

@@ -55,7 +55,7 @@ import yaml
 from tqdm import tqdm
 
 from kws_tf import config as config_lib
-from kws_tf import data, records, text
+from kws_tf import augment, data, records, text
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import fitnet, losses, quantization
 from kws_tf.evaluation import runner
@@ -279,8 +279,7 @@ class Trainer:
           f"augment.enabled: the student would see augmented clips while {self.guidance_dir} "
           "holds the teacher's logits for the clean ones; make guidance of the same views: "
           "kws-create-guidance --views=8 --augment_recipe=<this recipe> (same --override)")
-    wanted = dataclasses.asdict(cfg.augment)
-    wanted.pop("enabled")
+    wanted = augment.view_fields(cfg.augment)
     made = guidance.metadata.get("augment", {})
     differ = sorted(k for k in set(wanted) | set(made) if wanted.get(k) != made.get(k))
     if guidance.metadata.get("babble_split") != cfg.data.train_split:
