@@ -26,14 +26,8 @@ and 90th percentile absolute error of word starts and ends together (and
 separately), the signed mean (hypothesis - truth: a systematic offset, left
 in), and the model's test CER (greedy, from its ``results.json``). Every
 command is printed before it runs; its output goes to ``<work_dir>/logs``.
-Synthetic speech: espeak's Vietnamese is far from natural speech.
-
-Measured (defaults plus ``--student``; 2 shared cores, load average about 10):
-teacher (2.3 M parameters, test CER 0.301) median 26 ms on the test split
-(starts +38 ms late on average, ends 21 ms early: the space spike sits on the
-true boundary, the first character follows it); student (0.46 M, test CER
-0.200) median 65 ms, a systematic delay (ends +38 ms, starts +95 ms). The
-whole run took 53 min, the teacher alone 23 min of it; a re-run 1 min.
+Synthetic speech: espeak's Vietnamese is far from natural speech. Results:
+benchmarks/README.md, CTC forced alignment.
 """
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 

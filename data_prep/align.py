@@ -52,7 +52,7 @@ import os
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from absl import app, flags, logging
+from absl import app, flags
 
 from kws_tf import cli
 
@@ -78,7 +78,6 @@ def main(argv):
       raise app.UsageError(f"--{name} is required")
   if FLAGS.batch_size < 1:
     raise app.UsageError("--batch_size must be at least 1")
-  logging.set_verbosity(logging.WARNING)
   out = FLAGS.out or os.path.join(FLAGS.data_dir, "alignments", "{split}.ctm")
   try:
     results = align_records(FLAGS.model_dir, FLAGS.data_dir, FLAGS.splits, FLAGS.batch_size,

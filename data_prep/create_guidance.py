@@ -35,7 +35,7 @@ finished by the same command.
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from absl import app, flags, logging
+from absl import app, flags
 
 from kws_tf import cli
 
@@ -67,7 +67,6 @@ flags.mark_flags_as_required(["teacher_dir", "data_dir", "out_dir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
   from data_prep import guidance
   from kws_tf import config as config_lib
   try:

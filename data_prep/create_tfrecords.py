@@ -211,13 +211,13 @@ _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 def _keep_freed_memory() -> None:
   """Keeps a worker's freed memory for reuse instead of returning it to the kernel.
 
-  By default glibc maps blocks above a threshold (128 KiB, raised as they are
-  freed) straight from the kernel and unmaps them on free, and gives the top of
-  the heap back once its free part exceeds 128 KiB. Every chunk of waveforms
-  and many front-end tensors then page-fault fresh memory in (reading the
-  8,000 files of the benchmark corpus: 0.6 to 0.7 s, against 0.4 s without
-  the faults). Blocks up to 32 MiB now come from the heap, which keeps up to
-  256 MiB free. A no-op where the C library is not glibc.
+  glibc's defaults map blocks above a threshold (128 KiB, raised as they are
+  freed) straight from the kernel, unmap them on free, and give the top of the
+  heap back once its free part exceeds 128 KiB, so every chunk of waveforms and
+  many front-end tensors would page-fault fresh memory in. Here blocks up to
+  32 MiB come from the heap (mmap threshold), the heap keeps up to 256 MiB free
+  (trim threshold) and asks the kernel for 64 MiB more than it needs when it
+  grows (top pad). A no-op where the C library is not glibc.
   """
   try:
     libc = ctypes.CDLL("libc.so.6")
@@ -232,10 +232,10 @@ def _keep_freed_memory() -> None:
 def worker_cpus(workers: int, pin: bool) -> Optional[List[int]]:
   """The CPU of each of ``workers`` workers, or None to leave them to the scheduler.
 
-  Two workers on two CPUs, unpinned, converted 1.6x to 1.8x as fast as one, as
-  the scheduler moved them between CPUs; pinned, 1.8x to 2.0x. Only workers
-  that fill every CPU this process may use are pinned: two jobs with fewer
-  workers each would otherwise pin theirs to the same first CPUs.
+  With ``pin``, each worker runs on its own CPU of those this process may use,
+  so the scheduler does not move workers between CPUs. Only workers that fill every
+  such CPU are pinned: two jobs with fewer workers each would otherwise pin
+  theirs to the same first CPUs.
   """
   usable = affinity.usable_cpus()
   return usable if pin and workers == len(usable) else None
@@ -263,10 +263,8 @@ def _init_worker(config: dict, cpus: Optional[List[int]], started) -> None:
 # front-end batches of BATCH_EXAMPLES of similar length, zero-padded to a
 # multiple of PAD_SAMPLES so that batch shapes repeat. A chunk holds a whole
 # shard of the default size: sorting more utterances by length leaves less
-# padding (on the benchmark's utterances of 0.7 to 4.3 s, the front end reads
-# 7% more samples than the audio holds, against 18% with chunks of 64). The
-# batching depends only on the shard, so the bytes written do not depend on
-# --cores.
+# padding in each batch. The batching depends only on the shard, so the bytes
+# written do not depend on --cores.
 CHUNK_EXAMPLES = 256
 CHUNK_SAMPLES = 1 << 24
 BATCH_EXAMPLES = 16
@@ -582,8 +580,7 @@ def convert(args) -> int:
   except (FileNotFoundError, ValueError, KeyError) as error:  # corpus, CTM, vocab, flags
     raise SystemExit(f"error: {error}") from error
   # The plan's objects (one per utterance) live until the end. Frozen, the
-  # garbage collector stops rescanning them whenever the pool's threads
-  # allocate: that took 7% of a core beside two workers, 2% frozen.
+  # garbage collector does not rescan them whenever the pool's threads allocate.
   gc.freeze()
   os.makedirs(args.out_dir, exist_ok=True)
   _check_plan(args.out_dir, plan)

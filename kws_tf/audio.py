@@ -1,14 +1,14 @@
 """Reading and writing audio files with explicit, machine-readable failures.
 
 A 16-bit PCM WAV file (VIVOS, espeak, most corpora) is read with the standard
-library's ``wave`` module (0.04 ms for a 2 s file, against 0.12 ms through
-libsndfile); every other file, and any WAV that ``wave`` cannot parse, is
-decoded with soundfile (libsndfile: WAV, FLAC, OGG, MP3). Both give the same
-floats (x / 32768 for 16-bit samples). The result is mixed down to mono by
-averaging the channels and resampled with soxr ("HQ") to the rate the caller
-asks for. A file that cannot be used raises :class:`AudioError` whose
-``reason`` is one of :data:`REASONS`, so a corpus converter can count and
-report skipped files by reason.
+library's ``wave`` module (its int16 samples copied as they are); every other
+file, and any WAV that ``wave`` cannot parse, is decoded with soundfile
+(libsndfile: WAV, FLAC, OGG, MP3). Both give the same floats (x / 32768 for
+16-bit samples). The result is mixed down to mono by averaging the channels
+and resampled with soxr ("HQ") to the rate the caller asks for. A file that
+cannot be used raises :class:`AudioError` whose ``reason`` is one of
+:data:`REASONS`, so a corpus converter can count and report skipped files by
+reason.
 
 libsndfile does not fail on a truncated WAV: it silently shortens the stream
 to the bytes present. :func:`read_audio` therefore compares the size that the
@@ -174,8 +174,7 @@ def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int]]:
 
 def _read_with_soundfile(path) -> Tuple[np.ndarray, int]:
   """(``[frames, channels]``, rate in Hz) of any file libsndfile decodes: int16
-  for 16-bit PCM (scaled by the caller in numpy, at half the cost of
-  libsndfile's float conversion), float32 otherwise.
+  for 16-bit PCM (the caller scales it to float32 in numpy), float32 otherwise.
 
   Raises AudioError ("unreadable", "truncated").
   """

@@ -58,9 +58,8 @@ STUDENT_MODES = ("standard", "distill", "quantized_distill")
 WHISPER_BASE_DIR = os.path.join("models", "whisper-base")
 # The kws student's MFCC front end, sized for a phone: 20 ms windows and hop
 # (a 320-point DFT, exported as a folded matrix product, 51 frames per 1 s
-# clip) and mel bands up to 4 kHz (81 DFT bins). Its int8 TFLite file stays
-# under 300 KB; in TFLite this front end takes 0.056 ms per 1 s clip against
-# the default's 0.52 (README, latency section).
+# clip) and mel bands up to 4 kHz (81 DFT bins), for an int8 TFLite file under
+# 300 KB (sizes and times: benchmarks/README.md, latency section).
 KWS_STUDENT_FEATURES = ("mfcc.frame_length=320", "mfcc.fft_length=320",
                         "mfcc.frame_step=320", "mfcc.upper_edge_hertz=4000")
 

@@ -18,7 +18,7 @@ model, ``<model_dir>/eval/<split>/`` receives ``results.json`` and:
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from absl import app, flags, logging
+from absl import app, flags
 
 from kws_tf import cli
 
@@ -39,7 +39,6 @@ flags.mark_flags_as_required(["model_dirs", "data_dir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
   from kws_tf.evaluation import report
   all_results = []
   for model_dir in FLAGS.model_dirs:

@@ -16,7 +16,7 @@ import shlex
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from absl import app, flags, logging
+from absl import app, flags
 
 from kws_tf import cli
 
@@ -50,7 +50,6 @@ flags.mark_flags_as_required(["model_dir", "data_dir", "out_dir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
   from kws_tf.export import tflite
   config = tflite.ExportConfig(
       formats=tuple(FLAGS.formats), int8_io=FLAGS.int8_io == "int8",

@@ -24,7 +24,7 @@ made with another config is refused. TensorBoard: ``tensorboard
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-from absl import app, flags, logging
+from absl import app, flags
 
 from kws_tf import cli
 
@@ -71,7 +71,6 @@ def resolved_config() -> config_lib.Config:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.WARNING)
   if FLAGS.cpu_replicas > 1:
     import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]

@@ -18,11 +18,11 @@
   <name>.json, <name>.md the model card of each (``model_card``), next to it:
                          saved_model.json, model_<format>.json
 
-Why the front end stays float32: a power spectrum spans far more than 8 bits.
-Quantizing it with the model (TFLite's default) gave max logit errors of 1.2
-(kws) and 2.7 (ctc) on tiny test students (synthetic speech), against 0.01
-and 0.4 with the front end float; TFLite's dynamic-range default (int8 mel /
-DFT matrices too) 1.2 against 0.005.
+Why the front end stays float32: a power spectrum spans far more than the 8
+bits of an int8 tensor. int8 (and qat) files quantize the model's layers only,
+the front end and the normalisation stay float32; dynamic files keep the front
+end's constants (DFT, mel, delta matrices) float32 (the errors of both ways:
+BUILD.md, TFLite export internals).
 
 Parity: ``num_parity`` test examples (spread over the split) go through the Keras
 model (on the features stored in the records, normalised as in training) and
