@@ -83,6 +83,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAMILIES = {"wav2letter": ("student_config", "student_override"),
             "mobilenet_v3": ("mobilenet_config", "mobilenet_override")}
 METHODS = ("standard", "distill", "quantized_distill", "qd_finetune", "ptq", "fitnet")
+# Part of a fitnet run's folder key: the stage-2 loss it trains with
+# (kws_tf.distill.objectives.FitNetKD).
+FITNET_STAGE2_LOSS = "hard_weight * hard + lambda * alpha * T^2 * KL"
 METHOD_NAMES = {"standard": "standard", "distill": "distill (KD)",
                 "quantized_distill": "quantized distillation",
                 "qd_finetune": "quantized distillation from the float distilled student",
@@ -131,7 +134,8 @@ flags.DEFINE_multi_string("finetune_override", ["train.steps=1000",
                           "key=value for the qd_finetune runs: quantized distillation started "
                           "(kws-train --init_from) from the float distilled student of the same "
                           "seed, after --quantized_override.")
-flags.DEFINE_multi_string("fitnet_override", [], "key=value for the fitnet runs only (fitnet.*).")
+flags.DEFINE_multi_string("fitnet_override", [], "key=value for the fitnet runs only "
+                          "(fitnet.*, and distill.* for stage 2's loss).")
 
 # Every run validates on the dev speakers (the recipes' default is a hold-out
 # of train clips, whose speakers are also in training).
@@ -266,7 +270,7 @@ def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: s
   if mode != "standard":
     key += (guidance_dir,)
   if mode == "fitnet":
-    key += (hints_dir,)
+    key += (hints_dir, FITNET_STAGE2_LOSS)
   if init_from:
     key += (init_from,)
   model_dir = os.path.join(FLAGS.work_dir, "models", f"student_{mode}-{_digest(*key)}")

@@ -12,6 +12,7 @@ The resolved config (recipe + overrides + flags) is written next to the
 checkpoints as ``config.yaml``; evaluation and export rebuild the model from it.
 """
 import dataclasses
+import os
 import typing
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -180,19 +181,41 @@ class OptimizerConfig:
 
 @dataclasses.dataclass
 class DistillConfig:
-  """Distillation loss weights (see ``kws_tf.distill.losses``).
+  """Distillation loss weights (``kws_tf.distill.losses``, ``kws_tf.distill.objectives``).
+
+  The loss of ``mode=distill`` and ``quantized_distill`` is
+  ``hard_weight * hard + alpha * kd + feature_weight * feature`` with ``kd``
+  the ``T^2``-scaled KL; FitNet stage 2 multiplies ``alpha`` by its annealed
+  ``lambda`` (``FitNetConfig``).
 
   Fields:
-    temperature: softmax temperature T applied to teacher and student logits.
-    alpha: weight of the T^2-scaled KL term.
-    beta: weight of the hard loss; None means ``1 - alpha``.
-    feature_weight: weight of the feature-matching MSE (needs
-      ``model.projection_dim`` and teacher features in the guidance).
+    temperature: softmax temperature T > 0 applied to teacher and student logits.
+    alpha: weight of the T^2-scaled KL term, in [0, 1].
+    beta: weight of the hard loss, >= 0; None means ``1 - alpha``.
+    feature_weight: weight of the feature-matching MSE, >= 0; 0 turns it off
+      (> 0 needs ``model.projection_dim`` and teacher features in the guidance).
   """
   temperature: float = 5.0
   alpha: float = 0.5
   beta: Optional[float] = None
   feature_weight: float = 0.0
+
+  @property
+  def hard_weight(self) -> float:
+    """Weight of the hard loss: ``beta``, or ``1 - alpha`` when beta is None."""
+    return 1.0 - self.alpha if self.beta is None else self.beta
+
+  def validate(self) -> "DistillConfig":
+    """ConfigError naming the first bad field."""
+    if self.temperature <= 0:
+      raise ConfigError(f"distill.temperature must be > 0; got {self.temperature}")
+    if not 0.0 <= self.alpha <= 1.0:
+      raise ConfigError(f"distill.alpha must be in [0, 1]; got {self.alpha}")
+    if self.beta is not None and self.beta < 0:
+      raise ConfigError(f"distill.beta must be >= 0 or null; got {self.beta}")
+    if self.feature_weight < 0:
+      raise ConfigError(f"distill.feature_weight must be >= 0; got {self.feature_weight}")
+    return self
 
 
 @dataclasses.dataclass
@@ -226,9 +249,12 @@ class FitNetConfig:
     hint_steps: optimizer steps of stage 1 (stage 2 runs ``train.steps``).
     hint_learning_rate: peak learning rate of stage 1 (0: that of
       ``optimizer.learning_rate``).
-    kd_weight_start, kd_weight_end: stage 2's loss is ``hard + lambda *
-      KL(teacher_T || student_T)`` with lambda going linearly from start to end
-      over the stage (the paper: 4 to 1).
+    kd_weight_start, kd_weight_end: stage 2's loss is the ``distill``
+      section's, ``hard_weight * hard + lambda * alpha * T^2 *
+      KL(teacher_T || student_T) + feature_weight * feature``, with lambda
+      going linearly from start to end over the stage (the paper: 4 to 1).
+      ``distill.alpha=1/T^2`` and ``distill.beta=1`` give the paper's
+      ``hard + lambda * KL``.
   """
   stage: int = 0
   guided_layer: str = ""
@@ -331,6 +357,7 @@ class Config:
                         "own log-mel scaling, not standardised features; set "
                         "data.normalize=false (configs/teacher_*_whisper.yaml do)")
     self.augment.validate()
+    self.distill.validate()
     if self.augment.enabled and self.mode == "fitnet":
       raise ConfigError("augment.enabled: FitNet hints are stored for the clean clips; "
                         "train FitNets without waveform augmentation")
@@ -456,3 +483,42 @@ def load(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
 def dump(config: Config) -> str:
   """The config as YAML text (what ``config.yaml`` in a model dir holds)."""
   return yaml.safe_dump(to_dict(config), sort_keys=False, allow_unicode=True)
+
+
+def differences(old: Config, new: Config) -> List[str]:
+  """The dotted keys whose values differ between two configs, sorted
+  (``model.params`` compared as a whole)."""
+  def walk(a: Dict[str, Any], b: Dict[str, Any], prefix: str) -> List[str]:
+    out = []
+    for key in set(a) | set(b):
+      x, y = a.get(key), b.get(key)
+      if isinstance(x, dict) and isinstance(y, dict) and key != "params":
+        out.extend(walk(x, y, f"{prefix}{key}."))
+      elif x != y:
+        out.append(f"{prefix}{key}")
+    return out
+
+  return sorted(walk(to_dict(old), to_dict(new), ""))
+
+
+def write_once(path: str, config: Config) -> bool:
+  """Writes ``dump(config)`` to ``path`` unless the file exists; returns whether it wrote.
+
+  An existing file must hold the same config: ConfigError naming the keys
+  that differ otherwise. A file written before a field existed holds that
+  field's default, so it differs in nothing. The write is atomic.
+  """
+  text = dump(config)
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      previous = f.read()
+    if previous != text:
+      diff = differences(from_dict(yaml.safe_load(previous), path), config)
+      if diff:
+        raise ConfigError(f"{path} holds another config (differs in: {', '.join(diff)})")
+    return False
+  tmp = path + ".tmp"
+  with open(tmp, "w", encoding="utf-8") as f:
+    f.write(text)
+  os.replace(tmp, path)
+  return True

@@ -538,6 +538,33 @@ def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
                   metadata=meta)
 
 
+def check_views(guidance: Guidance, config, train_split: str) -> None:
+  """ValueError unless ``guidance`` holds the teacher's logits of the clips the
+  student sees: of the clean clips when ``config`` (``config.AugmentConfig``)
+  is off, of views made with the same augment section and babble split
+  (``train_split``) when it is on."""
+  where = guidance.guidance_dir
+  if not config.enabled:
+    if guidance.views:
+      raise ValueError(f"{where} holds the teacher's logits for {guidance.views} augmented "
+                       "views per clip: train with the augment section they were made with "
+                       "(augment.enabled=true)")
+    return
+  if not guidance.views:
+    raise ValueError(
+        f"augment.enabled: the student would see augmented clips while {where} holds the "
+        "teacher's logits for the clean ones; make guidance of the same views: "
+        "kws-create-guidance --views=8 --augment_recipe=<this recipe> (same --override)")
+  wanted = augment.view_fields(config)
+  made = guidance.metadata.get("augment", {})
+  differ = sorted(k for k in set(wanted) | set(made) if wanted.get(k) != made.get(k))
+  if guidance.metadata.get("babble_split") != train_split:
+    differ.append("data.train_split (babble)")
+  if differ:
+    raise ValueError(f"the views in {where} were made with another augment section (differs "
+                     f"in: {', '.join(differ)}); make them again with this recipe")
+
+
 def make_augmenter(records_dir: str, config, split: str) -> augment.Augmenter:
   """The ``Augmenter`` of a recipe's ``augment`` section (``config.AugmentConfig``)
   for ``records_dir``: babble from ``split``'s negative clips, and the noise and

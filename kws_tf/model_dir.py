@@ -19,6 +19,7 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tf_keras as keras
 
+from kws_tf import config as config_lib
 from kws_tf import data, features, records
 from kws_tf.models import registry
 
@@ -119,6 +120,29 @@ class ModelSpec:
     return None if samples is None else samples / self.sample_rate
 
 
+# Keys of two specs that must agree for one model's weights to fit the other.
+_SAME_MODEL = ("name", "task", "params", "num_channels", "num_classes", "projection_dim",
+               "format", "feature_params", "normalization")
+
+
+def training_spec(config: config_lib.Config, metadata: dict) -> ModelSpec:
+  """The spec of the model ``config`` trains on the records described by
+  ``metadata`` (a ``create_tfrecords`` metadata.json), in ``config.data.format``."""
+  fmt, kws = config.data.format, config.task == "kws"
+  return ModelSpec(
+      name=config.model.name, task=config.task, role=config.role,
+      num_channels=metadata["formats"][fmt]["num_channels"],
+      num_classes=len(metadata["classes"] if kws else metadata["vocabulary"]["symbols"]),
+      projection_dim=config.model.projection_dim, params=dict(config.model.params),
+      format=fmt, feature_params=metadata["formats"][fmt]["params"],
+      normalization=metadata["normalization"].get(fmt) if config.data.normalize else None,
+      data_fingerprint=metadata["fingerprint"],
+      classes=list(metadata["classes"]) if kws else None,
+      vocabulary=None if kws else metadata["vocabulary"],
+      quantization=(dataclasses.asdict(config.quantization)
+                    if config.mode == "quantized_distill" else None))
+
+
 def spec_path(model_dir: str) -> str:
   """``<model_dir>/model.json``."""
   return os.path.join(model_dir, SPEC_FILE)
@@ -202,3 +226,23 @@ def model_records(model_dir: str, data_dir: str):
   model_meta = dict(metadata, normalization={fmt: spec.normalization})
   parse = data.make_parser(model_meta, fmt, normalize=spec.normalization is not None)
   return spec, metadata, parse
+
+
+def restore_run(model: keras.Model, spec: ModelSpec, model_dir: str) -> str:
+  """Sets ``model`` (built from ``spec``) to the best weights of the run in ``model_dir``.
+
+  That run must have trained the same model (name, parameters, task, number of
+  classes, projection) on the same input (format, feature parameters,
+  normalisation). Returns the checkpoint read; ValueError naming the keys that
+  differ, FileNotFoundError when ``model_dir`` has no model.json or no best
+  checkpoint.
+  """
+  other = read_spec(model_dir)
+  differ = [k for k in _SAME_MODEL if getattr(other, k) != getattr(spec, k)]
+  if differ:
+    values = "; ".join(f"{getattr(other, k)} vs {getattr(spec, k)}" for k in differ)
+    raise ValueError(f"its model differs in {', '.join(differ)} ({values})")
+  best = checkpoint_path(model_dir, "best")
+  tf.train.Checkpoint(model=model).restore(best).expect_partial() \
+      .assert_existing_objects_matched()
+  return best

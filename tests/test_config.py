@@ -40,6 +40,8 @@ def test_recipe_and_overrides_are_typed(tmp_path):
     (["train.steps=0"], "train.steps must be > 0"),
     (["role=teacher", "mode=distill"], "a teacher trains with mode=standard"),
     (["train.steps"], "key=value"),
+    (["distill.alpha=1.5"], "distill.alpha must be in"),
+    (["distill.temperature=0"], "distill.temperature must be > 0"),
 ])
 def test_bad_keys_and_values_name_the_key(override, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")

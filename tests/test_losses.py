@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from kws_tf.config import ConfigError, DistillConfig
 from kws_tf.distill import losses
 
 RNG = np.random.default_rng(7)
@@ -151,7 +152,7 @@ def test_kd_matches_numpy_and_scales_with_temperature_squared():
 
 def test_kd_alpha_zero_is_hard_only():
   labels, student, teacher, _, _ = kws_batch()
-  terms = losses.distillation_terms("kws", losses.DistillConfig(temperature=4.0, alpha=0.0),
+  terms = losses.distillation_terms("kws", DistillConfig(temperature=4.0, alpha=0.0),
                                     labels, student, teacher)
   assert sorted(terms) == ["hard", "kd", "total"]
   assert terms["kd"].numpy() > 0
@@ -162,7 +163,7 @@ def test_kd_alpha_zero_is_hard_only():
 def test_kd_gradient_has_closed_form_and_spares_the_teacher():
   labels, student, teacher, _, _ = kws_batch()
   temperature, alpha = 3.0, 0.7
-  config = losses.DistillConfig(temperature=temperature, alpha=alpha, beta=0.0)
+  config = DistillConfig(temperature=temperature, alpha=alpha, beta=0.0)
   student, teacher = tf.constant(student), tf.constant(teacher)
   with tf.GradientTape(persistent=True) as tape:
     tape.watch([student, teacher])
@@ -176,7 +177,7 @@ def test_kd_gradient_has_closed_form_and_spares_the_teacher():
 
 def test_hinton_total_matches_numpy():
   labels, student, teacher, _, _ = kws_batch()
-  config = losses.DistillConfig(temperature=2.0, alpha=0.6)
+  config = DistillConfig(temperature=2.0, alpha=0.6)
   terms = losses.distillation_terms("kws", config, labels, student, teacher)
   expected = (0.4 * np_cross_entropy(labels, student)
               + 0.6 * 4.0 * np_kl(teacher, student, 2.0).mean())
@@ -185,7 +186,7 @@ def test_hinton_total_matches_numpy():
 
 def test_beta_form_with_features_matches_the_pytorch_recipe():
   labels, student, teacher, projection, features = kws_batch()
-  config = losses.DistillConfig(temperature=6.0, alpha=0.8, beta=0.2, feature_weight=0.3)
+  config = DistillConfig(temperature=6.0, alpha=0.8, beta=0.2, feature_weight=0.3)
   assert config.hard_weight == 0.2
   terms = losses.distillation_terms("kws", config, labels, student, teacher,
                                     student_projection=projection,
@@ -198,7 +199,7 @@ def test_beta_form_with_features_matches_the_pytorch_recipe():
   np.testing.assert_allclose(terms["total"].numpy(), 0.8 * kd + 0.2 * hard + 0.3 * feature,
                              rtol=1e-5)
   # beta need not be 1 - alpha.
-  heavy = losses.DistillConfig(temperature=6.0, alpha=0.8, beta=1.0, feature_weight=0.3)
+  heavy = DistillConfig(temperature=6.0, alpha=0.8, beta=1.0, feature_weight=0.3)
   total = losses.distillation_terms("kws", heavy, labels, student, teacher,
                                     student_projection=projection,
                                     teacher_features=features)["total"]
@@ -244,7 +245,7 @@ def test_frame_feature_mse_is_masked():
 
 def test_ctc_distillation_terms():
   labels, label_length, logit_length, student, teacher, projection, features = ctc_batch()
-  config = losses.DistillConfig(temperature=2.0, alpha=0.5, feature_weight=0.25)
+  config = DistillConfig(temperature=2.0, alpha=0.5, feature_weight=0.25)
   terms = losses.distillation_terms("ctc", config, labels, student, teacher,
                                     label_length=label_length, logit_length=logit_length,
                                     student_projection=projection, teacher_features=features)
@@ -279,7 +280,7 @@ def test_ctc_distillation_terms():
 
 def test_bfloat16_inputs_give_float32_terms():
   labels, student, teacher, projection, features = kws_batch()
-  config = losses.DistillConfig(temperature=2.0, alpha=0.5, feature_weight=0.3)
+  config = DistillConfig(temperature=2.0, alpha=0.5, feature_weight=0.3)
   low = [tf.cast(x, tf.bfloat16) for x in (student, teacher, projection, features)]
   rounded = [tf.cast(x, tf.float32) for x in low]
   terms = losses.distillation_terms("kws", config, labels, low[0], low[1],
@@ -298,17 +299,19 @@ def test_bfloat16_inputs_give_float32_terms():
 
 
 def test_arguments_are_checked():
-  with pytest.raises(ValueError, match="temperature"):
-    losses.DistillConfig(temperature=0.0, alpha=0.5)
-  with pytest.raises(ValueError, match="alpha"):
-    losses.DistillConfig(temperature=1.0, alpha=1.5)
-  assert losses.DistillConfig(temperature=1.0, alpha=0.25).hard_weight == 0.75
   labels, student, teacher, _, _ = kws_batch()
+  for bad, key in ((DistillConfig(temperature=0.0, alpha=0.5), "distill.temperature"),
+                   (DistillConfig(temperature=1.0, alpha=1.5), "distill.alpha"),
+                   (DistillConfig(temperature=1.0, beta=-1.0), "distill.beta"),
+                   (DistillConfig(feature_weight=-0.1), "distill.feature_weight")):
+    with pytest.raises(ConfigError, match=key):
+      losses.distillation_terms("kws", bad, labels, student, teacher)
+  assert DistillConfig(temperature=1.0, alpha=0.25).hard_weight == 0.75
   with pytest.raises(ValueError, match="task"):
     losses.standard_terms("asr", labels, student)
   with pytest.raises(ValueError, match="label_length"):
     losses.standard_terms("ctc", labels, student)
   with pytest.raises(ValueError, match="student_projection"):
     losses.distillation_terms(
-        "kws", losses.DistillConfig(temperature=1.0, alpha=0.5, feature_weight=0.1),
+        "kws", DistillConfig(temperature=1.0, alpha=0.5, feature_weight=0.1),
         labels, student, teacher)

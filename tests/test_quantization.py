@@ -310,3 +310,47 @@ def test_straight_through_step(stochastic, jit_compile):
     loss = mse(clone, x, y)
   float_kernel_grad = tape.gradient(loss, clone.trainable_variables)[0]
   assert not np.allclose(grads[0], float_kernel_grad, rtol=1e-3)
+
+
+def test_quantized_training_wraps_the_gradient_and_rounds_for_validation():
+  x, y = straight_through_data()
+  model = tiny_mlp()
+  for variable in model.trainable_variables:
+    variable.assign(RNG.normal(size=variable.shape) * 0.5)
+  training = quantization.QuantizedTraining(model, bits=2, bucket_size=8, seed=3)
+  full_precision = [v.numpy() for v in model.trainable_variables]
+  step = tf.Variable(0, dtype=tf.int64)
+
+  def gradients(x, y):
+    with tf.GradientTape() as tape:
+      loss = mse(model, x, y)
+    return tape.gradient(loss, model.trainable_variables), [v.read_value()
+                                                             for v in training.variables]
+
+  grads, seen = tf.function(training.wrap(gradients, step))(x, y)
+  # The gradient was taken at the deterministically rounded weights...
+  for value, variable in zip(seen, training.variables):
+    np.testing.assert_allclose(value, quantization.quantize(
+        full_precision[[v.ref() for v in model.trainable_variables].index(variable.ref())],
+        2, 8), atol=1e-6)
+  clone = keras.models.clone_model(model)
+  clone.set_weights(model.get_weights())
+  selected = iter(seen)
+  for variable, clone_variable in zip(model.trainable_variables, clone.trainable_variables):
+    if any(variable is v for v in training.variables):
+      clone_variable.assign(next(selected))
+  with tf.GradientTape() as tape:
+    loss = mse(clone, x, y)
+  for grad, expected in zip(grads, tape.gradient(loss, clone.trainable_variables)):
+    np.testing.assert_allclose(grad, expected, rtol=1e-5, atol=1e-7)
+  # ...and the model holds the full-precision weights again.
+  for variable, value in zip(model.trainable_variables, full_precision):
+    np.testing.assert_array_equal(variable.numpy(), value)
+  with training.rounded():
+    for variable in training.variables:
+      assert all(len(np.unique(b)) <= 4 for b in np_buckets(variable.numpy(), 8))
+  for variable, value in zip(model.trainable_variables, full_precision):
+    np.testing.assert_array_equal(variable.numpy(), value)
+  report = training.report()
+  assert report["bits"] == 2 and report["stochastic"] is False
+  assert report["quantized_parameters"] == 3 * 7 + 7 + 7 * 3 + 3

@@ -19,10 +19,16 @@ valid frames of the shorter) and the hint's channels.
 
 Stage 2 (knowledge distillation): the whole student, initialised with the
 stage-1 weights of the layers up to the guided layer (the regressor is
-dropped), is trained with ``hard + lambda * KL(softmax(t/T) || softmax(s/T))``:
-the paper's ``H(y, P_S) + lambda * H(P_T^tau, P_S^tau)`` (the soft cross
-entropy and the KL differ by a constant), with lambda annealed linearly from
-``kd_weight_start`` to ``kd_weight_end`` over the stage (4 to 1 in the paper).
+dropped), is trained with the ``distill`` loss whose KD weight is multiplied
+by lambda (``kws_tf.distill.objectives.FitNetKD``)::
+
+  hard_weight * hard + lambda * alpha * T^2 * KL(softmax(t/T) || softmax(s/T))
+      + feature_weight * feature
+
+with lambda annealed linearly from ``kd_weight_start`` to ``kd_weight_end``
+over the stage (4 to 1 in the paper). The paper's ``H(y, P_S) + lambda *
+H(P_T^tau, P_S^tau)`` (the soft cross entropy and the KL differ by a
+constant) is ``alpha = 1 / T^2``, ``beta = 1``.
 """
 import os
 import re
@@ -225,23 +231,49 @@ def check_frames(student_frames, teacher_frames, factor: int, guided_layer: str,
         "same audio at the same frame rate (check the feature formats and the guided layer)")
 
 
+def check_model_frames(model: keras.Model, dataset: tf.data.Dataset, fitnet_plan: dict) -> None:
+  """``check_frames`` on the first batch of ``dataset`` (hint guidance joined)
+  run through the hint ``model``."""
+  batch = next(iter(dataset))
+  outputs = model({"features": batch["features"], "num_frames": batch["num_frames"]},
+                  training=False)
+  check_frames(outputs["hint_frames"], batch["guidance_frames"], fitnet_plan["factor"],
+               fitnet_plan["guided_layer"], fitnet_plan["hint_layer"])
+
+
+class HintError:
+  """Hint MSE of a hint model over whole datasets, one traced function for all.
+
+  ``HintError(model)(dataset, what)`` is the mean squared error over every
+  valid (frame, channel) value of ``dataset`` (batches with hint guidance
+  joined), a float; FitNetError naming ``what`` when it has no hint frames.
+  """
+
+  def __init__(self, model: keras.Model):
+    @tf.function(reduce_retracing=True)
+    def sums(batch):
+      outputs = model({"features": batch["features"], "num_frames": batch["num_frames"]},
+                      training=False)
+      return hint_error_sums(outputs["hint"], outputs["hint_frames"], batch["guidance_hint"],
+                             batch["guidance_frames"])
+
+    self._sums = sums
+
+  def __call__(self, dataset: tf.data.Dataset, what: str) -> float:
+    total = count = 0.0
+    for batch in dataset:
+      batch_total, batch_count = self._sums({k: v for k, v in batch.items() if k != "id"})
+      total += float(batch_total)
+      count += float(batch_count)
+    if count == 0:
+      raise FitNetError(f"{what} has no hint frames to measure")
+    return total / count
+
+
 def kd_weight(step, steps: int, start: float, end: float) -> tf.Tensor:
   """lambda at 0-based ``step`` of ``steps``: linear from ``start`` to ``end``."""
   progress = tf.cast(step, tf.float32) / float(max(steps - 1, 1))
   return start + (end - start) * tf.minimum(progress, 1.0)
-
-
-def stage2_total(terms: Dict[str, tf.Tensor], weight, temperature: float,
-                 feature_weight: float = 0.0) -> tf.Tensor:
-  """``hard + weight * KL + feature_weight * feature`` from ``distillation_terms``.
-
-  ``terms["kd"]`` is ``T^2 * KL`` (Hinton's scaling); the paper's lambda
-  multiplies the unscaled soft term, so it is divided by ``T^2`` here.
-  """
-  total = terms["hard"] + weight * terms["kd"] / temperature ** 2
-  if "feature" in terms:
-    total += feature_weight * terms["feature"]
-  return total
 
 
 def hint_metadata(guidance_dir: str) -> dict:
@@ -266,6 +298,18 @@ def plan(student: keras.Model, guided_layer: str, input_frame_seconds: float,
                            guided_layer)
   return dict(hints, guided_layer=guided_layer, stride=stride, alignment=kind, factor=factor,
               student_frame_seconds=stride * input_frame_seconds)
+
+
+def stage1_model(student: keras.Model, guidance_dir: str, guided_layer: str,
+                 input_frame_seconds: float) -> Tuple[keras.Model, dict]:
+  """Stage 1's model over ``student`` and its ``plan``, for the hints in ``guidance_dir``.
+
+  ``guided_layer`` "" picks the middle block; ``input_frame_seconds`` is the
+  hop of the student's input features. FitNetError when the layer or the
+  hints do not fit.
+  """
+  fitnet_plan = plan(student, guided_layer, input_frame_seconds, hint_metadata(guidance_dir))
+  return build_hint_model(student, fitnet_plan), fitnet_plan
 
 
 def build_hint_model(student: keras.Model, fitnet_plan: dict) -> keras.Model:

@@ -5,10 +5,10 @@ bfloat16 or float16 (a mixed-precision student); they are cast to float32
 first and every loss is a float32 scalar: a mean over the examples of the
 batch, or for frame-level terms a mean over the valid frames of the batch.
 
-The train loop calls ``standard_terms`` (plain training) or
-``distillation_terms`` (training from a teacher), which return a dict of
-named terms plus their weighted ``total``, so that each term can be logged on
-its own:
+``standard_terms`` (plain training) and ``distillation_terms`` (training
+from a teacher) return a dict of named terms plus their weighted ``total``,
+so that each term can be logged on its own (``kws_tf.distill.objectives``
+feeds them from a batch):
 
   ``hard``       kws: cross entropy on the true class; ctc: CTC on the
                  transcript.
@@ -20,56 +20,29 @@ its own:
   ``infeasible`` ctc only, int32: how many examples of the batch have a
                  transcript too long for their logit frames; they add
                  nothing to ``hard`` (see ``ctc``).
-  ``total``      ``hard_weight * hard + alpha * kd + feature_weight * feature``.
+  ``total``      ``hard_weight * hard + kd_scale * alpha * kd +
+                 feature_weight * feature``.
 
-Weights (``DistillConfig``): with ``beta=None`` the hard weight is
-``1 - alpha``, the usual Hinton convex mix; with ``beta`` set it is ``beta``,
-the form of the PyTorch Vietnamese KWS recipe
+Weights (``kws_tf.config.DistillConfig``): with ``beta=None`` the hard weight
+is ``1 - alpha``, the usual Hinton convex mix; with ``beta`` set it is
+``beta``, the form of the PyTorch Vietnamese KWS recipe
 ``total = alpha * KD + beta * CE + feature_weight * feature`` with
-temperature 6, alpha 0.8, beta 0.2 and feature weight 0.3. The ``kd`` term
-always carries the ``temperature**2`` factor, which keeps its gradient on
-the scale of the hard term whatever the temperature.
+temperature 6, alpha 0.8, beta 0.2 and feature weight 0.3. ``kd_scale`` is 1
+except in FitNet stage 2 (its annealed lambda). The ``kd`` term carries the
+``temperature**2`` factor, which keeps its gradient on the scale of the hard
+term whatever the temperature; no other factor of the temperature enters the
+total.
 
 Teacher logits and features are raw: the temperature is applied here, and
 no gradient flows into them (``tf.stop_gradient``).
 """
-import dataclasses
-from typing import Dict, Optional
+from typing import Dict
 
 import tensorflow as tf
 
+from kws_tf.config import DistillConfig
+
 TASKS = ("kws", "ctc")
-
-
-@dataclasses.dataclass(frozen=True)
-class DistillConfig:
-  """Weights of the distillation terms.
-
-  Attributes:
-    temperature: softening temperature T > 0 of teacher and student softmax.
-    alpha: weight of the ``kd`` term, in [0, 1].
-    beta: weight of the ``hard`` term; None means ``1 - alpha``.
-    feature_weight: weight of the ``feature`` term, >= 0; 0 turns it off.
-  """
-  temperature: float
-  alpha: float
-  beta: Optional[float] = None
-  feature_weight: float = 0.0
-
-  def __post_init__(self):
-    if self.temperature <= 0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
-    if not 0.0 <= self.alpha <= 1.0:
-      raise ValueError(f"alpha must be in [0, 1], got {self.alpha}")
-    if self.beta is not None and self.beta < 0:
-      raise ValueError(f"beta must be >= 0 or None, got {self.beta}")
-    if self.feature_weight < 0:
-      raise ValueError(f"feature_weight must be >= 0, got {self.feature_weight}")
-
-  @property
-  def hard_weight(self) -> float:
-    """Weight of the ``hard`` term: ``beta``, or ``1 - alpha`` when beta is None."""
-    return 1.0 - self.alpha if self.beta is None else self.beta
 
 
 def _float32(tensor) -> tf.Tensor:
@@ -329,7 +302,7 @@ def standard_terms(task: str, labels, logits, label_length=None,
 def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
                        teacher_logits, label_length=None, logit_length=None,
                        student_projection=None, teacher_features=None,
-                       blank_index: int = 0) -> Dict[str, tf.Tensor]:
+                       blank_index: int = 0, kd_scale=1.0) -> Dict[str, tf.Tensor]:
   """Loss terms of training from a teacher, with their weighted total.
 
   kws: ``hard`` is ``cross_entropy``, ``kd`` is ``distillation_kl`` and
@@ -340,7 +313,7 @@ def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
 
   Args:
     task: "kws" or "ctc".
-    config: temperature and weights.
+    config: temperature and weights (checked: ConfigError naming a bad field).
     labels: kws int ``[B]``; ctc int ``[B, L]`` padded.
     student_logits: kws float ``[B, C]``; ctc float ``[B, T, V]``.
     teacher_logits: raw teacher scores, the shape of ``student_logits``.
@@ -350,14 +323,16 @@ def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
       when ``config.feature_weight > 0``, ignored otherwise.
     teacher_features: the shape of ``student_projection``; same rule.
     blank_index: ctc only, the blank's index.
+    kd_scale: float or float32 scalar tensor multiplying ``config.alpha``.
 
   Returns:
     float32 scalars ``hard``, ``kd``, ``feature`` (only when
     ``config.feature_weight > 0``) and ``total``
-    (``config.hard_weight * hard + config.alpha * kd +
+    (``config.hard_weight * hard + kd_scale * config.alpha * kd +
     config.feature_weight * feature``); for ctc also ``infeasible``, an
     int32 count of examples dropped from ``hard``.
   """
+  config.validate()
   _check_task(task, label_length, logit_length)
   terms = _hard_terms(task, labels, student_logits, label_length, logit_length,
                       blank_index)
@@ -366,7 +341,7 @@ def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
   else:
     terms["kd"] = frame_distillation_kl(student_logits, teacher_logits,
                                         logit_length, config.temperature)
-  total = config.hard_weight * terms["hard"] + config.alpha * terms["kd"]
+  total = config.hard_weight * terms["hard"] + kd_scale * config.alpha * terms["kd"]
   if config.feature_weight > 0:
     if student_projection is None or teacher_features is None:
       raise ValueError("feature_weight > 0 needs student_projection and "

@@ -30,23 +30,25 @@ features) and the classifier stay float32 too, a common choice in low-bit
 quantization: both are sensitive, and usually small (not wav2letter's first
 layer, about a quarter of ``wav2letter_kws_tiny``).
 
-Quantized distillation in the train loop (straight-through estimator): the
-model's variables hold the full-precision weights between steps; each step
-assigns the quantized values (``QuantizedWeights.quantize_in_place``), runs
-forward and backward, assigns the full-precision values back (``restore``) and
-only then applies the gradient, which was computed at the quantized weights,
-to the full-precision ones. Checkpoints written between steps thus hold
-full-precision weights and a resumed run goes on exactly. At the end
-``post_training_quantize`` leaves the quantized weights in the model.
-``post_training_quantize`` alone is deep-speech-compression's post-training
-quantization baseline.
+Quantized distillation (``QuantizedTraining``, straight-through estimator):
+the model's variables hold the full-precision weights between steps; the
+train step's gradient computation is wrapped (``QuantizedTraining.wrap``) so
+that it assigns the quantized values (``QuantizedWeights.quantize_in_place``),
+runs forward and backward, and assigns the full-precision values back
+(``restore``); the caller then applies the gradient, computed at the
+quantized weights, to the full-precision ones. Checkpoints written between
+steps thus hold full-precision weights and a resumed run goes on exactly.
+Validation and the saved best model use deterministic rounding
+(``QuantizedTraining.rounded``). ``post_training_quantize`` alone is
+deep-speech-compression's post-training quantization baseline.
 
 Sizes (``model_size_bits``): a quantized tensor of ``n`` values takes
 ``ceil(n / bucket_size)`` buckets of ``bucket_size * bits`` bits plus 64 bits
 for its float32 ``alpha`` and ``beta``; every other weight 32 bits.
 """
+import contextlib
 import math
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -56,6 +58,7 @@ import tf_keras as keras
 WEIGHT_LAYERS = (keras.layers.Dense, keras.layers.Conv1D, keras.layers.Conv2D,
                  keras.layers.Conv3D, keras.layers.DepthwiseConv1D, keras.layers.DepthwiseConv2D,
                  keras.layers.SeparableConv1D, keras.layers.SeparableConv2D)
+_Result = TypeVar("_Result")
 # Bits of the float32 scale and offset stored with each bucket.
 SCALE_BITS = 64
 FLOAT_BITS = 32
@@ -309,3 +312,68 @@ class QuantizedWeights:
     """Assigns ``saved`` (from ``quantize_in_place``) back to ``variables``."""
     for variable, value in zip(self.variables, saved):
       variable.assign(value)
+
+
+class QuantizedTraining:
+  """Quantized distillation of ``model``: its quantized weights around a train step.
+
+  Args:
+    model: a built Keras model.
+    bits, bucket_size: as in ``quantize``.
+    stochastic: stochastic rounding in the train step (validation rounds to
+      the nearest level).
+    keep_first_last_float: as in ``quantizable_weights``.
+    seed: with the step number, picks a step's stochastic rounding.
+
+  Attributes:
+    variables: the quantized variables (``quantizable_weights``).
+  """
+
+  def __init__(self, model: keras.Model, bits: int, bucket_size: int, stochastic: bool = False,
+               keep_first_last_float: bool = False, seed: int = 0):
+    self.model = model
+    self.settings = {"bits": bits, "bucket_size": bucket_size, "stochastic": stochastic,
+                     "keep_first_last_float": keep_first_last_float}
+    self.variables = quantizable_weights(model, keep_first_last_float)
+    self._training = QuantizedWeights(self.variables, bits, bucket_size, stochastic)
+    self._rounding = QuantizedWeights(self.variables, bits, bucket_size)
+    self._seed = seed
+
+  def wrap(self, gradients: Callable[..., _Result], step: tf.Variable) -> Callable[..., _Result]:
+    """``gradients`` run at the quantized weights (straight-through).
+
+    Args:
+      gradients: computes a gradient (and anything else) from the model's
+        current weights; called inside a ``tf.function``.
+      step: the int optimizer step; stochastic rounding of step ``n`` is
+        seeded with ``[seed, n]``.
+
+    Returns:
+      A function of the same arguments that assigns the quantized weights,
+      calls ``gradients`` and assigns the full-precision weights back before
+      returning its result, for the caller to apply to them.
+    """
+    def wrapped(*args, **kwargs):
+      seed = tf.stack([tf.constant(self._seed, tf.int64), tf.cast(step, tf.int64)])
+      full_precision = self._training.quantize_in_place(seed)
+      result = gradients(*args, **kwargs)
+      self._training.restore(full_precision)
+      return result
+
+    return wrapped
+
+  @contextlib.contextmanager
+  def rounded(self) -> Iterator[None]:
+    """Inside the block the model holds the weights rounded to the nearest
+    level (eagerly: validation, the best checkpoint); full precision after."""
+    full_precision = self._rounding.quantize_in_place()
+    try:
+      yield
+    finally:
+      self._rounding.restore(full_precision)
+
+  def report(self) -> Dict[str, float]:
+    """The settings and ``model_size_bits`` of the model with ``variables`` quantized."""
+    return {**self.settings, **model_size_bits(self.model, self.variables,
+                                               self.settings["bits"],
+                                               self.settings["bucket_size"])}

@@ -1,9 +1,12 @@
-"""Learning-rate schedules: linear warm-up, then cosine decay or a constant."""
+"""Learning-rate schedules (linear warm-up, then cosine decay or a constant)
+and the optimizer built on them."""
 import math
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
 import tf_keras as keras
+
+from kws_tf import config as config_lib
 
 
 class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
@@ -41,3 +44,17 @@ class WarmupSchedule(keras.optimizers.schedules.LearningRateSchedule):
     return {"peak": self.peak, "warmup_steps": self.warmup_steps,
             "total_steps": self.total_steps, "decay": self.decay,
             "final_ratio": self.final_ratio}
+
+
+def build_optimizer(optimizer: config_lib.OptimizerConfig, steps: int, mixed_precision: str):
+  """``(optimizer, schedule)``: Adam or AdamW on a ``WarmupSchedule`` over
+  ``steps``, wrapped for dynamic loss scaling under ``mixed_float16``."""
+  schedule = WarmupSchedule(optimizer.learning_rate, optimizer.warmup_steps, steps,
+                            optimizer.schedule, optimizer.final_learning_rate_ratio)
+  if optimizer.name == "adamw":
+    built = keras.optimizers.AdamW(schedule, weight_decay=optimizer.weight_decay)
+  else:
+    built = keras.optimizers.Adam(schedule)
+  if mixed_precision == "mixed_float16":
+    built = keras.mixed_precision.LossScaleOptimizer(built)
+  return built, schedule
