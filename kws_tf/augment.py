@@ -151,8 +151,9 @@ def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
   """int64 ``example_id.shape + [2]``: the augmentation seeds of view ``view`` of
   the examples named ``example_id`` (strings), for guidance of several views
   (``--views``); the same in the guidance job and in the student's pipeline."""
+  view = tf.broadcast_to(tf.cast(view, tf.int64), tf.shape(example_id))
   return tf.stack([tf.strings.to_hash_bucket_fast(example_id, 2 ** 62),
-                   tf.cast(seed, tf.int64) * 4096 + tf.cast(view, tf.int64)], axis=-1)
+                   tf.cast(seed, tf.int64) * 4096 + view], axis=-1)
 
 
 def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from kws_tf import augment, features, records
+from kws_tf import config as config_lib
 
 
 @dataclasses.dataclass(frozen=True)
@@ -278,6 +279,36 @@ def _augmented_batches(records_dir: str, metadata: dict, split: str, fmt: str, n
   return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def offset_dataset(records_dir: str, split: str, front_end: "WaveformFrontEnd",
+                   max_seconds: float, seed: int, batch_size: int) -> tf.data.Dataset:
+  """kws evaluation windows moved off the clip's centre, in record order.
+
+  Each window starts at a uniform random offset within ``[-max_seconds,
+  max_seconds]`` and the record's ``shift_range`` (so its label stays true),
+  drawn from ``augment.view_seed(id, 0, seed)``: the same windows on every run.
+  Batches hold ``id``, ``label``, ``features`` (``front_end`` of the windows,
+  ``[batch, frames, channels]``) and ``num_frames``, like ``make_dataset``'s.
+  """
+  metadata = records.load_metadata(records_dir)
+  check_context(metadata, records_dir)
+  config = config_lib.AugmentConfig(
+      enabled=True, max_shift_seconds=max_seconds, speed_prob=0.0, reverb_prob=0.0,
+      noise_prob=0.0, telephone_prob=0.0, gain_db_min=0.0, gain_db_max=0.0)
+  augmenter = augment.Augmenter(config, metadata["formats"]["raw"]["params"]["sample_rate"],
+                                metadata["params"]["clip_seconds"])
+  samples = context_samples(metadata)
+  parse = raw_batch_parser(metadata)
+
+  def windows(x):
+    choices = augmenter.draw(augment.view_seed(x["id"], 0, seed), x.pop("shift_range"), samples)
+    values = front_end(augmenter.apply(x.pop("waveform"), choices))
+    return dict(x, features=values, num_frames=tf.fill(tf.shape(values)[:1], tf.shape(values)[1]))
+
+  paths = shard_paths(records_dir, "raw", split, metadata)
+  return records_dataset(paths, metadata["params"]["compression"]).batch(batch_size).map(
+      parse).map(windows).prefetch(tf.data.AUTOTUNE)
+
+
 def raw_batch_parser(metadata: dict) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
   """Returns ``parse(serialized [batch]) -> dict`` for kws raw records with context:
   ``id`` [batch], ``label`` int32 [batch], ``shift_range`` float32 [batch, 2]
@@ -307,6 +338,11 @@ def context_samples(metadata: dict) -> int:
   return int(round((metadata["params"]["clip_seconds"] +
                     2 * metadata["params"]["context_seconds"]) *
                    metadata["formats"]["raw"]["params"]["sample_rate"]))
+
+
+def has_context(metadata: dict) -> bool:
+  """Whether the records hold kws ``raw`` clips with context around them."""
+  return "raw" in metadata["formats"] and metadata["params"].get("context_seconds", 0.0) > 0
 
 
 def check_context(metadata: dict, records_dir: str) -> None:

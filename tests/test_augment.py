@@ -608,3 +608,38 @@ def test_augmenter_needs_raw_records_with_context(synthetic_corpus, tmp_path):
   no_context = {"formats": {"raw": {}}, "params": {"context_seconds": 0.0}}
   with pytest.raises(ValueError, match="--context_seconds"):
     data.check_context(no_context, "somewhere")
+
+
+def test_offset_windows_are_the_stored_clips_at_zero_and_moved_within_the_shift_range(
+    context_records):
+  """``data.offset_dataset``: at offset 0 the front end of the centred window is the
+  converter's stored MFCC; at up to 0.3 s every window is the raw context cut at an
+  offset within the record's shift range, the same on every run."""
+  metadata = records.load_metadata(context_records)
+  front_end = data.WaveformFrontEnd.of_records(metadata, "mfcc", normalize=False)
+  stored = read_records(context_records, "mfcc", "test")
+  centred_batches = data.offset_dataset(context_records, "test", front_end, 0.0, 0, 16)
+  for batch in centred_batches:
+    for example_id, values in zip(batch["id"].numpy(), batch["features"].numpy()):
+      np.testing.assert_allclose(values, stored[example_id.decode()]["values"], atol=2e-3)
+
+  raw = read_records(context_records, "raw", "test")
+  identity = lambda w: w[:, :, tf.newaxis]  # windows as [batch, samples, 1]
+  window = int(CLIP * SR)
+  moved = [b for b in data.offset_dataset(context_records, "test", identity, 0.3, 1, 16)]
+  again = [b for b in data.offset_dataset(context_records, "test", identity, 0.3, 1, 16)]
+  offsets = []
+  for batch, repeat in zip(moved, again):
+    np.testing.assert_array_equal(batch["features"].numpy(), repeat["features"].numpy())
+    for example_id, values in zip(batch["id"].numpy(), batch["features"].numpy()[..., 0]):
+      record = raw[example_id.decode()]
+      context = record["values"].astype(np.float32) / 32768.0
+      centred_start = (len(context) - window) // 2
+      starts = [s for s in range(len(context) - window + 1)
+                if np.array_equal(context[s:s + window], values)]
+      assert starts, f"{example_id} is not a stretch of its context"
+      offset = (starts[0] - centred_start) / SR
+      low, high = record["shift_range"]
+      assert max(low, -0.3) - 1e-3 <= offset <= min(high, 0.3) + 1e-3
+      offsets.append(offset)
+  assert np.std(offsets) > 0.05  # moved, and not all alike

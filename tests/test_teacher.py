@@ -481,3 +481,26 @@ def test_trainer_refuses_guidance_of_other_views(kws_raw_records, view_guidance,
     with pytest.raises(loop.TrainingError, match=message):
       loop.Trainer(config_lib.load(None, overrides), str(tmp_path / f"bad{index}"),
                    kws_raw_records, guidance_dir).run()
+
+
+def test_evaluation_also_scores_windows_moved_off_centre(kws_teacher_dir, kws_raw_records):
+  from kws_tf.evaluation import report
+  results = report.evaluate_model(kws_teacher_dir, kws_raw_records, "test", beam_width=0,
+                                  batch_size=16, offset_seconds=0.3, offset_seed=2)
+  offset = results["offset"]
+  assert offset["max_seconds"] == 0.3 and offset["seed"] == 2
+  for key in ("accuracy", "keyword_recall", "false_accepts"):
+    assert 0.0 <= offset[key] <= 1.0 and 0.0 <= results[key if key != "accuracy" else
+                                                         "accuracy"] <= 1.0
+  # Centred keyword recall and false accepts agree with the confusion matrix.
+  matrix = np.array(results["report"]["confusion_matrix"])
+  negative = results["report"]["class_names"].index("negative")
+  keyword = [i for i in range(len(matrix)) if i != negative]
+  assert results["keyword_recall"] == pytest.approx(
+      sum(matrix[i, i] for i in keyword) / matrix[keyword].sum())
+  assert results["false_accepts"] == pytest.approx(
+      1 - matrix[negative, negative] / matrix[negative].sum())
+  table = report.side_by_side([results])
+  assert "offset: keyword recall" in table and "n/a" not in table
+  assert "offset" not in report.evaluate_model(kws_teacher_dir, kws_raw_records, "test", 0, 16,
+                                               offset_seconds=0.0)

@@ -10,8 +10,11 @@ model, ``<model_dir>/eval/<split>/`` receives ``results.json`` and:
 
   kws  confusion.txt, confusion.png (normalised per true class), det.png
        (false rejects vs false accepts on the negative class); the report
-       holds accuracy, macro-F1, per-class precision / recall / F1 and the
-       false-reject rate at 1% and 5% false accepts.
+       holds accuracy, macro-F1, keyword recall, false accepts, per-class
+       precision / recall / F1 and the false-reject rate at 1% and 5% false
+       accepts; and accuracy, keyword recall and false accepts on windows
+       moved off the centre by up to --offset_seconds (records with raw clips
+       and context, as the pipeline writes them).
   ctc  WER and CER with greedy decoding, and with beam search when
        ``--beam_width`` > 0; a few decoded examples are printed.
 """
@@ -33,6 +36,10 @@ flags.DEFINE_integer("quantize_bits", 0, "Quantize every weight once to this man
                      "evaluating (post-training quantization, the baseline of quantized "
                      "distillation); 0: as trained.")
 flags.DEFINE_integer("bucket_size", 256, "Weights per quantization bucket (--quantize_bits).")
+flags.DEFINE_float("offset_seconds", 0.3, "kws: also score every window moved off its clip's "
+                   "centre by a random offset of up to this many seconds (within the offsets "
+                   "that keep its label; needs raw records with context); 0: centred only.")
+flags.DEFINE_integer("offset_seed", 0, "kws: seed of the --offset_seconds offsets.")
 flags.mark_flags_as_required(["model_dirs", "data_dir"])
 
 
@@ -45,7 +52,8 @@ def main(argv):
     try:
       results = report.evaluate_model(model_dir, FLAGS.data_dir, FLAGS.split,
                                       FLAGS.beam_width, FLAGS.batch_size, FLAGS.checkpoint,
-                                      FLAGS.quantize_bits, FLAGS.bucket_size)
+                                      FLAGS.quantize_bits, FLAGS.bucket_size,
+                                      FLAGS.offset_seconds, FLAGS.offset_seed)
     except (ValueError, FileNotFoundError) as e:
       print(f"error: {e}", file=sys.stderr)
       return 2

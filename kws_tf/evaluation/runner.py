@@ -97,7 +97,7 @@ def score(task: str, predictions: Dict[str, object], class_names: Sequence[str] 
           summary_only: bool = False) -> dict:
   """Metrics of ``predict``'s output.
 
-  kws: accuracy, macro_f1, loss; in full, the classification report
+  kws: accuracy, macro_f1, loss; in full, ``keyword_decisions``, the classification report
   (per-class precision / recall / F1, confusion matrix) and the false-reject
   rate at false-accept rates of ``FAR_TARGETS`` on the negative class.
   ctc: greedy ``cer``, ``wer`` and loss; with ``beam_width`` > 0 also
@@ -113,6 +113,7 @@ def score(task: str, predictions: Dict[str, object], class_names: Sequence[str] 
     if summary_only:
       return summary
     negative = list(class_names).index(text.NEGATIVE_LABEL)
+    summary.update(keyword_decisions(logits, labels, negative))
     scores = softmax(logits)
     detection = {}
     if (labels == negative).any() and (labels != negative).any():
@@ -147,6 +148,18 @@ def score(task: str, predictions: Dict[str, object], class_names: Sequence[str] 
     full["beam"] = beam_rates
     full["beam_width"] = beam_width
   return full
+
+
+def keyword_decisions(logits: np.ndarray, labels: np.ndarray, negative: int) -> Dict[str, float]:
+  """kws decisions by arg max of ``logits [examples, classes]``: ``keyword_recall``,
+  the fraction of keyword examples given their own keyword, and ``false_accepts``,
+  the fraction of negatives (class ``negative``) given a keyword; NaN without any."""
+  predicted = np.argmax(logits, axis=-1)
+  keyword, negatives = labels != negative, labels == negative
+  return {"keyword_recall": float(np.mean(predicted[keyword] == labels[keyword]))
+                            if keyword.any() else float("nan"),
+          "false_accepts": float(np.mean(predicted[negatives] != negative))
+                           if negatives.any() else float("nan")}
 
 
 def _decode_one(decoder, logits: np.ndarray, **kwargs) -> List[int]:
