@@ -8,8 +8,8 @@ random choices (``uniforms``: hashes, no per-example ops), ``apply`` does the
 signal processing:
 
   speed      resampling by linear interpolation (tempo and pitch change
-             together, as Kaldi's speed perturbation), factor in
-             ``[speed_min, speed_max]``
+             together, as Kaldi's speed perturbation), by one of
+             ``SPEED_VALUES`` factors evenly spaced in ``[speed_min, speed_max]``
   shift      the window's start moves by up to ``max_shift_seconds`` from the
              centred clip, within the record's ``shift_range`` (the offsets at
              which its label stays true)
@@ -50,6 +50,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 # views of another version do not match what a student sees.
 VERSION = 2
 SYNTHETIC_ROOMS = 128  # synthetic impulse responses an Augmenter draws once
+SPEED_VALUES = 7  # speed factors, evenly spaced from speed_min to speed_max
 COLOURED_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0)  # spectral slopes of the coloured-noise banks
 # The uniform draws of one view, by column.
 _COLUMNS = ("speed_on", "speed", "shift", "reverb_on", "room", "noise_on", "noise_kind",
@@ -199,6 +200,9 @@ class Augmenter:
     self.window = int(round(window_seconds * sample_rate))
     self.lead_in = int(round(_REVERB_LEAD_IN_SECONDS * sample_rate))
     span = self.window + self.lead_in
+    values = SPEED_VALUES if config.speed_max > config.speed_min else 1
+    self._speeds = [float(f) for f in np.linspace(config.speed_min, config.speed_max, values)]
+    self._lengths = [int(round(span * f)) for f in self._speeds]  # input samples per stretch
     for name, bank in (("babble", babble), ("noise", noise)):
       if bank is not None and len(bank) <= span:
         raise ValueError(f"the {name} bank holds {len(bank)} samples; it needs more than "
@@ -288,8 +292,10 @@ class Augmenter:
     column = lambda name: u[:, _COLUMNS.index(name)]
     between = lambda name, low, high: low + column(name) * (high - low)
 
-    factor = tf.where(column("speed_on") < c.speed_prob,
-                      between("speed", c.speed_min, c.speed_max), 1.0)
+    sped = column("speed_on") < c.speed_prob
+    speed = tf.minimum(tf.cast(column("speed") * len(self._speeds), tf.int32),
+                       len(self._speeds) - 1)
+    factor = tf.where(sped, tf.gather(tf.constant(self._speeds, tf.float32), speed), 1.0)
     low = tf.fill(tf.shape(factor), -float(c.max_shift_seconds))
     high = -low
     if shift_range is not None:
@@ -318,7 +324,7 @@ class Augmenter:
     bank = tf.gather(self._kind_first, kind) + tf.minimum(
         tf.cast(column("noise_bank") * tf.cast(count, tf.float32), tf.int32), count - 1)
     return {
-        "factor": factor, "start": start,
+        "factor": factor, "speed": tf.where(sped, speed, -1), "start": start,
         "reverb": column("reverb_on") < c.reverb_prob,
         "room": tf.minimum(tf.cast(column("room") * rooms, tf.int32), rooms - 1),
         "add_noise": column("noise_on") < c.noise_prob, "noise_bank": bank,
@@ -340,27 +346,25 @@ class Augmenter:
     c = self.config
     waveforms = tf.cast(waveforms, tf.float32)
     samples = tf.shape(waveforms)[1]
-    factor = choices["factor"]
-    # Speed and crop in one: stretch sample j is the waveform at (start + j) * factor,
-    # linearly interpolated; zeros outside the waveform. The position is split
-    # into whole samples and a float32 remainder small enough to stay exact to
-    # 1e-3 of a sample: start * factor (float64, per row), j, j * (factor - 1).
-    origin = tf.cast(choices["start"], tf.float64) * tf.cast(factor, tf.float64)
-    base = tf.floor(origin)
-    j = tf.range(self.span)
-    rest = (tf.cast(origin - base, tf.float32)[:, None] +
-            tf.cast(j, tf.float32)[None] * (factor - 1.0)[:, None])
-    whole = tf.floor(rest)
-    left = tf.cast(base, tf.int32)[:, None] + j[None] + tf.cast(whole, tf.int32)
-    weight = rest - whole
-    # Zeros around the rows, as many as the positions need (none, usually).
-    low = tf.maximum(-tf.reduce_min(left[:, 0]), 0)
-    high = tf.maximum(tf.reduce_max(left[:, -1]) + 2 - samples, 0)
-    padded = tf.pad(waveforms, [[0, 0], [low, high]])
-    index = left + (low + tf.range(tf.shape(waveforms)[0]) * (samples + low + high))[:, None]
-    flat = tf.reshape(padded, [-1])
-    x = tf.gather(flat, index)
-    x = x + weight * (tf.gather(flat, index + 1) - x)
+    # Speed and crop in one: the stretch of a row sped up by a factor f is the
+    # round(span * f) samples from round(start * f) on (zeros outside the
+    # waveform), resized to span samples by linear interpolation (tf.image.resize:
+    # stretch sample j at (j + 0.5) * round(span * f) / span - 0.5, clamped to the
+    # ends).
+    first = tf.cast(tf.round(tf.cast(choices["start"], tf.float32) * choices["factor"]),
+                    tf.int32)
+    longest = max(self._lengths + [self.span])
+    waveforms = tf.pad(waveforms, [[0, 0], [0, tf.maximum(longest - samples, 0)]])
+    region = tf.image.extract_glimpse(
+        waveforms[:, tf.newaxis, :, tf.newaxis], [1, longest],
+        tf.cast(tf.stack([tf.zeros_like(first), first], axis=1), tf.float32),
+        centered=False, normalized=False, noise="zero")[:, 0, :, 0]
+    x = region[:, :self.span]
+    for index, length in enumerate(self._lengths):
+      if length != self.span:
+        x = _on_rows(tf.equal(choices["speed"], index), x, lambda _, rows, length=length:
+                     tf.image.resize(tf.gather(region, rows)[:, tf.newaxis, :length, tf.newaxis],
+                                     [1, self.span])[:, 0, :, 0])
     reference = tf.maximum(tf.reduce_mean(tf.square(waveforms), axis=1), _SILENCE_POWER)
 
     if self.room_spectra is not None:

@@ -52,8 +52,10 @@ def centred(waveform, window=int(CLIP * SR)):
 
 @pytest.mark.parametrize("factor", [0.85, 0.9, 1.1, 1.15])
 def test_speed_is_linear_interpolation_about_the_centre(factor):
-  """Speed alone: the window is the sped-up waveform's centre, sample j being the
-  input at (start + j) * factor, linearly interpolated (np.interp)."""
+  """Speed alone: the stretch (lead-in and window) is round(span * factor) input
+  samples from round(start * factor) on, start being where the centred window's
+  stretch begins in sped-up samples, linearly interpolated to span samples with
+  half-pixel centres (np.interp at (j + 0.5) * length / span - 0.5, clamped)."""
   rng = np.random.default_rng(1)
   x = context_signal(rng)
   n, window = len(x), int(CLIP * SR)
@@ -62,9 +64,25 @@ def test_speed_is_linear_interpolation_about_the_centre(factor):
   y = augmenter(tf.constant(x), seed(3)).numpy()
   assert y.shape == (window,)
   factor = np.float32(factor)
-  start = (round(n / float(factor)) - window) // 2
-  reference = np.interp((start + np.arange(window)) * np.float64(factor), np.arange(n), x)
-  np.testing.assert_allclose(y, reference, atol=2e-4)
+  span = augmenter.span
+  start = (round(n / float(factor)) - window) // 2 - augmenter.lead_in
+  first = int(np.round(np.float32(start) * factor))
+  length = int(round(span * float(factor)))
+  j = np.arange(span)
+  position = np.clip((j + 0.5) * length / span - 0.5, 0, length - 1) + first
+  reference = np.interp(position, np.arange(n), x)[augmenter.lead_in:]
+  # tf.image.resize places samples in float32: to about 2e-3 of a sample here.
+  np.testing.assert_allclose(y, reference, atol=1e-3)
+  assert np.sqrt(np.mean((y - reference) ** 2)) < 2e-4  # -54 dB against the signal
+
+
+def test_speed_factors_are_an_even_grid_over_the_range():
+  augmenter = augment.Augmenter(quiet(speed_prob=1.0, speed_min=0.85, speed_max=1.15), SR, CLIP)
+  seeds = tf.constant(np.random.default_rng(0).integers(0, 2 ** 40, size=(700, 2)), tf.int64)
+  factors = augmenter.draw(seeds, None, int((CLIP + 2 * CONTEXT) * SR))["factor"].numpy()
+  values, counts = np.unique(np.round(factors, 4), return_counts=True)
+  np.testing.assert_allclose(values, np.linspace(0.85, 1.15, augment.SPEED_VALUES), atol=1e-4)
+  assert counts.min() > 60  # about 100 each
 
 
 def test_convolve_is_the_causal_part_of_the_full_convolution():
