@@ -170,12 +170,12 @@ class Trainer:
     if config.mode == "fitnet" and config.fitnet.stage == 2 and not init_from:
       raise TrainingError("FitNet stage 2 starts from a finished stage 1: give its model dir")
     self.metadata = records.load_metadata(data_dir)
-    if self.metadata["task"] != config.task:
-      raise TrainingError(f"{data_dir} holds {self.metadata['task']} records but the "
+    if self.metadata.task != config.task:
+      raise TrainingError(f"{data_dir} holds {self.metadata.task} records but the "
                           f"config's task is {config.task}")
-    if config.data.format not in self.metadata["formats"]:
+    if config.data.format not in self.metadata.formats:
       raise TrainingError(f"{data_dir} has no {config.data.format!r} records (it has "
-                          f"{', '.join(self.metadata['formats'])})")
+                          f"{', '.join(self.metadata.formats)})")
     if config.augment.enabled:
       try:
         data.check_context(self.metadata, data_dir)
@@ -184,12 +184,12 @@ class Trainer:
     if config.mode != "standard" and not guidance_dir:
       raise TrainingError(f"mode={config.mode} needs --guidance_dir (made by create_guidance)")
     if config.task == "kws":
-      self.class_names: List[str] = list(self.metadata["classes"])
+      self.class_names: List[str] = list(self.metadata.classes)
       self.vocabulary = None
       self.num_classes = len(self.class_names)
     else:
       self.class_names = []
-      self.vocabulary = text.Vocabulary(self.metadata["vocabulary"]["symbols"])
+      self.vocabulary = text.Vocabulary(self.metadata.vocabulary["symbols"])
       self.num_classes = len(self.vocabulary)
     self.spec = self._model_spec()
 
@@ -223,14 +223,14 @@ class Trainer:
     kws = cfg.task == "kws"
     return model_dir_lib.ModelSpec(
         name=cfg.model.name, task=cfg.task, role=cfg.role,
-        num_channels=self.metadata["formats"][fmt]["num_channels"],
+        num_channels=self.metadata.formats[fmt].num_channels,
         num_classes=self.num_classes, projection_dim=cfg.model.projection_dim,
         params=dict(cfg.model.params), format=fmt,
-        feature_params=self.metadata["formats"][fmt]["params"],
-        normalization=self.metadata["normalization"].get(fmt) if cfg.data.normalize else None,
-        data_fingerprint=self.metadata["fingerprint"],
+        feature_params=self.metadata.formats[fmt].params,
+        normalization=self.metadata.normalization.get(fmt) if cfg.data.normalize else None,
+        data_fingerprint=self.metadata.fingerprint,
         classes=self.class_names if kws else None,
-        vocabulary=None if kws else self.metadata["vocabulary"],
+        vocabulary=None if kws else self.metadata.vocabulary,
         quantization=(dataclasses.asdict(cfg.quantization)
                       if cfg.mode == "quantized_distill" else None))
 
@@ -632,7 +632,7 @@ class Trainer:
     if self._fitnet is not None:
       results["fitnet"] = dict(self._fitnet, kd_weight_start=cfg.fitnet.kd_weight_start,
                                kd_weight_end=cfg.fitnet.kd_weight_end)
-    splits = self.metadata["splits"]
+    splits = self.metadata.splits
     if self._hint_stage:
       if cfg.data.test_split in self._fitnet["hint_splits"]:
         ds = self._dataset(cfg.data.test_split, False, guidance=self._guidance())
