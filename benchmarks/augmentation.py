@@ -76,8 +76,8 @@ def train_step_rate(recipe: config_lib.Config) -> float:
   batch = next(iter(data.make_dataset(FLAGS.data_dir, d.format, d.train_split, d.batch_size,
                                       training=True, seed=0, repeat=True)))
   model = registry.build(recipe.model.name, task="kws",
-                         num_channels=metadata["formats"][d.format]["num_channels"],
-                         num_classes=len(metadata["classes"]), projection_dim=0,
+                         num_channels=metadata.formats[d.format].num_channels,
+                         num_classes=len(metadata.classes), projection_dim=0,
                          **recipe.model.params)
   optimizer = keras.optimizers.Adam(1e-3)
   loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)

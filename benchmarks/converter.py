@@ -125,8 +125,8 @@ def convert(corpus_dir: str, out_dir: str, cores: int, task: str = "ctc",
   print(f"converter: {out_dir}", file=sys.stderr)
   cpus = affinity.usable_cpus()[:cores]
   timing = run_module("data_prep.create_tfrecords", *args, cpus=set(cpus))
-  splits = records.load_metadata(out_dir)["splits"].values()
-  return Measure(sum(s["utterances"] for s in splits), sum(s["seconds"] for s in splits),
+  splits = records.load_metadata(out_dir).splits.values()
+  return Measure(sum(s.utterances for s in splits), sum(s.seconds for s in splits),
                  timing.wall, timing.cpu)
 
 
@@ -155,9 +155,9 @@ def read(records_dir: str, split: str) -> List[Measure]:
   batch). Audio seconds: examples times the split's mean seconds per example."""
   print(f"reader: {records_dir} {split}", file=sys.stderr)
   metadata = records.load_metadata(records_dir)
-  info = metadata["splits"][split]
-  seconds_per_example = (metadata["params"]["clip_seconds"] if metadata["task"] == "kws"
-                         else info["seconds"] / info["examples"])
+  info = metadata.splits[split]
+  seconds_per_example = (metadata.clip_seconds if metadata.task == "kws"
+                         else info.seconds / info.examples)
   start_wall, start_cpu = time.perf_counter(), time.process_time()
   batches = iter(data.make_dataset(records_dir, "mfcc", split, FLAGS.batch_size,
                                    repeat=True))

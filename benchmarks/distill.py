@@ -75,7 +75,7 @@ import yaml
 from absl import app, flags
 
 from kws_tf import config as config_lib
-from kws_tf import pipeline
+from kws_tf import pipeline, records
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -462,8 +462,7 @@ def main(argv):
         "--corpus=vivos", f"--out_dir={data_dir}", "--splits=train,dev,test",
         "--formats=logmel,mfcc", "--task=kws", f"--cores={FLAGS.cores}",
         f"--alignments={os.path.join(view, '*', 'alignments.ctm')}"], timings)
-  with open(os.path.join(data_dir, "metadata.json"), encoding="utf-8") as f:
-    metadata = json.load(f)
+  metadata = records.load_metadata(data_dir)
   if FLAGS.until == "records":
     return
 
@@ -471,7 +470,7 @@ def main(argv):
   teacher_overrides = BENCHMARK_OVERRIDES + FLAGS.teacher_override
   teacher_yaml = _resolved(FLAGS.teacher_config, teacher_overrides)
   teacher_dir = os.path.join(FLAGS.work_dir, "models",
-                             f"teacher-{_digest(teacher_yaml, metadata['fingerprint'])}")
+                             f"teacher-{_digest(teacher_yaml, metadata.fingerprint)}")
   teacher = _train("teacher", FLAGS.teacher_config, teacher_overrides, "standard",
                    data_dir, teacher_dir, timings)
   if FLAGS.until == "teacher":
@@ -494,7 +493,7 @@ def main(argv):
   runs = {"standard": [], "distill": []}
   for seed in FLAGS.seeds:
     for mode in ("standard", "distill"):
-      run = _student("wav2letter", mode, seed, None, data_dir, metadata["fingerprint"],
+      run = _student("wav2letter", mode, seed, None, data_dir, metadata.fingerprint,
                      guidance_dir, None, timings)
       runs[mode].append((seed, run["results"], run["model_dir"], run["config"]))
 
@@ -519,7 +518,7 @@ def main(argv):
     for method in FLAGS.methods:
       for bits in bits_list if method in ("quantized_distill", "qd_finetune", "ptq") else [32]:
         for seed in _seeds(family, method):
-          fingerprint = metadata["fingerprint"]
+          fingerprint = metadata.fingerprint
           if method == "ptq":
             run = _student(family, "distill", seed, None, data_dir, fingerprint, guidance_dir,
                            None, timings)

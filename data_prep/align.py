@@ -30,14 +30,13 @@ written under a temporary name and renamed. The CTM is what
 without word times (VIVOS) becomes keyword clips: convert it with
 ``--task=ctc``, train a CTC teacher, align, convert again with ``--task=kws``.
 
-The time of a logit frame is derived from the model dir: the feature hop
-(``feature_params``: ``frame_step / sample_rate``, or one sample for raw
-audio) times the model's time stride (input frames / logit frames, measured
-on a probe input). Frame ``t`` covers ``[t, t + 1) * frame_seconds``
-(``decoding``'s convention). With centred STFT features and the centred
-convolutions of the project's models, frame ``t`` is centred on
-``t * frame_seconds``: by this convention every time is half a frame (10 ms)
-later than the frame it comes from; it is not corrected here.
+The time of a logit frame is the model's ``ModelSpec.output_frame_seconds``:
+the feature hop (``feature_params``: ``frame_step / sample_rate``, or one
+sample for raw audio) times the ctc logits' time stride. Frame ``t`` covers
+``[t, t + 1) * frame_seconds`` (``decoding``'s convention). With centred STFT
+features and the centred convolutions of the project's models, frame ``t`` is
+centred on ``t * frame_seconds``: by this convention every time is half a
+frame (10 ms) later than the frame it comes from; it is not corrected here.
 
 ``--reference=<ctm globs>`` compares the word times with reference ones
 (utterances whose words agree) and prints the median, mean and 90th

@@ -16,9 +16,6 @@ from data_prep import corpora
 from kws_tf import text as text_lib
 from kws_tf.evaluation import decoding
 
-PROBE_FRAMES = 960  # input frames of the probe that measures a model's time stride
-
-
 @dataclasses.dataclass
 class SplitResult:
   """Alignment of one split: utterance id -> words, and the skipped utterances."""
@@ -41,18 +38,6 @@ class BoundaryErrors:
   utterances: int
   mismatched: List[str]
   unreferenced: List[str]
-
-
-def time_stride(model, num_channels: int) -> int:
-  """Input frames per logit frame of a ctc model, from a probe of ``PROBE_FRAMES`` zeros."""
-  import tensorflow as tf
-  outputs = model({"features": tf.zeros([1, PROBE_FRAMES, num_channels]),
-                   "num_frames": tf.constant([PROBE_FRAMES], tf.int32)}, training=False)
-  logit_frames = int(outputs["logit_frames"][0])
-  if logit_frames <= 0 or PROBE_FRAMES % logit_frames:
-    raise ValueError(f"the model gives {logit_frames} logit frames for {PROBE_FRAMES} input "
-                     "frames: not a whole time stride")
-  return PROBE_FRAMES // logit_frames
 
 
 def align_utterance(log_probs: np.ndarray, transcript: str, vocabulary: text_lib.Vocabulary,
@@ -134,17 +119,17 @@ def align_records(model_dir: str, data_dir: str, splits: Sequence[str] = (),
   spec, data_meta, parse = model_dir_lib.model_records(model_dir, data_dir)
   if spec.task != "ctc":
     raise ValueError(f"{model_dir} holds a {spec.task} model; alignment needs a ctc model")
-  splits = list(splits) or list(data_meta["splits"])
-  unknown = [s for s in splits if s not in data_meta["splits"]]
+  splits = list(splits) or list(data_meta.splits)
+  unknown = [s for s in splits if s not in data_meta.splits]
   if unknown:
     raise ValueError(f"{data_dir} has no split {unknown[0]!r} (it has "
-                     f"{', '.join(data_meta['splits'])})")
+                     f"{', '.join(data_meta.splits)})")
   fmt = spec.format
   vocabulary = text_lib.Vocabulary(spec.vocabulary["symbols"])
   model = model_dir_lib.load_trained_model(model_dir, checkpoint)
   hop = spec.frame_seconds
   channels = spec.num_channels
-  frame_seconds = hop * time_stride(model, channels)
+  frame_seconds = spec.output_frame_seconds
 
   @tf.function(input_signature=[tf.TensorSpec([None, None, channels], tf.float32),
                                 tf.TensorSpec([None], tf.int32)])
@@ -153,13 +138,13 @@ def align_records(model_dir: str, data_dir: str, splits: Sequence[str] = (),
     return tf.nn.log_softmax(outputs["logits"]), outputs["logit_frames"]
 
   results = {}
-  total = sum(data_meta["splits"][s]["examples"] for s in splits)
+  total = sum(data_meta.splits[s].examples for s in splits)
   with tqdm(total=total, unit="utt", desc="aligning", dynamic_ncols=True) as bar:
     for split in splits:
       result = results[split] = SplitResult({}, [])
       for path in data.shard_paths(data_dir, fmt, split, data_meta):
-        _align_shard(forward, parse, path, data_meta["params"]["compression"],
-                     data_meta["vocabulary"]["symbols"], vocabulary, frame_seconds, hop,
+        _align_shard(forward, parse, path, data_meta.compression,
+                     data_meta.vocabulary["symbols"], vocabulary, frame_seconds, hop,
                      batch_size, split, result, bar)
   return results
 

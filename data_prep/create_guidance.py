@@ -8,7 +8,8 @@ same example ids in the same order, so ``kws_tf.data`` joins them record by
 record. Each record holds:
 
   id          bytes   the data record's id
-  frames      int64   valid 20 ms frames of the time-shaped outputs
+  frames      int64   valid frames of the time-shaped outputs (one every
+                      ``frame_seconds``, 20 ms for a 10 ms front-end hop)
   logits      bytes   (--guidance=logits) raw teacher logits, no temperature:
                       kws ``[classes]``, ctc ``[frames, vocabulary]``
   features    bytes   (--guidance=logits, --features) the teacher's feature
@@ -26,7 +27,10 @@ window the teacher saw ("a good teacher is patient and consistent", Beyer et
 al. 2022).
 
 Values are little-endian ``--dtype`` (float32 or float16). ``metadata.json``
-records the kind, layer, dtype, shapes, frame rate, the teacher fingerprint
+records the kind, layer, dtype, shapes, ``frame_seconds`` (the teacher's
+``ModelSpec.output_frame_seconds``: its feature hop times its encoder's time
+stride; a ctc student distilled from the logits must have the same, FitNet
+aligns whole-number ratios), the teacher fingerprint
 (hash of its config and weights) and the data fingerprint, which the joiner
 checks. Within a shard, examples run in batches of similar length; shards are
 written under temporary names and renamed when complete, so a killed run is

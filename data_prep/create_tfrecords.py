@@ -443,8 +443,14 @@ def _check_plan(out_dir: str, plan: dict) -> None:
 
 
 def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
-               formats: Sequence[str], feature_params: dict) -> Tuple[dict, list]:
-  """metadata.json content and the skipped list from every shard's progress file."""
+               formats: Sequence[str],
+               feature_params: dict) -> Tuple[records.RecordsMetadata, list]:
+  """metadata.json content and the skipped list from every shard's progress file.
+
+  The plan's ``sample_rate`` and ``feature_params`` are not repeated in the
+  metadata's ``params``: each format's front-end config (``formats.<name>.params``)
+  holds them.
+  """
   splits, skipped, moments, frames = {}, list(plan["skipped"]), {}, collections.Counter()
   stats_splits = plan["stats_splits"]
   for split, count in shards.items():
@@ -457,7 +463,7 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
       totals["examples"] += summary["examples"]
       durations.update(summary["seconds"])
       totals["classes"].update(summary["classes"])
-      totals["shards"].append({"name": name, "examples": summary["examples"]})
+      totals["shards"].append(records.Shard(name, summary["examples"]))
       totals["max_label_length"] = max(totals["max_label_length"], summary["max_label_length"])
       for f in formats:
         totals["max_frames"][f] = max(totals["max_frames"][f], summary["max_frames"][f])
@@ -467,12 +473,13 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
       if split in stats_splits:
         frames.update(summary["frame_count"])
       skipped.extend(summary["skipped"])
-    totals["utterances"] = len(durations)
-    totals["seconds"] = round(sum(durations.values()), 3)
-    totals["hours"] = round(totals["seconds"] / 3600, 4)
-    totals["classes"] = dict(sorted(totals["classes"].items()))
-    splits[split] = totals
-  normalization = {"splits": stats_splits}
+    seconds = round(sum(durations.values()), 3)
+    splits[split] = records.SplitInfo(
+        examples=totals["examples"], shards=totals["shards"], max_frames=totals["max_frames"],
+        max_label_length=totals["max_label_length"], utterances=len(durations),
+        seconds=seconds, hours=round(seconds / 3600, 4),
+        classes=dict(sorted(totals["classes"].items())))
+  normalization = {}
   for f in formats:
     if f in moments and frames[f]:
       mean = moments[f][0] / frames[f]
@@ -483,26 +490,20 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
   format_info = {}
   for f in formats:
     config = features.from_dict(feature_params[f])
-    format_info[f] = {"params": feature_params[f], "num_channels": config.num_channels,
-                      "dtype": "int16" if f == "raw" else "float32",
-                      "dir": f}
+    format_info[f] = records.FormatInfo(dir=f, dtype="int16" if f == "raw" else "float32",
+                                        num_channels=config.num_channels,
+                                        params=feature_params[f])
   # An utterance whose clips span two shards is reported by both.
   skipped = sorted({s["id"]: s for s in skipped}.values(), key=lambda s: s["id"])
-  metadata = {
-      "schema_version": records.SCHEMA_VERSION,
-      "tool": TOOL, "tool_version": kws_tf.__version__,
-      "fingerprint": plan["fingerprint"],
-      "params": plan["params"],
-      "task": plan["params"]["task"],
-      "formats": format_info,
-      "splits": splits,
-      "normalization": normalization,
-      "skipped": len(skipped),
-  }
-  if plan["params"]["task"] == "ctc":
-    metadata["vocabulary"] = plan["vocabulary"]
-  else:
-    metadata["classes"] = plan["classes"]
+  params = {k: v for k, v in plan["params"].items() if k not in ("sample_rate", "feature_params")}
+  ctc = plan["params"]["task"] == "ctc"
+  metadata = records.RecordsMetadata(
+      schema_version=records.SCHEMA_VERSION, tool=TOOL, tool_version=kws_tf.__version__,
+      fingerprint=plan["fingerprint"], task=plan["params"]["task"],
+      params=records.ConversionParams.from_json(params), formats=format_info, splits=splits,
+      normalization=normalization, normalization_splits=list(stats_splits),
+      skipped=len(skipped), classes=None if ctc else plan["classes"],
+      vocabulary=plan["vocabulary"] if ctc else None)
   return metadata, skipped
 
 
@@ -637,17 +638,17 @@ def convert(args) -> int:
     for entry in skipped:
       f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
   os.replace(tmp, os.path.join(args.out_dir, "skipped.jsonl"))
-  records.write_json(os.path.join(args.out_dir, records.METADATA_FILE), metadata)
+  records.write_json(os.path.join(args.out_dir, records.METADATA_FILE), metadata.to_json())
   return _report(metadata, skipped, plan["utterances"], args)
 
 
-def _report(metadata: dict, skipped: list, utterances: int, args) -> int:
-  examples = sum(s["examples"] for s in metadata["splits"].values())
+def _report(metadata: records.RecordsMetadata, skipped: list, utterances: int, args) -> int:
+  examples = sum(s.examples for s in metadata.splits.values())
   reasons = collections.Counter(s["reason"] for s in skipped)
   print(f"{args.out_dir}: {examples} examples from {utterances} utterances")
-  for split, s in metadata["splits"].items():
-    print(f"  {split:>12}: {s['examples']} examples, {len(s['shards'])} shards, "
-          f"{s['hours']:.3f} h, classes {s['classes']}")
+  for split, s in metadata.splits.items():
+    print(f"  {split:>12}: {s.examples} examples, {len(s.shards)} shards, "
+          f"{s.hours:.3f} h, classes {s.classes}")
   skipped_utts = len({s["id"] for s in skipped})
   if skipped:
     print(f"  skipped {skipped_utts} utterances (see skipped.jsonl): " +

@@ -14,7 +14,6 @@ import numpy as np
 
 from kws_tf import records
 
-FRAME_SECONDS = 0.02
 PLAN_FILE = "plan.json"
 
 
@@ -130,9 +129,9 @@ def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
   return writer.count
 
 
-def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_seed: int,
-                      data_path: str, out_path: str, compression: str, dtype: str,
-                      batch_size: int, bar) -> int:
+def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter, views: int,
+                      view_seed: int, data_path: str, out_path: str, compression: str,
+                      dtype: str, batch_size: int, bar) -> int:
   """Writes the teacher's logits ``[views, classes]`` for every record of one raw
   data shard: view v of a record is its augmented window with seed
   ``augment.view_seed(id, v, view_seed)``, through the teacher's front end."""
@@ -140,7 +139,7 @@ def _write_view_shard(model, spec, data_meta: dict, augmenter, views: int, view_
   from kws_tf import augment, data
   parse = data.raw_batch_parser(data_meta)
   front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
-  samples = data.context_samples(data_meta)
+  samples = data_meta.raw_clip_samples
 
   def teacher_input(x):  # records [batch] -> their views [batch * views], record-major
     view = tf.tile(tf.range(views), tf.shape(x["id"]))
@@ -174,6 +173,11 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                     view_seed: int = 0, babble_split: str = "train") -> dict:
   """Writes guidance shards and metadata.json; returns the metadata.
 
+  The metadata's ``frame_seconds`` is the duration of one frame of the
+  teacher's frame-level outputs (ctc logits, hints, ``frames``): its
+  ``ModelSpec.output_frame_seconds``, the hop of its front end times its time
+  stride (None for a teacher without frame-level outputs).
+
   With ``views`` > 0 (kws logits only) every record gets the teacher's logits
   for ``views`` augmented views of its clip (``augment_config``, a
   ``config.AugmentConfig``, applied to the records' raw clips with context),
@@ -196,17 +200,17 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   if views:
     data.check_context(data_meta, data_dir)
     with_features = False
-  splits = list(splits) or list(data_meta["splits"])
-  unknown = [s for s in splits if s not in data_meta["splits"]]
+  splits = list(splits) or list(data_meta.splits)
+  unknown = [s for s in splits if s not in data_meta.splits]
   if unknown:
     raise ValueError(f"{data_dir} has no split {unknown[0]!r} (it has "
-                     f"{', '.join(data_meta['splits'])})")
+                     f"{', '.join(data_meta.splits)})")
   checkpoint_path = model_dir_lib.checkpoint_path(teacher_dir, checkpoint)
   params = {"kind": kind, "layer": up_to if kind == "hints" else None,
             "features": with_features and kind == "logits", "dtype": dtype,
             "splits": splits, "teacher_fingerprint": teacher_fingerprint(teacher_dir,
                                                                          checkpoint_path),
-            "data_fingerprint": data_meta["fingerprint"]}
+            "data_fingerprint": data_meta.fingerprint}
   if views:
     params.update(views=views, view_seed=view_seed, augment=augment.view_fields(augment_config),
                   babble_split=babble_split)
@@ -221,15 +225,15 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
 
   teacher = model_dir_lib.load_trained_model(teacher_dir, checkpoint_path)
   model, names = guidance_model(teacher, kind, up_to, with_features)
-  compression = data_meta["params"]["compression"]
+  compression = data_meta.compression
   todo, total = [], 0
   for split in splits:
     for path in data.shard_paths(data_dir, fmt, split, data_meta):
       out_path = os.path.join(out_dir, os.path.basename(path))
       if not os.path.exists(out_path):
         todo.append(path)
-    total += data_meta["splits"][split]["examples"]
-  done = sum(len(data_meta["splits"][s]["shards"]) for s in splits) - len(todo)
+    total += data_meta.splits[split].examples
+  done = sum(len(data_meta.splits[s].shards) for s in splits) - len(todo)
   print(f"{len(todo)} guidance shards to write ({done} already complete)", flush=True)
   augmenter = data.make_augmenter(data_dir, augment_config, babble_split) if views else None
   per_example = views or 1  # the bar counts teacher inputs: views of clips, or clips
@@ -239,7 +243,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
     for path in todo:
       out_path = os.path.join(out_dir, os.path.basename(path))
       if views:
-        raw_path = os.path.join(data_dir, data_meta["formats"]["raw"]["dir"],
+        raw_path = os.path.join(data_dir, data_meta.formats["raw"].dir,
                                 os.path.basename(path))
         _write_view_shard(model, spec, data_meta, augmenter, views, view_seed, raw_path,
                           out_path, compression, dtype, batch_size, bar)
@@ -250,17 +254,17 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   if views:
     outputs = {"logits": {**outputs["logits"], "shape": [views] + outputs["logits"]["shape"]}}
   meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec.task,
-          "frame_seconds": FRAME_SECONDS, "compression": compression,
+          "frame_seconds": spec.output_frame_seconds, "compression": compression,
           "outputs": outputs, "data_format": fmt, "teacher_dir": teacher_dir,
           "teacher_checkpoint": checkpoint_path,
-          "shards": {s: [shard["name"] for shard in data_meta["splits"][s]["shards"]]
+          "shards": {s: [shard.name for shard in data_meta.splits[s].shards]
                      for s in splits}}
   records.write_json(os.path.join(out_dir, records.METADATA_FILE), meta)
   return meta
 
 
-def _shard_examples(data_meta: dict, path: str) -> int:
+def _shard_examples(data_meta: records.RecordsMetadata, path: str) -> int:
   """Examples of the data shard at ``path``, from the data's metadata."""
   name = os.path.basename(path)
-  return next(shard["examples"] for split in data_meta["splits"].values()
-              for shard in split["shards"] if shard["name"] == name)
+  return next(shard.examples for split in data_meta.splits.values()
+              for shard in split.shards if shard.name == name)

@@ -14,6 +14,7 @@ shuffling record i of shard k arrives in the same place for every format and
 for guidance shards of the same name.
 """
 import dataclasses
+import math
 import os
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -23,6 +24,7 @@ import tensorflow as tf
 
 from kws_tf import augment, features, records
 from kws_tf import config as config_lib
+from kws_tf.models import heads
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,24 +74,24 @@ class SpecAugment:
 
 
 def shard_paths(records_dir: str, fmt: str, split: str,
-                metadata: Optional[dict] = None) -> List[str]:
+                metadata: Optional[records.RecordsMetadata] = None) -> List[str]:
   """The shards of one split and format, in order, as metadata.json lists them."""
   metadata = metadata or records.load_metadata(records_dir)
-  if fmt not in metadata["formats"]:
+  if fmt not in metadata.formats:
     raise ValueError(f"{records_dir} has no format {fmt!r}; it has "
-                     f"{sorted(metadata['formats'])}")
-  if split not in metadata["splits"]:
+                     f"{sorted(metadata.formats)}")
+  if split not in metadata.splits:
     raise ValueError(f"{records_dir} has no split {split!r}; it has "
-                     f"{sorted(metadata['splits'])}")
-  paths = [os.path.join(records_dir, metadata["formats"][fmt]["dir"], s["name"])
-           for s in metadata["splits"][split]["shards"]]
+                     f"{sorted(metadata.splits)}")
+  paths = [os.path.join(records_dir, metadata.formats[fmt].dir, s.name)
+           for s in metadata.splits[split].shards]
   missing = [p for p in paths if not os.path.exists(p)]
   if missing:
     raise FileNotFoundError(f"shards listed in metadata.json are missing: {missing[:5]}")
   return paths
 
 
-def make_parser(metadata: dict, fmt: str, normalize: bool = True,
+def make_parser(metadata: records.RecordsMetadata, fmt: str, normalize: bool = True,
                 shift_range: bool = False) -> Callable:
   """Returns ``parse(serialized) -> dict`` for one record of ``fmt``.
 
@@ -98,9 +100,9 @@ def make_parser(metadata: dict, fmt: str, normalize: bool = True,
   ``shift_range`` (kws), the dict also holds the record's ``shift_range``
   (float32 ``[2]``, seconds).
   """
-  task = metadata["task"]
-  channels = metadata["formats"][fmt]["num_channels"]
-  raw = metadata["formats"][fmt]["dtype"] == "int16"
+  task = metadata.task
+  channels = metadata.formats[fmt].num_channels
+  raw = metadata.formats[fmt].raw
   spec = {
       "id": tf.io.FixedLenFeature([], tf.string),
       "features": tf.io.FixedLenFeature([], tf.string),
@@ -114,7 +116,7 @@ def make_parser(metadata: dict, fmt: str, normalize: bool = True,
     spec["labels"] = tf.io.VarLenFeature(tf.int64)
   mean = std = None
   if normalize:
-    stats = metadata["normalization"].get(fmt)
+    stats = metadata.normalization.get(fmt)
     if stats is None:
       raise ValueError(f"metadata.json has no normalisation statistics for {fmt!r}")
     mean = tf.constant(stats["mean"], tf.float32)
@@ -176,7 +178,9 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     training: shuffle (with ``seed``) and apply ``spec_augment`` and ``augmenter``.
     bucket: ctc only; batch examples of similar length together (boundaries
       from the split's maximum length), padding within a bucket.
-    guidance: join guidance records shard by shard (see ``Guidance``).
+    guidance: join guidance records shard by shard (see ``Guidance``). ctc
+      guidance logits must come at the student's logit frame rate,
+      ``heads.CTC_TIME_STRIDE`` frames of ``fmt`` (``Guidance.check_frame_seconds``).
     keep: optional predicate on a parsed example; examples for which it is
       False are dropped before shuffling (see ``id_holdout``).
     augmenter: kws training only: read the ``raw`` records (clips with
@@ -187,9 +191,9 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       (``augment.view_seed``) and ``guidance_logits`` the teacher's logits for it.
   """
   metadata = records.load_metadata(records_dir)
-  compression = metadata["params"]["compression"]
+  compression = metadata.compression
   if augmenter is not None:
-    if not training or metadata["task"] != "kws":
+    if not training or metadata.task != "kws":
       raise ValueError("waveform augmentation is for kws training pipelines")
     return _augmented_batches(records_dir, metadata, split, fmt, normalize, augmenter,
                               spec_augment, guidance, keep, shuffle_buffer, seed, repeat,
@@ -197,6 +201,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   paths = shard_paths(records_dir, fmt, split, metadata)
   parse = make_parser(metadata, fmt, normalize)
   if guidance is not None:
+    if metadata.task == "ctc":
+      guidance.check_frame_seconds(heads.CTC_TIME_STRIDE * metadata.formats[fmt].frame_seconds)
     ds = guidance.join(paths, compression, parse)
   else:
     ds = records_dataset(paths, compression).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
@@ -211,8 +217,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
     ds = tf.data.Dataset.zip((ds, seeds)).map(
         lambda x, s: dict(x, features=spec_augment(x["features"], s)),
         num_parallel_calls=tf.data.AUTOTUNE)
-  if metadata["task"] == "ctc" and bucket:
-    max_frames = metadata["splits"][split]["max_frames"][fmt]
+  if metadata.task == "ctc" and bucket:
+    max_frames = metadata.splits[split].max_frames[fmt]
     bounds = bucket_boundaries(max_frames)
     ds = ds.bucket_by_sequence_length(
         lambda x: x["num_frames"], bounds, [batch_size] * (len(bounds) + 1),
@@ -222,7 +228,7 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def _augmented_batches(records_dir: str, metadata: dict, split: str, fmt: str, normalize: bool,
+def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, split: str, fmt: str, normalize: bool,
                        augmenter: augment.Augmenter, spec_augment: Optional[SpecAugment],
                        guidance: Optional["Guidance"], keep: Optional[Callable],
                        shuffle_buffer: int, seed: Optional[int], repeat: bool, batch_size: int,
@@ -238,8 +244,8 @@ def _augmented_batches(records_dir: str, metadata: dict, split: str, fmt: str, n
   """
   check_context(metadata, records_dir)
   paths = shard_paths(records_dir, "raw", split, metadata)
-  compression = metadata["params"]["compression"]
-  samples = context_samples(metadata)
+  compression = metadata.compression
+  samples = metadata.raw_clip_samples
   parse = raw_batch_parser(metadata)
   front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize)
   frames = front_end.config.num_frames(augmenter.window)
@@ -294,9 +300,8 @@ def offset_dataset(records_dir: str, split: str, front_end: "WaveformFrontEnd",
   config = config_lib.AugmentConfig(
       enabled=True, max_shift_seconds=max_seconds, speed_prob=0.0, reverb_prob=0.0,
       noise_prob=0.0, telephone_prob=0.0, gain_db_min=0.0, gain_db_max=0.0)
-  augmenter = augment.Augmenter(config, metadata["formats"]["raw"]["params"]["sample_rate"],
-                                metadata["params"]["clip_seconds"])
-  samples = context_samples(metadata)
+  augmenter = augment.Augmenter(config, metadata.sample_rate, metadata.clip_seconds)
+  samples = metadata.raw_clip_samples
   parse = raw_batch_parser(metadata)
 
   def windows(x):
@@ -305,16 +310,17 @@ def offset_dataset(records_dir: str, split: str, front_end: "WaveformFrontEnd",
     return dict(x, features=values, num_frames=tf.fill(tf.shape(values)[:1], tf.shape(values)[1]))
 
   paths = shard_paths(records_dir, "raw", split, metadata)
-  return records_dataset(paths, metadata["params"]["compression"]).batch(batch_size).map(
+  return records_dataset(paths, metadata.compression).batch(batch_size).map(
       parse).map(windows).prefetch(tf.data.AUTOTUNE)
 
 
-def raw_batch_parser(metadata: dict) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
+def raw_batch_parser(metadata: records.RecordsMetadata
+                     ) -> Callable[[tf.Tensor], Dict[str, tf.Tensor]]:
   """Returns ``parse(serialized [batch]) -> dict`` for kws raw records with context:
   ``id`` [batch], ``label`` int32 [batch], ``shift_range`` float32 [batch, 2]
   (seconds) and ``waveform`` float32 [batch, context samples] in [-1, 1]."""
-  samples = context_samples(metadata)
-  dtype = tf.int16 if metadata["formats"]["raw"]["dtype"] == "int16" else tf.float32
+  samples = metadata.raw_clip_samples
+  dtype = tf.int16 if metadata.formats["raw"].dtype == "int16" else tf.float32
   spec = {"id": tf.io.FixedLenFeature([], tf.string),
           "features": tf.io.FixedLenFeature([], tf.string),
           "label": tf.io.FixedLenFeature([], tf.int64),
@@ -333,24 +339,17 @@ def raw_batch_parser(metadata: dict) -> Callable[[tf.Tensor], Dict[str, tf.Tenso
   return parse
 
 
-def context_samples(metadata: dict) -> int:
-  """Samples of a kws raw record: the clip and its context on both sides."""
-  return int(round((metadata["params"]["clip_seconds"] +
-                    2 * metadata["params"]["context_seconds"]) *
-                   metadata["formats"]["raw"]["params"]["sample_rate"]))
-
-
-def has_context(metadata: dict) -> bool:
+def has_context(metadata: records.RecordsMetadata) -> bool:
   """Whether the records hold kws ``raw`` clips with context around them."""
-  return "raw" in metadata["formats"] and metadata["params"].get("context_seconds", 0.0) > 0
+  return "raw" in metadata.formats and metadata.context_seconds > 0
 
 
-def check_context(metadata: dict, records_dir: str) -> None:
+def check_context(metadata: records.RecordsMetadata, records_dir: str) -> None:
   """ValueError unless the records hold kws ``raw`` clips with context around them."""
-  if "raw" not in metadata["formats"]:
+  if "raw" not in metadata.formats:
     raise ValueError(f"waveform augmentation reads the raw format, which {records_dir} does "
                      "not have: convert with --formats=raw,<feature formats>")
-  if metadata["params"].get("context_seconds", 0.0) <= 0:
+  if metadata.context_seconds <= 0:
     raise ValueError(f"the raw clips of {records_dir} have no context around them: convert "
                      "with --context_seconds > 0 (e.g. 0.5)")
 
@@ -375,17 +374,18 @@ class WaveformFrontEnd:
       self.std = tf.constant(normalization["std"], tf.float32)
 
   @classmethod
-  def of_records(cls, metadata: dict, fmt: str, normalize: bool) -> "WaveformFrontEnd":
+  def of_records(cls, metadata: records.RecordsMetadata, fmt: str,
+                 normalize: bool) -> "WaveformFrontEnd":
     """The front end of the records' ``fmt``, standardised with their statistics."""
-    if fmt not in metadata["formats"]:
+    if fmt not in metadata.formats:
       raise ValueError(f"the records have no {fmt!r} format, whose front-end parameters "
-                       f"the augmented pipeline needs (they have {sorted(metadata['formats'])})")
+                       f"the augmented pipeline needs (they have {sorted(metadata.formats)})")
     stats = None
     if normalize:
-      stats = metadata["normalization"].get(fmt)
+      stats = metadata.normalization.get(fmt)
       if stats is None:
         raise ValueError(f"metadata.json has no normalisation statistics for {fmt!r}")
-    return cls(metadata["formats"][fmt]["params"], stats)
+    return cls(metadata.formats[fmt].params, stats)
 
   def __call__(self, windows: tf.Tensor) -> tf.Tensor:
     values = self.config.compute(windows)
@@ -403,13 +403,13 @@ def babble_bank(records_dir: str, split: str, seconds: float) -> np.ndarray:
   """
   metadata = records.load_metadata(records_dir)
   check_context(metadata, records_dir)
-  rate = metadata["formats"]["raw"]["params"]["sample_rate"]
-  context = int(round(metadata["params"]["context_seconds"] * rate))
-  negative = len(metadata["classes"]) - 1
+  rate = metadata.sample_rate
+  context = metadata.context_samples
+  negative = metadata.negative_label
   parse = make_parser(metadata, "raw", normalize=False)
   wanted, parts, total = int(round(seconds * rate)), [], 0
   for example in records_dataset(shard_paths(records_dir, "raw", split, metadata),
-                                 metadata["params"]["compression"]).map(parse):
+                                 metadata.compression).map(parse):
     if int(example["label"]) != negative:
       continue
     clip = example["features"].numpy()[context:-context, 0]
@@ -471,6 +471,31 @@ class Guidance:
     self.views = views
     self.view_seed = view_seed
     self.metadata = metadata or {}
+
+  @property
+  def frame_seconds(self) -> Optional[float]:
+    """Seconds between two frames of the teacher's frame-level outputs (ctc logits,
+    hints), as create_guidance recorded it; None when not recorded."""
+    return self.metadata.get("frame_seconds")
+
+  def check_frame_seconds(self, student_frame_seconds: float) -> None:
+    """ValueError unless frame-level logits (ctc guidance ``[frames, vocabulary]``)
+    come one every ``student_frame_seconds``, the student's logit frame.
+
+    The message gives both frame durations in ms. Other guidance passes: kws
+    logits are one vector per clip, and FitNet aligns hints itself
+    (``fitnet.alignment``).
+    """
+    if self.metadata.get("task") != "ctc" or "logits" not in self.metadata.get("outputs", {}):
+      return
+    teacher = self.frame_seconds
+    if teacher is None or not math.isclose(teacher, student_frame_seconds, rel_tol=1e-6):
+      recorded = "no recorded frame rate" if teacher is None else \
+          f"a frame every {teacher * 1000:g} ms"
+      raise ValueError(
+          f"the ctc logits in {self.guidance_dir} have {recorded} but the student's logits "
+          f"have a frame every {student_frame_seconds * 1000:g} ms: make the guidance with a "
+          "teacher whose frames match the student's (feature hop x time stride)")
 
   def guidance_paths(self, data_paths: Sequence[str]) -> List[str]:
     paths = [os.path.join(self.guidance_dir, os.path.basename(p)) for p in data_paths]
@@ -535,7 +560,7 @@ class Guidance:
         num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
+def open_guidance(guidance_dir: str, data_metadata: records.RecordsMetadata) -> Guidance:
   """The ``Guidance`` for a ``create_guidance`` output folder.
 
   Reads ``<guidance_dir>/metadata.json`` (written by data_prep/create_guidance),
@@ -550,10 +575,10 @@ def open_guidance(guidance_dir: str, data_metadata: dict) -> Guidance:
   if not os.path.exists(meta_path):
     raise FileNotFoundError(f"{meta_path} not found: is {guidance_dir} a create_guidance output?")
   meta = records.read_json(meta_path)
-  if meta["data_fingerprint"] != data_metadata["fingerprint"]:
+  if meta["data_fingerprint"] != data_metadata.fingerprint:
     raise ValueError(
         f"guidance in {guidance_dir} was made from other data: its data fingerprint is "
-        f"{meta['data_fingerprint']}, the records' fingerprint is {data_metadata['fingerprint']}")
+        f"{meta['data_fingerprint']}, the records' fingerprint is {data_metadata.fingerprint}")
   dtype = tf.as_dtype(meta["dtype"])
   outputs = meta["outputs"]
   spec = {"id": tf.io.FixedLenFeature([], tf.string),
@@ -607,10 +632,10 @@ def make_augmenter(records_dir: str, config, split: str) -> augment.Augmenter:
   impulse-response folders the section names, at the records' sample rate."""
   metadata = records.load_metadata(records_dir)
   check_context(metadata, records_dir)
-  rate = metadata["formats"]["raw"]["params"]["sample_rate"]
+  rate = metadata.sample_rate
   babble = (babble_bank(records_dir, split, config.babble_seconds)
             if config.babble_weight > 0 else None)
   noise = augment.load_noise_bank(config.noise_dir, rate) if config.noise_dir else None
   rirs = augment.load_rirs(config.rir_dir, rate, config.rt60_max) if config.rir_dir else None
-  return augment.Augmenter(config, rate, metadata["params"]["clip_seconds"],
+  return augment.Augmenter(config, rate, metadata.clip_seconds,
                            babble=babble, noise=noise, rirs=rirs)

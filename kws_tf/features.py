@@ -254,6 +254,16 @@ class _FeatureConfig(abc.ABC):
     valid = _valid_mask(self.num_frames(lengths), tf.shape(features)[1])
     return tf.where(tf.expand_dims(valid, -1), features, 0.0)
 
+  @property
+  def hop_samples(self) -> int:
+    """Samples between the starts of two frames: ``frame_step`` (raw: 1)."""
+    return self.frame_step
+
+  @property
+  def frame_seconds(self) -> float:
+    """Seconds between the starts of two frames: ``hop_samples / sample_rate``."""
+    return self.hop_samples / self.sample_rate
+
   def to_dict(self) -> Dict[str, Any]:
     """JSON-serialisable fields, with the format name under "format"."""
     return {"format": self.format, **dataclasses.asdict(self)}
@@ -359,6 +369,10 @@ class RawConfig(_FeatureConfig):
 
   @property
   def num_channels(self) -> int:
+    return 1
+
+  @property
+  def hop_samples(self) -> int:
     return 1
 
   def num_frames(self, num_samples):

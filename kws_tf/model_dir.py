@@ -21,7 +21,7 @@ import tf_keras as keras
 
 from kws_tf import config as config_lib
 from kws_tf import data, features, records
-from kws_tf.models import registry
+from kws_tf.models import heads, registry
 
 SPEC_FILE = "model.json"
 # Checkpoint name -> folder of the model dir that holds it.
@@ -104,8 +104,30 @@ class ModelSpec:
   @property
   def frame_seconds(self) -> float:
     """Seconds between two input frames: the front end's hop (raw: one sample)."""
-    config = self.feature_config
-    return getattr(config, "frame_step", 1) / config.sample_rate
+    return self.feature_config.frame_seconds
+
+  @property
+  def time_stride(self) -> Optional[int]:
+    """Input frames per frame of the model's frame-level outputs, or None.
+
+    ctc: ``heads.CTC_TIME_STRIDE``, the stride of every ctc model's logits
+    (``heads.check_time_stride``). A model registered with a fixed stride (the
+    Whisper teacher: its encoder's, ``whisper.TIME_STRIDE``) has it for kws too:
+    its hints and guidance frames come at that stride. None for the other kws
+    models: their logits are one vector per clip.
+    """
+    fixed = registry.time_stride(self.name)
+    if fixed is not None:
+      return fixed
+    return heads.CTC_TIME_STRIDE if self.task == "ctc" else None
+
+  @property
+  def output_frame_seconds(self) -> Optional[float]:
+    """Seconds between two frames of the frame-level outputs (ctc logits, a
+    Whisper teacher's encoder frames and hints): ``frame_seconds * time_stride``;
+    None when the model has none (``time_stride``)."""
+    stride = self.time_stride
+    return None if stride is None else self.frame_seconds * stride
 
   @property
   def clip_samples(self) -> Optional[int]:
@@ -125,20 +147,20 @@ _SAME_MODEL = ("name", "task", "params", "num_channels", "num_classes", "project
                "format", "feature_params", "normalization")
 
 
-def training_spec(config: config_lib.Config, metadata: dict) -> ModelSpec:
+def training_spec(config: config_lib.Config, metadata: records.RecordsMetadata) -> ModelSpec:
   """The spec of the model ``config`` trains on the records described by
   ``metadata`` (a ``create_tfrecords`` metadata.json), in ``config.data.format``."""
   fmt, kws = config.data.format, config.task == "kws"
   return ModelSpec(
       name=config.model.name, task=config.task, role=config.role,
-      num_channels=metadata["formats"][fmt]["num_channels"],
-      num_classes=len(metadata["classes"] if kws else metadata["vocabulary"]["symbols"]),
+      num_channels=metadata.formats[fmt].num_channels,
+      num_classes=len(metadata.classes if kws else metadata.vocabulary["symbols"]),
       projection_dim=config.model.projection_dim, params=dict(config.model.params),
-      format=fmt, feature_params=metadata["formats"][fmt]["params"],
-      normalization=metadata["normalization"].get(fmt) if config.data.normalize else None,
-      data_fingerprint=metadata["fingerprint"],
-      classes=list(metadata["classes"]) if kws else None,
-      vocabulary=None if kws else metadata["vocabulary"],
+      format=fmt, feature_params=metadata.formats[fmt].params,
+      normalization=metadata.normalization.get(fmt) if config.data.normalize else None,
+      data_fingerprint=metadata.fingerprint,
+      classes=list(metadata.classes) if kws else None,
+      vocabulary=None if kws else metadata.vocabulary,
       quantization=(dataclasses.asdict(config.quantization)
                     if config.mode == "quantized_distill" else None))
 
@@ -205,25 +227,26 @@ def load_trained_model(model_dir: str, checkpoint: str = "best") -> keras.Model:
 def model_records(model_dir: str, data_dir: str):
   """``(spec, metadata, parse)`` for running a trained model over ``data_dir``'s records.
 
-  Checks that the records are of the model's task and hold its feature format
-  made with the same parameters (ValueError naming both otherwise); ``parse``
-  reads one record of that format and normalises it with the statistics the
-  model was trained with (``spec.normalization``), not the records' own.
+  ``metadata`` is the records' ``records.RecordsMetadata``. Checks that the
+  records are of the model's task and hold its feature format made with the
+  same parameters (ValueError naming both otherwise); ``parse`` reads one
+  record of that format and normalises it with the statistics the model was
+  trained with (``spec.normalization``), not the records' own.
   """
   spec = read_spec(model_dir)
   metadata = records.load_metadata(data_dir)
-  if metadata["task"] != spec.task:
+  if metadata.task != spec.task:
     raise ValueError(f"{model_dir} is a {spec.task} model but {data_dir} holds "
-                     f"{metadata['task']} records")
+                     f"{metadata.task} records")
   fmt = spec.format
-  if fmt not in metadata["formats"]:
+  if fmt not in metadata.formats:
     raise ValueError(f"{model_dir} reads {fmt!r} features, which {data_dir} does not have "
-                     f"(it has {', '.join(metadata['formats'])})")
-  if metadata["formats"][fmt]["params"] != spec.feature_params:
+                     f"(it has {', '.join(metadata.formats)})")
+  if metadata.formats[fmt].params != spec.feature_params:
     raise ValueError(f"the {fmt} features of {data_dir} were made with other parameters than "
-                     f"those {model_dir} was trained on: {metadata['formats'][fmt]['params']} "
+                     f"those {model_dir} was trained on: {metadata.formats[fmt].params} "
                      f"vs {spec.feature_params}")
-  model_meta = dict(metadata, normalization={fmt: spec.normalization})
+  model_meta = dataclasses.replace(metadata, normalization={fmt: spec.normalization})
   parse = data.make_parser(model_meta, fmt, normalize=spec.normalization is not None)
   return spec, metadata, parse
 

@@ -146,7 +146,7 @@ def test_align_binary_end_to_end(synthetic_corpus, ctc_train_records, tmp_path):
                                                      ["train", "test"])}
   transcripts = {i: text_lib.normalize(u.text) for i, u in utterances.items()}
   meta = records.load_metadata(data_dir)
-  symbols = meta["vocabulary"]["symbols"]
+  symbols = meta.vocabulary["symbols"]
 
   # The model's vocabulary loses its rarest letter (renamed "#"): utterances
   # with it are skipped. One test utterance gets a transcript too long for
@@ -159,7 +159,7 @@ def test_align_binary_end_to_end(synthetic_corpus, ctc_train_records, tmp_path):
       spec, vocabulary=dict(spec.vocabulary, symbols=renamed)))
   test_ids = sorted(i for i, u in utterances.items() if u.split == "test")
   too_long = next(i for i in test_ids if rare not in transcripts[i])
-  shard = os.path.join(data_dir, "mfcc", meta["splits"]["test"]["shards"][0]["name"])
+  shard = os.path.join(data_dir, "mfcc", meta.splits["test"].shards[0].name)
   _rewrite_labels(shard, too_long, [symbols.index("a")] * 2000)
   unknown = sorted(i for i, t in transcripts.items() if rare in t)
 

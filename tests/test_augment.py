@@ -1,5 +1,6 @@
 """Waveform augmentation (kws_tf/augment.py) against numpy / librosa references, and the
 kws raw records with context and shift ranges that feed it (create_tfrecords, data)."""
+import dataclasses
 import glob
 import os
 import re
@@ -472,12 +473,12 @@ def context_records(synthetic_corpus, tmp_path_factory):
 def read_records(records_dir, fmt, split):
   """id -> dict of the record's fields, decoded with numpy."""
   metadata = records.load_metadata(records_dir)
-  dtype = "<i2" if metadata["formats"][fmt]["dtype"] == "int16" else "<f4"
-  channels = metadata["formats"][fmt]["num_channels"]
+  dtype = "<i2" if metadata.formats[fmt].raw else "<f4"
+  channels = metadata.formats[fmt].num_channels
   out = {}
   for path in data.shard_paths(records_dir, fmt, split):
     for raw in tf.data.TFRecordDataset(path, records.tf_compression(
-        metadata["params"]["compression"])):
+        metadata.compression)):
       f = tf.train.Example.FromString(raw.numpy()).features.feature
       values = np.frombuffer(f["features"].bytes_list.value[0], dtype)
       out[f["id"].bytes_list.value[0].decode()] = {
@@ -507,12 +508,12 @@ def read_ctm(corpus):
 
 def test_raw_records_hold_the_clip_with_context(context_records, synthetic_corpus):
   metadata = records.load_metadata(context_records)
-  assert metadata["params"]["context_seconds"] == CONTEXT
+  assert metadata.context_seconds == CONTEXT
   clip, context = int(CLIP * SR), int(CONTEXT * SR)
   checked = 0
   for split in ("train", "test"):
     raw = read_records(context_records, "raw", split)
-    assert raw and metadata["splits"][split]["max_frames"]["raw"] == clip + 2 * context
+    assert raw and metadata.splits[split].max_frames["raw"] == clip + 2 * context
     for example_id, record in raw.items():
       values = record["values"]
       assert len(values) == clip + 2 * context, example_id
@@ -528,12 +529,12 @@ def test_raw_records_hold_the_clip_with_context(context_records, synthetic_corpu
                                     expected[context:context + clip], err_msg=example_id)
       np.testing.assert_array_equal(values, expected, err_msg=example_id)
       checked += 1
-  assert checked == sum(metadata["splits"][s]["examples"] for s in ("train", "test"))
+  assert checked == sum(metadata.splits[s].examples for s in ("train", "test"))
 
 
 def test_shift_ranges_keep_the_labels(context_records, synthetic_corpus):
   metadata = records.load_metadata(context_records)
-  negative = len(metadata["classes"]) - 1
+  negative = metadata.negative_label
   keywords = set(text.KEYWORDS)
   ctm = read_ctm(synthetic_corpus)
   tol = 2e-3
@@ -571,7 +572,7 @@ def test_shift_ranges_keep_the_labels(context_records, synthetic_corpus):
 def test_pipeline_without_augmentation_gives_the_stored_features(context_records):
   augmenter = augment.Augmenter(quiet(), SR, CLIP)
   metadata = records.load_metadata(context_records)
-  stats = metadata["normalization"]["mfcc"]
+  stats = metadata.normalization["mfcc"]
   stored = read_records(context_records, "mfcc", "train")
   ds = data.make_dataset(context_records, "mfcc", "train", batch_size=8, training=True,
                          augmenter=augmenter, seed=3)
@@ -606,7 +607,7 @@ def test_augmented_pipeline_is_a_function_of_the_seed(context_records):
   assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, other))
   # And the views are augmented: not the stored clean features.
   stored = read_records(context_records, "mfcc", "train")
-  stats = records.load_metadata(context_records)["normalization"]["mfcc"]
+  stats = records.load_metadata(context_records).normalization["mfcc"]
   ids, feats = first[0]
   clean = np.stack([(stored[i.decode()]["values"] - np.array(stats["mean"])) /
                     np.array(stats["std"]) for i in ids])
@@ -623,7 +624,12 @@ def test_augmenter_needs_raw_records_with_context(synthetic_corpus, tmp_path):
   with pytest.raises(ValueError, match="--formats=raw"):
     data.make_dataset(str(out), "mfcc", "test", batch_size=4, training=True,
                       augmenter=augmenter)
-  no_context = {"formats": {"raw": {}}, "params": {"context_seconds": 0.0}}
+  converted = records.load_metadata(str(out))
+  raw = records.FormatInfo(dir="raw", dtype="int16", num_channels=1,
+                           params={"format": "raw", "sample_rate": converted.sample_rate})
+  no_context = dataclasses.replace(
+      converted, formats=dict(converted.formats, raw=raw),
+      params=dataclasses.replace(converted.params, context_seconds=0.0))
   with pytest.raises(ValueError, match="--context_seconds"):
     data.check_context(no_context, "somewhere")
 

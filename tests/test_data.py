@@ -33,10 +33,10 @@ def kws_records(synthetic_corpus, tmp_path_factory):
 def stored_examples(records_dir, fmt, split):
   """id -> (features [frames, channels], labels) decoded with numpy, not tf.data."""
   metadata = records.load_metadata(records_dir)
-  channels = metadata["formats"][fmt]["num_channels"]
-  dtype = "<i2" if metadata["formats"][fmt]["dtype"] == "int16" else "<f4"
+  channels = metadata.formats[fmt].num_channels
+  dtype = "<i2" if metadata.formats[fmt].raw else "<f4"
   out = {}
-  compression = records.tf_compression(metadata["params"]["compression"])
+  compression = records.tf_compression(metadata.compression)
   for path in data.shard_paths(records_dir, fmt, split):
     for raw in tf.data.TFRecordDataset(path, compression):
       example = tf.train.Example.FromString(raw.numpy()).features.feature
@@ -51,7 +51,7 @@ def stored_examples(records_dir, fmt, split):
 
 def test_ctc_round_trip_with_normalisation_and_buckets(ctc_records):
   metadata = records.load_metadata(ctc_records)
-  stats = metadata["normalization"]["mfcc"]
+  stats = metadata.normalization["mfcc"]
   expected = stored_examples(ctc_records, "mfcc", "train")
   ds = data.make_dataset(ctc_records, "mfcc", "train", batch_size=4)
   seen = {}
@@ -182,7 +182,7 @@ def write_guidance(records_dir, guidance_dir, split, mutate=None):
   """Fake guidance shards: per record its id and a 'logits' vector derived from the id."""
   os.makedirs(guidance_dir, exist_ok=True)
   metadata = records.load_metadata(records_dir)
-  compression = records.tf_compression(metadata["params"]["compression"])
+  compression = records.tf_compression(metadata.compression)
   for path in data.shard_paths(records_dir, "mfcc", split):
     ids = [tf.train.Example.FromString(r.numpy()).features.feature["id"].bytes_list.value[0]
            for r in tf.data.TFRecordDataset(path, compression)]
@@ -210,7 +210,7 @@ def test_guidance_join_matches_ids(kws_records, tmp_path):
     for utt, logits in zip(batch["id"].numpy(), batch["guidance_logits"].numpy()):
       assert logits.tolist() == [float(len(utt)), float(sum(utt) % 97)]
       n += 1
-  assert n == records.load_metadata(kws_records)["splits"]["train"]["examples"]
+  assert n == records.load_metadata(kws_records).splits["train"].examples
 
 
 @pytest.mark.parametrize("damage", ["swap", "short", "long"])

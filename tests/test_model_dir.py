@@ -71,6 +71,22 @@ def test_derived_values_from_the_feature_params():
   assert model_dir_lib.ModelSpec.from_json(raw).frame_seconds == 1 / 16000
 
 
+def test_time_stride_and_output_frames():
+  # A kws student gives one logit vector per clip: no frame-level output.
+  kws = model_dir_lib.ModelSpec.from_json(kws_spec_json())
+  assert kws.time_stride is None and kws.output_frame_seconds is None
+  # ctc logits (and a Whisper teacher's encoder frames): 2 input frames each.
+  ctc = model_dir_lib.ModelSpec.from_json(ctc_spec_json())
+  assert ctc.time_stride == 2 and ctc.output_frame_seconds == pytest.approx(0.02)
+  student = dict(kws_spec_json(), task="ctc", classes=None, name="wav2letter",
+                 vocabulary=ctc_spec_json()["vocabulary"])
+  assert model_dir_lib.ModelSpec.from_json(student).time_stride == 2
+  teacher = dict(ctc_spec_json(), task="kws", vocabulary=None, classes=["a", "negative"],
+                 feature_params=features.default_config("logmel", frame_step=320).to_dict())
+  spec = model_dir_lib.ModelSpec.from_json(teacher)
+  assert spec.time_stride == 2 and spec.output_frame_seconds == pytest.approx(0.04)
+
+
 def test_malformed_specs_are_refused(tmp_path):
   broken = kws_spec_json()
   del broken["role"]

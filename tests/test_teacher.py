@@ -179,7 +179,7 @@ def test_logit_guidance_mirrors_the_data_and_matches_the_teacher(kws_teacher_dir
   meta = guidance.create_guidance(kws_teacher_dir, kws_train_records, out,
                                          kind="logits", dtype="float32", batch_size=5)
   data_meta = records.load_metadata(kws_train_records)
-  assert meta["data_fingerprint"] == data_meta["fingerprint"]
+  assert meta["data_fingerprint"] == data_meta.fingerprint
   assert meta["outputs"] == {"logits": {"shape": [10]}, "features": {"shape": [16]}}
   teacher_model = model_dir_lib.load_trained_model(kws_teacher_dir)
   for split in ("train", "test"):
@@ -308,7 +308,7 @@ def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, 
     out = os.path.join(folder, "eval", "test")
     saved = json.load(open(os.path.join(out, "results.json")))
     assert saved["split"] == "test" and saved["report"]["num_examples"] == \
-        records.load_metadata(kws_train_records)["splits"]["test"]["examples"]
+        records.load_metadata(kws_train_records).splits["test"].examples
     assert set(saved["detection"]) == {"frr_at_far_0.01", "frr_at_far_0.05"}
     for name in ("confusion.png", "det.png"):
       assert open(os.path.join(out, name), "rb").read(8) == b"\x89PNG\r\n\x1a\n"
@@ -356,7 +356,7 @@ def test_ctc_teacher_guidance_and_distillation(ctc_train_records, tmp_path):
                teacher_dir, ctc_train_records).run()
   guidance_dir = str(tmp_path / "guidance")
   meta = guidance.create_guidance(teacher_dir, ctc_train_records, guidance_dir, dtype="float32")
-  vocabulary = len(records.load_metadata(ctc_train_records)["vocabulary"]["symbols"])
+  vocabulary = len(records.load_metadata(ctc_train_records).vocabulary["symbols"])
   assert meta["outputs"] == {"logits": {"shape": [None, vocabulary]},
                              "features": {"shape": [None, 16]}}
   data_meta = records.load_metadata(ctc_train_records)
@@ -376,6 +376,63 @@ def test_ctc_teacher_guidance_and_distillation(ctc_train_records, tmp_path):
   results = loop.Trainer(config, str(tmp_path / "student"), ctc_train_records,
                          guidance_dir).run()
   assert np.isfinite(results["test"]["loss"])
+
+
+@pytest.fixture(scope="module")
+def ctc_coarse_teacher(synthetic_corpus, tmp_path_factory):
+  """ctc records whose log-mel hop is 20 ms (mfcc: 10 ms), and an untrained Whisper
+  ctc teacher on that log-mel: its logits and hints come every 40 ms."""
+  root = tmp_path_factory.mktemp("coarse")
+  records_dir = str(root / "records")
+  run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
+             f"--out_dir={records_dir}", "--splits=train,test", "--formats=mfcc,logmel",
+             "--feature_params=logmel.frame_step=320", "--task=ctc", "--cores=2")
+  meta = records.load_metadata(records_dir)
+  spec = model_dir_lib.ModelSpec(
+      name="whisper_teacher", task="ctc", role="teacher", num_channels=80,
+      num_classes=len(meta.vocabulary["symbols"]), projection_dim=0,
+      params={"encoder": TINY_ENCODER, "ctc_hidden": 16}, format="logmel",
+      feature_params=meta.formats["logmel"].params, normalization=None,
+      data_fingerprint=meta.fingerprint, vocabulary=meta.vocabulary)
+  teacher_dir = str(root / "teacher")
+  os.makedirs(teacher_dir)
+  model_dir_lib.write_spec(teacher_dir, spec)
+  with open(os.path.join(teacher_dir, "config.yaml"), "w") as f:
+    f.write("{}\n")
+  tf.train.CheckpointManager(tf.train.Checkpoint(model=model_dir_lib.build_model(spec)),
+                             os.path.join(teacher_dir, "best"), max_to_keep=1).save(0)
+  return records_dir, teacher_dir
+
+
+def test_guidance_records_the_teachers_frame_rate_and_ctc_refuses_another(ctc_coarse_teacher,
+                                                                          tmp_path):
+  records_dir, teacher_dir = ctc_coarse_teacher
+  assert model_dir_lib.read_spec(teacher_dir).output_frame_seconds == pytest.approx(0.04)
+  logits_dir, hints_dir = str(tmp_path / "logits"), str(tmp_path / "hints")
+  meta = guidance.create_guidance(teacher_dir, records_dir, logits_dir, splits=["test"],
+                                  with_features=False, dtype="float32")
+  assert meta["frame_seconds"] == pytest.approx(0.04)  # 320 samples at 16 kHz, stride 2
+  data_meta = records.load_metadata(records_dir)
+  opened = data.open_guidance(logits_dir, data_meta)
+  assert opened.frame_seconds == pytest.approx(0.04)
+  # A ctc student on 10 ms mfcc has 20 ms logit frames: refused, both rates named.
+  with pytest.raises(ValueError, match=r"a frame every 40 ms but the student's logits have "
+                                       r"a frame every 20 ms"):
+    data.make_dataset(records_dir, "mfcc", "test", batch_size=2, guidance=opened)
+  # On the teacher's 20 ms log-mel the student's logits come every 40 ms, as the teacher's.
+  batch = next(iter(data.make_dataset(records_dir, "logmel", "test", batch_size=2,
+                                      guidance=opened)))
+  assert np.all(batch["guidance_frames"].numpy() == (batch["num_frames"].numpy() + 1) // 2)
+
+  # Hints carry the same rate; FitNet pools a 20 ms guided layer two frames to one.
+  from kws_tf.distill import fitnet
+  guidance.create_guidance(teacher_dir, records_dir, hints_dir, kind="hints", up_to=1,
+                           splits=["test"])
+  hints = fitnet.hint_metadata(hints_dir)
+  assert hints["hint_frame_seconds"] == pytest.approx(0.04)
+  assert fitnet.alignment(0.02, hints["hint_frame_seconds"], "conv1") == ("pool", 2)
+  with pytest.raises(fitnet.FitNetError, match="every 30 ms and the hint a frame every 40 ms"):
+    fitnet.alignment(0.03, hints["hint_frame_seconds"], "conv1")
 
 
 @pytest.fixture(scope="module")

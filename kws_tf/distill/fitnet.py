@@ -4,7 +4,9 @@ Stage 1 (hints): the student up to its *guided layer*, followed by a
 *regressor*, is trained to predict the teacher's *hint*, the output of the
 teacher's encoder layer ``--up_to`` stored by ``create_guidance
 --guidance=hints``. Here the hint is a sequence ``[frames, d]`` at the
-teacher's 20 ms frames, so the regressor is
+teacher's frame rate, which the guidance metadata records (``frame_seconds``:
+the teacher's feature hop times its encoder's stride, 20 ms for Whisper's
+10 ms log-mel), so the regressor is
 
   * for a 2-D student (``[batch, time, frequency, channels]``: wav2letter,
     MobileNetV3, ResNet) a mean over the frequency axis first, giving
@@ -277,13 +279,20 @@ def kd_weight(step, steps: int, start: float, end: float) -> tf.Tensor:
 
 
 def hint_metadata(guidance_dir: str) -> dict:
-  """The hint's layer, channels and frame duration from a hints guidance folder."""
+  """The hint's layer, channels and frame duration from a hints guidance folder.
+
+  ``hint_frame_seconds`` is the teacher's frame duration as create_guidance
+  recorded it (``frame_seconds``); ``plan`` aligns the guided layer to it.
+  """
   meta = records.read_json(os.path.join(guidance_dir, records.METADATA_FILE))
   hint = meta.get("outputs", {}).get("hint")
   if hint is None or len(hint["shape"]) != 2:
     raise FitNetError(f"{guidance_dir} holds no frame hints (outputs: "
                       f"{', '.join(meta.get('outputs', {}))}); write them with "
                       "create_guidance --guidance=hints --up_to=<teacher layer>")
+  if meta.get("frame_seconds") is None:
+    raise FitNetError(f"{guidance_dir} records no frame rate for its hints (frame_seconds); "
+                      "write them again with create_guidance")
   return {"hint_layer": meta["layer"], "hint_splits": meta["splits"],
           "hint_dim": int(hint["shape"][1]), "hint_frame_seconds": float(meta["frame_seconds"])}
 

@@ -41,7 +41,7 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
     size = {"bits": quantize_bits, "bucket_size": bucket_size, "post_training": True,
             **quantization.model_size_bits(model, variables, quantize_bits, bucket_size)}
   paths = data.shard_paths(data_dir, spec.format, split, metadata)
-  dataset = data.records_dataset(paths, metadata["params"]["compression"]).map(parse)
+  dataset = data.records_dataset(paths, metadata.compression).map(parse)
   dataset = dataset.padded_batch(batch_size)
   vocabulary = text.Vocabulary(spec.vocabulary["symbols"]) if spec.task == "ctc" else None
   predictions = runner.predict(model, dataset, spec.task)

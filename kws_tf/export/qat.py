@@ -47,7 +47,7 @@ def train_batches(model_dir: str, data_dir: str, split: str, batch_size: int,
   """Shuffled, repeated, padded batches of ``split``, normalised as the model was trained."""
   spec, metadata, parse = model_dir_lib.model_records(model_dir, data_dir)
   paths = data.shard_paths(data_dir, spec.format, split, metadata)
-  ds = data.records_dataset(paths, metadata["params"]["compression"]).map(
+  ds = data.records_dataset(paths, metadata.compression).map(
       parse, num_parallel_calls=tf.data.AUTOTUNE)
   ds = ds.map(lambda x: {k: v for k, v in x.items() if k != "id"})
   return ds.shuffle(1024, seed=seed).repeat().padded_batch(batch_size).prefetch(2)

@@ -57,12 +57,6 @@ def export_front_end(feature_params: dict):
   return config
 
 
-def clip_samples(metadata: dict) -> int:
-  """Samples of one kws clip: ``clip_seconds`` x ``sample_rate`` of the records."""
-  params = metadata["params"]
-  return int(round(params["clip_seconds"] * params["sample_rate"]))
-
-
 class ServingModule(tf.Module):
   """A trained model with its front end and normalisation (module docstring).
 

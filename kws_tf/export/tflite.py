@@ -56,7 +56,6 @@ from kws_tf import model_dir as model_dir_lib
 from kws_tf.evaluation import decoding, metrics
 from kws_tf.export import qat, serving
 from kws_tf.export.errors import ExportError
-from kws_tf.models import heads
 
 FORMATS = ("float32", "float16", "dynamic", "int8", "qat")
 # Formats whose accuracy drop against Keras is checked.
@@ -111,20 +110,20 @@ def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
   ``audio_dir`` is given, or an example's audio cannot be found or read.
   """
   spec, metadata, parse = model_dir_lib.model_records(model_dir, data_dir)
-  compression = metadata["params"]["compression"]
-  sample_rate = metadata["params"]["sample_rate"]
+  compression = metadata.compression
+  sample_rate = metadata.sample_rate
   data.shard_paths(data_dir, spec.format, split, metadata)  # checks the split
-  every = max(1, metadata["splits"][split]["examples"] // max(limit, 1))
+  every = max(1, metadata.splits[split].examples // max(limit, 1))
 
   def spread(fmt):
     paths = data.shard_paths(data_dir, fmt, split, metadata)
     return data.records_dataset(paths, compression).shard(every, 0).take(limit)
 
   serialized = spread(spec.format)
-  if "raw" in metadata["formats"]:
+  if "raw" in metadata.formats:
     raw_parse = data.make_parser(metadata, "raw", normalize=False)
     # kws raw records hold context around the clip: the model takes the clip.
-    context = int(round(metadata["params"].get("context_seconds", 0.0) * sample_rate))
+    context = metadata.context_samples
 
     def clip(record):
       waveform = raw_parse(record)["features"].numpy()[:, 0]
@@ -159,7 +158,7 @@ def load_examples(model_dir: str, data_dir: str, split: str, limit: int,
       waveform = cache[utterance]
       if kws:
         waveform = audio.cut_clip(waveform, float(extra["start"]),
-                                  serving.clip_samples(metadata), sample_rate)
+                                  metadata.clip_samples, sample_rate)
     examples.append(Example(
         example_id, parsed["features"].numpy(), waveform,
         label=int(parsed["label"]) if kws else None,
@@ -392,7 +391,7 @@ def _window(spec: model_dir_lib.ModelSpec, front_end) -> dict:
   """Analysis window and hop of the front end, samples and seconds."""
   window = getattr(front_end, "frame_length", getattr(front_end, "fft_length", 1))
   return {"window_samples": window, "window_seconds": window / spec.sample_rate,
-          "hop_samples": getattr(front_end, "frame_step", 1), "hop_seconds": spec.frame_seconds}
+          "hop_samples": front_end.hop_samples, "hop_seconds": spec.frame_seconds}
 
 
 def model_card(spec: model_dir_lib.ModelSpec, name: str, kind: str, path: str, front_end,
@@ -421,7 +420,7 @@ def model_card(spec: model_dir_lib.ModelSpec, name: str, kind: str, path: str, f
     card["clip_samples"] = clip_samples
     card["clip_seconds"] = clip_samples / spec.sample_rate
   else:
-    card["logit_frame_seconds"] = heads.CTC_TIME_STRIDE * spec.frame_seconds
+    card["logit_frame_seconds"] = spec.output_frame_seconds
   if kind in GATED_FORMATS:
     card["accuracy_gate"] = {"max_drop_points": max_accuracy_drop,
                              "passed": parity_result["drop_points"] <= max_accuracy_drop}
@@ -539,7 +538,7 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   if "qat" in config.formats:
     qat.check_supported(spec)
   metadata = records.load_metadata(data_dir)
-  clip = serving.clip_samples(metadata) if spec.task == "kws" else None
+  clip = metadata.clip_samples if spec.task == "kws" else None
   model = model_dir_lib.load_trained_model(model_dir, config.checkpoint)
   examples = load_examples(model_dir, data_dir, config.split, config.num_parity,
                            config.audio_dir)

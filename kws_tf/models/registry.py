@@ -5,20 +5,28 @@ A builder is a function ``builder(*, task, num_channels, num_classes,
 ``kws_tf.models``. Presets are registered builders with fixed defaults.
 """
 import importlib
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 _BUILDERS: Dict[str, Callable] = {}
+_TIME_STRIDES: Dict[str, int] = {}
 # Modules that register builders when imported.
 _MODULES = ("kws_tf.models.wav2letter", "kws_tf.models.mobilenet_v3",
             "kws_tf.models.resnet", "kws_tf.models.teacher")
 
 
-def register(name: str) -> Callable[[Callable], Callable]:
-  """Decorator: registers ``builder`` under ``name``; a name may be used once."""
+def register(name: str, time_stride: Optional[int] = None) -> Callable[[Callable], Callable]:
+  """Decorator: registers ``builder`` under ``name``; a name may be used once.
+
+  ``time_stride``: input frames per frame of the model's frame-level outputs,
+  when the model has one for every task (the Whisper teacher's encoder frames);
+  see ``time_stride``.
+  """
   def decorate(builder: Callable) -> Callable:
     if name in _BUILDERS and _BUILDERS[name] is not builder:
       raise ValueError(f"model name {name!r} is already registered")
     _BUILDERS[name] = builder
+    if time_stride is not None:
+      _TIME_STRIDES[name] = time_stride
     return builder
   return decorate
 
@@ -40,6 +48,13 @@ def get(name: str) -> Callable:
   if name not in _BUILDERS:
     raise KeyError(f"unknown model {name!r}; known models: {', '.join(sorted(_BUILDERS))}")
   return _BUILDERS[name]
+
+
+def time_stride(name: str) -> Optional[int]:
+  """The fixed time stride registered with ``name``'s builder, or None (the stride
+  depends on the task and parameters)."""
+  get(name)
+  return _TIME_STRIDES.get(name)
 
 
 def build(name: str, **params):

@@ -62,14 +62,14 @@ def pooled_frames(hidden, features, num_frames, name: str, pooling: str = "mean"
   mask at the encoder's time stride 2); ``pooling`` is ``mean`` or
   ``attention``. Returns ``[batch, d]``.
   """
-  mask = heads.FrameMask(2, name=f"{name}_mask")([features, num_frames])
+  mask = heads.FrameMask(whisper.TIME_STRIDE, name=f"{name}_mask")([features, num_frames])
   frames_4d = keras.layers.Reshape((-1, 1, hidden.shape[-1]), name=f"{name}_4d")(hidden)
   if pooling == "attention":
     return heads.AttentivePooling(attention_units, name=name)([frames_4d, mask])
   return heads.MaskedMean(name=name)([frames_4d, mask])
 
 
-@registry.register("whisper_teacher")
+@registry.register("whisper_teacher", time_stride=whisper.TIME_STRIDE)
 def whisper_teacher(*, task: str, num_channels: int, num_classes: int,
                     projection_dim: int = 0, checkpoint: Optional[str] = None,
                     encoder: Optional[Dict[str, Any]] = None,

@@ -153,12 +153,16 @@ def sinusoids(length: int, channels: int,
   return np.concatenate([np.sin(angles), np.cos(angles)], axis=1).astype(np.float32)
 
 
+# Input frames per encoder output frame (the stride of conv2).
+TIME_STRIDE = 2
+
+
 def output_frames(num_frames):
-  """Encoder output frames for ``num_frames`` input frames: ``ceil(n / 2)``.
+  """Encoder output frames for ``num_frames`` input frames: ``ceil(n / TIME_STRIDE)``.
 
   ``num_frames`` is an int or an int tensor (gives the same type).
   """
-  return (num_frames + 1) // 2
+  return (num_frames + TIME_STRIDE - 1) // TIME_STRIDE
 
 
 def _build(layer: keras.layers.Layer, input_shape) -> None:
@@ -314,7 +318,7 @@ class WhisperEncoder(keras.layers.Layer):
         config["d_model"], 3, name="conv1",
         kernel_initializer=_kernel_init(config["init_std"]))
     self.conv2 = keras.layers.Conv1D(
-        config["d_model"], 3, strides=2, name="conv2",
+        config["d_model"], 3, strides=TIME_STRIDE, name="conv2",
         kernel_initializer=_kernel_init(config["init_std"]))
     self.embedding_dropout = keras.layers.Dropout(config["dropout"])
     self.blocks = [WhisperBlock(config, name=f"layers_{i}")

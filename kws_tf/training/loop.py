@@ -102,10 +102,10 @@ class Trainer:
     if config.mode == "fitnet" and config.fitnet.stage == 2 and not init_from:
       raise TrainingError("FitNet stage 2 starts from a finished stage 1: give its model dir")
     self.metadata = records.load_metadata(data_dir)
-    if self.metadata["task"] != config.task:
+    if self.metadata.task != config.task:
       raise TrainingError(f"{data_dir} holds {self.metadata['task']} records but the "
                           f"config's task is {config.task}")
-    if config.data.format not in self.metadata["formats"]:
+    if config.data.format not in self.metadata.formats:
       raise TrainingError(f"{data_dir} has no {config.data.format!r} records (it has "
                           f"{', '.join(self.metadata['formats'])})")
     if config.augment.enabled:
@@ -438,7 +438,7 @@ class Trainer:
         ds = self._dataset(cfg.data.test_split, False, guidance=self._guidance())
         results["test_split"] = cfg.data.test_split
         results["test"] = {"hint": self._hint_error(ds, f"split {cfg.data.test_split!r}")}
-    elif cfg.data.test_split in self.metadata["splits"]:
+    elif cfg.data.test_split in self.metadata.splits:
       ds = self._dataset(cfg.data.test_split, False)
       results["test_split"] = cfg.data.test_split
       results["test"] = runner.evaluate(self.model, ds, cfg.task, class_names=self.class_names,
