@@ -51,6 +51,7 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 VERSION = 2
 SYNTHETIC_ROOMS = 128  # synthetic impulse responses an Augmenter draws once
 SPEED_VALUES = 7  # speed factors, evenly spaced from speed_min to speed_max
+NOISE_BLOCK = 160  # samples: noise stretches start on multiples of this in their bank
 COLOURED_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0)  # spectral slopes of the coloured-noise banks
 # The uniform draws of one view, by column.
 _COLUMNS = ("speed_on", "speed", "shift", "reverb_on", "room", "noise_on", "noise_kind",
@@ -254,14 +255,19 @@ class Augmenter:
       kinds[2] = [np.asarray(noise, np.float32)]
     self.noise_kinds = tuple(name for name, kind in zip(("coloured", "babble", "recorded"), kinds)
                              if kind)
-    banks = [bank for kind in kinds for bank in kind]
-    self.banks = tf.constant(np.concatenate(banks) if banks else np.zeros([1], np.float32))
+    banks = [bank for kind in kinds for bank in kind] or [np.zeros([self.span], np.float32)]
+    # Stored as blocks of NOISE_BLOCK samples (each bank zero-padded to whole
+    # blocks); a stretch starts on a block and is gathered block by block.
+    blocks = [np.pad(bank, (0, -len(bank) % NOISE_BLOCK)).reshape(-1, NOISE_BLOCK)
+              for bank in banks]
+    self.banks = tf.constant(np.concatenate(blocks), tf.float32)
     # A view's bank: the first bank of its kind plus floor(u * banks of the kind).
     self._kind_first = tf.constant(np.cumsum([0] + [len(k) for k in kinds[:-1]]), tf.int32)
     self._kind_count = tf.constant([max(len(k), 1) for k in kinds], tf.int32)
-    lengths = [len(bank) for bank in banks] or [1]
-    self._bank_start = tf.constant(np.cumsum([0] + lengths[:-1]), tf.int32)
-    self._bank_length = tf.constant(lengths, tf.int32)
+    self._bank_start = tf.constant(np.cumsum([0] + [len(b) for b in blocks[:-1]]), tf.int32)
+    # Blocks a stretch of the bank can start on (it must end inside the bank).
+    self._bank_starts = tf.constant([(len(bank) - self.span) // NOISE_BLOCK + 1
+                                     for bank in banks], tf.int32)
     # Kind k is chosen when a uniform draw is at least thresholds[:k]: the
     # cumulative weights, with 2 (never reached) past the last kind in use.
     cumulative = np.cumsum(weights) / weights.sum()
@@ -388,13 +394,15 @@ class Augmenter:
                  choices: Dict[str, tf.Tensor]) -> tf.Tensor:
     """``x [batch, span]`` plus, on the chosen rows, a stretch of each row's noise
     bank at the row's SNR against ``reference`` (the power of its whole context)."""
+    blocks = -(-self.span // NOISE_BLOCK)
+
     def noise(_, rows):
       bank = tf.gather(choices["noise_bank"], rows)
-      length = tf.gather(self._bank_length, bank)
       start = tf.gather(self._bank_start, bank) + tf.cast(
-          tf.gather(choices["noise_at"], rows) * tf.cast(length - self.span + 1, tf.float32),
-          tf.int32)
-      return tf.gather(self.banks, start[:, None] + tf.range(self.span)[None])
+          tf.gather(choices["noise_at"], rows) *
+          tf.cast(tf.gather(self._bank_starts, bank), tf.float32), tf.int32)
+      stretch = tf.gather(self.banks, start[:, None] + tf.range(blocks)[None])
+      return tf.reshape(stretch, [-1, blocks * NOISE_BLOCK])[:, :self.span]
 
     added = _on_rows(choices["add_noise"], tf.zeros_like(x), noise)
     in_window = tf.maximum(tf.reduce_mean(tf.square(added[:, self.lead_in:]), axis=1), 1e-12)
