@@ -90,7 +90,7 @@ def export_students(model_dirs: Dict[str, str], data_dir: str, audio_dir: str,
 def teacher_files(whisper_dir: Optional[str], out_dir: str) -> Dict[str, str]:
   """The teacher encoder behind the log-mel front end as float32 TFLite, per window."""
   import tensorflow as tf
-  from kws_tf.export import serving, tflite
+  from kws_tf.export import convert, serving
   from kws_tf.models import whisper
 
   source = os.path.basename(os.path.normpath(whisper_dir)) if whisper_dir else "random"
@@ -114,7 +114,7 @@ def teacher_files(whisper_dir: Optional[str], out_dir: str) -> Dict[str, str]:
     with tempfile.TemporaryDirectory() as tmp:
       saved = os.path.join(tmp, "saved_model")
       tf.saved_model.save(module, saved, signatures={serving.SIGNATURE: serve})
-      content = tflite.convert(saved, "float32")
+      content = convert.convert(saved, "float32")
     os.makedirs(out_dir, exist_ok=True)
     with open(paths[window] + ".tmp", "wb") as f:
       f.write(content)

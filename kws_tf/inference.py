@@ -2,7 +2,7 @@
 
 An exported model takes a 16 kHz waveform ``[1, samples]`` and carries its
 front end (``kws_tf.export.serving``). Its model card, ``<name>.json`` next to
-the ``.tflite`` file or the SavedModel folder (``kws_tf.export.tflite``), says
+the ``.tflite`` file or the SavedModel folder (``kws_tf.export.card``), says
 what it is: task, labels, sample rate, kws clip length.
 
 kws: a window of one clip slides over the audio every ``hop_seconds`` (the

@@ -19,8 +19,8 @@ after the clip (``clip_seconds + 2 * context_seconds`` in all); the feature
 formats hold the clip itself.
 
 ``num_channels`` is the same for every record of a format and is stored in
-``metadata.json`` (``formats.<name>.num_channels``), which ``RecordsMetadata``
-reads and writes.
+``metadata.json`` (``formats.<name>.num_channels``), typed as ``RecordsMetadata``:
+``load_metadata`` reads it, ``write_metadata`` writes it.
 """
 import copy
 import dataclasses
@@ -140,6 +140,14 @@ def write_json(path: str, data) -> None:
   with open(tmp, "w", encoding="utf-8") as f:
     json.dump(data, f, ensure_ascii=False, indent=1, sort_keys=True)
     f.write("\n")
+  os.replace(tmp, path)
+
+
+def write_bytes(path: str, content: bytes) -> None:
+  """Writes ``content`` atomically (temporary file + rename)."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "wb") as f:
+    f.write(content)
   os.replace(tmp, path)
 
 
@@ -510,4 +518,9 @@ class RecordsMetadata:
 def load_metadata(records_dir: str) -> RecordsMetadata:
   """``RecordsMetadata.load(records_dir)``: the records' metadata.json, typed."""
   return RecordsMetadata.load(records_dir)
+
+
+def write_metadata(records_dir: str, metadata: RecordsMetadata) -> None:
+  """Writes ``<records_dir>/metadata.json`` (``metadata.to_json()``) atomically."""
+  write_json(os.path.join(records_dir, METADATA_FILE), metadata.to_json())
 

@@ -278,7 +278,7 @@ def test_help_lists_the_flags():
 
 
 def test_feature_params_parse_into_configs():
-  from data_prep.create_tfrecords import parse_feature_params
+  from data_prep.shard_plan import parse_feature_params
   params = parse_feature_params(
       ["mfcc", "logmel", "power"],
       ["mfcc.num_mel_bins=64", "mfcc.dft=matmul", "logmel.pad_to_seconds=30",
@@ -300,21 +300,21 @@ def test_unknown_split_is_a_clear_error_and_writes_nothing(synthetic_corpus, tmp
 
 
 def test_only_workers_that_fill_the_cpus_are_pinned(monkeypatch):
-  from data_prep import affinity, create_tfrecords as ct
+  from data_prep import affinity, shard_worker
   monkeypatch.setattr(affinity, "usable_cpus", lambda: [3, 5])
-  assert ct.worker_cpus(2, pin=True) == [3, 5]
-  assert ct.worker_cpus(2, pin=False) is None
-  assert ct.worker_cpus(1, pin=True) is None   # another job may run beside it
-  assert ct.worker_cpus(3, pin=True) is None   # more workers than CPUs
+  assert shard_worker.worker_cpus(2, pin=True) == [3, 5]
+  assert shard_worker.worker_cpus(2, pin=False) is None
+  assert shard_worker.worker_cpus(1, pin=True) is None   # another job may run beside it
+  assert shard_worker.worker_cpus(3, pin=True) is None   # more workers than CPUs
 
 
 def _thread_affinities_after_init(config, cpus, started, results):
   """Spawned worker: the converter's set-up, a TensorFlow op and a new thread, then
   the CPU set of every thread of the process."""
   import threading
-  from data_prep import create_tfrecords as ct
-  ct._init_worker(config, cpus, started)
-  ct._WORKER["front_ends"]["mfcc"].compute(np.zeros(4000, np.float32))
+  from data_prep import shard_worker
+  shard_worker.init_worker(config, cpus, started)
+  shard_worker._WORKER["front_ends"]["mfcc"].compute(np.zeros(4000, np.float32))
   late = threading.Thread(target=time.sleep, args=(1,))
   late.start()
   results.put(sorted(sorted(os.sched_getaffinity(int(t)))
@@ -342,33 +342,34 @@ def test_each_pinned_worker_and_all_its_threads_run_on_its_own_cpu():
 
 
 def test_chunks_end_at_the_example_or_sample_budget(synthetic_corpus, monkeypatch):
-  from data_prep import create_tfrecords as ct
+  from data_prep import shard_plan, shard_worker
   waves = sorted(glob.glob(f"{synthetic_corpus}/train/waves/*/*.wav"))[:5]
-  items = [ct.Item(id=f"u{i}", utt=f"u{i}", path=p, text="x") for i, p in enumerate(waves)]
-  items.insert(2, ct.Item(id="u_missing", utt="u_missing", path="/no/such.wav", text="x"))
+  items = [shard_plan.Item(id=f"u{i}", utt=f"u{i}", path=p, text="x")
+           for i, p in enumerate(waves)]
+  items.insert(2, shard_plan.Item(id="u_missing", utt="u_missing", path="/no/such.wav", text="x"))
   config = {"sample_rate": 16000, "min_seconds": None, "max_seconds": None,
             "clip_seconds": 1.0}
 
   def chunks():
     cache, skipped, out, begin = {"seconds": {}}, [], [], 0
     while begin < len(items):
-      signals, begin = ct._read_chunk(items, begin, config, cache, skipped)
+      signals, begin = shard_worker._read_chunk(items, begin, config, cache, skipped)
       out.append([item.id for item, _ in signals])
     return out, skipped
 
-  monkeypatch.setattr(ct, "CHUNK_EXAMPLES", 4)
+  monkeypatch.setattr(shard_worker, "CHUNK_EXAMPLES", 4)
   out, skipped = chunks()
   assert out == [["u0", "u1", "u2"], ["u3", "u4"]]  # the missing file counts
   assert [s["id"] for s in skipped] == ["u_missing"]
   # A budget below two waveforms: every chunk ends at its first signal.
   shortest = min(len(audio.read_audio(p)) for p in waves)
-  monkeypatch.setattr(ct, "CHUNK_SAMPLES", shortest)
+  monkeypatch.setattr(shard_worker, "CHUNK_SAMPLES", shortest)
   out, _ = chunks()
   assert out == [["u0"], ["u1"], ["u2"], ["u3"], ["u4"]]  # u_missing went with u2
 
 
 def test_batched_features_of_int16_float_and_mixed_signals_agree():
-  from data_prep import create_tfrecords as ct
+  from data_prep import shard_worker
   rng = np.random.default_rng(4)
   pcm = [rng.integers(-32768, 32768, n, np.int16) for n in (5000, 12000, 700, 8000)]
   floats = [x / np.float32(32768) for x in pcm]
@@ -376,5 +377,5 @@ def test_batched_features_of_int16_float_and_mixed_signals_agree():
   mfcc = features.default_config("mfcc")
   expected = [mfcc(x).numpy() for x in floats]
   for signals in (pcm, floats, mixed):
-    for got, want in zip(ct.batched_features(mfcc, signals), expected):
+    for got, want in zip(shard_worker.batched_features(mfcc, signals), expected):
       np.testing.assert_allclose(got, want, atol=1e-4)

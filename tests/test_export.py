@@ -15,7 +15,7 @@ from conftest import run_module
 from kws_tf import audio, config as config_lib
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import quantization
-from kws_tf.export import qat, serving, tflite
+from kws_tf.export import convert, examples, qat, serving, tflite
 from kws_tf.training import loop
 
 CARD_KEYS = {"name", "file", "format", "task", "model", "labels", "sample_rate",
@@ -275,7 +275,7 @@ def test_whisper_log_mel_front_end_uses_a_matmul_dft(kws_train_records, syntheti
   model_name = model_dir_lib.read_spec(model_dir).name
   front_end = {t["name"]: t["dtype"] for t in Interpreter(
       model_path=os.path.join(out_dir, "model_int8.tflite")).get_tensor_details()
-      if not tflite._in_model(t["name"], model_name)}
+      if not convert.in_model(t["name"], model_name)}
   assert front_end["front_end/mul"] == np.float32
   assert [n for n, d in front_end.items() if d == np.int8] == ["tfl.quantize"]
   assert cards["int8"]["parity"]["max_abs_logit_error"] < 0.5
@@ -367,7 +367,7 @@ def test_quantized_distilled_weights_are_exported_as_they_are(kws_model, kws_tra
 
 def test_records_without_waveforms_need_the_audio(kws_model, kws_train_records):
   with pytest.raises(tflite.ExportError, match="--audio_dir"):
-    tflite.load_examples(kws_model, kws_train_records, "test", 2)
+    examples.load_examples(kws_model, kws_train_records, "test", 2)
 
 
 def test_cut_clip_pads_outside_the_utterance():

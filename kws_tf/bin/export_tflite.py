@@ -10,7 +10,7 @@ labels, input shape and dtype, parity with the Keras model on test examples,
 size, single-thread latency, the command). Exits non-zero when an int8 or qat
 file loses more than ``--max_accuracy_drop`` points of accuracy (kws) or CER
 (ctc) against the Keras model; the files written are kept. See
-``kws_tf/export/tflite.py``.
+``kws_tf/export/``.
 """
 import shlex
 import sys

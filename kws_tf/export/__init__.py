@@ -1,7 +1,10 @@
 """Export of trained models: SavedModel and TFLite files with the front end inside.
 
-``serving`` builds the waveform-in graph, ``tflite`` converts it, checks parity
-with the Keras model and writes model cards, ``qat`` fine-tunes a student with
-quantization-aware training before its int8 conversion; ``errors`` holds their
+``tflite.export`` runs an export: ``serving`` builds the waveform-in graph,
+``convert`` turns it into a TFLite file of each format, ``qat`` fine-tunes a
+student with quantization-aware training before its int8 conversion,
+``examples`` loads the labelled examples and waveforms of the parity check and
+of calibration, ``parity`` compares an exported file with the Keras model,
+``card`` writes the model card of each file; ``errors`` holds their
 ``ExportError``.
 """
