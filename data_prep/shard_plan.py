@@ -47,7 +47,6 @@ class Item:
   shift_range: Optional[Tuple[float, float]] = None
 
 
-
 def _parse_value(value: str):
   """``30`` -> 30, ``1e-6`` -> 1e-6, ``true`` -> True, ``none`` -> None, ``matmul`` -> "matmul"."""
   if value.lower() in ("none", "null"):

@@ -2,8 +2,9 @@
 
 A pool of workers (``init_worker`` sets each up) runs ``convert_shard`` on
 the shards of ``data_prep.shard_plan``. For one shard a worker reads the
-audio of its items in chunks (``kws_tf.audio``, int16 PCM at the target
-rate; a kws item is its clip, with the raw format's context on both sides),
+audio of its items in chunks (``kws_tf.audio`` at the target rate: int16
+samples of 16-bit PCM files, float32 of others; a kws item is its clip, with
+the raw format's context on both sides),
 computes every feature format in batches (``batched_features``), writes one
 TFRecord file per format under a temporary name and renames it into place
 when complete (``kws_tf.records.ShardWriter``), then writes its summary to

@@ -523,4 +523,3 @@ def load_metadata(records_dir: str) -> RecordsMetadata:
 def write_metadata(records_dir: str, metadata: RecordsMetadata) -> None:
   """Writes ``<records_dir>/metadata.json`` (``metadata.to_json()``) atomically."""
   write_json(os.path.join(records_dir, METADATA_FILE), metadata.to_json())
-
