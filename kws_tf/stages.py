@@ -63,6 +63,9 @@ class Stage:
     key: the stamp's file name (default: ``name`` with runs of other
       characters than letters and digits as ``_``); stages writing to
       different places need different keys.
+    adopt: with no stamp but every ``done`` file present, take the output as
+      complete with the current fingerprint (for output folders already named
+      after everything that made them, written before stamps existed).
   """
   name: str
   program: str
@@ -73,6 +76,7 @@ class Stage:
   untracked: Sequence[str] = ()
   resumable: bool = False
   key: Optional[str] = None
+  adopt: bool = False
 
   @property
   def stamp_name(self) -> str:
@@ -116,17 +120,13 @@ class Runner:
 
   Args:
     stamps: the folder of the stamps (made when needed).
-    adopt_unstamped: a stage without a stamp whose ``done`` files all exist
-      is taken as complete with the current fingerprint (for output folders
-      already named after everything that made them, written before stamps).
     cwd: the programs' working directory (None: this process's).
 
   ``timings`` maps the name of every stage run by this runner to its seconds.
   """
 
-  def __init__(self, stamps: str, adopt_unstamped: bool = False, cwd: Optional[str] = None):
+  def __init__(self, stamps: str, cwd: Optional[str] = None):
     self.stamps = stamps
-    self.adopt_unstamped = adopt_unstamped
     self.cwd = cwd
     self.timings: Dict[str, float] = {}
 
@@ -212,7 +212,7 @@ class Runner:
     where = (list(stage.done_files) + list(stage.outputs) + [""])[0]
     reason = None
     if stamp is None:
-      if finished and stage.done_files and self.adopt_unstamped:
+      if finished and stage.done_files and stage.adopt:
         self._write_stamp(stage, dict(now, state="complete", finished=time.time(),
                                       adopted=True))
         print(f"== {stage.name}: complete ({where}; made before stamps, adopted)", flush=True)

@@ -32,10 +32,11 @@ def work(tmp_path):
   return tmp_path
 
 
-def _stage(work, name="a", options=(), inputs=(), resumable=False, untracked=()):
+def _stage(work, name="a", options=(), inputs=(), resumable=False, untracked=(), adopt=False):
   out = str(work / name)
   return Stage(name, "fake_stage", [out, *options], inputs=list(inputs), outputs=[out],
-               done=[os.path.join(out, "done")], resumable=resumable, untracked=list(untracked))
+               done=[os.path.join(out, "done")], resumable=resumable, untracked=list(untracked),
+               adopt=adopt)
 
 
 def _runs(work, name="a"):
@@ -113,10 +114,10 @@ def test_output_without_a_stamp_is_redone_unless_adopted(work, capsys):
   assert "no stamp saying what made it" in capsys.readouterr().out
   (work / "b").mkdir()
   (work / "b" / "done").write_text("")
-  adopting = Runner(str(work / "stamps"), adopt_unstamped=True, cwd=str(work))
-  assert not adopting.run(_stage(work, "b"))
+  runner = Runner(str(work / "stamps"), cwd=str(work))
+  assert not runner.run(_stage(work, "b", adopt=True))
   assert not os.path.exists(work / "b" / "runs.txt")
-  assert adopting.read_stamp(_stage(work, "b"))["adopted"]
+  assert runner.read_stamp(_stage(work, "b"))["adopted"]
 
 
 def test_recipes_are_found_by_name_or_path():
