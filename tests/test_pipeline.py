@@ -1,4 +1,5 @@
-"""The main job end to end on a tiny synthetic corpus, and its resume."""
+"""The main job end to end on a tiny synthetic corpus, its resume, and a rerun with
+another option."""
 import json
 import os
 
@@ -62,6 +63,15 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
   assert "== teacher (kws): complete" in again.stdout
   assert "done in" not in again.stdout and "rerun" not in again.stdout
   assert json.load(open(os.path.join(workdir, "results.json")))["rows"] == summary["rows"]
+
+  # Another option reruns the stages it reaches, saying why, and keeps the others.
+  other = ["--num_parity=5" if a == "--num_parity=6" else a for a in TINY]
+  changed = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *other)
+  assert "== teacher (kws): complete" in changed.stdout
+  assert ("== export standard (kws): rerun, options --num_parity=6 -> --num_parity=5"
+          in changed.stdout)
+  rows = json.load(open(os.path.join(workdir, "results.json")))["rows"]
+  assert {r["parity_examples"] for r in rows} == {5}
 
 
 def test_pipeline_refuses_a_missing_teacher_checkpoint(tmp_path):
