@@ -6,8 +6,9 @@ r"""Distillation benchmark on the synthetic corpus: teacher, students, compresse
       [--bits=8,4,2] [--extra_seeds=0]
 
 Not a test. Every number it prints is on **synthetic** espeak-ng speech. Stages,
-each a separate program (the commands are printed), each skipped when its
-output already exists, so a re-run only redoes what changed:
+each a separate program (the commands are printed) run as a ``kws_tf.stages``
+stage: stamped in ``<work_dir>/stages/`` and skipped only while its program,
+options and inputs are unchanged, so a re-run only redoes what changed:
 
 1. corpus   ``data_prep.synthesize_corpus``: ``--speakers`` voices, of which
             ``--dev_speakers`` + ``--test_speakers`` are held out of training;
@@ -40,8 +41,9 @@ output already exists, so a re-run only redoes what changed:
 
 Every run gets ``--override data.validation_split=dev``. Model and guidance
 folders are named after a hash of everything that makes them (recipe,
-overrides, data), so changing a recipe or an ``--*_override`` trains anew while
-an unchanged one is read back from its ``results.json``.
+overrides, data), so changing a recipe or an ``--*_override`` trains into a new
+folder, next to the old one, while an unchanged one is read back from its
+``results.json`` (a folder finished before stamps existed is adopted as it is).
 
 The first table gives each model's parameters (all weights, batch-norm
 statistics and the teacher's fixed position embeddings included), float32 size,
@@ -75,9 +77,9 @@ import yaml
 from absl import app, flags
 
 from kws_tf import config as config_lib
-from kws_tf import pipeline, records
+from kws_tf import records
+from kws_tf.stages import Runner, Stage, quote
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Family of the compression table -> (its recipe flag, its override flag).
 FAMILIES = {"wav2letter": ("student_config", "student_override"),
@@ -100,9 +102,9 @@ flags.DEFINE_integer("test_speakers", 4, "Of which held out as the test split (r
 flags.DEFINE_integer("utterances_per_speaker", 80, "Utterances per synthetic speaker.")
 flags.DEFINE_integer("corpus_seed", 0, "Seed of the synthetic corpus.")
 flags.DEFINE_integer("cores", os.cpu_count(), "Worker processes of the data stages.")
-flags.DEFINE_string("teacher_config", os.path.join(REPO, "configs", "teacher_kws.yaml"),
-                    "The teacher's recipe.")
-flags.DEFINE_string("student_config", os.path.join(REPO, "configs", "kws_small.yaml"),
+flags.DEFINE_string("teacher_config", "teacher_kws",
+                    "The teacher's recipe (a recipe name or a path).")
+flags.DEFINE_string("student_config", "kws_small",
                     "The student's recipe (trained with --mode=standard and --mode=distill).")
 flags.DEFINE_multi_string("teacher_override", [], "key=value for the teacher's recipe.")
 flags.DEFINE_multi_string("student_override", [], "key=value for both student runs.")
@@ -113,8 +115,7 @@ flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds of the students: eac
 flags.DEFINE_enum("until", "compression",
                   ["records", "teacher", "guidance", "students", "compression"],
                   "Last stage to run.")
-flags.DEFINE_string("mobilenet_config",
-                    os.path.join(REPO, "configs", "kws_mobilenet_v3_small_kd.yaml"),
+flags.DEFINE_string("mobilenet_config", "kws_mobilenet_v3_small_kd",
                     "The MobileNetV3 student's recipe (family mobilenet_v3).")
 flags.DEFINE_multi_string("mobilenet_override", [], "key=value for every MobileNetV3 run "
                           "(--student_override is for the wav2letter runs only).")
@@ -204,25 +205,23 @@ def _resolved(path: str, overrides: List[str], mode: Optional[str] = None) -> st
   return yaml.safe_dump(values, sort_keys=False, allow_unicode=True)
 
 
-def _train(name: str, config: str, overrides: List[str], mode: str, data_dir: str,
-           model_dir: str, timings: dict, guidance_dir: Optional[str] = None,
-           hints_dir: Optional[str] = None, init_from: Optional[str] = None) -> dict:
-  results_path = os.path.join(model_dir, "results.json")
-  command = [sys.executable, "-m", "kws_tf.bin.train", f"--config={config}",
-             f"--mode={mode}", f"--data_dir={data_dir}", f"--model_dir={model_dir}"]
-  command += [f"--override={o}" for o in overrides]
-  if guidance_dir:
-    command.append(f"--guidance_dir={guidance_dir}")
-  if hints_dir:
-    command.append(f"--hints_dir={hints_dir}")
-  if init_from:
-    command.append(f"--init_from={init_from}")
-  if os.path.exists(results_path):
-    print(f"== {name}: reusing {results_path} (made by: {pipeline.quote(command)})", flush=True)
-  else:
-    pipeline.run_stage(name, command, timings)
-  with open(results_path, encoding="utf-8") as f:
-    return json.load(f)
+def _train(runner: Runner, name: str, config: str, overrides: List[str], mode: str,
+           data: Stage, model_dir: str, guidance: Optional[Stage] = None,
+           hints: Optional[Stage] = None, init_from: Optional[Stage] = None) -> Stage:
+  """Runs (or skips) one kws-train run into ``model_dir``; returns its stage."""
+  options = [f"--config={config}", f"--mode={mode}", f"--data_dir={data.outputs[0]}",
+             f"--model_dir={model_dir}"]
+  options += [f"--override={o}" for o in overrides]
+  inputs = [data, config_lib.find_recipe(config)]
+  for flag, stage in (("guidance_dir", guidance), ("hints_dir", hints), ("init_from", init_from)):
+    if stage:
+      options.append(f"--{flag}={stage.outputs[0]}")
+      inputs.append(stage)
+  stage = Stage(name, "kws_tf.bin.train", options, inputs=inputs, outputs=[model_dir],
+                done=[os.path.join(model_dir, "results.json")], resumable=True,
+                key=os.path.basename(model_dir), adopt=True)
+  runner.run(stage)
+  return stage
 
 
 def _validation_accuracy(model_dir: str) -> Optional[float]:
@@ -244,15 +243,15 @@ def _row(model: str, role: str, seed: str, results: dict, model_dir: str) -> Lis
           "n/a" if rate is None else f"{rate:,.0f}"]
 
 
-def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: str,
-             fingerprint: str, guidance_dir: str, hints_dir: Optional[str],
-             timings: dict, init_from: Optional[str] = None) -> dict:
+def _student(runner: Runner, family: str, mode: str, seed: str, bits: Optional[int],
+             data: Stage, fingerprint: str, guidance: Stage, hints: Optional[Stage],
+             init_from: Optional[dict] = None) -> dict:
   """Trains one student run of ``family`` (or reads it back).
 
-  Returns ``{"results", "model_dir", "config"}`` (``config``: the resolved
-  recipe as a mapping). ``bits`` is for mode=quantized_distill only,
-  ``hints_dir`` for mode=fitnet only; ``init_from`` (a finished run's model
-  dir) makes a fine-tuning run with ``--finetune_override``.
+  Returns ``{"results", "model_dir", "config", "stage"}`` (``config``: the
+  resolved recipe as a mapping). ``bits`` is for mode=quantized_distill only,
+  ``hints`` for mode=fitnet only; ``init_from`` (another ``_student`` result)
+  makes a fine-tuning run from it with ``--finetune_override``.
   """
   config_flag, override_flag = FAMILIES[family]
   config = getattr(FLAGS, config_flag)
@@ -268,36 +267,34 @@ def _student(family: str, mode: str, seed: str, bits: Optional[int], data_dir: s
   resolved = _resolved(config, overrides, mode)
   key = (resolved, fingerprint)
   if mode != "standard":
-    key += (guidance_dir,)
+    key += (guidance.outputs[0],)
   if mode == "fitnet":
-    key += (hints_dir, FITNET_STAGE2_LOSS)
+    key += (hints.outputs[0], FITNET_STAGE2_LOSS)
   if init_from:
-    key += (init_from,)
+    key += (init_from["model_dir"],)
   model_dir = os.path.join(FLAGS.work_dir, "models", f"student_{mode}-{_digest(*key)}")
   name = (f"{family} ({mode}{f', {bits} bits' if bits else ''}"
           f"{', from the distilled student' if init_from else ''}, seed {seed})")
-  results = _train(name, config, overrides, mode, data_dir, model_dir, timings,
-                   guidance_dir if mode != "standard" else None,
-                   hints_dir if mode == "fitnet" else None, init_from)
-  return {"results": results, "model_dir": model_dir, "config": yaml.safe_load(resolved)}
+  stage = _train(runner, name, config, overrides, mode, data, model_dir,
+                 guidance if mode != "standard" else None, hints if mode == "fitnet" else None,
+                 init_from["stage"] if init_from else None)
+  return {"results": records.read_json(stage.done_files[0]), "model_dir": model_dir,
+          "config": yaml.safe_load(resolved), "stage": stage}
 
 
-def _ptq(name: str, model_dir: str, data_dir: str, split: str, bits: int, bucket_size: int,
-         timings: dict) -> dict:
+def _ptq(runner: Runner, name: str, model: Stage, data: Stage, split: str, bits: int,
+         bucket_size: int) -> dict:
   """Post-training quantization of a trained model, evaluated on ``split`` (or read back)."""
-  path = os.path.join(model_dir, "eval", f"{split}-q{bits}", "results.json")
-  command = [sys.executable, "-m", "kws_tf.bin.evaluate", f"--model_dirs={model_dir}",
-             f"--data_dir={data_dir}", f"--split={split}", f"--quantize_bits={bits}",
-             f"--bucket_size={bucket_size}", "--beam_width=0", "--batch_size=64"]
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      results = json.load(f)
-    if results["quantization"]["bucket_size"] == bucket_size:
-      print(f"== {name}: reusing {path} (made by: {pipeline.quote(command)})", flush=True)
-      return results
-  pipeline.run_stage(name, command, timings)
-  with open(path, encoding="utf-8") as f:
-    return json.load(f)
+  model_dir = model.outputs[0]
+  out = os.path.join(model_dir, "eval", f"{split}-q{bits}")
+  stage = Stage(name, "kws_tf.bin.evaluate",
+                [f"--model_dirs={model_dir}", f"--data_dir={data.outputs[0]}", f"--split={split}",
+                 f"--quantize_bits={bits}", f"--bucket_size={bucket_size}", "--beam_width=0",
+                 "--batch_size=64"], inputs=[model, data], outputs=[out],
+                done=[os.path.join(out, "results.json")],
+                key=f"{os.path.basename(model_dir)}-{split}-q{bits}")
+  runner.run(stage)
+  return records.read_json(stage.done_files[0])
 
 
 def _seeds(family: str, method: str) -> List[str]:
@@ -435,9 +432,9 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   started = time.time()
-  command = pipeline.quote([sys.executable] + sys.argv)
+  command = quote([sys.executable] + sys.argv)
   print(f"command: {command}", flush=True)
-  timings = {}
+  runner = Runner(os.path.join(FLAGS.work_dir, "stages"))
 
   # 1-2. Corpus and records, in folders named after the corpus flags.
   held_out = FLAGS.dev_speakers + FLAGS.test_speakers
@@ -445,23 +442,26 @@ def main(argv):
                 f"-u{FLAGS.utterances_per_speaker}-seed{FLAGS.corpus_seed}")
   corpus = os.path.join(FLAGS.work_dir, f"corpus-{corpus_key}")
   data_dir = os.path.join(FLAGS.work_dir, f"records-{corpus_key}", "kws")
-  # Always run: synthesize_corpus skips the speakers it has finished, and its
-  # synthesis.json is written before any speaker, so it does not mark a complete corpus.
-  pipeline.run_stage("corpus", [
-      sys.executable, "-m", "data_prep.synthesize_corpus", f"--out_dir={corpus}",
-      f"--speakers={FLAGS.speakers}", f"--test_speakers={held_out}",
-      f"--utterances_per_speaker={FLAGS.utterances_per_speaker}",
-      f"--seed={FLAGS.corpus_seed}", f"--cores={FLAGS.cores}"], timings)
+  cores = [f"--cores={FLAGS.cores}"]
+  # synthesize_corpus skips the speakers it has finished; the split files are its last writes.
+  corpus_stage = Stage(
+      "corpus", "data_prep.synthesize_corpus",
+      [f"--out_dir={corpus}", f"--speakers={FLAGS.speakers}", f"--test_speakers={held_out}",
+       f"--utterances_per_speaker={FLAGS.utterances_per_speaker}",
+       f"--seed={FLAGS.corpus_seed}"], outputs=[corpus],
+      done=[os.path.join(corpus, split, "alignments.ctm") for split in ("train", "test")],
+      untracked=cores, resumable=True, key=f"corpus-{corpus_key}", adopt=True)
+  runner.run(corpus_stage)
   view = os.path.join(FLAGS.work_dir, f"splits-{corpus_key}")
   split_view(corpus, view, FLAGS.dev_speakers)
-  if os.path.exists(os.path.join(data_dir, "metadata.json")):
-    print(f"== records: reusing {data_dir}", flush=True)
-  else:
-    pipeline.run_stage("records", [
-        sys.executable, "-m", "data_prep.create_tfrecords", f"--data_dir={view}",
-        "--corpus=vivos", f"--out_dir={data_dir}", "--splits=train,dev,test",
-        "--formats=logmel,mfcc", "--task=kws", f"--cores={FLAGS.cores}",
-        f"--alignments={os.path.join(view, '*', 'alignments.ctm')}"], timings)
+  data = Stage(
+      "records", "data_prep.create_tfrecords",
+      [f"--data_dir={view}", "--corpus=vivos", f"--out_dir={data_dir}",
+       "--splits=train,dev,test", "--formats=logmel,mfcc", "--task=kws",
+       f"--alignments={os.path.join(view, '*', 'alignments.ctm')}"],
+      inputs=[corpus_stage], outputs=[data_dir], done=[os.path.join(data_dir, "metadata.json")],
+      untracked=cores, resumable=True, key=f"records-{corpus_key}", adopt=True)
+  runner.run(data)
   metadata = records.load_metadata(data_dir)
   if FLAGS.until == "records":
     return
@@ -471,21 +471,22 @@ def main(argv):
   teacher_yaml = _resolved(FLAGS.teacher_config, teacher_overrides)
   teacher_dir = os.path.join(FLAGS.work_dir, "models",
                              f"teacher-{_digest(teacher_yaml, metadata.fingerprint)}")
-  teacher = _train("teacher", FLAGS.teacher_config, teacher_overrides, "standard",
-                   data_dir, teacher_dir, timings)
+  teacher_stage = _train(runner, "teacher", FLAGS.teacher_config, teacher_overrides,
+                         "standard", data, teacher_dir)
+  teacher = records.read_json(teacher_stage.done_files[0])
   if FLAGS.until == "teacher":
     return
 
   # 4. Guidance: the teacher's logits and feature layer for every split.
   guidance_dir = os.path.join(FLAGS.work_dir, "guidance",
                               f"{os.path.basename(teacher_dir)}-best-{teacher['best_step']}")
-  if os.path.exists(os.path.join(guidance_dir, "metadata.json")):
-    print(f"== guidance: reusing {guidance_dir}", flush=True)
-  else:
-    pipeline.run_stage("guidance", [sys.executable, "-m", "data_prep.create_guidance",
-                      f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
-                      f"--out_dir={guidance_dir}", "--guidance=logits", "--splits=train"],
-         timings)
+  guidance = Stage("guidance", "data_prep.create_guidance",
+                   [f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
+                    f"--out_dir={guidance_dir}", "--guidance=logits", "--splits=train"],
+                   inputs=[teacher_stage, data], outputs=[guidance_dir],
+                   done=[os.path.join(guidance_dir, "metadata.json")],
+                   key=os.path.basename(guidance_dir), adopt=True)
+  runner.run(guidance)
   if FLAGS.until == "guidance":
     return
 
@@ -493,22 +494,22 @@ def main(argv):
   runs = {"standard": [], "distill": []}
   for seed in FLAGS.seeds:
     for mode in ("standard", "distill"):
-      run = _student("wav2letter", mode, seed, None, data_dir, metadata.fingerprint,
-                     guidance_dir, None, timings)
+      run = _student(runner, "wav2letter", mode, seed, None, data, metadata.fingerprint,
+                     guidance, None)
       runs[mode].append((seed, run["results"], run["model_dir"], run["config"]))
 
   # 6. The compression table: each family's methods.
   compression, fitnets = [], []
-  hints_dir = None
+  hints = None
   if FLAGS.until == "compression" and "fitnet" in FLAGS.methods:
     hints_dir = f"{guidance_dir}-hints{FLAGS.hint_layer}"
-    if os.path.exists(os.path.join(hints_dir, "metadata.json")):
-      print(f"== hints: reusing {hints_dir}", flush=True)
-    else:
-      pipeline.run_stage("hints", [sys.executable, "-m", "data_prep.create_guidance",
-                     f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
-                     f"--out_dir={hints_dir}", "--guidance=hints",
-                     f"--up_to={FLAGS.hint_layer}", "--splits=train,dev,test"], timings)
+    hints = Stage("hints", "data_prep.create_guidance",
+                  [f"--teacher_dir={teacher_dir}", f"--data_dir={data_dir}",
+                   f"--out_dir={hints_dir}", "--guidance=hints", f"--up_to={FLAGS.hint_layer}",
+                   "--splits=train,dev,test"], inputs=[teacher_stage, data], outputs=[hints_dir],
+                  done=[os.path.join(hints_dir, "metadata.json")],
+                  key=os.path.basename(hints_dir), adopt=True)
+    runner.run(hints)
   unknown = sorted(set(FLAGS.families) - set(FAMILIES)) + sorted(set(FLAGS.methods) - set(METHODS))
   if unknown:
     raise app.UsageError(f"unknown --families or --methods: {', '.join(unknown)}")
@@ -520,31 +521,29 @@ def main(argv):
         for seed in _seeds(family, method):
           fingerprint = metadata.fingerprint
           if method == "ptq":
-            run = _student(family, "distill", seed, None, data_dir, fingerprint, guidance_dir,
-                           None, timings)
+            run = _student(runner, family, "distill", seed, None, data, fingerprint, guidance,
+                           None)
             # The bucket size of the quantized_distill runs, so both quantize alike.
             config_flag, override_flag = FAMILIES[family]
             bucket_size = config_lib.load(
                 getattr(FLAGS, config_flag),
                 getattr(FLAGS, override_flag) + FLAGS.quantized_override).quantization.bucket_size
             name = f"{family} (ptq, {bits} bits, seed {seed})"
-            test = _ptq(f"{name}, test", run["model_dir"], data_dir, "test", bits, bucket_size,
-                        timings)
-            dev = _ptq(f"{name}, dev", run["model_dir"], data_dir, "dev", bits, bucket_size,
-                       timings)
+            test = _ptq(runner, f"{name}, test", run["stage"], data, "test", bits, bucket_size)
+            dev = _ptq(runner, f"{name}, dev", run["stage"], data, "dev", bits, bucket_size)
             compression.append(_compression_row(
                 family, method, bits, seed, test["model"], test["parameters"],
                 test["quantization"], test["accuracy"], dev["accuracy"]))
             continue
           if method == "qd_finetune":
-            base = _student(family, "distill", seed, None, data_dir, fingerprint, guidance_dir,
-                            None, timings)
-            run = _student(family, "quantized_distill", seed, bits, data_dir, fingerprint,
-                           guidance_dir, None, timings, init_from=base["model_dir"])
+            base = _student(runner, family, "distill", seed, None, data, fingerprint, guidance,
+                            None)
+            run = _student(runner, family, "quantized_distill", seed, bits, data, fingerprint,
+                           guidance, None, init_from=base)
           else:
-            run = _student(family, method, seed,
+            run = _student(runner, family, method, seed,
                            bits if method == "quantized_distill" else None,
-                           data_dir, fingerprint, guidance_dir, hints_dir, timings)
+                           data, fingerprint, guidance, hints)
           results = run["results"]
           if method == "quantized_distill":
             quantized_config = run["config"]["quantization"]
@@ -600,7 +599,8 @@ def main(argv):
         f"weight {d['feature_weight']:g}")
   print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end; wall "
         f"time of this run {total / 60:.1f} min (stages run now: "
-        + (", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) or "none, all reused") + ")")
+        + (", ".join(f"{k} {v:.0f} s" for k, v in runner.timings.items()) or "none, all reused")
+        + ")")
   print()
   print("| " + " | ".join(header) + " |")
   print("|" + "---|" * len(header))

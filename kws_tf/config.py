@@ -1,6 +1,9 @@
 """Typed training configs: dataclasses read from YAML plus ``key=value`` overrides.
 
-A recipe in ``configs/<name>.yaml`` is a nested mapping whose keys are the
+Recipes ship inside the package, in ``kws_tf/configs/`` (``configs/`` at the
+repository root points there); ``find_recipe`` resolves a bare name such as
+``kws_small`` to that file and passes a path through. A training recipe in
+``configs/<name>.yaml`` is a nested mapping whose keys are the
 fields below (``task``, ``mode``, ``role``, ``data.*``, ``model.*``,
 ``augment.*``, ``optimizer.*``, ``distill.*``, ``quantization.*``, ``fitnet.*``, ``train.*``).
 Unknown keys are errors that name the key and the file; values are converted
@@ -461,11 +464,31 @@ def apply_overrides(values: Dict[str, Any], overrides: Sequence[str]) -> Dict[st
   return values
 
 
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def find_recipe(name: str) -> str:
+  """The file of recipe ``name``: a path to an existing file as it is, else a bare
+  name (``kws_small`` or ``kws_small.yaml``) looked up in ``RECIPES``.
+
+  ConfigError naming both places when neither holds it.
+  """
+  if os.path.isfile(name):
+    return name
+  if os.sep not in name and "/" not in name:
+    candidate = os.path.join(RECIPES, name if name.endswith(".yaml") else name + ".yaml")
+    if os.path.isfile(candidate):
+      return candidate
+  raise ConfigError(f"config file not found: {name} (neither a file nor a recipe of {RECIPES})")
+
+
 def load(path: Optional[str], overrides: Sequence[str] = ()) -> Config:
-  """Reads a YAML recipe (or the defaults when ``path`` is None) plus overrides."""
+  """Reads a YAML recipe (a path or a bare recipe name, see ``find_recipe``; the
+  defaults when None) plus overrides."""
   values: Dict[str, Any] = {}
   source = "the defaults"
   if path:
+    path = find_recipe(path)
     source = path
     try:
       with open(path, encoding="utf-8") as f:
@@ -522,3 +545,51 @@ def write_once(path: str, config: Config) -> bool:
     f.write(text)
   os.replace(tmp, path)
   return True
+
+
+@dataclasses.dataclass
+class DataRecipe:
+  """What ``create_tfrecords`` writes for a task: a ``records_<task>.yaml`` recipe.
+
+  Fields:
+    formats: feature formats of the records (``raw``, ``logmel``, ``mfcc``...).
+    feature_params: format -> {parameter: value} overriding the converter's
+      defaults (``kws_tf.features``; lengths in samples, frequencies in Hz).
+  """
+  formats: List[str]
+  feature_params: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+  def overrides(self) -> List[str]:
+    """``feature_params`` as ``<format>.<name>=<value>`` items (``--feature_params``)."""
+    return [f"{fmt}.{key}={value}" for fmt, params in self.feature_params.items()
+            for key, value in params.items()]
+
+  def converter_flags(self) -> List[str]:
+    """The ``create_tfrecords`` flags that make these records."""
+    flags = [f"--formats={','.join(self.formats)}"]
+    if self.overrides():
+      flags.append(f"--feature_params={','.join(self.overrides())}")
+    return flags
+
+
+def load_data_recipe(name: str) -> DataRecipe:
+  """Reads a data recipe (a path or a bare name, see ``find_recipe``).
+
+  ConfigError for an unknown key, no formats, or parameters of a format the
+  recipe does not write.
+  """
+  path = find_recipe(name)
+  with open(path, encoding="utf-8") as f:
+    values = yaml.safe_load(f) or {}
+  unknown = sorted(set(values) - {"formats", "feature_params"})
+  if unknown:
+    raise ConfigError(f"{path}: unknown key {unknown[0]!r} (a data recipe has formats and "
+                      "feature_params)")
+  recipe = DataRecipe(list(values.get("formats") or []), dict(values.get("feature_params") or {}))
+  if not recipe.formats:
+    raise ConfigError(f"{path}: formats is empty")
+  for fmt in recipe.feature_params:
+    if fmt not in recipe.formats:
+      raise ConfigError(f"{path}: feature_params.{fmt} is for a format the recipe does not "
+                        f"write ({', '.join(recipe.formats)})")
+  return recipe

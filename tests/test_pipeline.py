@@ -1,9 +1,11 @@
-"""The main job end to end on a tiny synthetic corpus, and its resume."""
+"""The main job end to end on a tiny synthetic corpus, its resume, and a rerun with
+another option."""
 import json
 import os
 
 from conftest import run_module
-from kws_tf import pipeline
+from kws_tf import config as config_lib
+from kws_tf.bin import pipeline
 
 TINY = ["--speakers=3", "--test_speakers=1", "--utterances_per_speaker=5", "--teacher=scratch",
         "--teacher_steps=3", "--student_steps=3", "--num_parity=6", "--cores=2",
@@ -34,10 +36,11 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
   card = json.load(open(os.path.join(rows["quantized_distill"]["export_dir"],
                                      "model_int8.json")))
   assert card["weight_quantization"]["bits"] == 4
-  # The students carry the phone-sized front end, its DFT as a matrix product
-  # (320 is no power of two), within issue 6's 300 KB.
-  for override in pipeline.KWS_STUDENT_FEATURES:
-    field, value = override.removeprefix("mfcc.").split("=")
+  # The students carry the phone-sized front end of the kws data recipe, its DFT
+  # as a matrix product (320 is no power of two), within issue 6's 300 KB.
+  front_end = config_lib.load_data_recipe(pipeline.DATA_RECIPES["kws"]).feature_params["mfcc"]
+  assert front_end["frame_length"] == 320
+  for field, value in front_end.items():
     assert card["feature_params"][field] == float(value)
   assert card["feature_params"]["dft"] == "matmul"
   assert rows["standard"]["size_bytes"] <= 300 * 1024
@@ -58,8 +61,17 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
 
   again = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *TINY)
   assert "== teacher (kws): complete" in again.stdout
-  assert "done in" not in again.stdout.replace("== corpus: done in", "")
+  assert "done in" not in again.stdout and "rerun" not in again.stdout
   assert json.load(open(os.path.join(workdir, "results.json")))["rows"] == summary["rows"]
+
+  # Another option reruns the stages it reaches, saying why, and keeps the others.
+  other = ["--num_parity=5" if a == "--num_parity=6" else a for a in TINY]
+  changed = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *other)
+  assert "== teacher (kws): complete" in changed.stdout
+  assert ("== export standard (kws): rerun, options --num_parity=6 -> --num_parity=5"
+          in changed.stdout)
+  rows = json.load(open(os.path.join(workdir, "results.json")))["rows"]
+  assert {r["parity_examples"] for r in rows} == {5}
 
 
 def test_pipeline_refuses_a_missing_teacher_checkpoint(tmp_path):

@@ -31,7 +31,8 @@ from kws_tf import cli
 from kws_tf import config as config_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("config", None, "YAML recipe (configs/*.yaml); defaults when unset.")
+flags.DEFINE_string("config", None, "YAML recipe: a path, or a recipe's name (kws_small: "
+                    "kws_tf/configs/kws_small.yaml); defaults when unset.")
 flags.DEFINE_multi_string("override", [], "key=value overriding the recipe, e.g. "
                           "train.steps=500 or model.params.dropout=0.1; repeatable.")
 flags.DEFINE_enum("mode", None, list(config_lib.MODES),
