@@ -106,7 +106,7 @@ class Options:
   tasks: Sequence[str] = ("kws",)
   teacher: str = "auto"
   teacher_steps: int = 400
-  student_steps: int = 3000
+  student_steps: int = 2500
   quantize_bits: int = 4
   num_parity: int = 200
   voices: str = "varied"
