@@ -106,9 +106,9 @@ class Options:
   tasks: Sequence[str] = ("kws",)
   teacher: str = "auto"
   teacher_steps: int = 400
-  student_steps: int = 2500
+  student_steps: int = 2000
   quantize_bits: int = 4
-  num_parity: int = 200
+  num_parity: int = 100
   voices: str = "varied"
   texts: str = "mixed"
   augment: bool = True
