@@ -107,22 +107,6 @@ def synthetic_rir(seed: tf.Tensor, rt60: tf.Tensor, sample_rate: int,
   return tf.concat([tf.ones_like(tail[..., :1]), tail[..., 1:]], -1)
 
 
-def convolve(signal: tf.Tensor, kernel: tf.Tensor) -> tf.Tensor:
-  """The first ``signal`` samples of ``signal * kernel`` along the last axis, by FFT
-  (``[..., samples]`` and ``[..., taps]``, broadcast over the leading axes)."""
-  size = tf.shape(signal)[-1]
-  total = size + tf.shape(kernel)[-1] - 1
-  fft_length = tf.cast(2 ** tf.math.ceil(tf.math.log(tf.cast(total, tf.float32)) /
-                                        math.log(2.0)), tf.int32)
-  def padded(x):  # rfft pads only inputs of a static shape
-    pad = tf.concat([tf.zeros([tf.rank(x) - 1, 2], tf.int32),
-                     [[0, fft_length - tf.shape(x)[-1]]]], 0)
-    return tf.pad(x, pad)
-
-  spectrum = tf.signal.rfft(padded(signal)) * tf.signal.rfft(padded(kernel))
-  return tf.signal.irfft(spectrum, [fft_length])[..., :size]
-
-
 def shape_noise(white: tf.Tensor, beta: tf.Tensor, floor_bin: float = 1.0) -> tf.Tensor:
   """``white [..., samples]`` shaped to the power spectrum ``1 / f^beta`` (``beta``
   of the leading shape; 0: white, 1: pink, 2: brown), flat below FFT bin

@@ -86,17 +86,6 @@ def test_speed_factors_are_an_even_grid_over_the_range():
   assert counts.min() > 60  # about 100 each
 
 
-def test_convolve_is_the_causal_part_of_the_full_convolution():
-  rng = np.random.default_rng(2)
-  for size, taps in ((1000, 300), (257, 1), (300, 700), (1025, 8)):
-    x = rng.normal(size=size).astype(np.float32)
-    h = rng.normal(size=taps).astype(np.float32)
-    y = augment.convolve(tf.constant(x), tf.constant(h)).numpy()
-    assert y.shape == (size,)
-    reference = np.convolve(x.astype(np.float64), h.astype(np.float64))[:size]
-    np.testing.assert_allclose(y, reference, atol=1e-5 * np.abs(reference).max() + 1e-5)
-
-
 def _band(frequencies):
   return (frequencies >= 300.0) & (frequencies <= 3400.0)
 
