@@ -9,8 +9,10 @@ and sentences that no training run uses, each 1 s window under one condition
 telephone channel, a level change), keyword windows centred and moved by up to
 +-300 ms, as many keyword-free windows. Every model file runs as shipped (raw
 audio in, its model card beside it); the tables give per model the accuracy,
-keyword recall and false-accept rate on the whole set and per group
-(``kws_tf.evaluation.robustness``), and ``--out`` the same as JSON. All of it is
+keyword recall and false-accept rate on the whole set and per group, and the
+keyword recall at 5 % false accepts of a threshold on the keyword score
+(``kws_tf.evaluation.robustness``); ``--out`` writes the same as JSON and
+``--det_plot`` every model's DET curve on the whole set as one PNG. All of it is
 synthetic speech.
 """
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
@@ -24,8 +26,8 @@ from typing import Dict, List
 
 from absl import app, flags
 
-from kws_tf import inference
-from kws_tf.evaluation import robustness
+from kws_tf import inference, text
+from kws_tf.evaluation import metrics, plots, robustness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -37,6 +39,7 @@ flags.DEFINE_integer("speakers", 12, "Held-out synthetic speakers of the set.")
 flags.DEFINE_integer("utterances_per_speaker", 30, "Utterances per speaker.")
 flags.DEFINE_integer("seed", 0, "Seed of the set.")
 flags.DEFINE_string("out", None, "Write every model's metrics here as JSON.")
+flags.DEFINE_string("det_plot", None, "Write the models' DET curves on the whole set here (PNG).")
 
 SUMMARY_GROUPS = ("all", "clean", "centred", "offset")
 
@@ -49,8 +52,9 @@ def make_set() -> None:
 
 
 def table(results: Dict[str, Dict[str, Dict[str, float]]], groups: List[str],
-          metrics=("accuracy", "keyword_recall", "false_accepts")) -> str:
-  short = {"accuracy": "acc", "keyword_recall": "recall", "false_accepts": "FA"}
+          metrics=("accuracy", "keyword_recall", "false_accepts", "recall_at_5pct_fa")) -> str:
+  short = {"accuracy": "acc", "keyword_recall": "recall", "false_accepts": "FA",
+           "recall_at_5pct_fa": "recall@5%FA"}
   header = ["model"] + [f"{g} {short[m]}" for g in groups for m in metrics]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for name, groups_metrics in results.items():
@@ -71,18 +75,26 @@ def main(argv):
     raise app.UsageError(f"no .tflite file matches --models={','.join(FLAGS.models)}")
   if not os.path.exists(os.path.join(FLAGS.set_dir, robustness.MANIFEST)):
     make_set()
-  results = {}
+  results, curves = {}, {}
+  classes = text.keyword_classes()
   for path in paths:
     name = os.path.relpath(path)
     print(f"scoring {name}", flush=True)
-    results[name] = robustness.evaluate(inference.load_model(path, num_threads=1),
-                                        inference.read_card(path), FLAGS.set_dir)
+    rows, scores = robustness.window_scores(inference.load_model(path, num_threads=1),
+                                            inference.read_card(path), FLAGS.set_dir)
+    results[name] = robustness.score(rows, robustness.predict(scores, classes), scores)
+    curves[name] = [(far, frr) for _, far, frr in metrics.det_curve(
+        scores, [classes.index(r["label"]) for r in rows], classes.index(text.NEGATIVE_LABEL))]
   windows = results[name]["all"]["windows"]
   print(f"\nRobustness set {FLAGS.set_dir} ({windows} windows, synthetic speech):\n")
   print(table(results, list(SUMMARY_GROUPS)))
   conditions = sorted(g for g in results[name] if g.startswith(("condition=", "snr=")))
   print("\nKeyword recall / false accepts per condition:\n")
   print(table(results, conditions, metrics=("keyword_recall", "false_accepts")))
+  if FLAGS.det_plot:
+    plots.plot_det_curve(curves, FLAGS.det_plot,
+                         title=f"{os.path.basename(os.path.normpath(FLAGS.set_dir))}: all windows")
+    print(f"\nDET curves: {FLAGS.det_plot}")
   if FLAGS.out:
     with open(FLAGS.out, "w", encoding="utf-8") as f:
       json.dump(results, f, indent=1, sort_keys=True)

@@ -215,9 +215,16 @@ def test_plots_write_pngs(tmp_path):
     warnings.simplefilter("error")  # a missing Vietnamese glyph warns
     plots.plot_confusion_matrix(MATRIX, CLASSES, str(tmp_path / "confusion.png"),
                                 title="Nhận dạng từ khoá")
-    plots.plot_det_curve([(far, frr) for _, far, frr in curve], str(tmp_path / "det.png"))
+    points = [(far, frr) for _, far, frr in curve]
+    plots.plot_det_curve(points, str(tmp_path / "det.png"))
+    plots.plot_det_curve({"giáo viên": points, "học sinh": [(0.0, 1.0), (1.0, 0.0)]},
+                         str(tmp_path / "dets.png"))
   _assert_png(tmp_path / "confusion.png")
   _assert_png(tmp_path / "det.png")
+  _assert_png(tmp_path / "dets.png")
+  with pytest.raises(ValueError, match="'học sinh'"):
+    plots.plot_det_curve({"giáo viên": points, "học sinh": []}, str(tmp_path / "bad.png"))
+  assert not (tmp_path / "bad.png").exists()
 
 
 def test_plot_confusion_matrix_shape_mismatch(tmp_path):

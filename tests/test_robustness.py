@@ -549,7 +549,7 @@ def test_score_groups_by_hand():
     robustness.score(SCORE_ROWS, SCORE_PREDICTED[:-1])
 
 
-def test_predict_maps_argmax_to_the_models_class_order():
+def test_probabilities_follow_the_sets_class_order():
   classes = text.keyword_classes()
   model_classes = list(reversed(classes))
   windows = np.zeros((len(classes), 100), np.float32)
@@ -563,11 +563,47 @@ def test_predict_maps_argmax_to_the_models_class_order():
     probabilities[0, int(window[0])] = 0.9
     return {"probabilities": probabilities}
 
-  got = robustness.predict(model, windows, classes, model_classes)
-  assert got == model_classes
+  got = robustness.probabilities(model, windows, classes, model_classes)
+  assert got.shape == (len(classes), len(classes))
+  for i in range(len(classes)):  # output i of the model is column classes.index(model_classes[i])
+    assert got[i, classes.index(model_classes[i])] == pytest.approx(0.9)
+  assert robustness.predict(got, classes) == model_classes
   assert calls == [(100,)] * len(classes)
   with pytest.raises(ValueError, match="xin"):
-    robustness.predict(model, windows, classes, ["có", "xin", "negative"])
+    robustness.probabilities(model, windows, classes, ["có", "xin", "negative"])
+
+
+def test_recall_at_5pct_fa_by_hand():
+  """20 negatives whose highest keyword scores are 0.1 (x18), 0.6 and 0.9: at most one
+  may fire, so the threshold is 0.65, the lowest score above 0.6. Of five keyword windows
+  (true-keyword scores 0.95, 0.7, 0.65, 0.3, and one beaten by another keyword at 0.99)
+  three fire their own keyword: recall 3/5 at one false accept, where the argmax fires on two."""
+  classes = text.keyword_classes()
+  negative = classes.index(text.NEGATIVE_LABEL)
+  rows, scores = [], []
+
+  def window(label, keyword_scores):
+    row = np.zeros(len(classes), np.float32)
+    for name, value in keyword_scores.items():
+      row[classes.index(name)] = value
+    row[negative] = 1.0 - row.sum()
+    rows.append(_row(label, "negative" if label == text.NEGATIVE_LABEL else "centred", "clean"))
+    scores.append(row)
+
+  for value in [0.1] * 18 + [0.6, 0.9]:
+    window(text.NEGATIVE_LABEL, {"tôi": value})
+  for value in (0.95, 0.7, 0.65, 0.3):
+    window("có", {"có": value})
+  window("là", {"là": 0.005, "một": 0.99})
+  scores = np.stack(scores)
+  got = robustness.score(rows, robustness.predict(scores, classes), scores)["all"]
+  assert got["recall_at_5pct_fa"] == pytest.approx(3 / 5)
+  assert got["false_accepts"] == pytest.approx(2 / 20)  # argmax fires on 0.6 and 0.9
+  assert got["keyword_recall"] == pytest.approx(3 / 5)  # 0.3 loses to negative's 0.7
+  # Without scores there is no detection metric; a group without negatives has none.
+  assert "recall_at_5pct_fa" not in robustness.score(rows, robustness.predict(scores, classes))["all"]
+  keywords_only = robustness.score(rows[20:], robustness.predict(scores[20:], classes), scores[20:])
+  assert math.isnan(keywords_only["all"]["recall_at_5pct_fa"])
 
 
 def test_read_manifest(tmp_path):

@@ -7,7 +7,7 @@ ships with matplotlib and covers the Vietnamese letters. Files are written
 atomically: to ``<path>.tmp``, then renamed.
 """
 import os
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import matplotlib
 import numpy as np
@@ -58,21 +58,27 @@ def plot_det_curve(points, path: str, title: str = "DET curve") -> None:
 
   Args:
     points: float ``[K, 2]`` (FAR, FRR) pairs, fractions in [0, 1], e.g.
-      ``[(far, frr) for _, far, frr in metrics.det_curve(...)]``.
+      ``[(far, frr) for _, far, frr in metrics.det_curve(...)]``; or a mapping
+      from a curve's name (its legend entry) to such pairs, one curve each.
     path: the PNG file to write.
     title: figure title.
   """
-  points = np.asarray(points, dtype=np.float64)
-  if points.ndim != 2 or points.shape[1] != 2 or not len(points):
-    raise ValueError(f"points must be [K, 2] (FAR, FRR) with K >= 1, got shape {points.shape}")
-  # FAR ascending, FRR descending at equal FAR; steps-post then draws the
-  # least FRR reachable at each FAR.
-  points = points[np.lexsort((-points[:, 1], points[:, 0]))]
+  curves = dict(points) if isinstance(points, Mapping) else {"": points}
+  if not curves:
+    raise ValueError("no curve to plot")
   with matplotlib.rc_context(_STYLE):
-    figure = Figure(figsize=(5.5, 4.5), layout="constrained")
+    figure = Figure(figsize=(5.5 if len(curves) == 1 else 7.5, 4.5), layout="constrained")
     axes = figure.subplots()
-    axes.plot(100 * points[:, 0], 100 * points[:, 1], drawstyle="steps-post", marker=".",
-              linewidth=1.5)
+    for name, curve in curves.items():
+      curve = np.asarray(curve, dtype=np.float64)
+      if curve.ndim != 2 or curve.shape[1] != 2 or not len(curve):
+        raise ValueError(f"points must be [K, 2] (FAR, FRR) with K >= 1, got shape {curve.shape}"
+                         + (f" for {name!r}" if name else ""))
+      # FAR ascending, FRR descending at equal FAR; steps-post then draws the
+      # least FRR reachable at each FAR.
+      curve = curve[np.lexsort((-curve[:, 1], curve[:, 0]))]
+      axes.plot(100 * curve[:, 0], 100 * curve[:, 1], drawstyle="steps-post",
+                marker="." if len(curves) == 1 else None, linewidth=1.5, label=name or None)
     # Linear up to 1 % FAR (it has the zeros), logarithmic above: the low-FAR
     # operating points get room.
     axes.set_xscale("symlog", linthresh=1.0)
@@ -83,6 +89,8 @@ def plot_det_curve(points, path: str, title: str = "DET curve") -> None:
     axes.set_ylabel("false rejects (% of keyword examples)")
     axes.set_title(title)
     axes.grid(True, alpha=0.4)
+    if len(curves) > 1:
+      axes.legend(fontsize=7, loc="upper right")
     _save(figure, path)
 
 

@@ -10,21 +10,32 @@ exported model runs: raw audio in), and every group of rows gets
   false_accepts   negative windows classified as any keyword
   windows         how many windows the group holds
 
+and, given the probabilities, the detection trade-off of a threshold on the
+keyword score (``kws_tf.evaluation.metrics``' detection rule):
+
+  recall_at_5pct_fa  keyword recall at the lowest threshold that fires on at
+                     most 5 % of the group's negative windows (a point of the
+                     group's DET curve: the threshold is the set's own, not one
+                     a shipped model carries)
+
 Groups: ``all``, ``clean`` (condition clean), ``centred`` and ``offset``
 (keyword placement, with the group's negatives), ``condition=<c>``,
 ``noise=<type>`` and ``snr=<dB>``. ``evaluate`` runs a loaded exported model
-(``kws_tf.inference.load_model``) with its model card over a whole set.
+(``kws_tf.inference.load_model``) with its model card over a whole set
+(``window_scores`` gives its probabilities, e.g. for a DET curve).
 """
 import json
 import os
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from kws_tf import audio, text
+from kws_tf.evaluation import metrics
 
 MANIFEST = "manifest.jsonl"
 _ROW_KEYS = ("path", "label", "placement", "condition")
+DETECTION_FAR = 0.05  # recall_at_5pct_fa's false-accept rate
 
 
 def read_manifest(set_dir: str) -> List[dict]:
@@ -53,21 +64,31 @@ def load_windows(rows: Sequence[dict], sample_rate: int) -> np.ndarray:
   return np.stack([audio.read_audio(row["path"], sample_rate) for row in rows])
 
 
-def predict(model: Callable[[np.ndarray], Dict[str, np.ndarray]], windows: np.ndarray,
-            classes: Sequence[str], model_classes: Sequence[str]) -> List[str]:
-  """The class name the model gives each window (argmax of ``probabilities``).
+def probabilities(model: Callable[[np.ndarray], Dict[str, np.ndarray]], windows: np.ndarray,
+                  classes: Sequence[str], model_classes: Sequence[str]) -> np.ndarray:
+  """float32 ``[windows, len(classes)]``: the model's probabilities in the order of ``classes``.
 
   ``model_classes`` are the model's output classes in order (its card's);
-  every one must be in ``classes`` (the set's).
+  every one must be in ``classes`` (the set's); a class of the set that the
+  model lacks gets probability 0.
   """
   unknown = [c for c in model_classes if c not in classes]
   if unknown:
     raise ValueError(f"the model's classes {unknown} are not keywords of the set ({classes})")
-  return [model_classes[int(np.argmax(model(window)["probabilities"][0]))]
-          for window in windows]
+  columns = [classes.index(c) for c in model_classes]
+  out = np.zeros((len(windows), len(classes)), np.float32)
+  for i, window in enumerate(windows):
+    out[i, columns] = model(window)["probabilities"][0]
+  return out
 
 
-def _metrics(rows: Sequence[dict], predicted: Sequence[str]) -> Dict[str, float]:
+def predict(probabilities: np.ndarray, classes: Sequence[str]) -> List[str]:
+  """The class name of each row's highest probability (``probabilities [N, len(classes)]``)."""
+  return [classes[i] for i in np.argmax(probabilities, axis=1)]
+
+
+def _metrics(rows: Sequence[dict], predicted: Sequence[str],
+             scores: Optional[np.ndarray]) -> Dict[str, float]:
   labels = [r["label"] for r in rows]
   keyword = [i for i, label in enumerate(labels) if label != text.NEGATIVE_LABEL]
   negative = [i for i, label in enumerate(labels) if label == text.NEGATIVE_LABEL]
@@ -77,6 +98,12 @@ def _metrics(rows: Sequence[dict], predicted: Sequence[str]) -> Dict[str, float]
                            if keyword else float("nan"))
   out["false_accepts"] = (float(np.mean([predicted[i] != text.NEGATIVE_LABEL for i in negative]))
                           if negative else float("nan"))
+  if scores is not None:
+    classes = text.keyword_classes()
+    out["recall_at_5pct_fa"] = (
+        1.0 - metrics.frr_at_far(scores, [classes.index(label) for label in labels],
+                                 classes.index(text.NEGATIVE_LABEL), DETECTION_FAR)["frr"]
+        if keyword and negative else float("nan"))
   return out
 
 
@@ -96,18 +123,29 @@ def groups(rows: Sequence[dict]) -> Dict[str, List[int]]:
   return {name: indices for name, indices in out.items() if indices}
 
 
-def score(rows: Sequence[dict], predicted: Sequence[str]) -> Dict[str, Dict[str, float]]:
-  """Group name -> metrics (see the module docstring)."""
-  if len(rows) != len(predicted):
-    raise ValueError(f"{len(rows)} rows but {len(predicted)} predictions")
-  return {name: _metrics([rows[i] for i in indices], [predicted[i] for i in indices])
+def score(rows: Sequence[dict], predicted: Sequence[str],
+          scores: Optional[np.ndarray] = None) -> Dict[str, Dict[str, float]]:
+  """Group name -> metrics (see the module docstring).
+
+  ``predicted``: a class name per row; ``scores``: optional float ``[rows,
+  C]`` probabilities in ``text.keyword_classes()`` order, for the detection
+  metric.
+  """
+  if len(rows) != len(predicted) or (scores is not None and len(scores) != len(rows)):
+    raise ValueError(f"{len(rows)} rows but {len(predicted)} predictions"
+                     + ("" if scores is None else f" and {len(scores)} score rows"))
+  return {name: _metrics([rows[i] for i in indices], [predicted[i] for i in indices],
+                         None if scores is None else np.asarray(scores)[indices])
           for name, indices in groups(rows).items()}
 
 
-def evaluate(model: Callable[[np.ndarray], Dict[str, np.ndarray]], card: dict,
-             set_dir: str) -> Dict[str, Dict[str, float]]:
-  """``score`` of an exported kws model on the set in ``set_dir``, run as shipped (raw
-  audio in). ``model`` is a loaded ``kws_tf.inference`` model, ``card`` its model card."""
+def window_scores(model: Callable[[np.ndarray], Dict[str, np.ndarray]], card: dict,
+                  set_dir: str) -> Tuple[List[dict], np.ndarray]:
+  """The set's rows and an exported kws model's probabilities for them, run as shipped
+  (raw audio in): float32 ``[rows, C]`` in ``text.keyword_classes()`` order.
+
+  ``model`` is a loaded ``kws_tf.inference`` model, ``card`` its model card.
+  """
   if card.get("task") != "kws":
     raise ValueError(f"{card.get('file')} is not a kws model (its card says task "
                      f"{card.get('task')!r})")
@@ -116,5 +154,11 @@ def evaluate(model: Callable[[np.ndarray], Dict[str, np.ndarray]], card: dict,
   if windows.shape[1] != card["clip_samples"]:
     raise ValueError(f"the set's windows hold {windows.shape[1]} samples but "
                      f"{card.get('file')} takes {card['clip_samples']}")
-  predicted = predict(model, windows, text.keyword_classes(), card["labels"]["classes"])
-  return score(rows, predicted)
+  return rows, probabilities(model, windows, text.keyword_classes(), card["labels"]["classes"])
+
+
+def evaluate(model: Callable[[np.ndarray], Dict[str, np.ndarray]], card: dict,
+             set_dir: str) -> Dict[str, Dict[str, float]]:
+  """``score`` of an exported kws model on the set in ``set_dir`` (see ``window_scores``)."""
+  rows, scores = window_scores(model, card, set_dir)
+  return score(rows, predict(scores, text.keyword_classes()), scores)
