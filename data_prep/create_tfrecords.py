@@ -7,7 +7,9 @@ r"""Converts a speech corpus into sharded TFRecords of features and labels.
 Writes ``<out_dir>/<format>/<split>-<k:05d>-of-<n:05d>.tfrecord[.gz]`` (record i
 of shard k is the same example in every format), ``metadata.json`` (parameters,
 counts, vocabulary, normalisation statistics, fingerprint), ``vocab.json``
-(ctc) and ``skipped.jsonl``. Each shard is written under a temporary name and
+(ctc: the vocabulary of ``--vocab``), ``oov.jsonl`` (ctc: the utterances whose
+transcripts hold other characters, and what ``--oov`` did with them) and
+``skipped.jsonl``. Each shard is written under a temporary name and
 renamed when complete; a killed run is finished by the same command, and the
 result is byte-identical to an uninterrupted run.
 
@@ -64,8 +66,17 @@ flags.DEFINE_bool("pin_workers", True, "When the workers are as many as the CPUs
                   "otherwise moves them between CPUs and their caches go cold).")
 flags.DEFINE_integer("examples_per_shard", 200, "Examples per shard (the unit of "
                      "work of a worker and of resuming).")
-flags.DEFINE_string("vocab", None, "Reuse this vocab.json (ctc) instead of building "
-                    "one from the transcripts of --splits.")
+flags.DEFINE_string("vocab", text.DEFAULT_VOCABULARY, "ctc: the character vocabulary, "
+                    "never built from the transcripts: a shipped one by name (vietnamese, "
+                    "english: kws_tf/vocabularies/<name>.txt), a vocabulary file (UTF-8, one "
+                    "symbol per line in id order from id 1, the blank id 0 not listed, the "
+                    "space written <space>), or the vocab.json of an earlier conversion.")
+flags.DEFINE_enum("oov", "map", list(text.OOV_POLICIES), "ctc: what a transcript's "
+                  "characters outside --vocab do. map: each becomes the vocabulary letter "
+                  "of its Unicode compatibility decomposition without accents (ç -> c, "
+                  "full-width letters), and the utterance is skipped when one has none "
+                  "(digits, f in Vietnamese); drop: they are removed; skip: the utterance "
+                  "is skipped. Each such utterance is listed in oov.jsonl.")
 flags.DEFINE_integer("limit", None, "Convert at most this many utterances per split.")
 flags.DEFINE_enum("compression", "none", ["none", "gzip"], "TFRecord compression.")
 flags.DEFINE_float("max_skip_fraction", 0.1, "Exit non-zero when more than this "
@@ -163,6 +174,9 @@ def convert(args) -> int:
   if args.task == "ctc":
     text.Vocabulary(plan["vocabulary"]["symbols"]).save(
         os.path.join(args.out_dir, "vocab.json"))
+    oov_summary = shard_plan.write_oov_report(args.out_dir, plan)
+    if oov_summary:
+      print(oov_summary, flush=True)
   for sub in list(args.formats) + [shard_worker.PROGRESS_DIR]:
     os.makedirs(os.path.join(args.out_dir, sub), exist_ok=True)
   _remove_stale_temporaries(args.out_dir)

@@ -4,7 +4,9 @@
 every example, deterministically from the flags and the corpus:
 
   ctc  one ``Item`` per utterance, its transcript's character ids as labels
-       (``plan_ctc``)
+       over the vocabulary of ``--vocab``, never one built from the corpus
+       (``plan_ctc``; characters outside it are handled by ``--oov`` and
+       listed per utterance in ``oov.jsonl``, ``write_oov_report``)
   kws  keyword clips centred on the aligned keyword words and negative clips
        drawn from the speech that overlaps no keyword (``plan_kws``)
 
@@ -27,6 +29,7 @@ from data_prep import corpora
 from kws_tf import features, records, text
 
 PLAN_FILE = "plan.json"
+OOV_FILE = "oov.jsonl"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,7 +38,9 @@ class Item:
 
   ``shift_range`` (seconds) is the lowest and highest offset of the clip's
   start from ``start`` that keep its label true: a keyword stays whole inside
-  the clip, a negative overlaps no keyword.
+  the clip, a negative overlaps no keyword. ``offset`` and ``duration``
+  (seconds) are the utterance's segment of the file (a manifest entry's; None:
+  from the start, to the end); ``start`` counts from the segment's start.
   """
   id: str
   utt: str
@@ -45,6 +50,8 @@ class Item:
   label: Optional[int] = None
   start: Optional[float] = None
   shift_range: Optional[Tuple[float, float]] = None
+  offset: Optional[float] = None
+  duration: Optional[float] = None
 
 
 def _parse_value(value: str):
@@ -76,22 +83,36 @@ def parse_feature_params(formats: Sequence[str], overrides: Sequence[str],
           for f in formats}
 
 
-def plan_ctc(utts: Sequence[corpora.Utterance], vocab: text.Vocabulary):
-  """One item per utterance, ids sorted; the readers' problems become skips."""
-  items, skipped = [], []
+def plan_ctc(utts: Sequence[corpora.Utterance], vocab: text.Vocabulary, oov: str):
+  """One item per utterance, ids sorted; the readers' problems become skips.
+
+  Characters outside ``vocab`` are mapped, dropped or skip the utterance by
+  ``oov`` (``text.Vocabulary.fit``). Returns (items, skipped, out-of-vocabulary
+  report: per utterance with such characters its ``id``, ``split``,
+  ``characters``, ``transcript`` (normalised), ``action`` (mapped, dropped or
+  skipped) and, unless skipped, the ``text`` its labels hold).
+  """
+  items, skipped, report = [], [], []
+  actions = {"map": "mapped", "drop": "dropped", "skip": "skipped"}
   for utt in utts:
     problem = utt.problem
     if problem is None:
       normalized = text.normalize(utt.text)
-      missing = vocab.unknown(normalized, normalized=True)
-      if missing:
-        problem = f"characters not in the vocabulary: {''.join(missing)}"
+      fitted, unknown = vocab.fit(normalized, oov)
+      if unknown:
+        entry = {"id": utt.id, "split": utt.split, "characters": unknown,
+                 "transcript": normalized,
+                 "action": actions[oov] if fitted else "skipped"}
+        report.append(entry if not fitted else dict(entry, text=fitted))
+      if not fitted:
+        problem = f"characters not in the vocabulary: {unknown}"
     if problem:
       skipped.append({"id": utt.id, "path": utt.audio_path, "reason": problem})
       continue
-    items.append(Item(utt.id, utt.id, utt.audio_path, normalized,
-                      labels=tuple(vocab.encode(normalized, normalized=True))))
-  return items, skipped
+    items.append(Item(utt.id, utt.id, utt.audio_path, fitted,
+                      labels=tuple(vocab.encode(fitted, normalized=True)),
+                      offset=utt.offset, duration=utt.duration))
+  return items, skipped, report
 
 
 def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[str],
@@ -120,7 +141,8 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
         slack = max(clip_seconds - (word.end - word.start), 0.0) / 2
         positives.append(Item(f"{utt.id}-p{index:03d}", utt.id, utt.audio_path, key,
                               label=classes[key], start=start,
-                              shift_range=(round(-slack, 3), round(slack, 3))))
+                              shift_range=(round(-slack, 3), round(slack, 3)),
+                              offset=utt.offset, duration=utt.duration))
     end = max(w.end for w in words)
     hop = clip_seconds / 4
     for step in range(int(np.floor((end - clip_seconds) / hop + 1e-9)) + 1):
@@ -132,7 +154,8 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
         candidates.append(Item(f"{utt.id}-n{int(round(start * 1000)):06d}", utt.id,
                                utt.audio_path, text.NEGATIVE_LABEL, label=negative,
                                start=start, shift_range=(round(max(before, -clip_seconds), 3),
-                                                         round(min(after, clip_seconds), 3))))
+                                                         round(min(after, clip_seconds), 3)),
+                               offset=utt.offset, duration=utt.duration))
   count = min(len(candidates), int(round(negatives_per_positive * len(positives))))
   chosen = rng.choice(len(candidates), size=count, replace=False) if count else []
   items = positives + [candidates[i] for i in sorted(chosen)]
@@ -153,7 +176,7 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
     args: the converter's flags (``corpus``, ``data_dir``, ``splits``,
       ``formats``, ``feature_params``, ``task``, ``examples_per_shard``,
       ``limit``, ``compression``, ``sample_rate``, ``min_seconds``,
-      ``max_seconds``; ctc ``vocab``; kws ``alignments``, ``keywords``,
+      ``max_seconds``; ctc ``vocab``, ``oov``; kws ``alignments``, ``keywords``,
       ``clip_seconds``, ``context_seconds``, ``negatives_per_positive``, ``seed``).
 
   Returns:
@@ -161,7 +184,8 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
     ``feature_params`` per format), ``skipped`` (utterances left out, with
     their reason), ``utterances``, ``stats_splits`` (the splits of the
     normalisation statistics: the train splits, or every split when none is),
-    ``fingerprint``, and ``vocabulary`` (ctc) or ``classes`` (kws).
+    ``fingerprint``, and ``vocabulary`` and ``oov`` (ctc: the report of
+    ``plan_ctc``) or ``classes`` (kws).
     ``shards``: split -> its shards, each a list of ``Item``.
   """
   utts = corpora.read_corpus(args.corpus, args.data_dir, args.splits)
@@ -181,17 +205,15 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
   plan = {"params": params, "skipped": []}
   items_by_split = {}
   if args.task == "ctc":
-    if args.vocab:
-      vocab = text.Vocabulary.load(args.vocab)
-    else:
-      vocab = text.Vocabulary.from_texts(
-          u.text for split in by_split.values() for u in split
-          if u.problem is None)
-    params["vocab_source"] = "file" if args.vocab else "splits"
+    vocab = text.Vocabulary.read(args.vocab)
+    params["vocab_source"] = os.path.basename(text.find_vocabulary(args.vocab))
+    params["oov"] = args.oov
     plan["vocabulary"] = vocab.to_json()
+    plan["oov"] = []
     for split, split_utts in by_split.items():
-      items_by_split[split], skipped = plan_ctc(split_utts, vocab)
+      items_by_split[split], skipped, report = plan_ctc(split_utts, vocab, args.oov)
       plan["skipped"].extend(skipped)
+      plan["oov"].extend(report)
   else:
     if not args.alignments:
       raise SystemExit(
@@ -217,12 +239,18 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
   train_like = [s for s in by_split if s.startswith("train")]
   plan["stats_splits"] = train_like or list(by_split)
   root = os.path.abspath(args.data_dir)
+
+  def identity(i: Item) -> list:
+    """What makes an item's record; the segment only when there is one (so
+    that the fingerprints of records of whole files stay as they were)."""
+    segment = [] if i.offset is None and i.duration is None else [i.offset, i.duration]
+    return [i.id, os.path.relpath(i.path, root), i.text, i.labels, i.label, i.start,
+            i.shift_range] + segment
+
   plan["fingerprint"] = records.fingerprint({
       "params": params,
       "vocabulary": plan.get("vocabulary"),
-      "items": {s: [[i.id, os.path.relpath(i.path, root), i.text, i.labels, i.label, i.start,
-                   i.shift_range]
-                    for i in items] for s, items in items_by_split.items()},
+      "items": {s: [identity(i) for i in items] for s, items in items_by_split.items()},
   })
   shards = {s: shard_items(items, args.examples_per_shard)
             for s, items in items_by_split.items()}
@@ -245,6 +273,25 @@ def check_plan(out_dir: str, plan: dict) -> None:
   raise SystemExit(
       f"error: {out_dir} holds records made differently ({detail}). Use another --out_dir, "
       f"or delete {out_dir} to start again.")
+
+
+def write_oov_report(out_dir: str, plan: dict) -> str:
+  """Writes ``<out_dir>/oov.jsonl`` (ctc): one line per utterance with characters
+  outside the vocabulary (``plan_ctc``), sorted by split and id. Returns a
+  one-line summary, "" when there are none."""
+  report = sorted(plan["oov"], key=lambda e: (e["split"], e["id"]))
+  path = os.path.join(out_dir, OOV_FILE)
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for entry in report:
+      f.write(json.dumps(entry, ensure_ascii=False, sort_keys=True) + "\n")
+  os.replace(path + ".tmp", path)
+  if not report:
+    return ""
+  actions = collections.Counter(e["action"] for e in report)
+  characters = "".join(sorted({c for e in report for c in e["characters"]}))
+  return (f"{len(report)} utterances hold characters outside the vocabulary ({characters!r}; "
+          f"--oov={plan['params']['oov']}): "
+          + ", ".join(f"{a} {n}" for a, n in sorted(actions.items())) + f"; see {path}")
 
 
 def write_plan(out_dir: str, plan: dict) -> None:

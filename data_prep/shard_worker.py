@@ -2,7 +2,8 @@
 
 A pool of workers (``init_worker`` sets each up) runs ``convert_shard`` on
 the shards of ``data_prep.shard_plan``. For one shard a worker reads the
-audio of its items in chunks (``kws_tf.audio`` at the target rate: int16
+audio of its items (an utterance's segment of its file when it has one) in
+chunks (``kws_tf.audio`` at the target rate: int16
 samples of 16-bit PCM files, float32 of others; a kws item is its clip, with
 the raw format's context on both sides),
 computes every feature format in batches (``batched_features``), writes one
@@ -169,7 +170,8 @@ def _read_chunk(items: Sequence[Item], begin: int, config: dict, cache: dict,
       try:
         cache["waveform"] = audio.read_audio(item.path, config["sample_rate"],
                                              config["min_seconds"], config["max_seconds"],
-                                             keep_int16=True)
+                                             keep_int16=True, offset=item.offset or 0.0,
+                                             duration=item.duration)
         cache["seconds"][item.utt] = round(len(cache["waveform"]) / config["sample_rate"], 4)
       except audio.AudioError as e:
         cache["error"] = e

@@ -15,6 +15,9 @@ to the bytes present. :func:`read_audio` therefore compares the size that the
 WAV ``data`` chunk header declares with the bytes in the file, and, for every
 format, the frame count in the header with the frames actually decoded
 (a cut MP3 keeps its declared length but decodes fewer frames).
+
+A caller may ask for one segment of a file (a NeMo manifest entry's
+``offset`` and ``duration``): only that part is decoded, after a seek.
 """
 import os
 import struct
@@ -29,7 +32,7 @@ import soxr
 REASONS = (
     "missing",      # no file at the path
     "unreadable",   # libsndfile cannot open or decode it (corrupt, unknown format)
-    "truncated",    # the header declares more audio than the file holds
+    "truncated",    # the header (or a segment asked for) declares more audio than the file holds
     "empty",        # zero samples
     "nan",          # a NaN or infinite sample
     "too_short",    # shorter than min_seconds
@@ -44,6 +47,10 @@ class AudioInfo(NamedTuple):
   channels: int
   duration: float    # seconds, frames / sample_rate
 
+
+# A segment may end this many seconds past the end of its file (manifests round
+# their durations); the part past the end is not there to read.
+SEGMENT_END_SLACK = 0.02
 
 # WAV writers that stream to a pipe leave these in the data chunk size because
 # they cannot know the length up front; such a size says nothing about truncation.
@@ -85,8 +92,9 @@ def audio_info(path) -> AudioInfo:
 def read_audio(path, sample_rate: int = 16000,
                min_seconds: Optional[float] = None,
                max_seconds: Optional[float] = None,
-               keep_int16: bool = False) -> np.ndarray:
-  """Decodes a file to mono float32 at ``sample_rate`` Hz.
+               keep_int16: bool = False, offset: float = 0.0,
+               duration: Optional[float] = None) -> np.ndarray:
+  """Decodes a file (or a segment of it) to mono float32 at ``sample_rate`` Hz.
 
   Args:
     path: a WAV, FLAC, OGG or MP3 file.
@@ -98,6 +106,10 @@ def read_audio(path, sample_rate: int = 16000,
       ``sample_rate`` as they are stored (int16; ``x / 32768`` is the float
       waveform), which saves the conversion when the consumer takes integers
       (``kws_tf.features``). Other files still give float32.
+    offset, duration: decode only the segment from ``offset`` seconds for
+      ``duration`` seconds (None: to the end of the file); ``min_seconds`` and
+      ``max_seconds`` bound the segment. A segment that starts after the end of
+      the file or ends more than ``SEGMENT_END_SLACK`` past it is "truncated".
 
   Returns:
     float32 [samples] in [-1, 1] (float files holding louder samples, and the
@@ -108,9 +120,9 @@ def read_audio(path, sample_rate: int = 16000,
     "nan", "too_short" or "too_long".
   """
   _check_exists(path)
-  decoded = _read_pcm16_wav(path)
+  decoded = _read_pcm16_wav(path, offset, duration)
   if decoded is None:
-    decoded = _read_with_soundfile(path)
+    decoded = _read_with_soundfile(path, offset, duration)
   data, file_rate = decoded
   integer = data.dtype == np.int16
   if len(data) == 0:
@@ -120,11 +132,11 @@ def read_audio(path, sample_rate: int = 16000,
   if (not integer and not np.isfinite(data.sum(dtype=np.float64))
       and not np.all(np.isfinite(data))):
     raise AudioError(path, "nan", "NaN or infinite samples")
-  duration = len(data) / file_rate
-  if min_seconds is not None and duration < min_seconds:
-    raise AudioError(path, "too_short", f"{duration:.3f} s < {min_seconds} s")
-  if max_seconds is not None and duration > max_seconds:
-    raise AudioError(path, "too_long", f"{duration:.3f} s > {max_seconds} s")
+  seconds = len(data) / file_rate
+  if min_seconds is not None and seconds < min_seconds:
+    raise AudioError(path, "too_short", f"{seconds:.3f} s < {min_seconds} s")
+  if max_seconds is not None and seconds > max_seconds:
+    raise AudioError(path, "too_long", f"{seconds:.3f} s > {max_seconds} s")
   if integer and data.shape[1] == 1 and file_rate == sample_rate:
     return data[:, 0] if keep_int16 else pcm16_to_float(data[:, 0])
   if integer:
@@ -144,13 +156,31 @@ def pcm16_to_float(samples: np.ndarray) -> np.ndarray:
   return out
 
 
-def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int]]:
+def _segment_frames(path, rate: int, frames: int, offset: float,
+                    duration: Optional[float]) -> Tuple[int, int]:
+  """(first frame, end frame) of the segment ``offset`` .. ``offset + duration``
+  seconds (None: to the end) of a file of ``frames`` frames at ``rate`` Hz; an
+  end up to ``SEGMENT_END_SLACK`` past the file's is cut to it.
+
+  Raises AudioError("truncated") when the segment is not inside the file.
+  """
+  start = int(round(offset * rate))
+  stop = frames if duration is None else int(round((offset + duration) * rate))
+  if start > frames or stop > frames + int(round(SEGMENT_END_SLACK * rate)):
+    raise AudioError(path, "truncated",
+                     f"the segment from {offset:.3f} s to {stop / rate:.3f} s is not inside "
+                     f"the file's {frames / rate:.3f} s")
+  return start, min(stop, frames)
+
+
+def _read_pcm16_wav(path, offset: float = 0.0,
+                    duration: Optional[float] = None) -> Optional[Tuple[np.ndarray, int]]:
   """(int16 ``[frames, channels]``, rate in Hz) of a 16-bit PCM WAV file whose
-  data chunk declares its size; None for any other file, or when ``wave``
-  cannot parse it (soundfile decides then).
+  data chunk declares its size, or of its segment (``read_audio``); None for any
+  other file, or when ``wave`` cannot parse it (soundfile decides then).
 
   Raises AudioError("truncated") when the file holds fewer samples than the
-  data chunk declares.
+  data chunk declares before the segment's end, or the segment is not in it.
   """
   try:
     with wave.open(os.fspath(path), "rb") as f:
@@ -161,20 +191,24 @@ def _read_pcm16_wav(path) -> Optional[Tuple[np.ndarray, int]]:
       # 0 or 0xFFFFFFFF bytes: a writer that streamed and never knew the size.
       if declared == 0 or declared >= _UNKNOWN_WAV_SIZES[1] // frame_bytes:
         return None
-      payload = f.readframes(declared)
+      start, stop = _segment_frames(path, rate, declared, offset, duration)
+      f.setpos(start)
+      payload = f.readframes(stop - start)
   except (wave.Error, EOFError):
     return None
   frames = len(payload) // frame_bytes
-  if frames < declared:
+  if frames < stop - start:
     raise AudioError(path, "truncated",
                      f"data chunk declares {declared * frame_bytes} bytes, "
-                     f"file holds {len(payload)}")
+                     f"file holds {start * frame_bytes + len(payload)}")
   return np.frombuffer(payload, "<i2").reshape(frames, channels), rate
 
 
-def _read_with_soundfile(path) -> Tuple[np.ndarray, int]:
-  """(``[frames, channels]``, rate in Hz) of any file libsndfile decodes: int16
-  for 16-bit PCM (the caller scales it to float32 in numpy), float32 otherwise.
+def _read_with_soundfile(path, offset: float = 0.0,
+                         duration: Optional[float] = None) -> Tuple[np.ndarray, int]:
+  """(``[frames, channels]``, rate in Hz) of any file libsndfile decodes, or of
+  its segment (``read_audio``): int16 for 16-bit PCM (the caller scales it to
+  float32 in numpy), float32 otherwise.
 
   Raises AudioError ("unreadable", "truncated").
   """
@@ -183,13 +217,17 @@ def _read_with_soundfile(path) -> Tuple[np.ndarray, int]:
     with sf.SoundFile(os.fspath(path)) as f:
       file_rate = f.samplerate
       declared_frames = f.frames
+      start, stop = _segment_frames(path, file_rate, declared_frames, offset, duration)
       dtype = "int16" if f.subtype == "PCM_16" else "float32"
-      data = f.read(dtype=dtype, always_2d=True)
+      if start:
+        f.seek(start)
+      # Without a duration, to the decoded end (which may differ from the header's).
+      data = f.read(-1 if duration is None else stop - start, dtype=dtype, always_2d=True)
   except (sf.SoundFileError, RuntimeError) as error:
     raise AudioError(path, "unreadable", str(error)) from error
-  if len(data) < declared_frames:
+  if len(data) < stop - start:
     raise AudioError(path, "truncated",
-                     f"header declares {declared_frames} frames, decoded {len(data)}")
+                     f"header declares {declared_frames} frames, decoded {start + len(data)}")
   return data, file_rate
 
 

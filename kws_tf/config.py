@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from kws_tf import text
+
 TASKS = ("kws", "ctc")
 MODES = ("standard", "distill", "quantized_distill", "fitnet")
 ROLES = ("teacher", "student")
@@ -555,9 +557,12 @@ class DataRecipe:
     formats: feature formats of the records (``raw``, ``logmel``, ``mfcc``...).
     feature_params: format -> {parameter: value} overriding the converter's
       defaults (``kws_tf.features``; lengths in samples, frequencies in Hz).
+    vocab: ctc: the character vocabulary, a shipped one's name (``vietnamese``)
+      or a vocabulary file (``kws_tf.text``); "" leaves the converter's default.
   """
   formats: List[str]
   feature_params: Dict[str, Dict[str, Any]] = dataclasses.field(default_factory=dict)
+  vocab: str = ""
 
   def overrides(self) -> List[str]:
     """``feature_params`` as ``<format>.<name>=<value>`` items (``--feature_params``)."""
@@ -569,27 +574,35 @@ class DataRecipe:
     flags = [f"--formats={','.join(self.formats)}"]
     if self.overrides():
       flags.append(f"--feature_params={','.join(self.overrides())}")
+    if self.vocab:
+      flags.append(f"--vocab={self.vocab}")
     return flags
 
 
 def load_data_recipe(name: str) -> DataRecipe:
   """Reads a data recipe (a path or a bare name, see ``find_recipe``).
 
-  ConfigError for an unknown key, no formats, or parameters of a format the
-  recipe does not write.
+  ConfigError for an unknown key, no formats, parameters of a format the
+  recipe does not write, or a vocabulary that does not read.
   """
   path = find_recipe(name)
   with open(path, encoding="utf-8") as f:
     values = yaml.safe_load(f) or {}
-  unknown = sorted(set(values) - {"formats", "feature_params"})
+  unknown = sorted(set(values) - {"formats", "feature_params", "vocab"})
   if unknown:
-    raise ConfigError(f"{path}: unknown key {unknown[0]!r} (a data recipe has formats and "
-                      "feature_params)")
-  recipe = DataRecipe(list(values.get("formats") or []), dict(values.get("feature_params") or {}))
+    raise ConfigError(f"{path}: unknown key {unknown[0]!r} (a data recipe has formats, "
+                      "feature_params and vocab)")
+  recipe = DataRecipe(list(values.get("formats") or []), dict(values.get("feature_params") or {}),
+                      str(values.get("vocab") or ""))
   if not recipe.formats:
     raise ConfigError(f"{path}: formats is empty")
   for fmt in recipe.feature_params:
     if fmt not in recipe.formats:
       raise ConfigError(f"{path}: feature_params.{fmt} is for a format the recipe does not "
                         f"write ({', '.join(recipe.formats)})")
+  if recipe.vocab:
+    try:
+      text.Vocabulary.read(recipe.vocab)
+    except (FileNotFoundError, ValueError) as error:
+      raise ConfigError(f"{path}: vocab: {error}") from None
   return recipe

@@ -205,7 +205,11 @@ class ConversionParams:
     examples_per_shard, limit, compression: ``--examples_per_shard``,
       ``--limit`` (None: every utterance), ``--compression`` (none|gzip).
     min_seconds, max_seconds: utterances outside this duration were skipped.
-    vocab_source: ctc: "file" (``--vocab``) or "splits" (built from the transcripts).
+    vocab_source: ctc: the file name of ``--vocab`` (``vietnamese.txt``,
+      ``vocab.json``...); "file" or "splits" (built from the transcripts) in
+      records made before the vocabulary was fixed.
+    oov: ctc: ``--oov`` (map, drop or skip: what characters outside the
+      vocabulary did); absent in records made before it existed.
     keywords, clip_seconds, context_seconds, negatives_per_positive, seed: kws
       (``--keywords`` without "negative", ...); context_seconds may be absent
       in records made before raw clips kept context (then 0).
@@ -220,6 +224,7 @@ class ConversionParams:
   min_seconds: float
   max_seconds: float
   vocab_source: Optional[str] = None
+  oov: Optional[str] = None
   keywords: Optional[List[str]] = None
   clip_seconds: Optional[float] = None
   context_seconds: Optional[float] = None

@@ -7,6 +7,7 @@ import pytest
 import soundfile as sf
 
 from data_prep import corpora
+from kws_tf import audio
 
 
 def write_audio(path, seconds=0.1, rate=16000):
@@ -72,6 +73,18 @@ def test_vivos_train(vivos):
   assert u["VIVOSSPK02_R001"].text is None
   assert u["VIVOSSPK02_R002"].problem == "non-utf8 transcript"
   assert u["VIVOSSPK02_R002"].text is None
+
+
+def test_vivos_flac_audio_is_read_not_missing(vivos):
+  flac = vivos / "train" / "waves" / "VIVOSSPK01" / "VIVOSSPK01_R003.flac"
+  write_audio(flac, seconds=0.25)
+  u = by_id(corpora.read_vivos(str(vivos), ["train"]))["VIVOSSPK01_R003"]
+  assert u.problem is None and u.audio_path == str(flac)
+  samples, rate = sf.read(str(flac), dtype="float32")
+  np.testing.assert_array_equal(audio.read_audio(u.audio_path, rate), samples)
+  write_audio(flac.with_suffix(".wav"))
+  with pytest.raises(ValueError, match="VIVOSSPK01_R003' occurs twice"):
+    corpora.read_vivos(str(vivos), ["train"])
 
 
 def test_vivos_bom_and_crlf_and_split_order(vivos):
@@ -241,12 +254,47 @@ def test_manifest_stem_collision_across_splits(tmp_path):
   assert [u.id for u in corpora.read_corpus("manifest", str(root), ["train"])] == ["a"]
 
 
+@pytest.mark.parametrize("extension", [".wav", ".flac"])
+def test_manifest_segments_of_one_file_are_read_as_their_slices(tmp_path, extension):
+  rate = 16000
+  long_file = tmp_path / "m" / f"talk{extension}"
+  os.makedirs(long_file.parent)
+  noise = np.random.default_rng(1).uniform(-0.5, 0.5, 3 * rate).astype(np.float32)
+  sf.write(str(long_file), noise, rate, subtype="PCM_16")
+  write_manifest(tmp_path / "m" / "train.jsonl", [
+      {"audio_filepath": long_file.name, "text": "một", "offset": 0.5, "duration": 1.0},
+      {"audio_filepath": long_file.name, "text": "hai", "offset": 1.75, "duration": 0.8},
+      {"audio_filepath": long_file.name, "text": "ba", "offset": 2.5},
+  ])
+  utterances = corpora.read_corpus("manifest", str(tmp_path / "m"), ["train"])
+  assert [(u.id, u.offset, u.duration) for u in utterances] == [
+      ("talk-0000500", 0.5, 1.0), ("talk-0001750", 1.75, 0.8), ("talk-0002500", 2.5, None)]
+  for u, (start, stop) in zip(utterances, [(8000, 24000), (28000, 40800), (40000, 48000)]):
+    expected, _ = sf.read(str(long_file), start=start, stop=stop, dtype="int16")
+    segment = audio.read_audio(u.audio_path, rate, keep_int16=True,
+                               offset=u.offset, duration=u.duration)
+    np.testing.assert_array_equal(segment, expected)
+
+
+def test_manifest_segment_past_the_end_of_its_file_is_truncated(tmp_path):
+  path = tmp_path / "a.wav"
+  write_audio(path, seconds=1.0)
+  assert len(audio.read_audio(path, offset=0.5, duration=0.51)) == 8000  # rounding slack
+  for offset, duration in [(0.5, 0.6), (1.2, None)]:
+    with pytest.raises(audio.AudioError, match="not inside the file's 1.000 s") as error:
+      audio.read_audio(path, offset=offset, duration=duration)
+    assert error.value.reason == "truncated"
+
+
 @pytest.mark.parametrize("bad_line,match", [
     (b'{"audio_filepath": "a.wav", "text": "x"\n', "malformed JSON"),
     (b'["a.wav"]\n', "audio_filepath"),
     (b'{"text": "x"}\n', "audio_filepath"),
     (b'{"audio_filepath": "a.wav", "text": 5}\n', "text must be a string"),
     (b'{"audio_filepath": "a.wav", "duration": "long"}\n', "duration must be a number"),
+    (b'{"audio_filepath": "a.wav", "duration": 0}\n', "duration must be a number > 0"),
+    (b'{"audio_filepath": "a.wav", "offset": -1.5}\n', "offset must be a number >= 0"),
+    (b'{"audio_filepath": "a.wav", "offset": NaN}\n', "offset must be a number >= 0"),
 ])
 def test_manifest_malformed_line_names_file_and_line(tmp_path, bad_line, match):
   path = tmp_path / "train.jsonl"
@@ -318,5 +366,5 @@ def test_read_ctm_pattern_matching_nothing(tmp_path):
 def test_manifest_listing_one_file_twice_is_a_duplicate_id(tmp_path):
   write_audio(tmp_path / "a.wav")
   write_manifest(tmp_path / "train.jsonl", [{"audio_filepath": "a.wav", "text": "x"}] * 2)
-  with pytest.raises(ValueError, match=r"a in \['train', 'train'\]"):
+  with pytest.raises(ValueError, match=r"a-0000000 in \['train', 'train'\]"):
     corpora.read_corpus("manifest", str(tmp_path), ["train"])

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -272,7 +273,7 @@ def test_help_lists_the_flags():
   result = run_module(MODULE, "--helpfull", check=False)  # absl exits 1 after help
   for flag in ("--data_dir", "--corpus", "--out_dir", "--splits", "--formats", "--task",
                "--keywords", "--clip_seconds", "--negatives_per_positive", "--alignments",
-               "--cores", "--examples_per_shard", "--vocab", "--limit", "--compression",
+               "--cores", "--examples_per_shard", "--vocab", "--oov", "--limit", "--compression",
                "--max_skip_fraction"):
     assert flag in result.stdout, flag
 
@@ -379,3 +380,118 @@ def test_batched_features_of_int16_float_and_mixed_signals_agree():
   for signals in (pcm, floats, mixed):
     for got, want in zip(shard_worker.batched_features(mfcc, signals), expected):
       np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def plan_args(data_dir, **overrides):
+  """The converter's flags at their defaults, for ``shard_plan.build_plan``."""
+  from absl import flags
+  from data_prep import create_tfrecords
+  values = {f.name: f.default
+            for f in flags.FLAGS.get_flags_for_module(create_tfrecords.__name__)}
+  values.update(data_dir=str(data_dir), splits=["train"], task="ctc", **overrides)
+  return types.SimpleNamespace(**values)
+
+
+def write_vivos(root, prompts):
+  """A VIVOS train split: one 0.2 s wav per ``{utterance id: transcript}``."""
+  for utt in prompts:
+    path = root / "train" / "waves" / utt.rsplit("_", 1)[0] / f"{utt}.wav"
+    os.makedirs(path.parent, exist_ok=True)
+    sf.write(str(path), np.zeros(3200, np.int16), 16000, subtype="PCM_16")
+  (root / "train" / "prompts.txt").write_text(
+      "".join(f"{utt} {line}\n" for utt, line in prompts.items()), encoding="utf-8")
+  return root
+
+
+def planned_labels(shards):
+  return {item.id: item.labels for chunk in shards["train"] for item in chunk}
+
+
+PROMPTS = {"VIVOSSPK01_R001": "ĂN CƠM", "VIVOSSPK01_R002": "TÔI ĐI HỌC",
+           "VIVOSSPK02_R001": "MỜI ÔNG XƠI NƯỚC"}
+
+
+def test_removing_a_wav_leaves_every_other_records_labels_unchanged(tmp_path):
+  from data_prep import shard_plan
+  corpus = write_vivos(tmp_path / "vivos", PROMPTS)  # only R001 holds "ă"
+  plan, shards = shard_plan.build_plan(plan_args(corpus))
+  before = planned_labels(shards)
+  os.remove(corpus / "train" / "waves" / "VIVOSSPK01" / "VIVOSSPK01_R001.wav")
+  plan_after, shards = shard_plan.build_plan(plan_args(corpus))
+  after = planned_labels(shards)
+  assert after == {k: v for k, v in before.items() if k != "VIVOSSPK01_R001"}
+  assert plan_after["vocabulary"] == plan["vocabulary"]
+  assert plan_after["skipped"][0]["reason"] == "missing audio"
+
+
+def test_latin_letters_and_digits_in_a_transcript_do_not_change_the_vocabulary(tmp_path):
+  from data_prep import shard_plan
+  plan, shards = shard_plan.build_plan(plan_args(write_vivos(tmp_path / "a", PROMPTS)))
+  foreign = dict(PROMPTS, VIVOSSPK02_R002="XEM WIFI LÚC 5 GIỜ")
+  corpus = write_vivos(tmp_path / "b", foreign)
+  for oov, kept in [("map", None), ("drop", "xem ii lúc giờ"), ("skip", None)]:
+    plan_foreign, shards_foreign = shard_plan.build_plan(plan_args(corpus, oov=oov))
+    assert plan_foreign["vocabulary"] == plan["vocabulary"]
+    labels = planned_labels(shards_foreign)
+    assert {k: v for k, v in labels.items() if k != "VIVOSSPK02_R002"} == planned_labels(shards)
+    report, = plan_foreign["oov"]
+    assert report["id"] == "VIVOSSPK02_R002" and report["characters"] == "5fw"
+    assert report["transcript"] == "xem wifi lúc 5 giờ"
+    if kept:
+      assert report["action"] == "dropped" and report["text"] == kept
+      assert text.Vocabulary.read("vietnamese").decode(labels["VIVOSSPK02_R002"]) == kept
+    else:
+      assert report["action"] == "skipped" and "VIVOSSPK02_R002" not in labels
+      assert plan_foreign["skipped"] == [{
+          "id": "VIVOSSPK02_R002", "reason": "characters not in the vocabulary: 5fw",
+          "path": str(corpus / "train" / "waves" / "VIVOSSPK02" / "VIVOSSPK02_R002.wav")}]
+
+
+def test_out_of_vocabulary_characters_are_listed_per_utterance_in_oov_jsonl(corpus_copy,
+                                                                            tmp_path):
+  prompts = corpus_copy / "test" / "prompts.txt"
+  lines = prompts.read_text(encoding="utf-8").splitlines()
+  foreign_id = lines[0].split(" ")[0]
+  lines[0] += " ZALO 24"
+  prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  out = tmp_path / "records"
+  result = convert(corpus_copy, out, "--splits=test", "--formats=mfcc", "--task=ctc",
+                   "--oov=drop")
+  assert "1 utterances hold characters outside the vocabulary ('24z'" in result.stdout
+  report, = map(json.loads, open(out / "oov.jsonl", encoding="utf-8"))
+  assert report["id"] == foreign_id and report["characters"] == "24z"
+  assert report["action"] == "dropped" and report["text"].endswith(" alo")
+  metadata = json.load(open(out / "metadata.json"))
+  assert metadata["vocabulary"] == text.Vocabulary.read("vietnamese").to_json()
+  assert metadata["params"]["oov"] == "drop"
+  assert metadata["params"]["vocab_source"] == "vietnamese.txt"
+  vocab = text.Vocabulary.load(out / "vocab.json")
+  for shard in metadata["splits"]["test"]["shards"]:
+    for example in read_records(str(out / "mfcc" / shard["name"])):
+      if feature_value(example, "id")[0].decode() == foreign_id:
+        assert vocab.decode(feature_value(example, "labels")) == report["text"]
+
+
+def test_manifest_segments_become_records_of_their_audio(tmp_path):
+  root = tmp_path / "manifest"
+  os.makedirs(root)
+  noise = np.random.default_rng(2).integers(-8000, 8000, 3 * 16000).astype(np.int16)
+  sf.write(str(root / "talk.wav"), noise, 16000, subtype="PCM_16")
+  with open(root / "train.jsonl", "w", encoding="utf-8") as f:
+    for offset, duration, line in [(0.5, 1.0, "một"), (1.75, 0.8, "hai")]:
+      f.write(json.dumps({"audio_filepath": "talk.wav", "offset": offset,
+                          "duration": duration, "text": line}, ensure_ascii=False) + "\n")
+  out = tmp_path / "records"
+  run_module(MODULE, f"--data_dir={root}", "--corpus=manifest", f"--out_dir={out}",
+             "--splits=train", "--formats=raw", "--task=ctc", "--cores=1")
+  metadata = json.load(open(out / "metadata.json"))
+  shard, = metadata["splits"]["train"]["shards"]
+  examples = read_records(str(out / "raw" / shard["name"]))
+  got = {feature_value(e, "id")[0].decode(): np.frombuffer(feature_value(e, "features")[0], "<i2")
+         for e in examples}
+  assert sorted(got) == ["talk-0000500", "talk-0001750"]
+  for utt_id, (start, stop) in [("talk-0000500", (8000, 24000)),
+                                ("talk-0001750", (28000, 40800))]:
+    expected, _ = sf.read(str(root / "talk.wav"), start=start, stop=stop, dtype="int16")
+    np.testing.assert_array_equal(got[utt_id], expected)
+  assert metadata["splits"]["train"]["seconds"] == 1.8

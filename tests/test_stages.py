@@ -9,6 +9,7 @@ import zipfile
 import pytest
 
 from kws_tf import config as config_lib
+from kws_tf import text
 from kws_tf.stages import Runner, Stage, StageError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -142,6 +143,15 @@ def test_a_data_recipe_with_an_unknown_key_or_format_is_refused(tmp_path):
   bad.write_text("formats: [mfcc]\nfeature_params: {logmel: {num_mel_bins: 40}}\n")
   with pytest.raises(config_lib.ConfigError, match="does not write"):
     config_lib.load_data_recipe(str(bad))
+  bad.write_text("formats: [mfcc]\nvocab: klingon\n")
+  with pytest.raises(config_lib.ConfigError, match="bad.yaml: vocab: vocabulary not found"):
+    config_lib.load_data_recipe(str(bad))
+
+
+def test_the_ctc_data_recipe_names_the_shipped_vietnamese_vocabulary():
+  ctc = config_lib.load_data_recipe("records_ctc")
+  assert ctc.vocab == "vietnamese" and ctc.converter_flags()[-1] == "--vocab=vietnamese"
+  assert "--vocab=vietnamese" not in config_lib.load_data_recipe("records_kws").converter_flags()
 
 
 def test_a_built_wheel_carries_the_recipes_and_finds_them_by_name(tmp_path):
@@ -161,9 +171,14 @@ def test_a_built_wheel_carries_the_recipes_and_finds_them_by_name(tmp_path):
     archive.extractall(tmp_path / "installed")
   for recipe in os.listdir(config_lib.RECIPES):
     assert f"kws_tf/configs/{recipe}" in names
-  # Away from the repository, the unpacked wheel's config module finds them by name.
+  for vocabulary in os.listdir(text.VOCABULARIES):
+    assert f"kws_tf/vocabularies/{vocabulary}" in names
+  # Away from the repository, the unpacked wheel's modules find them by name.
   found = subprocess.run(
-      [sys.executable, "-c", "from kws_tf import config; print(config.find_recipe('kws_small'))"],
+      [sys.executable, "-c", "from kws_tf import config, text; "
+       "print(config.find_recipe('kws_small')); print(text.find_vocabulary('vietnamese'))"],
       cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path / "installed")),
-      capture_output=True, text=True, check=True).stdout.strip()
-  assert found == str(tmp_path / "installed" / "kws_tf" / "configs" / "kws_small.yaml")
+      capture_output=True, text=True, check=True).stdout.split()
+  installed = tmp_path / "installed" / "kws_tf"
+  assert found == [str(installed / "configs" / "kws_small.yaml"),
+                   str(installed / "vocabularies" / "vietnamese.txt")]
