@@ -10,8 +10,11 @@ counts, vocabulary, normalisation statistics, fingerprint), ``vocab.json``
 (ctc: the vocabulary of ``--vocab``), ``oov.jsonl`` (ctc: the utterances whose
 transcripts hold other characters, and what ``--oov`` did with them) and
 ``skipped.jsonl``. Each shard is written under a temporary name and
-renamed when complete; a killed run is finished by the same command, and the
-result is byte-identical to an uninterrupted run.
+renamed when complete; a killed run, or one stopped by an error such as a
+full disk (``error: <file>: <reason>``), is finished by the same command, and
+the result is byte-identical to an uninterrupted run. A run holds
+``<out_dir>/convert.lock`` (``data_prep.out_dir_lock``): a second converter
+on the same folder is refused while the first runs.
 
 ``data_prep.shard_plan`` decides the examples and their shards, a pool of
 ``data_prep.shard_worker`` processes writes the shards not yet finished, and
@@ -34,7 +37,7 @@ from absl import app, flags
 
 from kws_tf import cli
 
-from data_prep import affinity, shard_plan, shard_worker
+from data_prep import affinity, out_dir_lock, shard_plan, shard_worker
 from kws_tf import features, records, text
 
 FLAGS = flags.FLAGS
@@ -85,11 +88,17 @@ flags.DEFINE_integer("sample_rate", 16000, "Audio is resampled to this rate, Hz.
 flags.DEFINE_float("min_seconds", 0.1, "Shorter utterances are skipped.")
 flags.DEFINE_float("max_seconds", 30.0, "Longer utterances are skipped.")
 flags.DEFINE_integer("seed", 0, "Seed of the negative-clip draw.")
+flags.DEFINE_list("stats_splits", ["train"], "The training splits, whose frames give the "
+                  "normalisation statistics; a prefix merges as in --splits (train = every "
+                  "train-* split). Refused when none of them is converted; none: no statistics "
+                  "(records only evaluated, with a model's own statistics).")
 
 TOOL = "kws_tf.data_prep.create_tfrecords"
 
 
 def _remove_stale_temporaries(out_dir: str) -> None:
+  """Removes every ``*.tmp-*`` in ``out_dir``; only under its lock, which says no
+  other converter is writing them."""
   for path in glob.glob(os.path.join(out_dir, "**", "*.tmp-*"), recursive=True):
     os.remove(path)
 
@@ -101,7 +110,7 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
 
   The plan's ``sample_rate`` and ``feature_params`` are not repeated in the
   metadata's ``params``: each format's front-end config (``formats.<name>.params``)
-  holds them.
+  holds them; nor is ``stats_splits``: ``normalization.splits`` holds the splits.
   """
   splits, skipped, moments, frames = {}, list(plan["skipped"]), {}, collections.Counter()
   stats_splits = plan["stats_splits"]
@@ -147,7 +156,8 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
                                         params=feature_params[f])
   # An utterance whose clips span two shards is reported by both.
   skipped = sorted({s["id"]: s for s in skipped}.values(), key=lambda s: s["id"])
-  params = {k: v for k, v in plan["params"].items() if k not in ("sample_rate", "feature_params")}
+  params = {k: v for k, v in plan["params"].items()
+            if k not in ("sample_rate", "feature_params", "stats_splits")}
   ctc = plan["params"]["task"] == "ctc"
   metadata = records.RecordsMetadata(
       schema_version=records.SCHEMA_VERSION, tool=TOOL, tool_version=kws_tf.__version__,
@@ -160,7 +170,12 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
 
 
 def convert(args) -> int:
-  """Runs the whole conversion; returns the process exit code."""
+  """Runs the whole conversion; returns the process exit code.
+
+  Holds ``out_dir``'s lock throughout. A file that cannot be read or written
+  (a full disk) ends the run with a one-line error; the finished shards stay,
+  the temporary files go, and the same command resumes.
+  """
   try:
     plan, shards = shard_plan.build_plan(args)
   except (FileNotFoundError, ValueError, KeyError) as error:  # corpus, CTM, vocab, flags
@@ -169,6 +184,22 @@ def convert(args) -> int:
   # garbage collector does not rescan them whenever the pool's threads allocate.
   gc.freeze()
   os.makedirs(args.out_dir, exist_ok=True)
+  with out_dir_lock.hold(args.out_dir):
+    try:
+      return _convert(args, plan, shards)
+    except (OSError, shard_worker.ShardError) as error:  # a full disk, a worker's error
+      if isinstance(error, OSError) and error.filename:
+        message = f"{error.filename}: {error.strerror or error}"
+      else:
+        message = str(error)
+      raise SystemExit(f"error: {message} (the finished shards are kept: the same command "
+                       "resumes)") from error
+    finally:
+      _remove_stale_temporaries(args.out_dir)
+
+
+def _convert(args, plan: dict, shards: dict) -> int:
+  """``convert`` under the lock: the plan's shards not yet finished, then the metadata."""
   shard_plan.check_plan(args.out_dir, plan)
   shard_plan.write_plan(args.out_dir, plan)
   if args.task == "ctc":
@@ -236,10 +267,13 @@ def _report(metadata: records.RecordsMetadata, skipped: list, utterances: int, a
   for split, s in metadata.splits.items():
     print(f"  {split:>12}: {s.examples} examples, {len(s.shards)} shards, "
           f"{s.hours:.3f} h, classes {s.classes}")
-  skipped_utts = len({s["id"] for s in skipped})
-  if skipped:
+  strays = reasons.pop(shard_plan.NOT_IN_SPLITS, 0)
+  skipped_utts = len({s["id"] for s in skipped if s["reason"] != shard_plan.NOT_IN_SPLITS})
+  if skipped_utts:
     print(f"  skipped {skipped_utts} utterances (see skipped.jsonl): " +
           ", ".join(f"{r} x{n}" for r, n in reasons.most_common()))
+  if strays:
+    print(f"  {strays} utterances of the CTM files are not in --splits (see skipped.jsonl)")
   if examples == 0:
     print("error: nothing was converted", file=sys.stderr)
     return 1

@@ -8,16 +8,19 @@ every example, deterministically from the flags and the corpus:
        (``plan_ctc``; characters outside it are handled by ``--oov`` and
        listed per utterance in ``oov.jsonl``, ``write_oov_report``)
   kws  keyword clips centred on the aligned keyword words and negative clips
-       drawn from the speech that overlaps no keyword (``plan_kws``)
+       drawn from the speech that overlaps no keyword (``plan_kws``), from
+       the CTM files of ``--alignments`` (``read_alignments``)
 
 Each split's items, sorted by id, are cut into shards of
-``examples_per_shard`` (``shard_items``). The plan's fingerprint (sha256 of the
-parameters, the vocabulary and every item) names the records; ``plan.json``
+``examples_per_shard`` (``shard_items``); the normalisation statistics come
+from the training splits (``stats_splits``). The plan's fingerprint (sha256 of
+the parameters, the vocabulary and every item) names the records; ``plan.json``
 (``write_plan``) keeps it in the output folder so that a resumed run refuses
 a folder made from other parameters or another corpus (``check_plan``).
 """
 import collections
 import dataclasses
+import glob
 import json
 import os
 import zlib
@@ -30,6 +33,10 @@ from kws_tf import features, records, text
 
 PLAN_FILE = "plan.json"
 OOV_FILE = "oov.jsonl"
+# The skip reason of an utterance aligned in a CTM file but not in the converted splits.
+NOT_IN_SPLITS = "aligned utterance not in --splits"
+# A negative clip contains speech: aligned words cover at least this fraction of it.
+NEGATIVE_MIN_SPEECH = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +48,8 @@ class Item:
   the clip, a negative overlaps no keyword. ``offset`` and ``duration``
   (seconds) are the utterance's segment of the file (a manifest entry's; None:
   from the start, to the end); ``start`` counts from the segment's start.
+  ``alignment_end`` (kws, seconds) is the end of the utterance's last aligned
+  word: the worker skips the utterance when its audio ends before it.
   """
   id: str
   utt: str
@@ -52,6 +61,7 @@ class Item:
   shift_range: Optional[Tuple[float, float]] = None
   offset: Optional[float] = None
   duration: Optional[float] = None
+  alignment_end: Optional[float] = None
 
 
 def _parse_value(value: str):
@@ -115,14 +125,27 @@ def plan_ctc(utts: Sequence[corpora.Utterance], vocab: text.Vocabulary, oov: str
   return items, skipped, report
 
 
+def _union(spans: Sequence[Tuple[float, float]]) -> List[Tuple[float, float]]:
+  """The sorted, non-overlapping union of ``(start, end)`` spans."""
+  union = []
+  for start, end in sorted(spans):
+    if union and start <= union[-1][1]:
+      union[-1] = (union[-1][0], max(union[-1][1], end))
+    else:
+      union.append((start, end))
+  return union
+
+
 def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[str],
              clip_seconds: float, negatives_per_positive: float, rng):
   """Keyword clips centred on aligned keyword words, negatives drawn from gaps.
 
   A negative is a clip on a grid of ``clip_seconds / 4`` inside the aligned
-  speech that overlaps no keyword word. ``round(negatives_per_positive *
-  positives)`` of them are drawn from the whole split. Every item carries its
-  ``shift_range`` (see ``Item``).
+  speech that overlaps no keyword word and contains speech: aligned words
+  cover at least ``NEGATIVE_MIN_SPEECH`` of it (a clip inside a long pause
+  is not a negative). ``round(negatives_per_positive * positives)`` of them
+  are drawn from the whole split. Every item carries its ``shift_range`` and
+  ``alignment_end`` (see ``Item``).
   """
   classes = {k: i for i, k in enumerate(keywords)}
   negative = len(keywords)
@@ -132,6 +155,7 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
     if not words:
       skipped.append({"id": utt.id, "path": utt.audio_path, "reason": "no alignment"})
       continue
+    end = max(w.end for w in words)
     spans = []
     for index, word in enumerate(words):
       key = text.normalize(word.word)
@@ -142,11 +166,15 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
         positives.append(Item(f"{utt.id}-p{index:03d}", utt.id, utt.audio_path, key,
                               label=classes[key], start=start,
                               shift_range=(round(-slack, 3), round(slack, 3)),
-                              offset=utt.offset, duration=utt.duration))
-    end = max(w.end for w in words)
+                              offset=utt.offset, duration=utt.duration,
+                              alignment_end=round(end, 3)))
+    speech = _union([(w.start, w.end) for w in words])
     hop = clip_seconds / 4
     for step in range(int(np.floor((end - clip_seconds) / hop + 1e-9)) + 1):
       start = round(step * hop, 3)
+      covered = sum(max(min(e, start + clip_seconds) - max(s, start), 0.0) for s, e in speech)
+      if covered < NEGATIVE_MIN_SPEECH * clip_seconds:
+        continue
       if all(start + clip_seconds <= s or start >= e for s, e in spans):
         before = max([e - start for s, e in spans if e <= start], default=-np.inf)
         after = min([s - start - clip_seconds for s, e in spans if s >= start + clip_seconds],
@@ -155,11 +183,65 @@ def plan_kws(utts: Sequence[corpora.Utterance], alignments, keywords: Sequence[s
                                utt.audio_path, text.NEGATIVE_LABEL, label=negative,
                                start=start, shift_range=(round(max(before, -clip_seconds), 3),
                                                          round(min(after, clip_seconds), 3)),
-                               offset=utt.offset, duration=utt.duration))
+                               offset=utt.offset, duration=utt.duration,
+                               alignment_end=round(end, 3)))
   count = min(len(candidates), int(round(negatives_per_positive * len(positives))))
   chosen = rng.choice(len(candidates), size=count, replace=False) if count else []
   items = positives + [candidates[i] for i in sorted(chosen)]
   return sorted(items, key=lambda item: item.id), skipped
+
+
+def read_alignments(patterns: Sequence[str], utterance_ids) -> Tuple[dict, list]:
+  """Word alignments of the CTM files ``patterns`` (files or globs) match, and their strays.
+
+  Returns ``(alignments, skipped)``: utterance id -> words sorted by start, as
+  ``corpora.read_ctm`` reads them, and one skip entry (``id``, ``path``: the
+  CTM file, ``reason``: ``NOT_IN_SPLITS``) per utterance that a file aligns
+  but ``utterance_ids`` (those of the converted splits) lacks, for each file
+  that aligns at least one of ``utterance_ids``; a file that aligns none
+  holds another split's utterances and is not reported. Raises
+  FileNotFoundError for a pattern that matches nothing.
+  """
+  files = []
+  for pattern in patterns:
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise FileNotFoundError(f"no CTM file matches {pattern!r}")
+    files.extend(m for m in matches if m not in files)
+  alignments, skipped = {}, []
+  for path in files:
+    words = corpora.read_ctm([glob.escape(path)])
+    if any(utt in utterance_ids for utt in words):
+      skipped.extend({"id": utt, "path": path, "reason": NOT_IN_SPLITS}
+                     for utt in words if utt not in utterance_ids)
+    for utt, utt_words in words.items():
+      alignments[utt] = sorted(alignments.get(utt, []) + utt_words, key=lambda w: w.start)
+  return alignments, skipped
+
+
+def stats_splits(splits: Sequence[str], names: Sequence[str]) -> List[str]:
+  """The splits whose frames give the normalisation statistics (``--stats_splits``).
+
+  A name selects the split of exactly that name among ``splits`` (those
+  converted), otherwise every split named ``<name>-*`` or ``<name>_*`` (as
+  ``--splits`` does); ``["none"]`` selects none (records without statistics).
+  Raises ValueError listing ``splits`` when a name selects nothing.
+  """
+  if list(names) == ["none"]:
+    return []
+  chosen = []
+  for name in names:
+    selected = [name] if name in splits else [
+        s for s in splits if s.startswith((name + "-", name + "_"))]
+    if not selected:
+      raise ValueError(
+          f"--stats_splits: no converted split is {name!r} or {name}-* (the splits are "
+          f"{', '.join(splits)}); the normalisation statistics come from the training "
+          "split only: name it, or pass --stats_splits=none for records without statistics")
+    chosen.extend(s for s in selected if s not in chosen)
+  if not chosen:
+    raise ValueError("--stats_splits is empty: name the training split, or none")
+  return chosen
 
 
 def shard_items(items: Sequence[Item], examples_per_shard: int) -> List[List[Item]]:
@@ -176,14 +258,14 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
     args: the converter's flags (``corpus``, ``data_dir``, ``splits``,
       ``formats``, ``feature_params``, ``task``, ``examples_per_shard``,
       ``limit``, ``compression``, ``sample_rate``, ``min_seconds``,
-      ``max_seconds``; ctc ``vocab``, ``oov``; kws ``alignments``, ``keywords``,
-      ``clip_seconds``, ``context_seconds``, ``negatives_per_positive``, ``seed``).
+      ``max_seconds``, ``stats_splits``; ctc ``vocab``, ``oov``; kws ``alignments``,
+      ``keywords``, ``clip_seconds``, ``context_seconds``, ``negatives_per_positive``, ``seed``).
 
   Returns:
     ``(plan, shards)``. ``plan``: ``params`` (the parameters, with
     ``feature_params`` per format), ``skipped`` (utterances left out, with
-    their reason), ``utterances``, ``stats_splits`` (the splits of the
-    normalisation statistics: the train splits, or every split when none is),
+    their reason; kws also the strays of ``read_alignments``), ``utterances``,
+    ``stats_splits`` (the splits of the normalisation statistics, ``stats_splits``),
     ``fingerprint``, and ``vocabulary`` and ``oov`` (ctc: the report of
     ``plan_ctc``) or ``classes`` (kws).
     ``shards``: split -> its shards, each a list of ``Item``.
@@ -201,8 +283,10 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
       "examples_per_shard": args.examples_per_shard, "limit": args.limit,
       "compression": args.compression, "sample_rate": args.sample_rate,
       "min_seconds": args.min_seconds, "max_seconds": args.max_seconds,
+      "stats_splits": list(args.stats_splits),
   }
-  plan = {"params": params, "skipped": []}
+  plan = {"params": params, "skipped": [],
+          "stats_splits": stats_splits(list(by_split), args.stats_splits)}
   items_by_split = {}
   if args.task == "ctc":
     vocab = text.Vocabulary.read(args.vocab)
@@ -221,7 +305,8 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
           "(the synthetic corpus writes <corpus>/<split>/alignments.ctm; for a real "
           "corpus, align it first, e.g. with a CTC forced aligner or the Montreal "
           "Forced Aligner, and export CTM).")
-    alignments = corpora.read_ctm(args.alignments)
+    alignments, strays = read_alignments(args.alignments, {u.id for u in utts})
+    plan["skipped"].extend(strays)
     keywords = text.keyword_classes(args.keywords)[:-1]
     if args.context_seconds < 0:
       raise SystemExit(f"error: --context_seconds must be >= 0, got {args.context_seconds}")
@@ -236,16 +321,13 @@ def build_plan(args) -> Tuple[dict, Dict[str, List[List[Item]]]]:
           args.negatives_per_positive, rng)
       plan["skipped"].extend(skipped)
   plan["utterances"] = sum(len(u) for u in by_split.values())
-  train_like = [s for s in by_split if s.startswith("train")]
-  plan["stats_splits"] = train_like or list(by_split)
   root = os.path.abspath(args.data_dir)
 
   def identity(i: Item) -> list:
-    """What makes an item's record; the segment only when there is one (so
-    that the fingerprints of records of whole files stay as they were)."""
+    """What makes an item's record; the segment only when there is one."""
     segment = [] if i.offset is None and i.duration is None else [i.offset, i.duration]
     return [i.id, os.path.relpath(i.path, root), i.text, i.labels, i.label, i.start,
-            i.shift_range] + segment
+            i.shift_range, i.alignment_end] + segment
 
   plan["fingerprint"] = records.fingerprint({
       "params": params,

@@ -11,10 +11,19 @@ TFRecord file per format under a temporary name and renames it into place
 when complete (``kws_tf.records.ShardWriter``), then writes its summary to
 ``<out_dir>/progress/<shard name>.json``: a shard is finished
 (``shard_done``) when that file and every format's shard exist.
+
+A kws utterance whose aligned words end after its audio (past
+``ALIGNMENT_TOLERANCE_SECONDS``) is skipped whole, like one whose audio does
+not read: its alignment does not belong to that audio. A shard that cannot
+be written (a full disk) raises OSError naming the file; an error that could
+not cross back to the converter's process (an exception the pool cannot
+pickle or unpickle, which would otherwise stop the pool) becomes a
+``ShardError`` with its message.
 """
 import collections
 import ctypes
 import os
+import pickle
 from typing import List, Optional, Sequence
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
@@ -25,6 +34,18 @@ from data_prep.shard_plan import Item
 from kws_tf import audio, features, records
 
 PROGRESS_DIR = "progress"
+# The skip reason of a kws utterance whose aligned words end after its audio.
+PAST_AUDIO_END = "alignment past the end of the audio"
+# How far (seconds) the aligned words may end after the audio: CTM times are
+# rounded, to 10 ms frames by many aligners.
+ALIGNMENT_TOLERANCE_SECONDS = 0.02
+
+
+class ShardError(Exception):
+  """A shard that was not written: the message names the shard and the reason.
+
+  Its one string argument pickles, so it always reaches the converter's process.
+  """
 
 
 def progress_path(out_dir: str, name: str) -> str:
@@ -156,9 +177,11 @@ def _read_chunk(items: Sequence[Item], begin: int, config: dict, cache: dict,
   to ``skipped``. A chunk ends after CHUNK_EXAMPLES items or once its signals
   hold CHUNK_SAMPLES samples.
 
-  ``cache`` holds the last utterance read (``utt``, ``waveform``, ``error``), since
+  ``cache`` holds the last utterance read (``utt``, ``waveform``, ``error``: its
+  skip reason or None), since
   the examples of one utterance are consecutive, and ``seconds``: the duration of
-  every utterance read, by id.
+  every utterance read, by id. A kws utterance whose aligned words end after its
+  audio (``Item.alignment_end``) goes to ``skipped`` like one that does not read.
   """
   signals, samples = [], 0
   end = min(begin + CHUNK_EXAMPLES, len(items))
@@ -168,15 +191,24 @@ def _read_chunk(items: Sequence[Item], begin: int, config: dict, cache: dict,
     if item.utt != cache.get("utt"):
       cache.update(utt=item.utt, waveform=None, error=None)
       try:
-        cache["waveform"] = audio.read_audio(item.path, config["sample_rate"],
-                                             config["min_seconds"], config["max_seconds"],
-                                             keep_int16=True, offset=item.offset or 0.0,
-                                             duration=item.duration)
-        cache["seconds"][item.utt] = round(len(cache["waveform"]) / config["sample_rate"], 4)
+        waveform = audio.read_audio(item.path, config["sample_rate"], config["min_seconds"],
+                                    config["max_seconds"], keep_int16=True,
+                                    offset=item.offset or 0.0, duration=item.duration)
       except audio.AudioError as e:
-        cache["error"] = e
+        cache["error"] = e.reason
         skipped.append({"id": item.utt, "path": item.path, "reason": e.reason,
                         "message": str(e)})
+      else:
+        seconds = len(waveform) / config["sample_rate"]
+        if (item.alignment_end is not None and
+            item.alignment_end > seconds + ALIGNMENT_TOLERANCE_SECONDS):
+          cache["error"] = PAST_AUDIO_END
+          skipped.append({"id": item.utt, "path": item.path, "reason": PAST_AUDIO_END,
+                          "message": f"{item.path}: the aligned words end at "
+                                     f"{item.alignment_end:.3f} s, the audio at {seconds:.3f} s"})
+        else:
+          cache["waveform"] = waveform
+          cache["seconds"][item.utt] = round(seconds, 4)
     if cache["error"] is not None:
       continue
     waveform = cache["waveform"]
@@ -204,9 +236,14 @@ def convert_shard(task: dict) -> dict:
     ``examples``, ``utterances``, ``seconds`` (utterance id -> duration read),
     ``classes`` (text -> examples; ctc ``{"utterances": n}``), ``max_frames``
     per format, ``max_label_length``, ``skipped`` (utterances whose audio
-    did not read), ``moments`` per format (``[2, channels]``: sum and sum of
-    squares over frames, float64; None without ``stats``) and ``frame_count``
-    per format.
+    did not read or ended before their alignment), ``moments`` per format
+    (``[2, channels]``: sum and sum of squares over frames, float64; None
+    without ``stats``) and ``frame_count`` per format.
+
+  Raises:
+    OSError naming the file that could not be written (a full disk), with the
+    shard's temporary files removed; ShardError with the message of an error
+    that would not survive the pool's pickling.
   """
   config = _WORKER["config"]
   front_ends = _WORKER["front_ends"]
@@ -255,9 +292,11 @@ def convert_shard(task: dict) -> dict:
     examples = next(iter(writers.values())).count
     for writer in writers.values():
       writer.commit()
-  except BaseException:
+  except BaseException as error:
     for writer in writers.values():
       writer.abort()
+    if isinstance(error, Exception) and not _crosses_processes(error):
+      raise ShardError(f"shard {name}: {type(error).__name__}: {error}") from error
     raise
   summary = {
       "split": split, "index": task["index"], "name": name,
@@ -272,3 +311,12 @@ def convert_shard(task: dict) -> dict:
   }
   records.write_json(progress_path(out_dir, name), summary)
   return summary
+
+
+def _crosses_processes(error: Exception) -> bool:
+  """Whether ``error`` survives the pool's trip back to the converter (pickle and unpickle)."""
+  try:
+    pickle.loads(pickle.dumps(error))
+  except Exception:  # any failure of a foreign class's reduce or constructor
+    return False
+  return True

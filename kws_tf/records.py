@@ -22,6 +22,7 @@ formats hold the clip itself.
 ``metadata.json`` (``formats.<name>.num_channels``), typed as ``RecordsMetadata``:
 ``load_metadata`` reads it, ``write_metadata`` writes it.
 """
+import contextlib
 import copy
 import dataclasses
 import hashlib
@@ -109,27 +110,49 @@ class ShardWriter:
   """Writes a shard under a temporary name; ``commit()`` renames it into place.
 
   A shard killed half-way leaves only ``<name>.tmp-<pid>``, never a file with
-  the final name, so a resumed run can trust every final name it sees.
+  the final name, so a resumed run can trust every final name it sees. A
+  failed write (a full disk) raises OSError whose ``filename`` is the shard's
+  final path (TensorFlow's file errors become OSError too); ``abort()`` then
+  still removes the temporary file.
   """
 
   def __init__(self, path: str, compression: str = "none"):
     import tensorflow as tf
     self.path = path
     self._tmp = f"{path}.tmp-{os.getpid()}"
-    self._writer = tf.io.TFRecordWriter(
-        self._tmp, options=tf.io.TFRecordOptions(tf_compression(compression)))
+    self._errors = (OSError, tf.errors.OpError)
+    with self._as_os_error():
+      self._writer = tf.io.TFRecordWriter(
+          self._tmp, options=tf.io.TFRecordOptions(tf_compression(compression)))
     self.count = 0
 
+  @contextlib.contextmanager
+  def _as_os_error(self):
+    """Raises an OSError naming ``self.path`` for an OSError or TensorFlow error inside."""
+    try:
+      yield
+    except self._errors as error:
+      if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+      else:  # TensorFlow's message is "<file>; <reason>"
+        reason = error.message.replace(f"{self._tmp}; ", "")
+      raise OSError(getattr(error, "errno", None), reason, self.path) from error
+
   def write(self, record: bytes) -> None:
-    self._writer.write(record)
+    with self._as_os_error():
+      self._writer.write(record)
     self.count += 1
 
   def commit(self) -> None:
-    self._writer.close()
-    os.replace(self._tmp, self.path)
+    with self._as_os_error():
+      self._writer.close()
+      os.replace(self._tmp, self.path)
 
   def abort(self) -> None:
-    self._writer.close()
+    try:
+      self._writer.close()
+    except self._errors:
+      pass  # a full disk fails the last flush too; the file goes anyway
     if os.path.exists(self._tmp):
       os.remove(self._tmp)
 

@@ -607,7 +607,8 @@ def test_augmenter_needs_raw_records_with_context(synthetic_corpus, tmp_path):
   out = tmp_path / "mfcc_only"
   run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}",
              "--corpus=vivos", f"--out_dir={out}", "--splits=test", "--task=kws",
-             "--formats=mfcc", f"--alignments={synthetic_corpus}/*/alignments.ctm",
+             "--stats_splits=none", "--formats=mfcc",
+             f"--alignments={synthetic_corpus}/*/alignments.ctm",
              "--cores=1")
   augmenter = augment.Augmenter(quiet(), SR, CLIP)
   with pytest.raises(ValueError, match="--formats=raw"):

@@ -3,7 +3,9 @@ import filecmp
 import glob
 import json
 import os
+import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -229,9 +231,10 @@ def test_kill_and_resume_is_byte_identical_and_cores_do_not_matter(synthetic_cor
 
 def test_same_out_dir_with_other_parameters_is_refused(synthetic_corpus, tmp_path):
   out = tmp_path / "records"
-  convert(synthetic_corpus, out, "--splits=test", "--formats=mfcc", "--task=ctc")
+  convert(synthetic_corpus, out, "--splits=test", "--formats=mfcc", "--task=ctc",
+          "--stats_splits=none")
   result = convert(synthetic_corpus, out, "--splits=test", "--formats=mfcc", "--task=ctc",
-                   "--feature_params=mfcc.num_mel_bins=64", check=False)
+                   "--stats_splits=none", "--feature_params=mfcc.num_mel_bins=64", check=False)
   assert result.returncode != 0
   assert "feature_params" in result.stderr and "another --out_dir" in result.stderr
 
@@ -240,13 +243,13 @@ def test_exit_code_when_too_much_is_skipped(corpus_copy, tmp_path):
   for path in glob.glob(f"{corpus_copy}/test/waves/*/*.wav")[:2]:
     open(path, "wb").write(b"not audio")
   result = convert(corpus_copy, tmp_path / "r", "--splits=test", "--formats=mfcc",
-                   "--task=ctc", "--max_skip_fraction=0.1", check=False)
+                   "--task=ctc", "--stats_splits=none", "--max_skip_fraction=0.1", check=False)
   assert result.returncode == 1
   assert "max_skip_fraction" in result.stderr
   for path in glob.glob(f"{corpus_copy}/test/waves/*/*.wav"):
     open(path, "wb").write(b"not audio")
   result = convert(corpus_copy, tmp_path / "r2", "--splits=test", "--formats=mfcc",
-                   "--task=ctc", "--max_skip_fraction=1", check=False)
+                   "--task=ctc", "--stats_splits=none", "--max_skip_fraction=1", check=False)
   assert result.returncode == 1
   assert "nothing was converted" in result.stderr
 
@@ -261,7 +264,7 @@ def test_reuses_a_vocabulary(corpus_copy, tmp_path):
   convert(corpus_copy, first, "--splits=train", "--formats=mfcc", "--task=ctc")
   second = tmp_path / "test"
   convert(corpus_copy, second, "--splits=test", "--formats=mfcc", "--task=ctc",
-          f"--vocab={first}/vocab.json", "--max_skip_fraction=1")
+          "--stats_splits=none", f"--vocab={first}/vocab.json", "--max_skip_fraction=1")
   assert (json.load(open(second / "metadata.json"))["vocabulary"] ==
           json.load(open(first / "metadata.json"))["vocabulary"])
   skipped = {s["id"]: s["reason"] for s in map(json.loads, open(second / "skipped.jsonl"))}
@@ -456,7 +459,7 @@ def test_out_of_vocabulary_characters_are_listed_per_utterance_in_oov_jsonl(corp
   prompts.write_text("\n".join(lines) + "\n", encoding="utf-8")
   out = tmp_path / "records"
   result = convert(corpus_copy, out, "--splits=test", "--formats=mfcc", "--task=ctc",
-                   "--oov=drop")
+                   "--oov=drop", "--stats_splits=none")
   assert "1 utterances hold characters outside the vocabulary ('24z'" in result.stdout
   report, = map(json.loads, open(out / "oov.jsonl", encoding="utf-8"))
   assert report["id"] == foreign_id and report["characters"] == "24z"
@@ -495,3 +498,209 @@ def test_manifest_segments_become_records_of_their_audio(tmp_path):
     expected, _ = sf.read(str(root / "talk.wav"), start=start, stop=stop, dtype="int16")
     np.testing.assert_array_equal(got[utt_id], expected)
   assert metadata["splits"]["train"]["seconds"] == 1.8
+
+
+def test_ctm_words_past_the_audio_end_are_skipped(synthetic_corpus, tmp_path):
+  from data_prep import shard_plan, shard_worker
+  train_ctm = f"{synthetic_corpus}/train/alignments.ctm"
+  alignments = corpora.read_ctm([train_ctm])
+  moved = next(utt for utt, words in sorted(alignments.items())
+               if any(text.normalize(w.word) in text.KEYWORDS for w in words))
+  lines = []
+  for line in open(train_ctm, encoding="utf-8").read().splitlines():
+    fields = line.split()
+    if fields[0] == moved:  # the same words, 30 s later: past the end of its 2-4 s audio
+      fields[2] = f"{float(fields[2]) + 30:.3f}"
+    lines.append(" ".join(fields))
+  lines.append("VSYN999_R001 1 0.000 0.300 MỘT")  # an utterance the corpus lacks
+  ctm = tmp_path / "train.ctm"
+  ctm.write_text("\n".join(lines) + "\n", encoding="utf-8")
+  out = tmp_path / "kws"
+  result = convert(synthetic_corpus, out, "--splits=train,test", "--formats=raw,mfcc",
+                   "--task=kws", f"--alignments={ctm},{synthetic_corpus}/test/alignments.ctm",
+                   "--cores=1", "--context_seconds=0.25")
+  assert "1 utterances of the CTM files are not in --splits" in result.stdout
+  skipped = {s["id"]: s for s in map(json.loads, open(out / "skipped.jsonl"))}
+  assert skipped[moved]["reason"] == shard_worker.PAST_AUDIO_END
+  assert "the aligned words end at" in skipped[moved]["message"]
+  assert skipped["VSYN999_R001"] == {"id": "VSYN999_R001", "path": str(ctm),
+                                     "reason": shard_plan.NOT_IN_SPLITS}
+  assert len(skipped) == 2  # the train CTM aligns every other utterance inside its audio
+  metadata = json.load(open(out / "metadata.json"))
+  assert metadata["skipped"] == 2
+  context = int(0.25 * 16000)
+  for split, info in metadata["splits"].items():
+    for shard in info["shards"]:
+      for example in read_records(str(out / "raw" / shard["name"])):
+        assert feature_value(example, "utterance")[0].decode() != moved
+        samples = np.frombuffer(feature_value(example, "features")[0], "<i2")
+        assert np.any(samples[context:len(samples) - context] != 0), \
+            feature_value(example, "id")
+
+
+def test_negative_clips_contain_speech():
+  from data_prep import shard_plan
+  utt = corpora.Utterance("u1", "/u1.wav", "x", "s", "train")
+  # Speech, a 3 s pause, speech, then a keyword.
+  words = [corpora.Word(0.0, 0.5, "a"), corpora.Word(3.5, 4.0, "b"),
+           corpora.Word(4.5, 4.9, "một")]
+  items, skipped = shard_plan.plan_kws([utt], {"u1": words}, ["một"], 1.0, 100.0,
+                                       np.random.default_rng(0))
+  assert not skipped
+  negatives = [i for i in items if i.label == 1]
+  assert negatives and all(i.alignment_end == 4.9 for i in items)
+  for item in negatives:
+    covered = sum(max(min(w.end, item.start + 1.0) - max(w.start, item.start), 0.0)
+                  for w in words)
+    assert covered >= shard_plan.NEGATIVE_MIN_SPEECH, item.start
+  starts = [i.start for i in negatives]
+  assert 0.0 in starts and 2.75 in starts and 1.25 not in starts
+
+
+def test_second_converter_on_a_live_out_dir_is_refused(synthetic_corpus, tmp_path):
+  from data_prep import out_dir_lock
+  out = tmp_path / "records"
+  (out / "mfcc").mkdir(parents=True)
+  live = out / "mfcc" / "train-00000-of-00001.tfrecord.tmp-4242"  # the live run's shard
+  live.write_bytes(b"partial")
+  with out_dir_lock.hold(str(out)) as lock:
+    result = convert(synthetic_corpus, out, "--formats=mfcc", "--task=ctc", check=False)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"error: another converter is writing to {out}: {lock} is held by pid "
+        f"{os.getpid()} on {socket.gethostname()}; wait for it to end or stop it")
+    assert "Traceback" not in result.stderr
+    assert live.exists() and not (out / "plan.json").exists()
+  assert not os.path.exists(lock)
+
+
+def test_lock_of_a_dead_converter_is_taken_over(synthetic_corpus, tmp_path):
+  from data_prep import out_dir_lock
+  dead = subprocess.Popen([sys.executable, "-c", "pass"])
+  dead.wait()
+  out = tmp_path / "records"
+  out.mkdir()
+  lock = out / out_dir_lock.LOCK_FILE
+  lock.write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+  result = convert(synthetic_corpus, out, "--splits=test", "--stats_splits=none",
+                   "--formats=mfcc", "--task=ctc")
+  assert f"taking over the lock of pid {dead.pid}" in result.stdout
+  assert (out / "metadata.json").exists() and not lock.exists()
+
+
+def test_statistics_come_from_the_training_split_only(corpus_copy, tmp_path):
+  os.rename(corpus_copy / "train", corpus_copy / "fit")  # no split is named train*
+  out = tmp_path / "records"
+  refused = convert(corpus_copy, out, "--splits=fit,test", "--formats=mfcc", "--task=ctc",
+                    check=False)
+  assert refused.returncode != 0 and "Traceback" not in refused.stderr
+  error = refused.stderr.strip().splitlines()[-1]
+  assert error.startswith("error: --stats_splits:") and "(the splits are fit, test)" in error
+  assert not out.exists()
+
+  convert(corpus_copy, out, "--splits=fit,test", "--formats=mfcc", "--task=ctc",
+          "--stats_splits=fit")
+  metadata = json.load(open(out / "metadata.json"))
+  assert metadata["normalization"]["splits"] == ["fit"]
+  frames = np.concatenate([
+      np.frombuffer(feature_value(e, "features")[0], "<f4").reshape(-1, 39)
+      for shard in metadata["splits"]["fit"]["shards"]
+      for e in read_records(str(out / "mfcc" / shard["name"]))])
+  stats = metadata["normalization"]["mfcc"]
+  assert stats["frames"] == len(frames)
+  np.testing.assert_allclose(stats["mean"], frames.mean(0), rtol=1e-4, atol=1e-4)
+
+
+FAILING_WRITER = '''
+import errno, os, sys
+sys.path.insert(0, {repo!r})
+from data_prep import create_tfrecords
+from kws_tf import audio
+import tensorflow as tf
+
+_TFRecordWriter = tf.io.TFRecordWriter
+
+
+class FailingWriter:
+  """TensorFlow's writer, failing every write to shard 1 of train as FAIL says."""
+
+  def __init__(self, path, options=None):
+    self._fails = "train-00001-of-" in path
+    self._path = path
+    self._writer = _TFRecordWriter(path, options)
+
+  def write(self, record):
+    if self._fails and os.environ["FAIL"] == "full_disk":
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if self._fails:  # an exception the pool pickles but cannot unpickle
+      raise audio.AudioError(self._path, "unreadable", "not pickle-safe")
+    self._writer.write(record)
+
+  def close(self):
+    self._writer.close()
+
+
+tf.io.TFRecordWriter = FailingWriter  # here and, through __mp_main__, in every worker
+if __name__ == "__main__":
+  create_tfrecords.run()
+'''
+
+
+def _convert_failing(corpus, out, tmp_path, fail):
+  """The converter with writes to shard 1 of train failing as ``fail`` says."""
+  script = tmp_path / "failing_writer.py"
+  script.write_text(FAILING_WRITER.format(repo=REPO))
+  return subprocess.run(
+      [sys.executable, str(script), f"--data_dir={corpus}", "--corpus=vivos",
+       f"--out_dir={out}", "--splits=train,test", "--formats=mfcc", "--task=ctc",
+       "--examples_per_shard=4", "--cores=1"],
+      cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, FAIL=fail))
+
+
+def _assert_stopped_cleanly_then_resumed(corpus, out, result, message):
+  """``message``: a regular expression of the error between "error: " and the advice."""
+  assert result.returncode != 0 and "Traceback" not in result.stderr
+  error = result.stderr.strip().splitlines()[-1]
+  assert re.fullmatch(f"error: {message} \\(the finished shards are kept: the same command "
+                      "resumes\\)", error), error
+  assert not glob.glob(f"{out}/**/*.tmp-*", recursive=True)
+  assert not (out / "convert.lock").exists() and not (out / "metadata.json").exists()
+  done = len(glob.glob(f"{out}/progress/*.json"))
+  assert (out / "mfcc" / "train-00000-of-00005.tfrecord").exists() and done >= 1
+  again = convert(corpus, out, "--splits=train,test", "--formats=mfcc", "--task=ctc",
+                  "--examples_per_shard=4", "--cores=1")
+  assert f"({done} already complete)" in again.stdout
+  assert json.load(open(out / "metadata.json"))["splits"]["train"]["examples"] == 18
+
+
+def test_full_disk_is_a_one_line_error_and_the_rerun_resumes(synthetic_corpus, tmp_path):
+  out = tmp_path / "records"
+  result = _convert_failing(synthetic_corpus, out, tmp_path, "full_disk")
+  _assert_stopped_cleanly_then_resumed(
+      synthetic_corpus, out, result,
+      re.escape(f"{out}/mfcc/train-00001-of-00005.tfrecord: No space left on device"))
+
+
+def test_worker_error_that_cannot_be_unpickled_is_a_one_line_error(synthetic_corpus, tmp_path):
+  out = tmp_path / "records"
+  result = _convert_failing(synthetic_corpus, out, tmp_path, "unpicklable")
+  shard = re.escape(f"{out}/mfcc/train-00001-of-00005.tfrecord")
+  _assert_stopped_cleanly_then_resumed(
+      synthetic_corpus, out, result,
+      f"shard train-00001-of-00005\\.tfrecord: AudioError: {shard}\\.tmp-\\d+: unreadable: "
+      "not pickle-safe")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_shard_writer_on_a_full_disk_names_the_shard_and_leaves_no_temporary(tmp_path):
+  from kws_tf import records
+  shard = str(tmp_path / "train-00000-of-00001.tfrecord")
+  os.symlink("/dev/full", f"{shard}.tmp-{os.getpid()}")  # every write fails with ENOSPC
+  writer = records.ShardWriter(shard)
+  with pytest.raises(OSError) as error:
+    for _ in range(3):
+      writer.write(b"x" * 100)
+    writer.commit()
+  assert error.value.filename == shard and error.value.strerror == "No space left on device"
+  writer.abort()
+  assert os.listdir(tmp_path) == []
