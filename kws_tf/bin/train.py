@@ -18,7 +18,7 @@ with ``--fitnet_stage=1|2``.
 The recipe (``--config``) plus ``--override key=value`` pairs plus ``--mode``
 and ``--role`` make the resolved config, written to ``<model_dir>/config.yaml``.
 Running the same command again resumes from the last checkpoint; a model dir
-made with another config is refused. TensorBoard: ``tensorboard
+made with another config, or on records of another data fingerprint, is refused. TensorBoard: ``tensorboard
 --logdir=<model_dir>/tensorboard``.
 """
 import sys
