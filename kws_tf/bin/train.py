@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML recipe: a path, or a recipe's name (kws_small: "
                     "kws_tf/configs/kws_small.yaml); defaults when unset.")
 flags.DEFINE_multi_string("override", [], "key=value overriding the recipe, e.g. "
-                          "train.steps=500 or model.params.dropout=0.1; repeatable.")
+                          "train.steps=500 or model.params.head_dropout=0.1; repeatable.")
 flags.DEFINE_enum("mode", None, list(config_lib.MODES),
                   "Training mode; overrides the recipe's `mode`.")
 flags.DEFINE_enum("role", None, list(config_lib.ROLES),
