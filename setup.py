@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "transformers==4.57.6",
     "huggingface-hub<1.0",
     "safetensors==0.8.0",
+    "ml_dtypes",  # TensorFlow's own dependency (it pins the version)
     "librosa==0.11.0",
     "soundfile==0.14.0",
     "soxr>=0.5",

@@ -8,8 +8,9 @@ fields below (``task``, ``mode``, ``role``, ``data.*``, ``model.*``,
 ``augment.*``, ``optimizer.*``, ``distill.*``, ``quantization.*``, ``fitnet.*``, ``train.*``).
 Unknown keys are errors that name the key and the file; values are converted
 to the field's type, so ``--override train.steps=500`` and ``--override
-optimizer.learning_rate=3e-4`` work from the command line. ``model.params`` is free-form: it is passed to the
-model builder, which rejects what it does not know.
+optimizer.learning_rate=3e-4`` work from the command line. ``model.params``
+are the keyword arguments of the model's builder: a key its signature does
+not name is an error (``kws_tf.models.registry.check_params``).
 
 The resolved config (recipe + overrides + flags) is written next to the
 checkpoints as ``config.yaml``; evaluation and export rebuild the model from it.
@@ -345,12 +346,31 @@ class Config:
     if self.role == "teacher" and self.mode != "standard":
       raise ConfigError(f"a teacher trains with mode=standard, not {self.mode!r}")
     positive = [("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
+                ("data.eval_batch_size", self.data.eval_batch_size),
+                ("data.shuffle_buffer", self.data.shuffle_buffer),
                 ("train.eval_every", self.train.eval_every),
                 ("train.checkpoint_every", self.train.checkpoint_every),
-                ("train.log_every", self.train.log_every)]
+                ("train.log_every", self.train.log_every),
+                ("train.keep_checkpoints", self.train.keep_checkpoints),
+                ("optimizer.learning_rate", self.optimizer.learning_rate)]
     for key, value in positive:
-      if value <= 0:
+      if not value > 0:  # NaN too
         raise ConfigError(f"{key} must be > 0; got {value}")
+    non_negative = [("optimizer.weight_decay", self.optimizer.weight_decay),
+                    ("optimizer.warmup_steps", self.optimizer.warmup_steps),
+                    ("optimizer.clip_norm", self.optimizer.clip_norm),
+                    ("train.early_stopping_patience", self.train.early_stopping_patience),
+                    ("fitnet.hint_learning_rate", self.fitnet.hint_learning_rate)]
+    for key, value in non_negative:
+      if not value >= 0:
+        raise ConfigError(f"{key} must be >= 0; got {value}")
+    if not 0.0 <= self.optimizer.final_learning_rate_ratio <= 1.0:
+      raise ConfigError("optimizer.final_learning_rate_ratio must be in [0, 1]; got "
+                        f"{self.optimizer.final_learning_rate_ratio}")
+    for key, rate in _dropout_rates(self.model.params, "model.params."):
+      if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 <= rate < 1.0:
+        raise ConfigError(f"{key} must be a rate in [0, 1); got {rate!r}")
+    self._check_model()
     if not 1 <= self.quantization.bits <= 16 or self.quantization.bucket_size < 1:
       raise ConfigError("quantization.bits must be in 1..16 and quantization.bucket_size >= 1")
     if self.fitnet.stage not in (0, 1, 2) or self.fitnet.hint_steps <= 0:
@@ -373,6 +393,34 @@ class Config:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")
     return self
+
+  def _check_model(self) -> None:
+    """ConfigError for an unknown ``model.name`` or ``model.params`` that its
+    builder does not take (``registry.check_params``)."""
+    from kws_tf.models import registry  # imports the model modules (TensorFlow)
+
+    try:
+      registry.check_params(self.model.name, self.model.params)
+    except KeyError as e:
+      raise ConfigError(f"model.name: {e.args[0]}") from None
+    except ValueError as e:
+      raise ConfigError(f"model.params: {e}") from None
+
+
+def _dropout_rates(params: Dict[str, Any], prefix: str) -> List[tuple]:
+  """``(dotted key, rate)`` of every dropout rate in ``params`` and the mappings
+  nested in it: the value of a key ending in ``dropout``, each item of one
+  ending in ``dropouts``."""
+  found = []
+  for key, value in params.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, dict):
+      found += _dropout_rates(value, f"{name}.")
+    elif key.endswith("dropouts") and isinstance(value, (list, tuple)):
+      found += [(f"{name}[{i}]", rate) for i, rate in enumerate(value)]
+    elif key.endswith("dropout"):
+      found.append((name, value))
+  return found
 
 
 def _field_types(cls) -> Dict[str, Any]:

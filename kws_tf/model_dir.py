@@ -6,13 +6,17 @@
   best/          ckpt-<step>.* of the best validation weights (model only)
   checkpoints/   ckpt-<step>.* of the full training state
 
-Every stage that runs a trained model (guidance, alignment, evaluation,
-export) reads the dir through ``read_spec``, ``load_trained_model`` and
-``model_records``.
+A model dir is bound to the records it was trained on: ``bind_spec`` writes
+``model.json`` before any checkpoint and refuses a run on records of another
+data fingerprint. Every stage that runs a trained model (guidance, alignment,
+evaluation, export) reads the dir through ``read_spec``, ``load_trained_model``
+and ``model_records``.
 """
 import copy
 import dataclasses
+import glob
 import os
+import re
 from typing import Any, Dict, List, Mapping, Optional
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
@@ -190,6 +194,24 @@ def write_spec(model_dir: str, spec: ModelSpec) -> None:
   records.write_json(spec_path(model_dir), spec.to_json())
 
 
+def bind_spec(model_dir: str, spec: ModelSpec, data_dir: str) -> None:
+  """Binds ``model_dir`` to the records of ``spec`` (read from ``data_dir``).
+
+  Writes ``model.json`` (atomically) when the dir has none; ValueError giving
+  both data fingerprints when its ``model.json`` names records other than
+  ``spec.data_fingerprint``, or naming the file when it is not a model spec.
+  """
+  if not os.path.exists(spec_path(model_dir)):
+    write_spec(model_dir, spec)
+    return
+  bound = read_spec(model_dir).data_fingerprint
+  if bound != spec.data_fingerprint:
+    raise ValueError(
+        f"{model_dir} was trained on other data: its data fingerprint ({SPEC_FILE}) is "
+        f"{bound}, the records' fingerprint in {data_dir} is {spec.data_fingerprint}; "
+        "use another --model_dir or the --data_dir it was trained on")
+
+
 def build_model(spec: ModelSpec) -> keras.Model:
   """A freshly initialised model of ``spec``."""
   return registry.build(spec.name, task=spec.task, num_channels=spec.num_channels,
@@ -215,12 +237,41 @@ def checkpoint_path(model_dir: str, checkpoint: str = "best") -> str:
   return path
 
 
+class CheckpointError(ValueError):
+  """A checkpoint whose files cannot be read (truncated, corrupt, missing)."""
+
+
+def restore(checkpoint: tf.train.Checkpoint, path: str):
+  """``checkpoint.restore(path)``: the load status.
+
+  CheckpointError naming the files of ``path`` and TensorFlow's reason when
+  they cannot be read (a truncated ``.data`` file, a corrupt ``.index``, a
+  missing shard).
+  """
+  try:
+    return checkpoint.restore(path)
+  except (tf.errors.OpError, IndexError) as e:
+    # TensorFlow: an OpError (corrupt or missing file) or an IndexError ("Read
+    # less bytes than requested": a truncated .data file).
+    reason = (e.message if isinstance(e, tf.errors.OpError) else str(e)) or type(e).__name__
+    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "",
+                    reason.splitlines()[0])
+    files = sorted(os.path.basename(f) for f in glob.glob(glob.escape(path) + ".*"))
+    raise CheckpointError(f"checkpoint {path} ({', '.join(files) or 'no files'}) is truncated "
+                          f"or corrupt: {reason}") from None
+
+
 def load_trained_model(model_dir: str, checkpoint: str = "best") -> keras.Model:
   """The model of ``model_dir`` rebuilt from ``model.json``, with the weights of
-  ``checkpoint`` (see ``checkpoint_path``)."""
+  ``checkpoint`` (see ``checkpoint_path``); CheckpointError when its files
+  cannot be read."""
   model = build_model(read_spec(model_dir))
   path = checkpoint_path(model_dir, checkpoint)
-  tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+  try:
+    status = restore(tf.train.Checkpoint(model=model), path)
+  except CheckpointError as e:
+    raise CheckpointError(f"{e}; restore {model_dir} from a copy, or train it again") from None
+  status.expect_partial().assert_existing_objects_matched()
   return model
 
 
@@ -257,8 +308,8 @@ def restore_run(model: keras.Model, spec: ModelSpec, model_dir: str) -> str:
   That run must have trained the same model (name, parameters, task, number of
   classes, projection) on the same input (format, feature parameters,
   normalisation). Returns the checkpoint read; ValueError naming the keys that
-  differ, FileNotFoundError when ``model_dir`` has no model.json or no best
-  checkpoint.
+  differ (CheckpointError, a ValueError, when the checkpoint cannot be read),
+  FileNotFoundError when ``model_dir`` has no model.json or no best checkpoint.
   """
   other = read_spec(model_dir)
   differ = [k for k in _SAME_MODEL if getattr(other, k) != getattr(spec, k)]
@@ -266,6 +317,6 @@ def restore_run(model: keras.Model, spec: ModelSpec, model_dir: str) -> str:
     values = "; ".join(f"{getattr(other, k)} vs {getattr(spec, k)}" for k in differ)
     raise ValueError(f"its model differs in {', '.join(differ)} ({values})")
   best = checkpoint_path(model_dir, "best")
-  tf.train.Checkpoint(model=model).restore(best).expect_partial() \
+  restore(tf.train.Checkpoint(model=model), best).expect_partial() \
       .assert_existing_objects_matched()
   return best

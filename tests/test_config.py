@@ -17,17 +17,18 @@ def test_defaults_round_trip_through_yaml(tmp_path):
 
 
 def test_recipe_and_overrides_are_typed(tmp_path):
-  path = _write(tmp_path, "task: ctc\ntrain:\n  steps: 100\nmodel:\n  name: m\n"
-                          "  params: {filters: [8, 8]}\n")
+  path = _write(tmp_path, "task: ctc\ntrain:\n  steps: 100\nmodel:\n  name: wav2letter\n"
+                          "  params: {filters: [8, 8], widths: [5, 3], strides: [2, 1]}\n")
   config = config_lib.load(path, ["optimizer.learning_rate=3e-4", "train.jit_compile=true",
-                                  "distill.beta=0.2", "model.params.dropout=0.1",
+                                  "distill.beta=0.2", "model.params.dropouts=[0.1,0]",
                                   "data.validation_split=dev"])
   assert config.task == "ctc" and config.train.steps == 100
   # YAML reads "3e-4" as a string; the float field converts it.
   assert config.optimizer.learning_rate == pytest.approx(3e-4)
   assert config.train.jit_compile is True
   assert config.distill.beta == pytest.approx(0.2)
-  assert config.model.params == {"filters": [8, 8], "dropout": 0.1}
+  assert config.model.params == {"filters": [8, 8], "widths": [5, 3], "strides": [2, 1],
+                                 "dropouts": [0.1, 0]}
   assert config.metric == "cer"
 
 
@@ -47,6 +48,74 @@ def test_bad_keys_and_values_name_the_key(override, message):
   with pytest.raises(config_lib.ConfigError, match=message.replace(".", r"\.")
                      .replace("(", r"\(")):
     config_lib.load(None, override)
+
+
+@pytest.mark.parametrize("value", ["-1e-3", "0", ".nan"])
+def test_learning_rate_must_be_positive(value):
+  with pytest.raises(config_lib.ConfigError, match=r"optimizer\.learning_rate must be > 0"):
+    config_lib.load(None, [f"optimizer.learning_rate={value}"])
+
+
+@pytest.mark.parametrize("mode", ["standard", "distill"])
+@pytest.mark.parametrize("override, message", [
+    ("distill.alpha=7", r"distill\.alpha must be in \[0, 1\]; got 7\.0"),
+    ("distill.temperature=0", r"distill\.temperature must be > 0; got 0\.0"),
+])
+def test_distill_fields_are_checked_in_every_mode(mode, override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load(None, [f"mode={mode}", override])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("data.eval_batch_size=0", r"data\.eval_batch_size must be > 0"),
+    ("data.shuffle_buffer=0", r"data\.shuffle_buffer must be > 0"),
+    ("train.keep_checkpoints=0", r"train\.keep_checkpoints must be > 0"),
+    ("data.batch_size=-8", r"data\.batch_size must be > 0"),
+    ("optimizer.weight_decay=-0.01", r"optimizer\.weight_decay must be >= 0"),
+    ("optimizer.warmup_steps=-1", r"optimizer\.warmup_steps must be >= 0"),
+    ("optimizer.clip_norm=-1", r"optimizer\.clip_norm must be >= 0"),
+    ("train.early_stopping_patience=-1", r"train\.early_stopping_patience must be >= 0"),
+    ("fitnet.hint_learning_rate=-1", r"fitnet\.hint_learning_rate must be >= 0"),
+    ("optimizer.final_learning_rate_ratio=2", r"optimizer\.final_learning_rate_ratio must be"),
+])
+def test_out_of_range_numeric_fields_name_the_key(override, message):
+  with pytest.raises(config_lib.ConfigError, match=message):
+    config_lib.load(None, [override])
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["model.params.head_dropout=1.0"], "model.params.head_dropout "),
+    (["model.params.dropouts=[0.1,0.1,-0.1,0.1,0.1,0.1]"], r"model.params.dropouts\[2\] "),
+    (["model.name=whisper_teacher", "model.params.encoder.attention_dropout=1.5"],
+     "model.params.encoder.attention_dropout "),
+])
+def test_dropout_outside_unit_interval_names_the_key(overrides, key):
+  with pytest.raises(config_lib.ConfigError, match=key.replace(".", r"\.") +
+                     r"must be a rate in \[0, 1\)"):
+    config_lib.load(None, overrides)
+
+
+def test_unknown_model_parameter_names_key_and_accepted_ones():
+  with pytest.raises(config_lib.ConfigError) as error:
+    config_lib.load(None, ["model.name=resnet18", "model.params.widht=2"])
+  message = str(error.value)
+  assert "\n" not in message and message.startswith("model.params: ")
+  assert "'widht'" in message and "it takes head_dropout, width" in message
+
+
+def test_unknown_model_and_missing_model_parameters_are_named():
+  with pytest.raises(config_lib.ConfigError, match="model.name: unknown model 'resnet81'; "
+                     "known models: .*resnet18"):
+    config_lib.load(None, ["model.name=resnet81"])
+  with pytest.raises(config_lib.ConfigError,
+                     match="model 'wav2letter' needs parameters widths, strides, dropouts"):
+    config_lib.load(None, ["model.name=wav2letter", "model.params.filters=[8]"])
+
+
+def test_preset_takes_the_parameters_of_its_base_model():
+  config = config_lib.load(None, ["model.name=wav2letter_kws_tiny", "model.params.batch_norm=false",
+                                  "model.params.dropouts=[0,0,0,0,0,0]"])
+  assert config.model.params == {"batch_norm": False, "dropouts": [0, 0, 0, 0, 0, 0]}
 
 
 def test_unknown_key_in_file_names_file(tmp_path):

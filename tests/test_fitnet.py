@@ -162,9 +162,11 @@ def test_stage1_reduces_the_hint_loss_and_stage2_starts_from_its_weights(
   after = _hint_error(trained, kws_train_records, hints_dir)
   assert after < 0.7 * before, (before, after)
 
-  # Stage 2 alone, with a zero learning rate: its kernels are stage 1's.
+  # Stage 2 alone, at a learning rate far below float32's resolution of the weights (it
+  # must be > 0; one Adam step moves a weight by about 1e-30, which rounds away): its
+  # kernels are stage 1's.
   stage2 = config_lib.load(None, TINY_W2L + RUN + ["fitnet.stage=2", "train.steps=1",
-                                                   "optimizer.learning_rate=0"])
+                                                   "optimizer.learning_rate=1e-30"])
   results = fitnet_stages.train(stage2, model_dir, kws_train_records, logits_dir, None)
   assert results["fitnet"]["initialised_from"] == best
   final = model_dir_lib.load_trained_model(model_dir, "last")

@@ -320,12 +320,15 @@ def test_distillation_from_teacher_guidance(kws_teacher_dir, kws_train_records, 
                                     batch_size=16, quantize_bits=2, bucket_size=64)
   assert quantized["output_dir"].endswith(os.path.join("eval", "test-q2"))
 
-  # Quantized distillation fine-tuned from that float student (--init_from): at learning
-  # rate 0 its quantized weights are exactly the post-training quantized float weights.
+  # Quantized distillation fine-tuned from that float student (--init_from): at a learning
+  # rate far below float32's resolution of the weights (a learning rate must be > 0; Adam's
+  # first steps move a weight by about the learning rate, 1e-30, which rounds away on
+  # weights of 1e-3 and more), its quantized weights are exactly the post-training
+  # quantized float weights.
   tuned_dir = str(tmp_path / "quantized_from_float")
   tuned = config_lib.load(None, [
       "mode=quantized_distill", "model.name=wav2letter_kws_tiny", "model.projection_dim=16",
-      "quantization.bits=2", "quantization.bucket_size=64", "optimizer.learning_rate=0",
+      "quantization.bits=2", "quantization.bucket_size=64", "optimizer.learning_rate=1e-30",
       "data.batch_size=8", "train.steps=2", "train.eval_every=2",
       "data.validation_fraction=0.3"])
   results = loop.Trainer(tuned, tuned_dir, kws_train_records, guidance_dir,

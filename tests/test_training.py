@@ -1,7 +1,10 @@
 """The one custom train loop: outputs, exact resume after a kill, NaN stop, precision, strategies."""
+import dataclasses
 import glob
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,6 +20,7 @@ import tf_keras as keras
 from conftest import REPO, run_module
 from kws_tf import config as config_lib
 from kws_tf import model_dir as model_dir_lib
+from kws_tf import records
 from kws_tf.training import loop
 
 TINY_KWS = ["model.name=wav2letter_kws_tiny", "data.batch_size=8", "data.eval_batch_size=32",
@@ -95,6 +99,80 @@ def test_changed_config_is_refused(kws_train_records, tmp_path):
   again = loop.Trainer(_config("train.steps=2", "train.eval_every=2"), model_dir,
                        kws_train_records).run()
   assert again["steps"] == 2
+
+
+def _other_records(records_dir, out):
+  """A copy of ``records_dir`` whose metadata names another data fingerprint."""
+  shutil.copytree(records_dir, out)
+  metadata = records.load_metadata(str(out))
+  records.write_metadata(str(out), dataclasses.replace(metadata, fingerprint="f" * 64))
+  return str(out)
+
+
+def test_model_dir_of_other_records_is_refused(kws_train_records, tmp_path):
+  """A model dir is bound to the data fingerprint of its model.json: resuming it
+  (or training it again) on other records is refused, naming both fingerprints,
+  and model.json keeps the records it was trained on."""
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=4", "train.eval_every=2", "train.checkpoint_every=2")
+  loop.Trainer(config, model_dir, kws_train_records).run(stop_after=2)
+  first = model_dir_lib.read_spec(model_dir)
+  assert first.data_fingerprint == records.load_metadata(kws_train_records).fingerprint
+  other = _other_records(kws_train_records, tmp_path / "other")
+  with pytest.raises(loop.TrainingError) as error:
+    loop.Trainer(config, model_dir, other).run()
+  message = str(error.value)
+  assert "\n" not in message
+  assert f"{model_dir} was trained on other data: its data fingerprint (model.json) is " \
+      f"{first.data_fingerprint}, the records' fingerprint in {other} is {'f' * 64}" in message
+  assert model_dir_lib.read_spec(model_dir) == first
+  assert [os.path.basename(p) for p in glob.glob(f"{model_dir}/checkpoints/*.index")] == \
+      ["ckpt-2.index"]
+
+
+def test_model_json_missing_next_to_config_yaml_is_written_again(kws_train_records, tmp_path):
+  """A run killed between config.yaml and model.json (or a model.json removed)
+  gets model.json back on the next run, before any checkpoint."""
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=4", "train.eval_every=2", "train.checkpoint_every=2")
+  loop.Trainer(config, model_dir, kws_train_records).run(stop_after=2)
+  spec = model_dir_lib.read_spec(model_dir)
+  os.remove(model_dir_lib.spec_path(model_dir))
+  loop.Trainer(config, model_dir, kws_train_records).run()
+  assert model_dir_lib.read_spec(model_dir) == spec
+  assert model_dir_lib.load_trained_model(model_dir).count_params() > 0
+
+
+def test_truncated_checkpoint_is_a_one_line_error_naming_its_files(kws_train_records, tmp_path):
+  """A truncated .data file of the latest checkpoint stops the resume with one
+  line naming the checkpoint's files and TensorFlow's reason; removing them, as
+  the line says, resumes from the checkpoint before it. A truncated best
+  checkpoint is a CheckpointError for every reader of the model dir."""
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=6", "train.eval_every=2", "train.checkpoint_every=2")
+  loop.Trainer(config, model_dir, kws_train_records).run(stop_after=4)
+  prefix = os.path.join(model_dir, "checkpoints", "ckpt-4")
+  data_file = prefix + ".data-00000-of-00001"
+  os.truncate(data_file, os.path.getsize(data_file) // 2)
+  with pytest.raises(loop.TrainingError) as error:
+    loop.Trainer(config, model_dir, kws_train_records).run()
+  message = str(error.value)
+  assert "\n" not in message
+  assert message.startswith(f"checkpoint {prefix} (ckpt-4.data-00000-of-00001, ckpt-4.index) "
+                            "is truncated or corrupt: ")
+  assert f"remove {prefix}.* and run again" in message
+
+  for path in glob.glob(prefix + ".*"):
+    os.remove(path)
+  results = loop.Trainer(config, model_dir, kws_train_records).run()
+  assert results["steps"] == 6
+
+  best = tf.train.latest_checkpoint(os.path.join(model_dir, "best"))
+  os.truncate(best + ".data-00000-of-00001", 10)
+  with pytest.raises(model_dir_lib.CheckpointError,
+                     match=f"checkpoint {re.escape(best)} .* is truncated or corrupt: .*; "
+                           "restore .* from a copy, or train it again"):
+    model_dir_lib.load_trained_model(model_dir)
 
 
 RESUME = ["train.steps=12", "train.eval_every=4", "train.checkpoint_every=3",
@@ -216,6 +294,18 @@ def test_train_binary_reports_config_errors(kws_train_records, tmp_path):
   assert result.returncode == 2
   assert "unknown config key 'train.stpes'" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def test_train_binary_refuses_a_negative_learning_rate_before_any_work(kws_train_records,
+                                                                       tmp_path):
+  result = run_module("kws_tf.bin.train", f"--data_dir={kws_train_records}",
+                      f"--model_dir={tmp_path}/run", "--override=optimizer.learning_rate=-1e-3",
+                      check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == \
+      "error: optimizer.learning_rate must be > 0; got -0.001"
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(f"{tmp_path}/run")
 
 
 def _free_port():

@@ -19,6 +19,7 @@ import pytest
 import tensorflow as tf
 import tf_keras as keras
 import torch
+from safetensors import safe_open
 from safetensors.numpy import load_file, save_file
 from transformers import (TFWhisperModel, WhisperConfig,
                           WhisperForConditionalGeneration, WhisperModel)
@@ -158,6 +159,32 @@ def test_bin_and_safetensors_give_identical_weights(checkpoints):
   assert len(from_bin) == len(from_safetensors) == 37
   for a, b in zip(from_bin, from_safetensors):
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_safetensors_load_as_float32_weights(dtype, tmp_path):
+  """A checkpoint saved in bf16 or f16 (PhoWhisper large ships so) loads as float32
+  weights: exactly those of the float32 checkpoint rounded to that type, so the
+  two encoders give identical outputs."""
+  torch.manual_seed(2)
+  model = WhisperForConditionalGeneration(tiny_config()).eval()
+  model.to(dtype).save_pretrained(tmp_path / "half")
+  # The same weights rounded to ``dtype``, saved back in float32.
+  model.to(torch.float32).save_pretrained(tmp_path / "rounded")
+  with safe_open(tmp_path / "half" / "model.safetensors", framework="numpy") as f:
+    assert {f.get_slice(name).get_dtype() for name in f.keys()} == \
+        {"BF16" if dtype == torch.bfloat16 else "F16"}
+
+  tensors = whisper._read_tensors(str(tmp_path / "half"))
+  assert {value.dtype for value in tensors.values()} == {np.dtype(np.float32)}
+  rounded = whisper._read_tensors(str(tmp_path / "rounded"))
+  assert tensors.keys() == rounded.keys()
+  for name, value in tensors.items():
+    np.testing.assert_array_equal(value, rounded[name], err_msg=name)
+  features = log_mel(1, 200, seed=4)
+  np.testing.assert_array_equal(
+      whisper.load_encoder(tmp_path / "half")(features)["last_hidden_state"],
+      whisper.load_encoder(tmp_path / "rounded")(features)["last_hidden_state"])
 
 
 def edited_checkpoint(checkpoints, tmp_path, edit):

@@ -18,7 +18,7 @@ with ``--fitnet_stage=1|2``.
 The recipe (``--config``) plus ``--override key=value`` pairs plus ``--mode``
 and ``--role`` make the resolved config, written to ``<model_dir>/config.yaml``.
 Running the same command again resumes from the last checkpoint; a model dir
-made with another config is refused. TensorBoard: ``tensorboard
+made with another config, or on records of another data fingerprint, is refused. TensorBoard: ``tensorboard
 --logdir=<model_dir>/tensorboard``.
 """
 import sys
@@ -34,7 +34,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("config", None, "YAML recipe: a path, or a recipe's name (kws_small: "
                     "kws_tf/configs/kws_small.yaml); defaults when unset.")
 flags.DEFINE_multi_string("override", [], "key=value overriding the recipe, e.g. "
-                          "train.steps=500 or model.params.dropout=0.1; repeatable.")
+                          "train.steps=500 or model.params.head_dropout=0.1; repeatable.")
 flags.DEFINE_enum("mode", None, list(config_lib.MODES),
                   "Training mode; overrides the recipe's `mode`.")
 flags.DEFINE_enum("role", None, list(config_lib.ROLES),

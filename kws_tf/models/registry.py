@@ -1,17 +1,23 @@
 """Name -> model builder.
 
 A builder is a function ``builder(*, task, num_channels, num_classes,
-**params) -> tf_keras.Model`` that returns a model following the contract of
-``kws_tf.models``. Presets are registered builders with fixed defaults.
+projection_dim, **params) -> tf_keras.Model`` that returns a model following
+the contract of ``kws_tf.models``; its signature names every parameter it
+takes (``check_params`` reads it). Presets are registered builders with fixed
+defaults.
 """
 import importlib
-from typing import Callable, Dict, List, Optional
+import inspect
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 _BUILDERS: Dict[str, Callable] = {}
 _TIME_STRIDES: Dict[str, int] = {}
 # Modules that register builders when imported.
 _MODULES = ("kws_tf.models.wav2letter", "kws_tf.models.mobilenet_v3",
             "kws_tf.models.resnet", "kws_tf.models.teacher")
+# Builder arguments that come from the model spec (records and config), not
+# from ``model.params``.
+SPEC_ARGUMENTS = ("task", "num_channels", "num_classes", "projection_dim")
 
 
 def register(name: str, time_stride: Optional[int] = None) -> Callable[[Callable], Callable]:
@@ -55,6 +61,28 @@ def time_stride(name: str) -> Optional[int]:
   depends on the task and parameters)."""
   get(name)
   return _TIME_STRIDES.get(name)
+
+
+def check_params(name: str, params: Mapping[str, Any]) -> None:
+  """Checks ``params`` (a config's ``model.params``) against the signature of
+  the builder of ``name``.
+
+  KeyError for an unknown model (``get``); ValueError naming a key the builder
+  does not take and listing those it takes, or naming the parameters without
+  a default that ``params`` leaves out.
+  """
+  named = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+  takes = [p for p in inspect.signature(get(name)).parameters.values()
+           if p.kind in named and p.name not in SPEC_ARGUMENTS]
+  accepted = sorted(p.name for p in takes)
+  for key in params:
+    if key not in accepted:
+      raise ValueError(f"model {name!r} takes no parameter {key!r}; it takes "
+                       f"{', '.join(accepted)}")
+  missing = [p.name for p in takes if p.default is inspect.Parameter.empty
+             and p.name not in params]
+  if missing:
+    raise ValueError(f"model {name!r} needs parameters {', '.join(missing)}")
 
 
 def build(name: str, **params):

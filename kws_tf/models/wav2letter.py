@@ -44,6 +44,7 @@ Preset parameters may be overridden (e.g. ``dropouts``, ``batch_norm``).
 QAT: ``heads.quantize_model(model)`` (tfmot's ``quantize_model`` refuses the
 masking layers; see ``heads``).
 """
+import inspect
 import math
 from typing import Sequence
 
@@ -137,10 +138,19 @@ PRESETS = {
 
 
 def _register_preset(name: str, preset: dict) -> None:
-  """Registers ``name``: ``wav2letter`` with ``preset`` as overridable defaults."""
+  """Registers ``name``: ``wav2letter`` with ``preset`` as overridable defaults.
+
+  The preset's signature is ``wav2letter``'s with those defaults, so
+  ``registry.check_params`` sees the parameters it takes.
+  """
+  defaults = {"name": name, **preset}
+
   def build(**params) -> keras.Model:
-    return wav2letter(**{"name": name, **preset, **params})
+    return wav2letter(**{**defaults, **params})
   build.__doc__ = f"The {name} preset of ``wav2letter``: {preset}."
+  signature = inspect.signature(wav2letter)
+  build.__signature__ = signature.replace(parameters=[
+      p.replace(default=defaults.get(p.name, p.default)) for p in signature.parameters.values()])
   registry.register(name)(build)
 
 

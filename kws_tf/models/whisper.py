@@ -441,9 +441,10 @@ def load_encoder(checkpoint_dir: Union[str, os.PathLike],
 
   Args:
     checkpoint_dir: a directory with ``config.json`` and ``model.safetensors``
-      (read with numpy, no torch) or ``pytorch_model.bin`` (read with
-      ``torch.load(weights_only=True)``), or their sharded ``*.index.json``
-      forms; safetensors are preferred when both exist. Or a CTranslate2
+      (float32, float16 or bfloat16, read with numpy, no torch) or
+      ``pytorch_model.bin`` (read with ``torch.load(weights_only=True)``), or
+      their sharded ``*.index.json`` forms; safetensors are preferred when
+      both exist. Or a CTranslate2
       Whisper directory (``model.bin``), read by ``load_ctranslate2_encoder``.
     mask_padding: see ``WhisperEncoder``.
     kwargs: go to the layer (e.g. ``name``).
@@ -577,7 +578,15 @@ def _shard_files(path: str) -> List[str]:
 
 
 def _read_safetensors(files: List[str]) -> Dict[str, np.ndarray]:
-  """Non-decoder tensors of safetensors files, read with numpy (no torch)."""
+  """Non-decoder tensors of safetensors files, read with numpy (no torch).
+
+  Tensors come back as float32 whatever their stored type: float32, float16
+  or bfloat16 (PhoWhisper's large checkpoints ship in half precision), as
+  ``_read_torch_bin`` gives them. numpy has no bfloat16: ``ml_dtypes`` (a
+  dependency of TensorFlow) defines it and registers it with numpy, which
+  safetensors' numpy reader needs for a ``BF16`` tensor.
+  """
+  import ml_dtypes  # noqa: F401  (registers numpy's bfloat16)
   from safetensors import safe_open
 
   tensors = {}
@@ -585,7 +594,7 @@ def _read_safetensors(files: List[str]) -> Dict[str, np.ndarray]:
     with safe_open(path, framework="numpy") as f:
       for name in f.keys():
         if not name.startswith(_DECODER_PREFIXES):
-          tensors[name] = f.get_tensor(name)
+          tensors[name] = f.get_tensor(name).astype(np.float32)
   return tensors
 
 

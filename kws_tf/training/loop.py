@@ -36,7 +36,9 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
 Model dir layout::
 
   config.yaml      the resolved config (a different config is refused)
-  model.json       what the model takes and gives (``kws_tf.model_dir.ModelSpec``)
+  model.json       what the model takes and gives (``kws_tf.model_dir.ModelSpec``),
+                   written before any checkpoint; records of another data
+                   fingerprint are refused
   checkpoints/     ckpt-<step>.*  (full training state)
   best/            ckpt-<step>.*  (model only) + best.json
   tensorboard/     train/, validation/
@@ -123,12 +125,18 @@ class Trainer:
 
   # ---------------------------------------------------------------- set-up
   def _prepare_model_dir(self) -> None:
+    """Writes ``config.yaml`` and ``model.json`` (a dir that has config.yaml
+    but lacks model.json gets it again); TrainingError when the dir holds
+    another config or was trained on records of another data fingerprint."""
     os.makedirs(self.model_dir, exist_ok=True)
     try:
-      if config_lib.write_once(os.path.join(self.model_dir, "config.yaml"), self.config):
-        model_dir_lib.write_spec(self.model_dir, self.spec)
+      config_lib.write_once(os.path.join(self.model_dir, "config.yaml"), self.config)
     except config_lib.ConfigError as e:
       raise TrainingError(f"{e}; use another --model_dir or the same config") from None
+    try:
+      model_dir_lib.bind_spec(self.model_dir, self.spec, self.data_dir)
+    except ValueError as e:
+      raise TrainingError(str(e)) from None
 
   def _guidance(self) -> Optional[data.Guidance]:
     if self.config.mode == "standard":
@@ -271,7 +279,7 @@ class Trainer:
     """
     try:
       return self._run(stop_after)
-    except fitnet.FitNetError as e:
+    except (fitnet.FitNetError, model_dir_lib.CheckpointError) as e:
       raise TrainingError(str(e)) from None
 
   def _run(self, stop_after: Optional[int]) -> dict:
@@ -299,10 +307,17 @@ class Trainer:
     best_manager = tf.train.CheckpointManager(
         tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, "best"),
         max_to_keep=1, step_counter=self.step)
-    self._initialise(fresh=not manager.latest_checkpoint)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-      tqdm.write(f"resuming from {manager.latest_checkpoint} (step {int(self.step)})")
+    # The newest checkpoint whose files are there (one removed by hand is skipped).
+    resume = next((path for path in reversed(manager.checkpoints)
+                   if os.path.exists(path + ".index")), None)
+    self._initialise(fresh=resume is None)
+    if resume:
+      try:
+        model_dir_lib.restore(checkpoint, resume).assert_existing_objects_matched()
+      except model_dir_lib.CheckpointError as e:
+        raise TrainingError(f"{e}; remove {resume}.* and run again: the run resumes from "
+                            "the checkpoint before it (or starts afresh without one)") from None
+      tqdm.write(f"resuming from {resume} (step {int(self.step)})")
 
     validation_ds = self._validation_dataset(guidance=guidance if self._hint_stage else None)
     if self._hint_stage:
@@ -417,7 +432,7 @@ class Trainer:
     cfg = self.config
     best = tf.train.latest_checkpoint(os.path.join(self.model_dir, "best"))
     if best:
-      tf.train.Checkpoint(model=self.model).restore(best).expect_partial()
+      model_dir_lib.restore(tf.train.Checkpoint(model=self.model), best).expect_partial()
     results = {"task": cfg.task, "role": cfg.role, "mode": cfg.mode,
                "model": cfg.model.name, "parameters": int(self.model.count_params()),
                "steps": int(self.step), "stop_reason": reason,
