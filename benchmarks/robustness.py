@@ -28,11 +28,13 @@ from absl import app, flags
 
 from kws_tf import inference, text
 from kws_tf.evaluation import metrics, plots, robustness
+from kws_tf.export import metadata
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
 flags.DEFINE_list("models", ["workdir/export/kws/*/model_*.tflite"], "Exported kws model "
-                  "files (globs), each with its model card beside it.")
+                  "files (globs), each with its model card beside it; MediaPipe variants "
+                  "(*_mediapipe.tflite, the same graphs as their files) are left out.")
 flags.DEFINE_string("set_dir", "workdir/robustness_benchmark", "The robustness set (made "
                     "here when missing).")
 flags.DEFINE_integer("speakers", 12, "Held-out synthetic speakers of the set.")
@@ -70,7 +72,8 @@ def table(results: Dict[str, Dict[str, Dict[str, float]]], groups: List[str],
 def main(argv):
   del argv
   paths = sorted({p for pattern in FLAGS.models for p in glob.glob(pattern)
-                  if p.endswith(".tflite")})
+                  if p.endswith(".tflite")
+                  and not p.endswith(metadata.MEDIAPIPE_SUFFIX + ".tflite")})
   if not paths:
     raise app.UsageError(f"no .tflite file matches --models={','.join(FLAGS.models)}")
   if not os.path.exists(os.path.join(FLAGS.set_dir, robustness.MANIFEST)):

@@ -3,6 +3,7 @@
 #   - the virtual environment .venv with the package and its whisper-base extra (with --test,
 #     the test extra, which includes it),
 #   - espeak-ng (Debian package) for the synthetic Vietnamese corpus,
+#   - mediapipe without its dependencies (the TFLite Metadata schema of the export; see below),
 #   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
 set -euo pipefail
@@ -56,4 +57,14 @@ if [ ! -f "$stamp" ] || [ setup.py -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip
   .venv/bin/python -m pip install -q -e ".${extra}"
   touch "$stamp"
+fi
+
+# MediaPipe: the TFLite Metadata schema kws-export-tflite writes with, and the AudioClassifier
+# of the tests. Installed without its dependencies: it requires absl-py 2, which
+# tensorflow-model-optimization (absl-py 1) rules out; `import mediapipe` needs only cv2 of
+# the others (BUILD.md, the stack).
+if ! .venv/bin/python -c 'import importlib.metadata as m; assert m.version("mediapipe") == "1.2.3"
+assert m.version("opencv-python-headless") == "5.1.0.95"' >/dev/null 2>&1; then
+  echo "== installing mediapipe 1.2.3 (TFLite Metadata of exported files) without its dependencies"
+  .venv/bin/python -m pip install -q --no-deps mediapipe==1.2.3 opencv-python-headless==5.1.0.95
 fi

@@ -5,6 +5,7 @@
 student with quantization-aware training before its int8 conversion,
 ``examples`` loads the labelled examples and waveforms of the parity check and
 of calibration, ``parity`` compares an exported file with the Keras model,
-``card`` writes the model card of each file; ``errors`` holds their
-``ExportError``.
+``card`` writes the model card of each file, ``metadata`` the TFLite Metadata
+of kws files and their MediaPipe AudioClassifier variant; ``errors`` holds
+their ``ExportError``.
 """

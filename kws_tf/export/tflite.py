@@ -9,6 +9,10 @@
                          the model fine-tuned by ``kws_tf.export.qat``
   <name>.json, <name>.md the model card of each (``kws_tf.export.card``), next
                          to it: saved_model.json, model_<format>.json
+  model_<format>_mediapipe.tflite
+                         kws: the file for MediaPipe's AudioClassifier (the
+                         ``probabilities`` output only); every kws TFLite file
+                         carries TFLite Metadata (``kws_tf.export.metadata``)
 
 Parity: ``num_parity`` examples of ``split`` (``kws_tf.export.examples``) go
 through the Keras model and through every exported file
@@ -33,6 +37,7 @@ from kws_tf import model_dir as model_dir_lib
 from kws_tf.export import card as card_lib
 from kws_tf.export import convert as convert_lib
 from kws_tf.export import examples as examples_lib
+from kws_tf.export import metadata as metadata_lib
 from kws_tf.export import parity as parity_lib
 from kws_tf.export import qat, serving
 from kws_tf.export.errors import ExportError
@@ -147,6 +152,8 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
         first = next((line for line in str(e).splitlines() if "error" in line), str(e))
         raise ExportError(f"the TFLite converter failed on the {kind} file of model "
                           f"{spec.name!r}: {first.strip()}") from e
+      if spec.task == "kws":
+        content = metadata_lib.with_metadata(content, spec, kind, clip)
       records.write_bytes(path, content)
       runner = inference.TFLiteModel(path)
       result = check(runner)
@@ -165,6 +172,8 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
       log(f"{path}: {card['size_bytes']:,} bytes, max |logit error| "
           f"{result['max_abs_logit_error']:.3g}, {result['exported']} vs Keras "
           f"{keras_metrics} ({result['drop_points']:+.2f} points), {latency:.2f} ms")
+      if spec.task == "kws":
+        metadata_lib.write_mediapipe_variant(path, card, log)
       if gated and not card["accuracy_gate"]["passed"]:
         failures.append(f"{path} loses {result['drop_points']:.2f} points against Keras "
                         f"({result['exported']} vs {keras_metrics} on {len(examples)} "
