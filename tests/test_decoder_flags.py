@@ -100,3 +100,26 @@ def test_kws_infer_prints_nfc_and_decodes_with_the_lm(tiny_arpa, tmp_path):
   with_lm = run_module("kws_tf.bin.infer", f"--model={model}", f"--audio={audio}",
                        "--decoder=beam_lm", f"--lm={tiny_arpa}", "--output=jsonl")
   assert json.loads(with_lm.stdout)["transcript"] == "tôi ăn cơm cá"
+
+
+def test_kws_evaluate_reports_greedy_beam_and_beam_lm(ctc_train_records, tiny_arpa, tmp_path):
+  from kws_tf import config as config_lib
+  from kws_tf.training import loop
+  config = config_lib.load(None, [
+      "task=ctc", "model.name=wav2letter", "model.params.filters=[32,32]",
+      "model.params.widths=[5,3]", "model.params.strides=[2,1]", "model.params.dropouts=[0,0]",
+      "data.batch_size=4", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+      "data.validation_split=test"])
+  model_dir = tmp_path / "run"
+  loop.Trainer(config, str(model_dir), ctc_train_records).run()
+  result = run_module("kws_tf.bin.evaluate", f"--model_dirs={model_dir}",
+                      f"--data_dir={ctc_train_records}", "--decoder=beam_lm",
+                      f"--lm={tiny_arpa}", "--beam_width=2", "--lm_weight=0.3",
+                      "--word_bonus=0.5")
+  assert "beam+LM CER | beam+LM WER |" in result.stdout
+  assert "  beam+LM: " in result.stdout
+  results = json.loads((model_dir / "eval" / "test" / "results.json").read_text("utf-8"))
+  assert {"cer", "beam_cer", "beam_lm_cer", "beam_lm_wer"} <= set(results)
+  assert results["beam_width"] == 2
+  assert results["lm"] == {"path": tiny_arpa, "beam_width": 2, "lm_weight": 0.3,
+                           "word_bonus": 0.5, "hotwords": [], "hotword_weight": 5.0}
