@@ -1,4 +1,5 @@
 """kws_tf.evaluation.decoding: CTC decoders, forced alignment against brute force, CTM output."""
+import copy
 import itertools
 
 import numpy as np
@@ -328,3 +329,20 @@ def test_score_reports_greedy_beam_and_beam_lm(tiny_lm):
   header, _, row = report.side_by_side([results]).splitlines()
   assert header.endswith("| beam+LM CER | beam+LM WER |")
   assert row.endswith(f"| {results['beam_lm_cer']:.4f} | {results['beam_lm_wer']:.4f} |")
+
+
+def test_a_word_no_lm_word_begins_with_ranks_low_before_it_ends(tiny_lm):
+  # One prefix kept per frame: "cớ" beats "cơ" on the CTC, and only the look-ahead (no
+  # word of the LM begins with "cớ", so it can only end as <unk>) keeps "cơ" until "m".
+  assert "cơ" in tiny_lm.prefixes and "cớ" not in tiny_lm.prefixes
+  assert tiny_lm.prefixes >= set(" ".join(LM_SENTENCES).split())
+  log_probs = frames_of(AMBIGUOUS)
+  length = [log_probs.shape[1]]
+  found = decoding.beam_lm_decode(log_probs, length, VIETNAMESE, tiny_lm, beam_width=1)
+  assert VIETNAMESE.decode(found[0]) == "tôi ăn cơm"
+  # Without the look-ahead (an LM whose vocabulary is not listed, as a KenLM binary's)
+  # the single beam keeps "cớm", and the LM at the word's end comes too late.
+  unlisted = copy.copy(tiny_lm)
+  unlisted.prefixes = None
+  found = decoding.beam_lm_decode(log_probs, length, VIETNAMESE, unlisted, beam_width=1)
+  assert VIETNAMESE.decode(found[0]) == "tôi ăn cớm"

@@ -18,7 +18,9 @@ where the words are the completed runs of characters between spaces (for
 Vietnamese: syllables, as the LM's words), ``P_lm`` a KenLM n-gram model
 (``LanguageModel``; ``kws-build-lm`` writes one) scoring each word when the
 space after it (or the end) arrives, and the last word and ``</s>`` are
-scored at the end of the utterance.
+scored at the end of the utterance. A word under way that no word of the LM
+begins with is ranked as the unknown word it must become (its ``<unk>``
+score), before it ends.
 
 Forced alignment is the Viterbi best path of the standard CTC topology: for
 tokens ``t1 .. tL`` the extended states are ``blank t1 blank t2 ... tL
@@ -47,8 +49,10 @@ from kws_tf import text as text_lib
 
 DECODERS = ("greedy", "beam", "beam_lm")
 # beam_lm tries at a frame only the characters at least this likely (log
-# probability; -10 is 4.5e-5), and always the most likely one.
-TOKEN_MIN_LOGP = -10.0
+# probability; -5 is 0.0067, pyctcdecode's default), and always the most likely
+# one: on the undertrained model of benchmarks/README.md (flat outputs), -10
+# decoded about 10 times slower than -5 for about the same error rates.
+TOKEN_MIN_LOGP = -5.0
 _LN10 = math.log(10.0)
 _KENLM_ADVICE = "Loading the LM will be faster if you build a binary file."
 
@@ -115,8 +119,11 @@ class LanguageModel:
 
   Scores are log10 probabilities; a state is KenLM's (the words that still
   matter as context). A word outside the model's vocabulary is ``<unk>``.
-  Raises FileNotFoundError when ``path`` does not exist and ValueError when
-  KenLM cannot read it (or the ``kenlm`` package is missing), naming ``path``.
+  ``prefixes`` holds every beginning of a word of an ARPA file's vocabulary
+  (read from its 1-grams, NFC); None for a binary, whose vocabulary KenLM's
+  Python API does not list. Raises FileNotFoundError when ``path`` does not
+  exist and ValueError when KenLM cannot read it (or the ``kenlm`` package is
+  missing), naming ``path``.
   """
 
   def __init__(self, path: str):
@@ -150,6 +157,9 @@ class LanguageModel:
     self._kenlm = kenlm
     self.path = path
     self.order = self._model.order
+    words = _arpa_unigrams(path)
+    self.prefixes = None if words is None else {
+        word[:end] for word in words for end in range(1, len(word) + 1)}
 
   def start(self):
     """The state at the start of a sentence (after ``<s>``)."""
@@ -170,15 +180,39 @@ class LanguageModel:
     return word in self._model
 
 
+def _arpa_unigrams(path: str) -> Optional[List[str]]:
+  """The words (NFC) of an ARPA file's 1-grams but ``<s>``, ``</s>`` and
+  ``<unk>``; None when the file is not ARPA text (a KenLM binary)."""
+  with open(path, "rb") as f:
+    if not f.read(64).lstrip().startswith(b"\\data\\"):
+      return None
+    f.seek(0)
+    lines = iter(f)
+    for line in lines:
+      if line.strip() == b"\\1-grams:":
+        break
+    words = []
+    for line in lines:
+      fields = line.decode("utf-8", "replace").split()
+      if not fields or fields[0].startswith("\\"):
+        break
+      if len(fields) >= 2 and fields[1] not in ("<s>", "</s>", "<unk>"):
+        words.append(unicodedata.normalize("NFC", fields[1]))
+  return words
+
+
 class _Words(NamedTuple):
   """What a beam_lm prefix holds beyond its characters: the LM state after its
   completed words, their score (lm_weight ln P_lm + word_bonus + hotword
-  bonuses, nats), the last completed words (for hotword phrases) and the
-  characters of the word under way."""
+  bonuses, nats), the last completed words (for hotword phrases), the
+  characters of the word under way and its look-ahead score (nats, for
+  ranking only): lm_weight ln P_lm(<unk>) once no word of the LM begins with
+  it (it can only end as an unknown word), else 0."""
   state: object
   score: float
   recent: Tuple[str, ...]
   partial: str
+  ahead: float = 0.0
 
 
 def beam_lm_decode(logits, logit_length, vocabulary: text_lib.Vocabulary,
@@ -194,8 +228,12 @@ def beam_lm_decode(logits, logit_length, vocabulary: text_lib.Vocabulary,
   extended by a blank, by its last character (the same prefix, or the
   character once more after a blank) and by each other character of log
   probability >= ``token_min_logp``; prefixes reached in several ways merge;
-  the ``beam_width`` best by the ranking score stay. At the end the last word
-  and ``</s>`` are scored and the best prefix wins.
+  the ``beam_width`` best by the ranking score stay. The ranking score adds
+  to the completed words' score a look-ahead for the word under way: once no
+  word of an ARPA LM begins with it, ``lm_weight`` times the LM's ``<unk>``
+  log-probability (the score it will get), so a beam does not keep a
+  misspelling over a word the LM knows until the word ends. At the end the
+  last word and ``</s>`` are scored and the best prefix wins.
 
   Hotwords are words or phrases (tuples of words): a completed word that
   continues one (the words before it are the phrase's first words, it the
@@ -248,18 +286,20 @@ class _PrefixSearch:
     """The best labelling of one utterance's ``[T, V]`` log-probabilities."""
     blank = text_lib.BLANK_INDEX
     # prefix -> (log P of its paths ending in a blank, ... in its last character)
-    beams: Dict[Tuple[int, ...], Tuple[float, float]] = {(): (0.0, -np.inf)}
+    beams: Dict[Tuple[int, ...], Tuple[float, float]] = {(): (0.0, -math.inf)}
     words = {(): _Words(self.lm.start() if self.lm else None, 0.0, (), "")}
-    for frame in log_probs:
-      tried = set(np.flatnonzero(frame >= self.token_min_logp).tolist())
-      tried.add(int(np.argmax(frame)))
+    for row in log_probs:
+      tried = set(np.flatnonzero(row >= self.token_min_logp).tolist())
+      tried.add(int(np.argmax(row)))
       tried.discard(blank)
+      tried = sorted(tried)
+      frame = row.tolist()  # Python floats: scalar arithmetic without numpy's overhead
       extended: Dict[Tuple[int, ...], List[float]] = {}
       for prefix, (p_blank, p_char) in beams.items():
-        total = np.logaddexp(p_blank, p_char)
+        total = _logaddexp(p_blank, p_char)
         _add(extended, prefix, 0, total + frame[blank])
         last = prefix[-1] if prefix else None
-        for c in sorted(tried):
+        for c in tried:
           longer = prefix + (c,)
           if c == last:
             _add(extended, prefix, 1, p_char + frame[c])
@@ -269,17 +309,22 @@ class _PrefixSearch:
           if longer not in words:
             words[longer] = self._extend(words[prefix], self.symbols[c])
       ranked = sorted(extended.items(), key=lambda item: -(
-          np.logaddexp(*item[1]) + self._rank_score(words[item[0]])))
+          _logaddexp(*item[1]) + self._rank_score(words[item[0]])))
       beams = {prefix: tuple(p) for prefix, p in ranked[:self.beam_width]}
       words = {prefix: words[prefix] for prefix in beams}
-    finals = {prefix: np.logaddexp(*p) + self._final_score(words[prefix])
+    finals = {prefix: _logaddexp(*p) + self._final_score(words[prefix])
               for prefix, p in beams.items()}
     return list(max(finals, key=finals.get))
 
   def _extend(self, before: _Words, symbol: str) -> _Words:
     """The words of a prefix after one more character."""
     if symbol != " ":  # NFC: a combining-mark symbol joins the letter before it
-      return before._replace(partial=unicodedata.normalize("NFC", before.partial + symbol))
+      partial = unicodedata.normalize("NFC", before.partial + symbol)
+      ahead = before.ahead
+      if not ahead and self.lm is not None and self.lm.prefixes is not None and (
+          partial not in self.lm.prefixes):
+        ahead = self.lm_weight * _LN10 * self.lm.score(before.state, "<unk>")[0]
+      return _Words(before.state, before.score, before.recent, partial, ahead)
     if not before.partial:  # a leading or repeated space completes nothing
       return before
     return self._complete(before)
@@ -307,13 +352,13 @@ class _PrefixSearch:
   def _rank_score(self, words: _Words) -> float:
     """The score a prefix is ranked by beyond its CTC probability."""
     if not words.partial or not self.hotwords:
-      return words.score
+      return words.score + words.ahead
     started = 0.0
     for phrase in self.hotwords:
       for j, next_word in enumerate(phrase):
         if next_word.startswith(words.partial) and (j == 0 or words.recent[-j:] == phrase[:j]):
           started = max(started, len(words.partial) / len(next_word))
-    return words.score + self.hotword_weight * started
+    return words.score + words.ahead + self.hotword_weight * started
 
   def _final_score(self, words: _Words) -> float:
     """The score of a prefix at the end: its last word and ``</s>`` scored."""
@@ -327,8 +372,17 @@ class _PrefixSearch:
 def _add(table: Dict[Tuple[int, ...], List[float]], prefix: Tuple[int, ...], ending: int,
          log_p: float) -> None:
   """Adds probability ``exp(log_p)`` to ``table[prefix][ending]`` (0: blank, 1: character)."""
-  entry = table.setdefault(prefix, [-np.inf, -np.inf])
-  entry[ending] = np.logaddexp(entry[ending], log_p)
+  entry = table.setdefault(prefix, [-math.inf, -math.inf])
+  entry[ending] = _logaddexp(entry[ending], log_p)
+
+
+def _logaddexp(a: float, b: float) -> float:
+  """log(exp(a) + exp(b)) of two floats (-inf allowed)."""
+  if a < b:
+    a, b = b, a
+  if b == -math.inf:
+    return a
+  return a + math.log1p(math.exp(b - a))
 
 
 class CtcDecoder(NamedTuple):
