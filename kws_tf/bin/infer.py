@@ -8,7 +8,9 @@ kws-export-tflite; its model card (``.json`` next to it) gives the task, the
 labels, the sample rate and the kws clip length. Audio of any sample rate is
 resampled. kws: one line per detection (``file start end keyword score``), a
 clip-long window sliding by ``--hop_seconds`` with repeated detections of a
-word merged; ctc: ``file transcript``. An unreadable file gets an error line
+word merged; ctc: ``file transcript`` (NFC), decoded by ``--decoder``
+(greedy, beam, or beam_lm with the word language model of ``--lm``; see
+``kws_tf/evaluation/decoding.py``). An unreadable file gets an error line
 on stderr, the others are still processed, and the exit code is 1. See
 ``kws_tf/inference.py``.
 """
@@ -18,6 +20,7 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
 from kws_tf import cli
+from kws_tf.evaluation import decoder_flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", None, "An exported .tflite file or SavedModel folder.")
@@ -27,6 +30,8 @@ flags.DEFINE_float("threshold", 0.5, "kws: minimum keyword probability of a wind
 flags.DEFINE_float("hop_seconds", 0.25, "kws: seconds between window starts.")
 flags.DEFINE_enum("output", "text", ["text", "jsonl"], "Output lines: tab-separated text or "
                   "one JSON object per file.")
+decoder_flags.define_flags(default_decoder="greedy")
+flags.adopt_module_key_flags(decoder_flags)
 flags.mark_flags_as_required(["model", "audio"])
 
 
@@ -36,7 +41,7 @@ def main(argv):
   from kws_tf import inference
   try:
     return inference.run(FLAGS.model, FLAGS.audio, FLAGS.threshold, FLAGS.hop_seconds,
-                         FLAGS.output)
+                         FLAGS.output, decoder=decoder_flags.decoder_from_flags())
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

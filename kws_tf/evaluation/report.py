@@ -19,7 +19,7 @@ from kws_tf.evaluation import metrics, plots, runner
 def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
                    batch_size: int, checkpoint: str = "best", quantize_bits: int = 0,
                    bucket_size: int = 256, offset_seconds: float = 0.3,
-                   offset_seed: int = 0) -> dict:
+                   offset_seed: int = 0, lm_decoder=None) -> dict:
   """Evaluates one model dir; writes ``eval/<split>/`` and returns the results.
 
   With ``quantize_bits`` > 0 the weights are first quantized once, with
@@ -32,6 +32,10 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
   off the clip's centre by up to ``offset_seconds`` (``data.offset_dataset``,
   seeded by ``offset_seed``; 0: not): ``results["offset"]`` holds accuracy,
   keyword recall and false accepts there, beside the centred ones.
+
+  ctc: greedy WER / CER, beam search's with ``beam_width`` > 0, and with
+  ``lm_decoder`` (a ``decoding.CtcDecoder`` named ``beam_lm``) those of beam
+  search with its language model (``runner.score``).
   """
   spec, metadata, parse = model_dir_lib.model_records(model_dir, data_dir)
   model = model_dir_lib.load_trained_model(model_dir, checkpoint)
@@ -45,7 +49,8 @@ def evaluate_model(model_dir: str, data_dir: str, split: str, beam_width: int,
   dataset = dataset.padded_batch(batch_size)
   vocabulary = text.Vocabulary(spec.vocabulary["symbols"]) if spec.task == "ctc" else None
   predictions = runner.predict(model, dataset, spec.task)
-  results = runner.score(spec.task, predictions, spec.classes or (), vocabulary, beam_width)
+  results = runner.score(spec.task, predictions, spec.classes or (), vocabulary, beam_width,
+                         lm_decoder=lm_decoder if spec.task == "ctc" else None)
   results.update(task=spec.task, model_dir=model_dir, model=spec.name, role=spec.role,
                  parameters=int(model.count_params()), split=split, data_dir=data_dir,
                  checkpoint=checkpoint, command=" ".join(sys.argv))
@@ -90,6 +95,9 @@ def side_by_side(all_results: List[dict]) -> str:
               "FRR@5%FAR"]
   else:
     header = ["model", "role", "parameters", "CER", "WER", "beam CER", "beam WER"]
+    with_lm = any("beam_lm_cer" in r for r in all_results)
+    if with_lm:
+      header += ["beam+LM CER", "beam+LM WER"]
   lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
   for r in all_results:
     name = f"{r['model']} ({os.path.basename(os.path.normpath(r['model_dir']))})"
@@ -106,5 +114,8 @@ def side_by_side(all_results: List[dict]) -> str:
     else:
       cells = [name, r["role"], f"{r['parameters']:,}", f"{r['cer']:.4f}", f"{r['wer']:.4f}",
                f"{r.get('beam_cer', float('nan')):.4f}", f"{r.get('beam_wer', float('nan')):.4f}"]
+      if with_lm:
+        cells += [f"{r.get('beam_lm_cer', float('nan')):.4f}",
+                  f"{r.get('beam_lm_wer', float('nan')):.4f}"]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)

@@ -94,14 +94,17 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 def score(task: str, predictions: Dict[str, object], class_names: Sequence[str] = (),
           vocabulary: Optional[text.Vocabulary] = None, beam_width: int = 0,
-          summary_only: bool = False) -> dict:
+          summary_only: bool = False,
+          lm_decoder: Optional[decoding.CtcDecoder] = None) -> dict:
   """Metrics of ``predict``'s output.
 
   kws: accuracy, macro_f1, loss; in full, ``keyword_decisions``, the classification report
   (per-class precision / recall / F1, confusion matrix) and the false-reject
   rate at false-accept rates of ``FAR_TARGETS`` on the negative class.
   ctc: greedy ``cer``, ``wer`` and loss; with ``beam_width`` > 0 also
-  ``beam_cer``, ``beam_wer``; in full, edit counts and a few decoded examples.
+  ``beam_cer``, ``beam_wer``; with ``lm_decoder`` (a ``beam_lm`` decoder) also
+  ``beam_lm_cer``, ``beam_lm_wer``; in full, edit counts, the language model's
+  settings (``lm``) and a few decoded examples.
   ``summary_only`` keeps just the float metrics (what validation logs).
   """
   if task == "kws":
@@ -135,6 +138,12 @@ def score(task: str, predictions: Dict[str, object], class_names: Sequence[str] 
             for row in logits]
     beam_rates = metrics.error_rates(references, beam)
     summary.update(beam_cer=beam_rates["cer"], beam_wer=beam_rates["wer"])
+  with_lm = None
+  if lm_decoder is not None:
+    with_lm = [vocabulary.decode(lm_decoder.decode(row[None], [len(row)], vocabulary)[0])
+               for row in logits]
+    lm_rates = metrics.error_rates(references, with_lm)
+    summary.update(beam_lm_cer=lm_rates["cer"], beam_lm_wer=lm_rates["wer"])
   if summary_only:
     return summary
   shown = []
@@ -142,11 +151,19 @@ def score(task: str, predictions: Dict[str, object], class_names: Sequence[str] 
     example = {"id": predictions["ids"][i], "reference": references[i], "greedy": greedy[i]}
     if beam is not None:
       example["beam"] = beam[i]
+    if with_lm is not None:
+      example["beam_lm"] = with_lm[i]
     shown.append(example)
   full = {**summary, "greedy": rates, "examples": shown, "num_examples": len(references)}
   if beam is not None:
     full["beam"] = beam_rates
     full["beam_width"] = beam_width
+  if with_lm is not None:
+    full["beam_lm"] = lm_rates
+    full["lm"] = {"path": lm_decoder.lm.path, "beam_width": lm_decoder.beam_width,
+                  "lm_weight": lm_decoder.lm_weight, "word_bonus": lm_decoder.word_bonus,
+                  "hotwords": [" ".join(p) for p in lm_decoder.hotwords],
+                  "hotword_weight": lm_decoder.hotword_weight}
   return full
 
 
