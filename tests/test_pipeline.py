@@ -3,6 +3,8 @@ another option."""
 import json
 import os
 
+import pytest
+
 from conftest import run_module
 from kws_tf import config as config_lib
 from kws_tf.bin import pipeline
@@ -78,3 +80,18 @@ def test_pipeline_refuses_a_missing_teacher_checkpoint(tmp_path):
   result = run_module("kws_tf.bin.pipeline", f"--workdir={tmp_path}", "--teacher=/no/such/dir",
                       check=False)
   assert result.returncode == 2 and "/no/such/dir is not a directory" in result.stderr
+
+
+def test_teacher_blocks_fine_tune_the_pretrained_teachers_top_blocks(tmp_path):
+  data = pipeline.Stage("records (kws)", "data_prep.create_tfrecords", [],
+                        outputs=[str(tmp_path / "records" / "kws")])
+  options = pipeline.Options(workdir=str(tmp_path), teacher_blocks=2)
+  teacher = pipeline.model_stages(options, "kws", data, str(tmp_path / "whisper"))["teacher"]
+  assert "--config=teacher_kws_whisper" in teacher.options
+  assert "--override=model.params.trainable_blocks=2" in teacher.options
+  assert f"--override=optimizer.learning_rate={pipeline.TEACHER_FINE_TUNE_LR}" in teacher.options
+  frozen = pipeline.model_stages(pipeline.Options(workdir=str(tmp_path)), "kws", data,
+                                 str(tmp_path / "whisper"))["teacher"]
+  assert not [o for o in frozen.options if "trainable_blocks" in o or "learning_rate" in o]
+  with pytest.raises(pipeline.PipelineError, match="--teacher_blocks"):
+    pipeline.model_stages(options, "kws", data, None)

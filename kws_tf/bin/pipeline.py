@@ -62,6 +62,9 @@ from kws_tf.stages import Runner, Stage, StageError
 TEACHER_RECIPES = {"kws": "teacher_kws", "ctc": "teacher_ctc"}
 # Recipes for a head on a frozen pretrained encoder (with a checkpoint).
 PRETRAINED_TEACHER_RECIPES = {"kws": "teacher_kws_whisper", "ctc": "teacher_ctc_whisper"}
+# The learning rate of a pretrained teacher whose top blocks are fine-tuned (--teacher_blocks):
+# half the head-only recipe's, as in benchmarks/README.md's fine-tuned teachers.
+TEACHER_FINE_TUNE_LR = 5e-4
 STUDENT_RECIPES = {"kws": "kws_small", "ctc": "ctc_small"}
 # What the converter writes per task; records_kws holds the kws student's front end.
 DATA_RECIPES = {"kws": "records_kws", "ctc": "records_ctc"}
@@ -87,6 +90,8 @@ class Options:
     teacher: ``auto`` (the Whisper-base directory ``<workdir>/models/whisper-base``
       when present, else from scratch), ``scratch``, or a Whisper checkpoint
       directory (Hugging Face or CTranslate2).
+    teacher_blocks: a pretrained teacher's top encoder blocks fine-tuned with
+      its head (0: the encoder stays frozen), at ``TEACHER_FINE_TUNE_LR``.
     teacher_steps, student_steps: optimizer steps of each training run.
     quantize_bits: bits of the quantized-distilled student.
     num_parity: test examples of the export's Keras-vs-TFLite parity check.
@@ -105,6 +110,7 @@ class Options:
   cores: int = os.cpu_count() or 1
   tasks: Sequence[str] = ("kws",)
   teacher: str = "auto"
+  teacher_blocks: int = 0
   teacher_steps: int = 400
   student_steps: int = 2000
   quantize_bits: int = 4
@@ -197,6 +203,13 @@ def model_stages(options: Options, task: str, data: Stage,
   if checkpoint:
     teacher_overrides.append(f"model.params.checkpoint={checkpoint}")
     recipe = PRETRAINED_TEACHER_RECIPES[task]
+    if options.teacher_blocks:
+      teacher_overrides += [f"model.params.trainable_blocks={options.teacher_blocks}",
+                            f"optimizer.learning_rate={TEACHER_FINE_TUNE_LR}"]
+  elif options.teacher_blocks:
+    raise PipelineError("--teacher_blocks fine-tunes a pretrained teacher's encoder, but the "
+                     "teacher is trained from scratch (--teacher=scratch, or no Whisper-base "
+                     "directory for --teacher=auto)")
   teacher = train_stage(f"teacher ({task})", recipe, os.path.join(models, "teacher"), data,
                         teacher_overrides, checkpoint=checkpoint)
   guidance_dir = os.path.join(options.workdir, "guidance", task)
@@ -407,6 +420,9 @@ flags.DEFINE_string("teacher", _DEFAULTS.teacher, "auto (<workdir>/models/whispe
                     "present, else from scratch), scratch, or a Whisper checkpoint directory "
                     "(Hugging Face PhoWhisper or CTranslate2) whose frozen encoder the teacher "
                     "uses.")
+flags.DEFINE_integer("teacher_blocks", _DEFAULTS.teacher_blocks, "A pretrained teacher's top "
+                     "encoder blocks fine-tuned with its head; 0 keeps the encoder frozen.",
+                     lower_bound=0)
 flags.DEFINE_integer("teacher_steps", _DEFAULTS.teacher_steps, "Training steps of the teacher.")
 flags.DEFINE_integer("student_steps", _DEFAULTS.student_steps,
                      "Training steps of each student.")
@@ -434,7 +450,8 @@ def main(argv):
   options = Options(
       workdir=FLAGS.workdir, speakers=FLAGS.speakers, test_speakers=FLAGS.test_speakers,
       utterances_per_speaker=FLAGS.utterances_per_speaker, seed=FLAGS.seed, cores=FLAGS.cores,
-      tasks=tuple(FLAGS.tasks), teacher=FLAGS.teacher, teacher_steps=FLAGS.teacher_steps,
+      tasks=tuple(FLAGS.tasks), teacher=FLAGS.teacher, teacher_blocks=FLAGS.teacher_blocks,
+      teacher_steps=FLAGS.teacher_steps,
       student_steps=FLAGS.student_steps, quantize_bits=FLAGS.quantize_bits,
       num_parity=FLAGS.num_parity, robustness_speakers=FLAGS.robustness_speakers,
       robustness_utterances=FLAGS.robustness_utterances, voices=FLAGS.voices, texts=FLAGS.texts,
