@@ -23,7 +23,7 @@ import os
 import struct
 import tempfile
 import wave
-from typing import NamedTuple, Optional, Tuple
+from typing import Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -146,6 +146,52 @@ def read_audio(path, sample_rate: int = 16000,
     mono = soxr.resample(mono, file_rate, sample_rate, quality="HQ")
   mono = np.ascontiguousarray(mono, dtype=np.float32)
   return np.clip(mono, -1.0, 1.0, out=mono)
+
+
+def stream_audio(path, sample_rate: int = 16000,
+                 block_samples: int = 1 << 18) -> Iterator[np.ndarray]:
+  """Decodes a file block by block: the samples of ``read_audio(path, sample_rate)``
+  as consecutive float32 mono blocks, so a long file never sits in memory whole.
+
+  Blocks of ``block_samples`` file frames are read with soundfile, mixed down
+  and resampled with soxr's streaming resampler ("HQ", the same samples as the
+  one-shot resampler); blocks may be shorter or longer than ``block_samples``
+  after resampling, and none is empty.
+
+  Raises AudioError ("missing", "unreadable", "truncated", "empty", "nan"),
+  the last three possibly after some blocks were yielded.
+  """
+  _check_exists(path)
+  _check_wav_not_truncated(path)
+  try:
+    f = sf.SoundFile(os.fspath(path))
+  except (sf.SoundFileError, RuntimeError) as error:
+    raise AudioError(path, "unreadable", str(error)) from error
+  with f:
+    file_rate, declared = f.samplerate, f.frames
+    resampler = (soxr.ResampleStream(file_rate, sample_rate, 1, dtype="float32", quality="HQ")
+                 if file_rate != sample_rate else None)
+    decoded = 0
+    while True:
+      try:
+        data = f.read(block_samples, dtype="float32", always_2d=True)
+      except (sf.SoundFileError, RuntimeError) as error:
+        raise AudioError(path, "unreadable", str(error)) from error
+      last = len(data) < block_samples
+      decoded += len(data)
+      if not np.all(np.isfinite(data)):
+        raise AudioError(path, "nan", "NaN or infinite samples")
+      mono = data[:, 0] if data.shape[1] == 1 else data.mean(axis=1, dtype=np.float32)
+      if resampler is not None:
+        mono = resampler.resample_chunk(mono, last=last)
+      if len(mono):
+        yield np.clip(np.ascontiguousarray(mono, np.float32), -1.0, 1.0)
+      if last:
+        break
+  if decoded == 0:
+    raise AudioError(path, "empty", "no samples")
+  if decoded < declared:
+    raise AudioError(path, "truncated", f"header declares {declared} frames, decoded {decoded}")
 
 
 def pcm16_to_float(samples: np.ndarray) -> np.ndarray:

@@ -3,7 +3,11 @@
 An exported model takes a 16 kHz waveform ``[1, samples]`` and carries its
 front end (``kws_tf.export.serving``). Its model card, ``<name>.json`` next to
 the ``.tflite`` file or the SavedModel folder (``kws_tf.export.card``), says
-what it is: task, labels, sample rate, kws clip length.
+what it is: task, labels, sample rate, kws clip length, ctc receptive field.
+
+Audio is decoded in blocks (``kws_tf.audio.stream_audio``) and goes through
+the model piece by piece, so the memory a file takes does not grow with its
+length.
 
 kws: a window of one clip slides over the audio every ``hop_seconds`` (the
 last window zero-padded); each window whose probability of a keyword (any
@@ -12,14 +16,29 @@ from the window's start to its end. Detections of one keyword in consecutive
 or overlapping windows are one occurrence: they merge into one detection with
 the earliest start, the latest end and the highest score.
 
-ctc: the whole file goes through the model at once; the transcript is the
-decoding of its logits by a ``decoding.CtcDecoder`` (greedy by default), in NFC.
+ctc: the audio goes through the model in chunks of ``chunk_seconds``, each
+with the samples its logits read on both sides (the card's
+``receptive_field``, plus one logit frame) and starting on a logit frame
+boundary; the logits of a chunk's own frames are kept. They are the logits
+of one pass over the whole file (to float rounding), with two exceptions: a
+``dynamic`` file quantizes its activations per call, so its chunks differ
+from one pass by that rounding; and the mfcc and log-mel front ends clamp mel
+levels at the input's loudest minus 80 dB (``top_db``), so where a chunk
+holds levels that far below the file's loudest (digital silence) they are
+clamped to the chunk's own loudest instead. A model that reads the whole
+input (card ``receptive_field`` null: attention, squeeze-excite) or whose
+card has no receptive field gets ``GLOBAL_CONTEXT_SECONDS`` on both sides
+instead, which is not exact; ``run`` says so on stderr. The transcript is
+the decoding of the logits by a ``decoding.CtcDecoder`` (greedy by default,
+frame by frame as the chunks arrive; beam decoders get the whole file's
+logits), in NFC.
 """
 import json
+import math
 import os
 import sys
 import time
-from typing import Dict, Iterable, List, NamedTuple, Optional, Sequence, TextIO
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
@@ -28,6 +47,12 @@ from kws_tf import audio, text
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SIGNATURE = "serving_default"
 WAVEFORM = "waveform"
+# ctc: seconds of audio per model call (``transcribe``).
+CHUNK_SECONDS = 20.0
+# ctc: context on each side of a chunk for a model without a bounded receptive field.
+GLOBAL_CONTEXT_SECONDS = 2.0
+# Samples per block read from an audio file.
+BLOCK_SAMPLES = 1 << 16
 
 
 class Detection(NamedTuple):
@@ -185,14 +210,42 @@ def merge_detections(detections: Iterable[Detection], gap: float = 0.0) -> List[
   return sorted(merged, key=lambda d: (d.start, d.keyword))
 
 
-def detect_keywords(model, card: dict, waveform: np.ndarray, threshold: float,
+def sliding_windows(blocks: Iterable[np.ndarray], window: int,
+                    hop: int) -> Iterator[Tuple[int, np.ndarray]]:
+  """(start, samples) of the windows of ``window_starts`` over the audio of
+  ``blocks`` (consecutive float32 ``[samples]`` pieces), each ``[window]``
+  float32, the last zero-padded; holds at most a window and a block at a time."""
+  if window < 1 or hop < 1:
+    raise ValueError(f"window and hop must be >= 1 sample, got {window}, {hop}")
+  buffer = np.zeros(0, np.float32)
+  offset = 0  # the sample of the file at buffer[0]
+  start = 0
+  for block in blocks:
+    buffer = np.concatenate([buffer, block])
+    while start + window <= offset + len(buffer):
+      yield start, buffer[start - offset:start - offset + window]
+      start += hop
+      keep = min(start, offset + len(buffer))
+      buffer, offset = buffer[keep - offset:], keep
+  end = offset + len(buffer)
+  # The last windows: the first one, or those that start before the previous reached the end.
+  while start == 0 or start - hop + window < end:
+    out = np.zeros(window, np.float32)
+    piece = buffer[max(0, start - offset):end - offset]
+    out[:len(piece)] = piece
+    yield start, out
+    start += hop
+
+
+def detect_keywords(model, card: dict, blocks: Iterable[np.ndarray], threshold: float,
                     hop_seconds: float) -> List[Detection]:
-  """Keywords in a waveform (module docstring).
+  """Keywords in audio (module docstring).
 
   Args:
     model: a kws ``TFLiteModel`` / ``SavedModel``.
     card: its model card (``clip_samples``, ``sample_rate``, ``labels.classes``).
-    waveform: float32 ``[samples]`` at the card's sample rate.
+    blocks: the audio as consecutive float32 ``[samples]`` pieces at the card's
+      sample rate (``[waveform]`` for a waveform in memory).
     threshold: minimum probability of a keyword in a window.
     hop_seconds: seconds between window starts.
   """
@@ -201,10 +254,7 @@ def detect_keywords(model, card: dict, waveform: np.ndarray, threshold: float,
   classes = card["labels"]["classes"]
   hop = max(1, int(round(hop_seconds * rate)))
   raw = []
-  for start in window_starts(len(waveform), clip, hop):
-    window = np.zeros(clip, np.float32)
-    piece = waveform[start:start + clip]
-    window[:len(piece)] = piece
+  for start, window in sliding_windows(blocks, clip, hop):
     probabilities = model(window)["probabilities"][0]
     for index, name in enumerate(classes):
       if name != text.NEGATIVE_LABEL and probabilities[index] > threshold:
@@ -213,15 +263,92 @@ def detect_keywords(model, card: dict, waveform: np.ndarray, threshold: float,
   return merge_detections(raw, gap=max(0, hop - clip) / rate)
 
 
-def transcribe(model, card: dict, waveform: np.ndarray, decoder=None) -> str:
-  """Transcript (NFC) of a waveform by a ctc model (``card['labels']`` vocabulary),
-  decoded by ``decoder``, a ``decoding.CtcDecoder`` (None: greedy)."""
-  from kws_tf.evaluation import decoding
-  outputs = model(waveform)
+def chunk_context(card: dict) -> Tuple[int, int, int]:
+  """(left, right, hop) samples of ctc chunking: the context on each side of a
+  chunk and the logit frame length, the contexts whole frames.
+
+  ``receptive_field`` of the card plus one frame; ``GLOBAL_CONTEXT_SECONDS``
+  when it is null or missing.
+  """
+  hop = int(round(card["logit_frame_seconds"] * card["sample_rate"]))
+  field = card.get("receptive_field")
+  if field:
+    left, right = field["left_samples"], field["right_samples"]
+  else:
+    left = right = int(GLOBAL_CONTEXT_SECONDS * card["sample_rate"])
+  return (math.ceil(left / hop) + 1) * hop, (math.ceil(right / hop) + 1) * hop, hop
+
+
+def ctc_logits(model, card: dict, blocks: Iterable[np.ndarray],
+               chunk_seconds: float = CHUNK_SECONDS) -> Iterator[np.ndarray]:
+  """The logits of the audio of ``blocks``, chunk by chunk (module docstring).
+
+  Args:
+    model: a ctc ``TFLiteModel`` / ``SavedModel``.
+    card: its model card (``sample_rate``, ``logit_frame_seconds``, ``receptive_field``).
+    blocks: the audio as consecutive float32 ``[samples]`` pieces at the card's rate.
+    chunk_seconds: audio per chunk (rounded to whole logit frames, at least
+      one); 0 sends the whole file through at once.
+
+  Yields float32 ``[frames, vocabulary]`` of consecutive logit frames; their
+  concatenation is the logits of the whole file.
+  """
+  left, right, hop = chunk_context(card)
+  chunk = max(1, round(chunk_seconds * card["sample_rate"] / hop)) * hop
+  buffer = np.zeros(0, np.float32)
+  offset = 0  # the sample of the file at buffer[0], a multiple of hop
+  first = 0   # the first logit frame not yet yielded
+  blocks = iter(blocks)
+  ended = False
+  while True:
+    wanted = first * hop + chunk + right
+    while not ended and (chunk_seconds <= 0 or offset + len(buffer) < wanted):
+      block = next(blocks, None)
+      if block is None:
+        ended = True
+      else:
+        buffer = np.concatenate([buffer, block])
+    start = max(0, first * hop - left)
+    last = ended and (chunk_seconds <= 0 or offset + len(buffer) <= wanted)
+    segment = buffer[start - offset:None if last else wanted - offset]
+    if not len(segment):
+      return
+    outputs = model(segment)
+    logits = outputs["logits"][0, :int(outputs["logit_frames"][0])]
+    skip = first - start // hop
+    if last:
+      yield logits[skip:]
+      return
+    yield logits[skip:skip + chunk // hop]
+    first += chunk // hop
+    keep = max(0, first * hop - left)
+    buffer, offset = buffer[keep - offset:], keep
+
+
+def transcribe(model, card: dict, blocks: Iterable[np.ndarray],
+               chunk_seconds: float = CHUNK_SECONDS, decoder=None) -> str:
+  """Transcript (NFC) of audio by a ctc model (``card['labels']`` vocabulary).
+
+  ``decoder``: a ``decoding.CtcDecoder``; None or greedy: per frame argmax
+  over ``ctc_logits``, repeats merged, blanks dropped, chunk by chunk; a beam
+  decoder gets the concatenated logits of the whole file.
+  """
   vocabulary = text.Vocabulary(card["labels"]["vocabulary"])
-  decoder = decoder or decoding.CtcDecoder("greedy")
-  return vocabulary.decode(decoder.decode(outputs["logits"], outputs["logit_frames"],
-                                          vocabulary)[0])
+  if decoder is not None and decoder.name != "greedy":
+    logits = np.concatenate(list(ctc_logits(model, card, blocks, chunk_seconds)))
+    return vocabulary.decode(decoder.decode(logits[None], np.array([len(logits)]),
+                                            vocabulary)[0])
+  blank = card["labels"]["blank_index"]
+  ids: List[int] = []
+  previous = -1
+  for logits in ctc_logits(model, card, blocks, chunk_seconds):
+    best = np.argmax(logits, axis=-1)
+    if not len(best):
+      continue
+    new = best != np.concatenate([[previous], best[:-1]])
+    ids.extend(best[new & (best != blank)].tolist())
+    previous = int(best[-1])
+  return vocabulary.decode(ids)
 
 
 def audio_files(specs: Sequence[str]) -> List[str]:
@@ -255,7 +382,8 @@ def _format(path: str, task: str, result, output: str) -> List[str]:
 
 def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
         hop_seconds: float = 0.25, output: str = "text", out: TextIO = sys.stdout,
-        err: TextIO = sys.stderr, decoder=None) -> int:
+        err: TextIO = sys.stderr, chunk_seconds: float = CHUNK_SECONDS,
+        decoder=None) -> int:
   """Runs a model over audio files and writes one result per file; returns the exit code.
 
   Output (``output``): ``text`` lines ``<file> <start> <end> <keyword> <score>``
@@ -263,25 +391,34 @@ def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
   <transcript>``; ``jsonl``: one JSON object per file with ``file`` and
   ``detections`` (keyword, start, end, score) or ``transcript``. A file that
   cannot be read gets an error line on ``err``; the others are still
-  processed, and the exit code is 1 if any file failed. ``decoder``: the
+  processed, and the exit code is 1 if any file failed. ``chunk_seconds``:
+  ctc audio per model call (``ctc_logits``); ``decoder``: the
   ``decoding.CtcDecoder`` of ctc transcripts (None: greedy).
   """
   if output not in ("text", "jsonl"):
     raise ValueError(f"output must be text or jsonl, got {output!r}")
+  if chunk_seconds < 0:
+    raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
   card = read_card(model_path)
   model = load_model(model_path)
+  if card["task"] == "ctc" and chunk_seconds > 0 and not card.get("receptive_field"):
+    why = ("reads the whole input" if "receptive_field" in card
+           else f"has no receptive field in its card {card_path(model_path)} (re-export it)")
+    print(f"note: {model_path} {why}: audio longer than {chunk_seconds:g} s is transcribed in "
+          f"chunks with {GLOBAL_CONTEXT_SECONDS:g} s of context on each side, which can "
+          "differ from one pass (--chunk_seconds=0: one pass)", file=err, flush=True)
   failed = 0
   for path in audio_files(audio_specs):
+    blocks = audio.stream_audio(path, card["sample_rate"], BLOCK_SAMPLES)
     try:
-      waveform = audio.read_audio(path, card["sample_rate"])
+      if card["task"] == "kws":
+        result = detect_keywords(model, card, blocks, threshold, hop_seconds)
+      else:
+        result = transcribe(model, card, blocks, chunk_seconds, decoder)
     except audio.AudioError as e:
       print(f"error: {e}", file=err, flush=True)
       failed += 1
       continue
-    if card["task"] == "kws":
-      result = detect_keywords(model, card, waveform, threshold, hop_seconds)
-    else:
-      result = transcribe(model, card, waveform, decoder)
     for line in _format(path, card["task"], result, output):
       print(line, file=out, flush=True)
   if failed:

@@ -1,4 +1,5 @@
 """Inference over audio files: sliding windows, merged detections, transcripts, the CLI."""
+import glob
 import json
 import os
 
@@ -57,13 +58,30 @@ class LoudnessDetector:
 def test_detect_keywords_slides_windows_and_merges_one_occurrence():
   waveform = np.zeros(600, np.float32)  # 6 s at 100 Hz
   waveform[300:340] = 0.8  # from 3.0 s to 3.4 s
-  found = inference.detect_keywords(LoudnessDetector(), CARD, waveform, threshold=0.5,
+  found = inference.detect_keywords(LoudnessDetector(), CARD, [waveform], threshold=0.5,
                                     hop_seconds=0.25)
   # Windows [s, s + 1) overlapping [3.0, 3.4): s = 2.25 .. 3.25.
   assert found == [D("có", 2.25, 4.25, pytest.approx(0.9))]
   # "negative" never counts, however likely; a higher threshold drops the keyword.
-  assert inference.detect_keywords(LoudnessDetector(), CARD, waveform * 0, 0.5, 0.25) == []
-  assert inference.detect_keywords(LoudnessDetector(), CARD, waveform, 0.95, 0.25) == []
+  assert inference.detect_keywords(LoudnessDetector(), CARD, [waveform * 0], 0.5, 0.25) == []
+  assert inference.detect_keywords(LoudnessDetector(), CARD, [waveform], 0.95, 0.25) == []
+  # The same audio in small blocks gives the same detection.
+  assert inference.detect_keywords(LoudnessDetector(), CARD, np.split(waveform, 40), 0.5,
+                                   0.25) == found
+
+
+def test_sliding_windows_over_blocks_are_the_windows_of_the_whole_waveform():
+  rng = np.random.default_rng(0)
+  for n, window, hop in ((1003, 100, 37), (1003, 100, 150), (50, 100, 25), (100, 100, 25)):
+    waveform = rng.standard_normal(n).astype(np.float32)
+    blocks = np.split(waveform, np.sort(rng.choice(np.arange(1, n), 20, replace=False)))
+    windows = list(inference.sliding_windows(iter(blocks), window, hop))
+    assert [start for start, _ in windows] == inference.window_starts(n, window, hop)
+    for start, samples in windows:
+      expected = np.zeros(window, np.float32)
+      piece = waveform[start:start + window]
+      expected[:len(piece)] = piece
+      np.testing.assert_array_equal(samples, expected)
 
 
 def test_transcribe_decodes_greedily():
@@ -74,8 +92,21 @@ def test_transcribe_decodes_greedily():
   def model(waveform):
     return {"logits": logits, "logit_frames": np.array([len(path) - 1], np.int32)}
 
+  card = {"labels": {"vocabulary": vocabulary, "blank_index": 0}, "sample_rate": 100,
+          "logit_frame_seconds": 0.02, "receptive_field": None}
+  assert inference.transcribe(model, card, [np.zeros(10, np.float32)], chunk_seconds=0) == "aab b"
+
+
+def test_transcribe_merges_repeats_across_chunks(monkeypatch):
+  """A chunk boundary inside a run of one symbol does not repeat it; a blank between
+  two runs of one symbol still separates them."""
+  vocabulary = [text.BLANK, "a", "b"]
+  path = np.array([1, 1, 1, 0, 1, 2, 2, 2, 0, 0, 2])  # a a a _ a b b b _ _ b  ->  "aabb"
+  pieces = [path[:2], path[2:4], path[4:6], path[6:9], path[9:]]
   card = {"labels": {"vocabulary": vocabulary, "blank_index": 0}}
-  assert inference.transcribe(model, card, np.zeros(10, np.float32)) == "aab b"
+  chunks = iter([np.eye(3, dtype=np.float32)[p] for p in pieces])
+  monkeypatch.setattr(inference, "ctc_logits", lambda model, card, blocks, seconds: chunks)
+  assert inference.transcribe(None, card, [], 1.0) == "aabb"
 
 
 def _write(path, waveform, rate):
@@ -202,7 +233,100 @@ def test_a_keyword_in_long_audio_is_found_near_its_time(synthetic_corpus, tmp_pa
     assert d["score"] > 0.5
 
 
+def test_stream_audio_gives_the_samples_of_read_audio(tmp_path):
+  rng = np.random.default_rng(1)
+  mono = rng.uniform(-0.9, 0.9, 40000).astype(np.float32)
+  same_rate = _write(tmp_path / "same.wav", mono, 16000)
+  stereo = str(tmp_path / "stereo_22k.flac")
+  sf.write(stereo, np.stack([mono, -0.5 * mono], axis=1), 22050, subtype="PCM_16")
+  for path in (same_rate, stereo):
+    blocks = list(audio.stream_audio(path, 16000, block_samples=4096))
+    assert len(blocks) >= 7 and all(len(b) for b in blocks)
+    np.testing.assert_array_equal(np.concatenate(blocks), audio.read_audio(path, 16000))
+  cut = tmp_path / "cut.wav"
+  cut.write_bytes(open(same_rate, "rb").read()[:-1000])
+  with pytest.raises(audio.AudioError, match="truncated"):
+    list(audio.stream_audio(str(cut)))
+  with pytest.raises(audio.AudioError, match="missing"):
+    list(audio.stream_audio(str(tmp_path / "none.wav")))
+
+
+@pytest.fixture(scope="module")
+def exported_ctc(ctc_train_records, synthetic_corpus, tmp_path_factory):
+  """A small wav2letter ctc student (8 steps) exported as float32 and int8."""
+  base = tmp_path_factory.mktemp("infer_ctc")
+  config = config_lib.load(None, [
+      "task=ctc", "model.name=wav2letter", "model.params.filters=[32,32]",
+      "model.params.widths=[5,3]", "model.params.strides=[2,1]", "model.params.dropouts=[0,0]",
+      "data.batch_size=4", "data.validation_split=test", "train.steps=8", "train.eval_every=8",
+      "optimizer.warmup_steps=1", "train.early_stopping_patience=0"])
+  loop.Trainer(config, str(base / "model"), ctc_train_records).run()
+  # The CER of 8 steps means nothing: the accuracy gate is open.
+  tflite.export(str(base / "model"), ctc_train_records, str(base / "export"),
+                tflite.ExportConfig(formats=("float32", "int8"), audio_dir=str(synthetic_corpus),
+                                    num_parity=4, num_calibration=8, max_accuracy_drop=100.0,
+                                    command="pytest"), log=lambda line: None)
+  return base / "export"
+
+
+def _long_utterances(corpus, repeats=2):
+  """Every test utterance of the corpus, one after the other, ``repeats`` times, 16 kHz,
+  over noise 60 dB below full scale. (In digital silence, mel levels 80 dB below the
+  file's loudest are clamped to each chunk's loudest: not the logits of one pass.)"""
+  paths = sorted(glob.glob(os.path.join(corpus, "test", "waves", "*", "*.wav")))
+  speech = np.concatenate([audio.read_audio(p) for p in paths] * repeats)
+  return speech + np.random.default_rng(2).normal(0, 1e-3, len(speech)).astype(np.float32)
+
+
+def test_ctc_chunks_of_a_long_file_give_the_logits_of_one_pass(exported_ctc, synthetic_corpus,
+                                                               tmp_path):
+  waveform = _long_utterances(synthetic_corpus)
+  path = _write(tmp_path / "long.wav", waveform, 16000)
+  waveform = audio.read_audio(path)
+  assert len(waveform) > 20 * 16000
+  for kind, tolerance in (("float32", 1e-4), ("int8", 1e-6)):
+    model_path = str(exported_ctc / f"model_{kind}.tflite")
+    card, model = inference.read_card(model_path), inference.load_model(model_path)
+    assert card["receptive_field"]["right_samples"] > 1000
+    whole = model(waveform)
+    expected = whole["logits"][0, :int(whole["logit_frames"][0])]
+    # 1 s chunks (each with its context) of blocks of 5000 samples.
+    pieces = list(inference.ctc_logits(model, card, audio.stream_audio(path, 16000, 5000),
+                                       chunk_seconds=1.0))
+    assert len(pieces) > 20
+    np.testing.assert_allclose(np.concatenate(pieces), expected, atol=tolerance, rtol=0)
+  # Without the receptive field as context, the frames near the chunk edges differ.
+  blind = dict(card, receptive_field={"left_samples": 0, "right_samples": 0,
+                                      "logit_hop_samples": 320})
+  chunked = np.concatenate(list(inference.ctc_logits(model, blind, [waveform], 1.0)))
+  assert chunked.shape == expected.shape and np.max(np.abs(chunked - expected)) > 1e-3
+
+  model_path = str(exported_ctc / "model_float32.tflite")
+  one_pass = run_module("kws_tf.bin.infer", f"--model={model_path}", f"--audio={path}",
+                        "--chunk_seconds=0")
+  in_chunks = run_module("kws_tf.bin.infer", f"--model={model_path}", f"--audio={path}",
+                         "--chunk_seconds=0.7")
+  assert in_chunks.stdout == one_pass.stdout and in_chunks.stdout.startswith(f"{path}\t")
+  assert "note:" not in in_chunks.stderr
+
+
+def test_ctc_model_without_a_bounded_receptive_field_says_chunks_are_approximate(
+    exported_ctc, synthetic_corpus, tmp_path):
+  path = _write(tmp_path / "short.wav", _long_utterances(synthetic_corpus, 1)[:16000], 16000)
+  card = json.load(open(exported_ctc / "model_float32.json"))
+  for name, field in (("whole_input", {"receptive_field": None}), ("old_card", {})):
+    model_path = tmp_path / f"{name}.tflite"
+    model_path.write_bytes((exported_ctc / "model_float32.tflite").read_bytes())
+    records.write_json(inference.card_path(str(model_path)),
+                       {**{k: v for k, v in card.items() if k != "receptive_field"}, **field})
+    result = run_module("kws_tf.bin.infer", f"--model={model_path}", f"--audio={path}")
+    why = "reads the whole input" if field else "has no receptive field in its card"
+    assert f"note: {model_path} {why}" in result.stderr
+    assert "can differ from one pass" in result.stderr
+
+
 def test_help_lists_the_flags():
   result = run_module("kws_tf.bin.infer", "--help", check=False)
-  for flag in ("--model", "--audio", "--threshold", "--hop_seconds", "--output"):
+  for flag in ("--model", "--audio", "--threshold", "--hop_seconds", "--output",
+               "--chunk_seconds"):
     assert flag in result.stdout + result.stderr

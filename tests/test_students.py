@@ -161,12 +161,107 @@ def test_mobilenet_body_matches_keras_applications(size, minimalistic):
   assert model.count_params() - classifier == reference.count_params()
 
 
+def _torch_resnet18_body(epsilon):
+  """torchvision's resnet18 up to its last stage (conv1 taking one channel), written out
+  with torch layers: torchvision is not installed here. Batch norm with ``epsilon``
+  (torchvision's is 1e-5, Keras' 1e-3)."""
+  import torch
+  from torch import nn
+
+  def norm(channels):
+    return nn.BatchNorm2d(channels, eps=epsilon)
+
+  class BasicBlock(nn.Module):
+    def __init__(self, inputs, channels, stride):
+      super().__init__()
+      self.conv1 = nn.Conv2d(inputs, channels, 3, stride, 1, bias=False)
+      self.bn1 = norm(channels)
+      self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+      self.bn2 = norm(channels)
+      self.downsample = None
+      if stride != 1 or inputs != channels:
+        self.downsample = nn.Sequential(nn.Conv2d(inputs, channels, 1, stride, bias=False),
+                                        norm(channels))
+
+    def forward(self, x):
+      shortcut = x if self.downsample is None else self.downsample(x)
+      x = torch.relu(self.bn1(self.conv1(x)))
+      return torch.relu(self.bn2(self.conv2(x)) + shortcut)
+
+  stem = [nn.Conv2d(1, 64, 7, 2, 3, bias=False), norm(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)]
+  stages, inputs = [], 64
+  for stage, channels in enumerate((64, 128, 256, 512)):
+    stages.append(nn.Sequential(BasicBlock(inputs, channels, 1 if stage == 0 else 2),
+                                BasicBlock(channels, channels, 1)))
+    inputs = channels
+  return nn.Sequential(nn.Sequential(*stem), *stages)
+
+
 def test_resnet18_body_matches_torchvision():
-  # torchvision resnet18: 11,689,512 parameters; without fc (512 * 1000 + 1000)
-  # and with a one-channel conv1 (2 * 64 * 7 * 7 fewer): 11,170,240. torch
-  # counts no batch-norm moving statistics, so compare trainable weights.
+  """The Keras body against torchvision's architecture built in torch: the same weight
+  shapes stage by stage, and, with the Keras weights copied over, the same feature map."""
+  import torch
+  model = registry.build("resnet18", task="kws", num_channels=NUM_CHANNELS, num_classes=10)
+  rng = np.random.default_rng(3)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      gamma, beta, mean, variance = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                         rng.normal(0, 0.1, mean.shape), rng.uniform(0.5, 1.5, variance.shape)])
+  epsilon = model.get_layer("stem_bn").epsilon
+  reference = _torch_resnet18_body(epsilon).eval()
+
+  def keras_layers(prefix):
+    """(conv, batch norm) layer pairs of a Keras stage, in torch's order."""
+    pairs = []
+    for block in (1, 2):
+      name = f"{prefix}_block{block}"
+      pairs += [(f"{name}_conv1", f"{name}_conv1_bn"), (f"{name}_conv2", f"{name}_conv2_bn")]
+      if f"{name}_downsample" in [layer.name for layer in model.layers]:
+        pairs.append((f"{name}_downsample", f"{name}_downsample_bn"))
+    return pairs
+
+  def torch_layers(stage):
+    """(conv, batch norm) module pairs of a torch stage."""
+    pairs = []
+    for block in stage:
+      pairs += [(block.conv1, block.bn1), (block.conv2, block.bn2)]
+      if block.downsample is not None:
+        pairs.append((block.downsample[0], block.downsample[1]))
+    return pairs
+
+  stages = [([("stem", "stem_bn")], [(reference[0][0], reference[0][1])])]
+  stages += [(keras_layers(f"stage{i}"), torch_layers(reference[i])) for i in range(1, 5)]
+  total = 0
+  for keras_pairs, torch_pairs in stages:
+    assert len(keras_pairs) == len(torch_pairs)
+    for (conv_name, bn_name), (conv, bn) in zip(keras_pairs, torch_pairs):
+      kernel = model.get_layer(conv_name).get_weights()
+      assert len(kernel) == 1  # no bias, as torchvision
+      # Keras [height, width, in, out] is torch's [out, in, height, width].
+      assert kernel[0].transpose(3, 2, 0, 1).shape == tuple(conv.weight.shape), conv_name
+      gamma, beta, mean, variance = model.get_layer(bn_name).get_weights()
+      with torch.no_grad():
+        conv.weight.copy_(torch.from_numpy(kernel[0].transpose(3, 2, 0, 1).copy()))
+        for target, value in ((bn.weight, gamma), (bn.bias, beta), (bn.running_mean, mean),
+                              (bn.running_var, variance)):
+          assert tuple(target.shape) == value.shape, bn_name
+          target.copy_(torch.from_numpy(value))
+      total += conv.weight.numel() + bn.weight.numel() + bn.bias.numel()
+  # torchvision resnet18 has 11,689,512 parameters: without fc (512 * 1000 + 1000) and
+  # with a one-channel conv1 (2 * 64 * 7 * 7 fewer), 11,170,240; so has the reference.
+  assert total == sum(p.numel() for p in reference.parameters()) == 11_170_240
   trainable = PARAMETER_COUNTS["resnet18"]["kws"][1]
-  assert trainable - (512 * 10 + 10) == 11_689_512 - 513_000 - 6_272 == 11_170_240
+  assert total == trainable - model.get_layer("logits").count_params()
+
+  features = rng.normal(size=(1, 64, NUM_CHANNELS)).astype(np.float32)
+  body = keras.Model(model.inputs, model.get_layer("stage4_block2_relu").output)
+  expected = body({"features": features, "num_frames": np.array([64])}, training=False).numpy()
+  with torch.no_grad():
+    # torch's image [batch, channel, time, frequency] is Keras' [batch, time, frequency, channel].
+    got = reference(torch.from_numpy(features[:, np.newaxis])).numpy().transpose(0, 2, 3, 1)
+  assert got.shape == expected.shape == (1, 2, 2, 512)
+  np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 
 def _round_trip(model):

@@ -21,6 +21,7 @@ from conftest import REPO, run_module
 from kws_tf import config as config_lib
 from kws_tf import model_dir as model_dir_lib
 from kws_tf import records
+from kws_tf.evaluation import report as report_lib
 from kws_tf.training import loop
 
 TINY_KWS = ["model.name=wav2letter_kws_tiny", "data.batch_size=8", "data.eval_batch_size=32",
@@ -59,7 +60,11 @@ def test_standard_kws_run_writes_everything(kws_train_records, tmp_path):
   results = loop.Trainer(config, model_dir, kws_train_records).run()
 
   assert results["steps"] == 8 and results["stop_reason"] == "finished"
-  assert 0.0 <= results["test"]["accuracy"] <= 1.0
+  # The test accuracy reported is that of the best weights on the test split.
+  report = report_lib.evaluate_model(model_dir, kws_train_records, "test", beam_width=1,
+                                     batch_size=32)
+  assert results["test_split"] == "test" and report["num_examples"] == 12
+  assert results["test"]["accuracy"] == pytest.approx(report["accuracy"])
   assert results["parameters"] > 0 and results["train_examples_per_second"] > 0
   assert json.load(open(os.path.join(model_dir, "results.json")))["steps"] == 8
   history = [json.loads(line) for line in open(os.path.join(model_dir, "history.jsonl"))]
@@ -233,11 +238,66 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(kws_train_records,
   assert all(np.isfinite(w).all() for w in _weights(model_dir))
 
 
+# Trains in a fresh process (XLA reads XLA_FLAGS once, logical devices are set before
+# TensorFlow starts) and prints what the test checks as JSON on the last line.
+_SUBPROCESS_TRAINING = """
+import json, sys
+import kws_tf
+import tensorflow as tf
+from kws_tf import config as config_lib
+from kws_tf import model_dir as model_dir_lib
+from kws_tf.training import loop
+
+records, root, replicas = sys.argv[1], sys.argv[2], int(sys.argv[3])
+if replicas > 1:
+  cpu = tf.config.list_physical_devices("CPU")[0]
+  tf.config.set_logical_device_configuration(
+      cpu, [tf.config.LogicalDeviceConfiguration()] * replicas)
+out = {}
+for name, overrides in json.loads(sys.argv[4]).items():
+  model_dir = f"{root}/{name}"
+  trainer = loop.Trainer(config_lib.load(None, overrides), model_dir, records)
+  results = trainer.run()
+  model = trainer.model
+  channels = model_dir_lib.read_spec(model_dir).num_channels
+  logits = model({"features": tf.zeros([1, 8, channels]), "num_frames": tf.constant([8])},
+                 training=False)["logits"]
+  last = model_dir_lib.load_trained_model(model_dir, "last")
+  out[name] = {
+      "replicas": trainer._strategy.num_replicas_in_sync,
+      "variable_dtypes": sorted({v.dtype.name for v in model.variables}),
+      "compute_dtypes": {l.name: l.compute_dtype for l in model.layers if l.weights},
+      "logits_dtype": logits.dtype.name, "loss": results["test"]["loss"],
+      "weights": [w.tolist() for w in last.get_weights()]}
+print(json.dumps(out))
+"""
+
+
+def _train_in_subprocess(records, root, runs, replicas=1, env=None):
+  """{run name: what _SUBPROCESS_TRAINING reports} of each run's TINY_KWS overrides."""
+  result = subprocess.run(
+      [sys.executable, "-c", _SUBPROCESS_TRAINING, records, str(root), str(replicas),
+       json.dumps({name: TINY_KWS + list(overrides) for name, overrides in runs.items()})],
+      cwd=REPO, capture_output=True, text=True, env={**os.environ, **(env or {})})
+  assert result.returncode == 0, result.stderr[-3000:]
+  return json.loads(result.stdout.splitlines()[-1])
+
+
 def test_mixed_bfloat16_and_xla_run_on_cpu(kws_train_records, tmp_path):
-  config = _config("train.steps=3", "train.eval_every=3", "train.mixed_precision=mixed_bfloat16",
-                   "train.jit_compile=true")
-  results = loop.Trainer(config, str(tmp_path / "run"), kws_train_records).run()
-  assert np.isfinite(results["test"]["loss"])
+  """The policy is in effect (float32 variables, bfloat16 layer computation, float32
+  logits) and XLA compiled the train step (it dumps the step's HLO module)."""
+  dump = tmp_path / "xla"
+  run = _train_in_subprocess(
+      kws_train_records, tmp_path, {"run": ["train.steps=3", "train.eval_every=3",
+                                            "train.mixed_precision=mixed_bfloat16",
+                                            "train.jit_compile=true"]},
+      env={"XLA_FLAGS": f"--xla_dump_to={dump}"})["run"]
+  # Every layer computes in bfloat16 but the classifier, float32 by design (heads).
+  assert run["variable_dtypes"] == ["float32"] and run["compute_dtypes"].pop("logits") == "float32"
+  assert len(run["compute_dtypes"]) == 12 and set(run["compute_dtypes"].values()) == {"bfloat16"}
+  assert run["logits_dtype"] == "float32" and np.isfinite(run["loss"])
+  dumped = os.listdir(dump) if os.path.isdir(dump) else []
+  assert any("compiled_step" in name for name in dumped), f"no XLA module of the step: {dumped}"
 
 
 def test_mixed_float16_uses_loss_scaling(kws_train_records, tmp_path):
@@ -246,17 +306,52 @@ def test_mixed_float16_uses_loss_scaling(kws_train_records, tmp_path):
                          str(tmp_path / "run"), kws_train_records)
   results = trainer.run()
   assert isinstance(trainer.optimizer, keras.mixed_precision.LossScaleOptimizer)
+  assert {v.dtype.name for v in trainer.model.variables} == {"float32"}
+  compute = {layer.name: layer.compute_dtype for layer in trainer.model.layers if layer.weights}
+  assert compute.pop("logits") == "float32" and set(compute.values()) == {"float16"}
   assert np.isfinite(results["test"]["loss"])
 
 
 def test_mirrored_strategy_over_two_cpu_replicas(kws_train_records, tmp_path):
+  """Two replicas, each on half of the global batch, make the update of one replica on
+  the whole batch (no batch norm or dropout: both see a replica's batch; no clipping:
+  it clips each replica's gradient)."""
+  exact = ["train.steps=2", "train.eval_every=2", "model.params.batch_norm=false",
+           "model.params.dropouts=[0,0,0,0,0,0]", "optimizer.clip_norm=0"]
+  runs = _train_in_subprocess(kws_train_records, tmp_path,
+                              {"mirrored": exact + ["train.strategy=mirrored"], "one": exact},
+                              replicas=2)
+  assert runs["mirrored"]["replicas"] == 2 and runs["one"]["replicas"] == 1
+  for a, b in zip(runs["mirrored"]["weights"], runs["one"]["weights"]):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  losses = {name: _events(str(tmp_path / name / "tensorboard" / "train"))["loss/total"]
+            for name in runs}
+  assert [step for step, _ in losses["mirrored"]] == [step for step, _ in losses["one"]] == [2]
+  assert losses["mirrored"][0][1] == pytest.approx(losses["one"][0][1], rel=1e-5)
+  assert runs["mirrored"]["loss"] == pytest.approx(runs["one"]["loss"], rel=1e-5)
+
+
+def test_early_stopping_stops_on_a_flat_validation_metric_and_keeps_the_best(
+    kws_train_records, tmp_path):
+  """No learning (learning rate 0): the accuracy of the first validation is never beaten,
+  so patience 2 runs out at the third validation, long before the configured steps."""
   model_dir = str(tmp_path / "run")
-  run_module("kws_tf.bin.train", f"--data_dir={kws_train_records}", f"--model_dir={model_dir}",
-             "--cpu_replicas=2", *[f"--override={o}" for o in TINY_KWS],
-             "--override=train.strategy=mirrored", "--override=train.steps=3",
-             "--override=train.eval_every=3")
-  results = json.load(open(os.path.join(model_dir, "results.json")))
-  assert results["steps"] == 3 and np.isfinite(results["test"]["loss"])
+  results = loop.Trainer(_config("train.steps=40", "train.eval_every=2",
+                                 "train.early_stopping_patience=2", "optimizer.learning_rate=0"),
+                         model_dir, kws_train_records).run()
+  assert results["stop_reason"] == "early stopping" and results["steps"] == 6
+  assert results["best_step"] == 2 and results["best_checkpoint"].endswith("best/ckpt-2")
+  history = [json.loads(line) for line in open(os.path.join(model_dir, "history.jsonl"))]
+  assert [h["step"] for h in history] == [2, 4, 6]
+  assert json.load(open(os.path.join(model_dir, "best", "best.json")))["step"] == 2
+  assert sorted(os.path.basename(p) for p in glob.glob(f"{model_dir}/best/*.index")) == [
+      "ckpt-2.index"]
+  # The last checkpoint is the stopping step; a rerun does not train on.
+  assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
+  again = loop.Trainer(_config("train.steps=40", "train.eval_every=2",
+                               "train.early_stopping_patience=2", "optimizer.learning_rate=0"),
+                       model_dir, kws_train_records).run()
+  assert again["steps"] == 6 and again["stop_reason"] == "early stopping"
 
 
 def test_ctc_student_trains_and_reports_error_rates(ctc_train_records, tmp_path):
@@ -270,7 +365,6 @@ def test_ctc_student_trains_and_reports_error_rates(ctc_train_records, tmp_path)
   assert results["validation_metric"] == "cer"
   assert set(results["test"]) >= {"cer", "wer", "loss"}
 
-  from kws_tf.evaluation import report as report_lib
   report = report_lib.evaluate_model(model_dir, ctc_train_records, "test", beam_width=4,
                                    batch_size=4)
   assert report["cer"] == pytest.approx(results["test"]["cer"])

@@ -9,8 +9,9 @@ and the normalisation inside, each with a model card (``.json`` and ``.md``:
 labels, input shape and dtype, parity with the Keras model on test examples,
 size, single-thread latency, the command). Exits non-zero when an int8 or qat
 file loses more than ``--max_accuracy_drop`` points of accuracy (kws) or CER
-(ctc) against the Keras model; the files written are kept. See
-``kws_tf/export/``.
+(ctc) against the Keras model: that file is kept as
+``model_<format>.rejected.tflite``, never under its own name; the other files
+are written. See ``kws_tf/export/``.
 """
 import shlex
 import sys

@@ -8,18 +8,20 @@ kws-export-tflite; its model card (``.json`` next to it) gives the task, the
 labels, the sample rate and the kws clip length. Audio of any sample rate is
 resampled. kws: one line per detection (``file start end keyword score``), a
 clip-long window sliding by ``--hop_seconds`` with repeated detections of a
-word merged; ctc: ``file transcript`` (NFC), decoded by ``--decoder``
-(greedy, beam, or beam_lm with the word language model of ``--lm``; see
-``kws_tf/evaluation/decoding.py``). An unreadable file gets an error line
-on stderr, the others are still processed, and the exit code is 1. See
-``kws_tf/inference.py``.
+word merged; ctc: ``file transcript`` (NFC), the audio going through the model
+in ``--chunk_seconds`` chunks overlapped by the model's receptive field (the
+same logits as one pass, in bounded memory), decoded by ``--decoder`` (greedy,
+beam, or beam_lm with the word language model of ``--lm``; see
+``kws_tf/evaluation/decoding.py``). Audio is read in blocks. An unreadable
+file gets an error line on stderr, the others are still processed, and the exit
+code is 1. See ``kws_tf/inference.py``.
 """
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
-from kws_tf import cli
+from kws_tf import cli, inference
 from kws_tf.evaluation import decoder_flags
 
 FLAGS = flags.FLAGS
@@ -28,6 +30,12 @@ flags.DEFINE_list("audio", None, "Audio files and/or folders (their .wav/.flac/.
                   "files), comma-separated.")
 flags.DEFINE_float("threshold", 0.5, "kws: minimum keyword probability of a window.")
 flags.DEFINE_float("hop_seconds", 0.25, "kws: seconds between window starts.")
+flags.DEFINE_float("chunk_seconds", inference.CHUNK_SECONDS,
+                   "ctc: seconds of audio per model call; each chunk also gets the samples its "
+                   "logits read on both sides (the card's receptive field), so the transcript "
+                   "is that of one pass (levels 80 dB below the file's loudest, digital "
+                   "silence, are clamped per chunk). 0: the whole file in one call (memory "
+                   "grows with its length).")
 flags.DEFINE_enum("output", "text", ["text", "jsonl"], "Output lines: tab-separated text or "
                   "one JSON object per file.")
 decoder_flags.define_flags(default_decoder="greedy")
@@ -38,10 +46,10 @@ flags.mark_flags_as_required(["model", "audio"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from kws_tf import inference
   try:
     return inference.run(FLAGS.model, FLAGS.audio, FLAGS.threshold, FLAGS.hop_seconds,
-                         FLAGS.output, decoder=decoder_flags.decoder_from_flags())
+                         FLAGS.output, chunk_seconds=FLAGS.chunk_seconds,
+                         decoder=decoder_flags.decoder_from_flags())
   except (FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

@@ -19,6 +19,9 @@ model's own config, except that the DFT is a matrix product (``dft="matmul"``)
 when its FFT size is not a power of two: TFLite's RFFT takes only powers of two
 (Whisper's log-mel has an FFT size of 400). Both give the same features to
 float32 rounding.
+
+``receptive_field`` measures which samples a ctc logit frame reads (the model
+card records it; ``kws_tf.inference`` overlaps the chunks of long audio by it).
 """
 import dataclasses
 import os
@@ -37,6 +40,9 @@ WAVEFORM = "waveform"
 # Name scope of the normalisation: in a TFLite file the normalised features (the
 # model's input) are the tensor "front_end/mul".
 FRONT_END_SCOPE = "front_end"
+# Length of the probe waveform of ``receptive_field``: a model whose logits
+# reach half of it (10 s) on either side counts as reading the whole input.
+PROBE_SECONDS = 20.0
 
 
 def is_power_of_two(n: int) -> bool:
@@ -111,3 +117,51 @@ class ServingModule(tf.Module):
     tf.saved_model.save(self, tmp, signatures={SIGNATURE: self.serve})
     shutil.rmtree(path, ignore_errors=True)
     os.replace(tmp, path)
+
+
+def receptive_field(module: ServingModule, spec: model_dir_lib.ModelSpec,
+                    seed: int = 0) -> Optional[Dict[str, int]]:
+  """The samples a ctc logit frame reads, measured on ``module``'s serving graph.
+
+  Logit frame ``j`` is taken as centred on sample ``j * hop`` (``hop`` the
+  logit frame length in samples). A noise waveform of ``PROBE_SECONDS`` goes
+  through the graph three times: as it is, with the samples from the middle
+  (``pivot``) on replaced by other noise, and with those before the middle
+  replaced by louder noise. The first frame ``f`` whose logits change at all
+  in the second call bounds the right reach, ``pivot - (f - 1) * hop``; the
+  last frame ``l`` changed in the third bounds the left reach, ``(l + 1) *
+  hop - pivot``. Both are upper bounds, to a frame, of the window of the
+  front end, its deltas and every convolution (a frame that reads no changed
+  sample is computed from the same numbers, so it comes out the same). Not a
+  window, so not measured: the mfcc and log-mel clamp of mel levels at the
+  input's loudest minus 80 dB, which only levels that far down (digital
+  silence, never the probe's noise) feel.
+
+  Returns ``{"left_samples", "right_samples", "logit_hop_samples"}``, or None
+  when a change reaches the first or last frame (attention, squeeze-excite or
+  another layer that sees the whole input).
+  """
+  hop = int(round(spec.output_frame_seconds * spec.sample_rate))
+  length = int(PROBE_SECONDS * spec.sample_rate) // (2 * hop) * 2 * hop
+  pivot = length // 2
+  rng = np.random.default_rng(seed)
+  base = rng.uniform(-0.1, 0.1, length).astype(np.float32)
+  other = rng.uniform(-0.5, 0.5, length).astype(np.float32)
+
+  def logits(waveform):
+    out = module.serve(tf.constant(waveform[np.newaxis]))
+    return out["logits"][0, :int(out["logit_frames"][0])].numpy()
+
+  reference = logits(base)
+
+  def changed(waveform):
+    return np.flatnonzero(np.any(logits(waveform) != reference, axis=-1))
+
+  right = changed(np.concatenate([base[:pivot], other[pivot:]]))
+  left = changed(np.concatenate([other[:pivot], base[pivot:]]))
+  last = len(reference) - 1
+  if (len(right) and right[0] == 0) or (len(left) and left[-1] == last):
+    return None
+  return {"left_samples": int((left[-1] + 1) * hop - pivot) if len(left) else 0,
+          "right_samples": int(pivot - (right[0] - 1) * hop) if len(right) else 0,
+          "logit_hop_samples": hop}

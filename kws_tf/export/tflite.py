@@ -18,11 +18,16 @@ Parity: ``num_parity`` examples of ``split`` (``kws_tf.export.examples``) go
 through the Keras model and through every exported file
 (``kws_tf.export.parity``); each card holds the maximum absolute logit
 difference and the accuracy (kws) or CER (ctc) of both. int8 and qat are
-calibrated on ``num_calibration`` waveforms of ``train_split``. An int8 or qat
-file that loses more than ``max_accuracy_drop`` points (kws: accuracy, ctc:
-CER, in percent) against Keras makes ``export`` raise ``ExportError`` naming
-the file and the numbers, after every format has been written (each file and
-card is written atomically: temporary name, rename).
+calibrated on ``num_calibration`` waveforms of ``train_split``.
+
+The accuracy gate: an int8 or qat file that loses more than
+``max_accuracy_drop`` points (kws: accuracy, ctc: CER, in percent) against
+Keras is not written under its name: it goes to
+``model_<format>.rejected.tflite`` with its card (for inspection), any
+``model_<format>.tflite`` and card of an earlier export are removed, and
+``export`` raises ``ExportError`` naming the file and the numbers after every
+format has been tried. Each file and card is written atomically (temporary
+name, rename).
 """
 import dataclasses
 import os
@@ -51,6 +56,19 @@ LATENCY_RUNS = 5
 def tflite_path(out_dir: str, kind: str) -> str:
   """``<out_dir>/model_<kind>.tflite``."""
   return os.path.join(out_dir, f"model_{kind}.tflite")
+
+
+def rejected_path(out_dir: str, kind: str) -> str:
+  """``<out_dir>/model_<kind>.rejected.tflite``: a file that failed the accuracy gate."""
+  return os.path.join(out_dir, f"model_{kind}.rejected.tflite")
+
+
+def _remove_file_and_card(path: str) -> None:
+  """Removes ``path`` and its card (``.json``, ``.md``) where they exist."""
+  stem = os.path.splitext(path)[0]
+  for name in (path, stem + ".json", stem + ".md"):
+    if os.path.exists(name):
+      os.remove(name)
 
 
 @dataclasses.dataclass
@@ -93,7 +111,8 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   Returns the cards by name ("saved_model", then each format). Raises
   ExportError for an impossible request (unknown format, qat of a model that
   does not support it, no waveforms) before writing anything, and after
-  writing everything when an int8 / qat file failed the accuracy gate.
+  trying every format when an int8 / qat file failed the accuracy gate
+  (module docstring).
   """
   unknown = [f for f in config.formats if f not in convert_lib.FORMATS]
   if unknown:
@@ -121,7 +140,10 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   module = serving.ServingModule(model, spec, clip)
   card_fields = dict(spec=spec, front_end=module.front_end, clip_samples=clip,
                      parameters=int(model.count_params()), command=config.command,
-                     model_dir=model_dir, checkpoint=config.checkpoint)
+                     model_dir=model_dir, checkpoint=config.checkpoint,
+                     trained=card_lib.training(model_dir, spec),
+                     receptive_field=(serving.receptive_field(module, spec)
+                                      if spec.task == "ctc" else None))
   saved_model_dir = os.path.join(out_dir, SAVED_MODEL)
   module.save(saved_model_dir)
   runner = inference.SavedModel(saved_model_dir)
@@ -129,7 +151,9 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   cards = {SAVED_MODEL: card_lib.model_card(
       name=SAVED_MODEL, kind=SAVED_MODEL, path=saved_model_dir,
       inputs={"shape": [1, -1 if clip is None else clip], "dtype": "float32"},
-      outputs=runner.output_specs(), parity_result=result, **card_fields)}
+      outputs=runner.output_specs(), parity_result=result,
+      weights=card_lib.stored_weights([(w.name, w.numpy()) for w in model.weights
+                                       if len(w.shape) >= 2]), **card_fields)}
   card_lib.write_card(saved_model_dir, cards[SAVED_MODEL])
   log(f"{saved_model_dir}: max |logit error| {result['max_abs_logit_error']:.3g}")
 
@@ -138,13 +162,15 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
     for kind in config.formats:
       gated = kind in GATED_FORMATS
       source, model_name = saved_model_dir, model.name
+      fine_tune = None
       if kind == "qat":
         qat_model = qat.fine_tune(
             model, spec, model_dir, data_dir, config.train_split, config.qat_steps,
             config.qat_learning_rate, config.qat_batch_size, config.seed, log=log)
         source, model_name = os.path.join(scratch, "qat_saved_model"), qat_model.name
         serving.ServingModule(qat_model, spec, clip).save(source)
-      path = tflite_path(out_dir, kind)
+        fine_tune = {"steps": config.qat_steps, "learning_rate": config.qat_learning_rate,
+                     "batch_size": config.qat_batch_size}
       try:
         content = convert_lib.convert(source, kind, model_name, calibration,
                                       config.int8_io and gated)
@@ -154,9 +180,20 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
                           f"{spec.name!r}: {first.strip()}") from e
       if spec.task == "kws":
         content = metadata_lib.with_metadata(content, spec, kind, clip)
-      records.write_bytes(path, content)
+      # Checked under a scratch name; moved to its own name, or to the rejected
+      # one when it fails the gate.
+      checked = os.path.join(scratch, f"model_{kind}.tflite")
+      records.write_bytes(checked, content)
+      result = check(inference.TFLiteModel(checked))
+      passed = not gated or result["drop_points"] <= config.max_accuracy_drop
+      path, stale = tflite_path(out_dir, kind), rejected_path(out_dir, kind)
+      if not passed:
+        path, stale = stale, path
+      _remove_file_and_card(stale)
+      if not passed:  # and the MediaPipe variant of an earlier, passing file
+        _remove_file_and_card(metadata_lib.mediapipe_path(stale))
+      os.replace(checked, path)
       runner = inference.TFLiteModel(path)
-      result = check(runner)
       latency = inference.median_latency_ms(inference.TFLiteModel(path, num_threads=1),
                                             examples[0].waveform, LATENCY_RUNS)
       card = cards[kind] = card_lib.model_card(
@@ -167,18 +204,20 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
           latency_seconds=len(examples[0].waveform) / spec.sample_rate,
           latency_runs=LATENCY_RUNS,
           max_accuracy_drop=config.max_accuracy_drop if gated else None,
-          qat_steps=config.qat_steps if kind == "qat" else None, **card_fields)
+          weights=card_lib.stored_weights(card_lib.tflite_weights(content, model_name)),
+          fine_tune=fine_tune, **card_fields)
       card_lib.write_card(os.path.splitext(path)[0], card)
       log(f"{path}: {card['size_bytes']:,} bytes, max |logit error| "
           f"{result['max_abs_logit_error']:.3g}, {result['exported']} vs Keras "
           f"{keras_metrics} ({result['drop_points']:+.2f} points), {latency:.2f} ms")
-      if spec.task == "kws":
+      if spec.task == "kws" and passed:
         metadata_lib.write_mediapipe_variant(path, card, log)
-      if gated and not card["accuracy_gate"]["passed"]:
-        failures.append(f"{path} loses {result['drop_points']:.2f} points against Keras "
-                        f"({result['exported']} vs {keras_metrics} on {len(examples)} "
-                        f"{config.split} examples), more than --max_accuracy_drop="
-                        f"{config.max_accuracy_drop:g}")
+      if not passed:
+        failures.append(f"{tflite_path(out_dir, kind)} loses {result['drop_points']:.2f} points "
+                        f"against Keras ({result['exported']} vs {keras_metrics} on "
+                        f"{len(examples)} {config.split} examples), more than "
+                        f"--max_accuracy_drop={config.max_accuracy_drop:g}; not written, kept "
+                        f"as {path} for inspection")
   if failures:
     raise ExportError("accuracy gate failed: " + "; ".join(failures))
   return cards
