@@ -333,11 +333,12 @@ def test_mirrored_strategy_over_two_cpu_replicas(kws_train_records, tmp_path):
 
 def test_early_stopping_stops_on_a_flat_validation_metric_and_keeps_the_best(
     kws_train_records, tmp_path):
-  """No learning (learning rate 0): the accuracy of the first validation is never beaten,
-  so patience 2 runs out at the third validation, long before the configured steps."""
+  """No learning (learning rate 1e-30: its steps round away on float32 weights): the
+  accuracy of the first validation is never beaten, so patience 2 runs out at the third
+  validation, long before the configured steps."""
   model_dir = str(tmp_path / "run")
   results = loop.Trainer(_config("train.steps=40", "train.eval_every=2",
-                                 "train.early_stopping_patience=2", "optimizer.learning_rate=0"),
+                                 "train.early_stopping_patience=2", "optimizer.learning_rate=1e-30"),
                          model_dir, kws_train_records).run()
   assert results["stop_reason"] == "early stopping" and results["steps"] == 6
   assert results["best_step"] == 2 and results["best_checkpoint"].endswith("best/ckpt-2")
@@ -349,7 +350,7 @@ def test_early_stopping_stops_on_a_flat_validation_metric_and_keeps_the_best(
   # The last checkpoint is the stopping step; a rerun does not train on.
   assert tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")).endswith("ckpt-6")
   again = loop.Trainer(_config("train.steps=40", "train.eval_every=2",
-                               "train.early_stopping_patience=2", "optimizer.learning_rate=0"),
+                               "train.early_stopping_patience=2", "optimizer.learning_rate=1e-30"),
                        model_dir, kws_train_records).run()
   assert again["steps"] == 6 and again["stop_reason"] == "early stopping"
 
