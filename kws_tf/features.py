@@ -519,6 +519,11 @@ class MfccConfig(_FeatureConfig):
     return filters.reshape(self.delta_width, self.num_mfcc,
                            2 * self.num_mfcc).astype(np.float32)
 
+  def analysis_window(self) -> np.ndarray:
+    """``[fft_length]``: the periodic Hann window of ``frame_length`` samples
+    centred in each frame."""
+    return _centred_hann(self.frame_length, self.fft_length)
+
   def mel_matrix(self) -> np.ndarray:
     """float32 ``[num_mel_bins, bins]``: the Slaney mel bank over the lowest
     ``bins`` DFT bins, up to the highest one it weights."""
@@ -558,9 +563,8 @@ class MfccConfig(_FeatureConfig):
 
   def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
     power = power_spectrogram(
-        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
-        self.frame_step, self.center, self.dft,
-        num_bins=self.mel_matrix().shape[1])
+        waveform, lengths, self.analysis_window(), self.frame_step, self.center,
+        self.dft, num_bins=self.mel_matrix().shape[1])
     return self.cepstra(self.log_mel(power), self.num_frames(lengths))
 
 

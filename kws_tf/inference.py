@@ -138,14 +138,15 @@ class StreamingTFLiteModel:
                   for name, value in self.streaming["state"].items()}
 
   def step(self, hop: np.ndarray) -> Dict[str, np.ndarray]:
+    """The outputs of the next call, on ``hop`` (float32 ``[hop_samples]``)."""
     outputs = self._runner(**{WAVEFORM: np.asarray(hop, np.float32)[np.newaxis]}, **self.state)
     for name, value in self.streaming["state"].items():
       self.state[name] = outputs.pop(value["output"])
     return outputs
 
   def __call__(self, waveform: np.ndarray) -> Dict[str, np.ndarray]:
-    if len(waveform) != self.streaming["window_samples"]:
-      raise ValueError(f"{self.path} streams windows of {self.streaming['window_samples']} "
+    if len(waveform) != self.streaming["clip_samples"]:
+      raise ValueError(f"{self.path} streams windows of {self.streaming['clip_samples']} "
                        f"samples, got {len(waveform)}")
     self.reset()
     for start in range(0, len(waveform), self.hop_samples):

@@ -259,3 +259,19 @@ def test_cli_refuses_a_hop_it_cannot_stream_in_one_line(kws_model, kws_train_rec
   assert error.startswith("error: cannot stream model 'wav2letter_kws_tiny'")
   assert "multiple of the front end's frame step (160 samples)" in error
   assert not os.path.exists(tmp_path / "out")
+
+
+def test_pipeline_exports_the_distilled_kws_students_stream_int8_file():
+  from kws_tf import stages
+  from kws_tf.bin import pipeline
+  options = pipeline.Options(workdir="w")
+  model, data, corpus = (stages.Stage(n, "m", [], outputs=[n]) for n in ("model", "data", "c"))
+  distill = pipeline.export_stage(options, "kws", "distill", model, data, corpus)
+  assert "--formats=int8,stream_int8" in distill.options
+  # Its first done file is the int8 card the summary reads.
+  assert distill.done_files == [os.path.join("w", "export", "kws", "distill", "model_int8.json"),
+                                os.path.join("w", "export", "kws", "distill",
+                                             "model_stream_int8.json")]
+  for task, name in (("kws", "standard"), ("kws", "teacher"), ("ctc", "distill")):
+    stage = pipeline.export_stage(options, task, name, model, data, corpus)
+    assert not any("stream" in option for option in stage.options), (task, name)

@@ -291,11 +291,9 @@ class StreamingModule(tf.Module):
       # The frames of this call side by side, each fft_length samples, framed
       # again without overlap: one DFT for all.
       frames = tf.gather(buffer, layout.frame_indices().reshape(-1), axis=1)
-      window = features._centred_hann(  # pylint: disable=protected-access
-          front_end.frame_length, front_end.fft_length)
       power = features.power_spectrogram(
-          frames, None, window, front_end.fft_length, center=False, dft=front_end.dft,
-          num_bins=front_end.mel_matrix().shape[1])
+          frames, None, front_end.analysis_window(), front_end.fft_length, center=False,
+          dft=front_end.dft, num_bins=front_end.mel_matrix().shape[1])
       made = front_end.log_mel(power)
       left, new = layout.left_frames, layout.hop_frames
       parts = []
@@ -351,10 +349,11 @@ def _front_end_tensors(calibrated: bytes, model_name: str) -> List[str]:
   from ai_edge_litert.interpreter import Interpreter
   interpreter = Interpreter(model_content=calibrated)
   runner = interpreter.get_signature_runner(serving.SIGNATURE)
-  outputs = {interpreter.get_tensor_details()[d["index"]]["name"]
-             for name, d in runner.get_output_details().items() if name in OUTPUTS}
-  return [t["name"] for t in interpreter.get_tensor_details()
-          if not t["name"].startswith(f"{model_name}/") and t["name"] not in outputs]
+  names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+  outputs = {names[d["index"]] for name, d in runner.get_output_details().items()
+             if name in OUTPUTS}
+  return [name for name in names.values()
+          if not name.startswith(f"{model_name}/") and name not in outputs]
 
 
 def convert(saved_model_dir: str, kind: str, model_name: str,
@@ -411,7 +410,7 @@ def streaming_card(layout: StreamLayout, sample_rate: int) -> dict:
            for name, value in layout.initial_state().items()}
   return {
       "hop_samples": layout.hop_samples, "hop_seconds": layout.hop_samples / sample_rate,
-      "window_samples": layout.clip_samples, "calls_per_window": layout.calls_per_window,
+      "clip_samples": layout.clip_samples, "calls_per_window": layout.calls_per_window,
       "state": state,
       "semantics": (
           f"each call takes the next {layout.hop_samples} samples and the state outputs of "
@@ -428,7 +427,7 @@ def _markdown(card: dict) -> str:
   lines = card_lib.card_markdown(card).rstrip("\n").split("\n")
   lines += [
       f"- Streaming: {s['hop_samples']} samples ({s['hop_seconds'] * 1000:g} ms) per call; "
-      f"posteriors of the last {s['window_samples']} samples every call, exact from call "
+      f"posteriors of the last {s['clip_samples']} samples every call, exact from call "
       f"{s['calls_per_window']} on",
       "- State (feed each `next_state_<name>` back as `state_<name>`): "
       + ", ".join(f"`{k}` {v['shape']} starting at {v['initial']:g}"
