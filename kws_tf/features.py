@@ -519,18 +519,35 @@ class MfccConfig(_FeatureConfig):
     return filters.reshape(self.delta_width, self.num_mfcc,
                            2 * self.num_mfcc).astype(np.float32)
 
-  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+  def analysis_window(self) -> np.ndarray:
+    """``[fft_length]``: the periodic Hann window of ``frame_length`` samples
+    centred in each frame."""
+    return _centred_hann(self.frame_length, self.fft_length)
+
+  def mel_matrix(self) -> np.ndarray:
+    """float32 ``[num_mel_bins, bins]``: the Slaney mel bank over the lowest
+    ``bins`` DFT bins, up to the highest one it weights."""
     mel_matrix = librosa.filters.mel(
         sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
         fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
         norm="slaney")
-    mel_matrix = mel_matrix[:, :_bins_read(mel_matrix)]
-    power = power_spectrogram(
-        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
-        self.frame_step, self.center, self.dft, num_bins=mel_matrix.shape[1])
-    mel = tf.tensordot(power, mel_matrix.T.astype(np.float32), 1)
-    db = 10.0 * tf.math.log(tf.maximum(mel, _POWER_TO_DB_AMIN)) / np.log(10.0)
-    num_frames = self.num_frames(lengths)
+    return mel_matrix[:, :_bins_read(mel_matrix)].astype(np.float32)
+
+  def log_mel(self, power: tf.Tensor) -> tf.Tensor:
+    """``[..., frames, num_mel_bins]``: 10 * log10(max(1e-10, mel)) of a power
+    spectrogram ``[..., frames, bins]`` (``bins`` those of ``mel_matrix``).
+
+    Each frame's value depends on that frame only (the clamp to the example's
+    maximum is ``cepstra``'s).
+    """
+    mel = tf.tensordot(power, self.mel_matrix().T, 1)
+    return 10.0 * tf.math.log(tf.maximum(mel, _POWER_TO_DB_AMIN)) / np.log(10.0)
+
+  def cepstra(self, db: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
+    """``[batch, frames, 3 * num_mfcc]``: MFCCs, deltas and delta-deltas of
+    ``log_mel`` values ``db [batch, frames, num_mel_bins]``, of which the first
+    ``num_frames [batch]`` (int32) are each example's valid frames (they set
+    the clamp's maximum and the delta edges)."""
     db_max = _max_over_valid_frames(db, num_frames)
     db = tf.maximum(db, db_max - self.top_db)
     mfcc = tf.tensordot(db, self._dct_matrix(), 1)
@@ -543,6 +560,12 @@ class MfccConfig(_FeatureConfig):
     deltas = tf.nn.conv1d(tf.gather(mfcc, index, batch_dims=1),
                           self._delta_filters(), stride=1, padding="VALID")
     return tf.concat([mfcc, deltas], axis=-1)
+
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    power = power_spectrogram(
+        waveform, lengths, self.analysis_window(), self.frame_step, self.center,
+        self.dft, num_bins=self.mel_matrix().shape[1])
+    return self.cepstra(self.log_mel(power), self.num_frames(lengths))
 
 
 @dataclasses.dataclass(frozen=True)

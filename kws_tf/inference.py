@@ -129,6 +129,56 @@ class TFLiteModel:
             for name, value in outputs.items()}
 
 
+class StreamingTFLiteModel:
+  """A streaming TFLite file (``kws_tf.export.streaming``) run with ai-edge-litert.
+
+  ``step(hop)`` feeds the next ``hop_samples`` samples (float32 ``[hop_samples]``)
+  with the state the call before returned and gives that call's ``logits`` and
+  ``probabilities`` (``[1, classes]``); ``reset()`` puts the state back to its
+  initial values. Calling it with one window (float32 ``[clip_samples]``) streams
+  the window from the initial state and returns the outputs of the last call:
+  those of the window, as a ``TFLiteModel`` of the non-streaming file gives them.
+
+  Args:
+    path: the ``.tflite`` file.
+    streaming: the ``streaming`` section of its card; None reads the card.
+    num_threads: interpreter threads.
+  """
+
+  def __init__(self, path: str, streaming: Optional[dict] = None,
+               num_threads: Optional[int] = None):
+    from ai_edge_litert.interpreter import Interpreter
+    self.path = path
+    self.streaming = streaming if streaming is not None else read_card(path)["streaming"]
+    self._interpreter = Interpreter(model_path=path, num_threads=num_threads)
+    self._runner = self._interpreter.get_signature_runner(SIGNATURE)
+    self.input_detail = self._runner.get_input_details()[WAVEFORM]
+    self.output_details = self._runner.get_output_details()
+    self.hop_samples = self.streaming["hop_samples"]
+    self.reset()
+
+  def reset(self) -> None:
+    """The state of a stream not yet started."""
+    self.state = {name: np.full(value["shape"], value["initial"], np.float32)
+                  for name, value in self.streaming["state"].items()}
+
+  def step(self, hop: np.ndarray) -> Dict[str, np.ndarray]:
+    """The outputs of the next call, on ``hop`` (float32 ``[hop_samples]``)."""
+    outputs = self._runner(**{WAVEFORM: np.asarray(hop, np.float32)[np.newaxis]}, **self.state)
+    for name, value in self.streaming["state"].items():
+      self.state[name] = outputs.pop(value["output"])
+    return outputs
+
+  def __call__(self, waveform: np.ndarray) -> Dict[str, np.ndarray]:
+    if len(waveform) != self.streaming["clip_samples"]:
+      raise ValueError(f"{self.path} streams windows of {self.streaming['clip_samples']} "
+                       f"samples, got {len(waveform)}")
+    self.reset()
+    for start in range(0, len(waveform), self.hop_samples):
+      outputs = self.step(waveform[start:start + self.hop_samples])
+    return outputs
+
+
 class SavedModel:
   """A SavedModel folder's serving signature; called as ``TFLiteModel``."""
 
@@ -152,11 +202,14 @@ class SavedModel:
 
 
 def load_model(path: str, num_threads: Optional[int] = None):
-  """A ``TFLiteModel`` for a ``.tflite`` file, a ``SavedModel`` for a folder."""
+  """A ``TFLiteModel`` for a ``.tflite`` file (a ``StreamingTFLiteModel`` when its
+  card has a ``streaming`` section), a ``SavedModel`` for a folder."""
   if os.path.isdir(path):
     return SavedModel(path)
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path}: no such TFLite file or SavedModel folder")
+  if os.path.exists(card_path(path)) and "streaming" in read_card(path):
+    return StreamingTFLiteModel(path, num_threads=num_threads)
   return TFLiteModel(path, num_threads=num_threads)
 
 

@@ -5,7 +5,8 @@ r"""Exports a trained model as a SavedModel and TFLite files that take raw 16 kH
       --formats=float32,float16,dynamic,int8,qat
 
 Writes ``saved_model/`` and ``model_<format>.tflite`` with the feature front end
-and the normalisation inside, each with a model card (``.json`` and ``.md``:
+and the normalisation inside (``model_stream_<format>.tflite``: the same, fed
+in hops with its state), each with a model card (``.json`` and ``.md``:
 labels, input shape and dtype, parity with the Keras model on test examples,
 size, single-thread latency, the command). Exits non-zero when an int8 or qat
 file loses more than ``--max_accuracy_drop`` points of accuracy (kws) or CER
@@ -27,7 +28,11 @@ flags.DEFINE_string("data_dir", None, "The create_tfrecords output the model was
                     "(test examples for the parity check, train examples for calibration).")
 flags.DEFINE_string("out_dir", None, "Where the SavedModel, TFLite files and cards go.")
 flags.DEFINE_list("formats", ["float32", "int8"],
-                  "TFLite formats: float32, float16, dynamic, int8, qat.")
+                  "TFLite formats: float32, float16, dynamic, int8, qat; kws also "
+                  "stream_float32, stream_int8 (audio in hops of --stream_hop_seconds, "
+                  "posteriors of the last clip every hop).")
+flags.DEFINE_float("stream_hop_seconds", 0.1, "Audio per call of the stream_* files: a "
+                   "multiple of the front end's hop that divides the clip.")
 flags.DEFINE_enum("int8_io", "float", ["float", "int8"],
                   "Input waveform and output dtype of the int8 and qat files.")
 flags.DEFINE_integer("num_parity", 100, "Test examples of the Keras-vs-export parity check.")
@@ -59,6 +64,7 @@ def main(argv):
       split=FLAGS.split, train_split=FLAGS.train_split, audio_dir=FLAGS.audio_dir,
       qat_steps=FLAGS.qat_steps, qat_learning_rate=FLAGS.qat_learning_rate,
       qat_batch_size=FLAGS.qat_batch_size, seed=FLAGS.seed,
+      stream_hop_seconds=FLAGS.stream_hop_seconds,
       command=" ".join(shlex.quote(a) for a in sys.argv))
   try:
     tflite.export(FLAGS.model_dir, FLAGS.data_dir, FLAGS.out_dir, config,

@@ -17,7 +17,8 @@ For each task (``kws`` by default; ``ctc`` too with ``--tasks=kws,ctc``)::
                                             quantized_distill}
   evaluate  kws_tf.bin.evaluate             <model dir>/eval/test/
   export    kws_tf.bin.export_tflite        <workdir>/export/<task>/<model>/ (int8 TFLite
-                                            with the front end inside + model card)
+                                            with the front end inside + model card; the
+                                            distilled kws student also model_stream_int8)
   robustness data_prep.robustness_set      <workdir>/robustness (kws: held-out voices,
                                             rates, texts and conditions), every
                                             exported file scored on it
@@ -247,15 +248,17 @@ def evaluate_stage(task: str, trained: Dict[str, Stage], data: Stage) -> Stage:
 
 def export_stage(options: Options, task: str, name: str, model: Stage, data: Stage,
                  corpus: Stage) -> Stage:
-  """int8 TFLite of a student (float32 of the teacher) with its model card."""
+  """int8 TFLite of a student (float32 of the teacher) with its model card; the
+  distilled kws student also as a streaming int8 file (``stream_int8``)."""
   out = os.path.join(options.workdir, "export", task, name)
   fmt = "float32" if name == "teacher" else "int8"
+  formats = [fmt, "stream_int8"] if (task, name) == ("kws", "distill") else [fmt]
   return Stage(f"export {name} ({task})", "kws_tf.bin.export_tflite",
                [f"--model_dir={model.outputs[0]}", f"--data_dir={data.outputs[0]}",
-                f"--out_dir={out}", f"--formats={fmt}", f"--num_parity={options.num_parity}",
-                f"--audio_dir={corpus.outputs[0]}"],
+                f"--out_dir={out}", f"--formats={','.join(formats)}",
+                f"--num_parity={options.num_parity}", f"--audio_dir={corpus.outputs[0]}"],
                inputs=[model, data, corpus], outputs=[out],
-               done=[os.path.join(out, f"model_{fmt}.json")])
+               done=[os.path.join(out, f"model_{f}.json") for f in formats])
 
 
 def robustness_stage(options: Options) -> Stage:

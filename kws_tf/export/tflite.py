@@ -6,7 +6,9 @@
                          (waveform in, outputs out; signature ``serving_default``)
   model_<format>.tflite  one per format of ``config.formats``
                          (``kws_tf.export.convert``); qat converts a copy of
-                         the model fine-tuned by ``kws_tf.export.qat``
+                         the model fine-tuned by ``kws_tf.export.qat``;
+                         stream_float32 / stream_int8 take audio in hops
+                         (``kws_tf.export.streaming``)
   <name>.json, <name>.md the model card of each (``kws_tf.export.card``), next
                          to it: saved_model.json, model_<format>.json
   model_<format>_mediapipe.tflite
@@ -44,31 +46,13 @@ from kws_tf.export import convert as convert_lib
 from kws_tf.export import examples as examples_lib
 from kws_tf.export import metadata as metadata_lib
 from kws_tf.export import parity as parity_lib
-from kws_tf.export import qat, serving
+from kws_tf.export import files, qat, serving, streaming
 from kws_tf.export.errors import ExportError
 
 # Formats whose accuracy drop against Keras is checked.
-GATED_FORMATS = ("int8", "qat")
+GATED_FORMATS = ("int8", "qat", "stream_int8")
 SAVED_MODEL = "saved_model"
 LATENCY_RUNS = 5
-
-
-def tflite_path(out_dir: str, kind: str) -> str:
-  """``<out_dir>/model_<kind>.tflite``."""
-  return os.path.join(out_dir, f"model_{kind}.tflite")
-
-
-def rejected_path(out_dir: str, kind: str) -> str:
-  """``<out_dir>/model_<kind>.rejected.tflite``: a file that failed the accuracy gate."""
-  return os.path.join(out_dir, f"model_{kind}.rejected.tflite")
-
-
-def _remove_file_and_card(path: str) -> None:
-  """Removes ``path`` and its card (``.json``, ``.md``) where they exist."""
-  stem = os.path.splitext(path)[0]
-  for name in (path, stem + ".json", stem + ".md"):
-    if os.path.exists(name):
-      os.remove(name)
 
 
 @dataclasses.dataclass
@@ -76,7 +60,7 @@ class ExportConfig:
   """Options of ``export`` (the flags of ``kws-export-tflite``).
 
   Fields:
-    formats: TFLite formats to write, any of ``convert.FORMATS``.
+    formats: TFLite formats to write, any of ``convert.FORMATS`` and ``streaming.FORMATS``.
     int8_io: int8 and qat files take an int8 waveform and give int8 logits.
     num_parity: test examples of the parity check.
     num_calibration: train examples whose waveforms calibrate int8 and qat.
@@ -87,6 +71,7 @@ class ExportConfig:
     audio_dir: corpus root to read waveforms from when the records hold none.
     qat_steps, qat_learning_rate, qat_batch_size, seed: the QAT fine-tune.
     command: the command line, for the cards.
+    stream_hop_seconds: audio per call of the streaming files.
   """
   formats: Sequence[str] = ("float32", "int8")
   int8_io: bool = False
@@ -102,6 +87,7 @@ class ExportConfig:
   qat_batch_size: int = 32
   seed: int = 0
   command: str = ""
+  stream_hop_seconds: float = 0.1
 
 
 def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
@@ -114,14 +100,18 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
   trying every format when an int8 / qat file failed the accuracy gate
   (module docstring).
   """
-  unknown = [f for f in config.formats if f not in convert_lib.FORMATS]
+  known = convert_lib.FORMATS + streaming.FORMATS
+  unknown = [f for f in config.formats if f not in known]
   if unknown:
-    raise ExportError(f"unknown formats {unknown}; choose from {', '.join(convert_lib.FORMATS)}")
+    raise ExportError(f"unknown formats {unknown}; choose from {', '.join(known)}")
   spec = model_dir_lib.read_spec(model_dir)
   if "qat" in config.formats:
     qat.check_supported(spec)
   metadata = records.load_metadata(data_dir)
   clip = metadata.clip_samples if spec.task == "kws" else None
+  stream_kinds = [k for k in config.formats if k in streaming.FORMATS]
+  if stream_kinds:
+    streaming.check_supported(spec, clip, config.stream_hop_seconds)
   model = model_dir_lib.load_trained_model(model_dir, config.checkpoint)
   examples = examples_lib.load_examples(model_dir, data_dir, config.split, config.num_parity,
                                         config.audio_dir)
@@ -159,7 +149,7 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
 
   failures = []
   with tempfile.TemporaryDirectory(dir=out_dir) as scratch:
-    for kind in config.formats:
+    for kind in (k for k in config.formats if k not in stream_kinds):
       gated = kind in GATED_FORMATS
       source, model_name = saved_model_dir, model.name
       fine_tune = None
@@ -186,13 +176,9 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
       records.write_bytes(checked, content)
       result = check(inference.TFLiteModel(checked))
       passed = not gated or result["drop_points"] <= config.max_accuracy_drop
-      path, stale = tflite_path(out_dir, kind), rejected_path(out_dir, kind)
-      if not passed:
-        path, stale = stale, path
-      _remove_file_and_card(stale)
+      path = files.place(checked, out_dir, kind, passed)
       if not passed:  # and the MediaPipe variant of an earlier, passing file
-        _remove_file_and_card(metadata_lib.mediapipe_path(stale))
-      os.replace(checked, path)
+        files.remove_file_and_card(metadata_lib.mediapipe_path(files.tflite_path(out_dir, kind)))
       runner = inference.TFLiteModel(path)
       latency = inference.median_latency_ms(inference.TFLiteModel(path, num_threads=1),
                                             examples[0].waveform, LATENCY_RUNS)
@@ -213,11 +199,17 @@ def export(model_dir: str, data_dir: str, out_dir: str, config: ExportConfig,
       if spec.task == "kws" and passed:
         metadata_lib.write_mediapipe_variant(path, card, log)
       if not passed:
-        failures.append(f"{tflite_path(out_dir, kind)} loses {result['drop_points']:.2f} points "
+        failures.append(f"{files.tflite_path(out_dir, kind)} loses {result['drop_points']:.2f} points "
                         f"against Keras ({result['exported']} vs {keras_metrics} on "
                         f"{len(examples)} {config.split} examples), more than "
                         f"--max_accuracy_drop={config.max_accuracy_drop:g}; not written, kept "
                         f"as {path} for inspection")
+    if stream_kinds:
+      stream_cards, stream_failures = streaming.export(
+          stream_kinds, model, spec, clip, config.stream_hop_seconds, out_dir, scratch,
+          calibration, check, card_fields, config.max_accuracy_drop, log)
+      cards.update(stream_cards)
+      failures += stream_failures
   if failures:
     raise ExportError("accuracy gate failed: " + "; ".join(failures))
   return cards

@@ -1,0 +1,183 @@
+r"""Single-thread CPU time per second of audio: the streaming int8 file against the
+sliding window recomputed at the same hop.
+
+  .venv/bin/python benchmarks/streaming.py [--workdir=workdir] [--hops=0.02,0.1]
+
+Not a test. Exports a trained kws student (``--model_dir``, default the
+pipeline's distilled one) afresh with ``kws-export-tflite
+--formats=int8,stream_int8 --stream_hop_seconds=<hop>`` for each hop of
+``--hops`` into ``--out_dir``, then runs ``--seconds`` of audio through both
+files in ai-edge-litert's interpreter with one thread, one posterior vector per
+hop:
+
+* stream: ``model_stream_int8.tflite`` once per hop, its state outputs fed back
+  as the next call's state inputs;
+* sliding window: ``model_int8.tflite`` on the last 1 s clip once per hop, its
+  whole front end and network recomputed (what ``kws-infer --hop_seconds``
+  does).
+
+CPU time of the calling thread (the interpreter's only thread): of the
+``invoke()`` calls alone, and of the whole loop (also the copies of the
+waveform, the state and the posteriors in and out of the interpreter from
+Python); the median of ``--rounds`` rounds, in ms per second of audio. The
+targets (the always-on detection issue): the stream at most 0.5 ms per second
+of audio and at least 5x less than the sliding window.
+"""
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+import numpy as np
+from absl import app, flags
+
+from kws_tf import inference
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TARGET_MS_PER_SECOND = 0.5
+TARGET_SPEEDUP = 5.0
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", "workdir", "A kws-pipeline workdir (its distilled kws student, "
+                    "records and corpus are read).")
+flags.DEFINE_string("model_dir", None, "A kws student model dir instead of "
+                    "<workdir>/models/kws/distill.")
+flags.DEFINE_list("hops", ["0.02", "0.1"], "Hops to measure, seconds (each a multiple of the "
+                  "front end's frame step that divides the clip).")
+flags.DEFINE_string("out_dir", "/tmp/kws_tf_streaming", "Exported files (replaced every run, "
+                    "kept for inspection).")
+flags.DEFINE_float("seconds", 20.0, "Seconds of audio per round.")
+flags.DEFINE_integer("rounds", 5, "Timed rounds per file and hop (after one untimed round).")
+flags.DEFINE_integer("seed", 0, "Seed of the audio (noise: the time does not depend on it).")
+
+
+def _run(command: List[str]) -> None:
+  print(f"== {' '.join(shlex.quote(c) for c in command)}", flush=True)
+  result = subprocess.run(command, cwd=REPO)
+  if result.returncode != 0:
+    raise SystemExit(f"failed (exit {result.returncode}): {command}")
+
+
+def _interpreter(path: str):
+  """A one-thread interpreter of ``path`` and its signature's input and output
+  tensor indices by name (read from a second interpreter: a signature runner
+  keeps references that block raw tensor access)."""
+  from ai_edge_litert.interpreter import Interpreter
+  signature = Interpreter(model_path=path).get_signature_runner(inference.SIGNATURE)
+  inputs = {k: v["index"] for k, v in signature.get_input_details().items()}
+  outputs = {k: v["index"] for k, v in signature.get_output_details().items()}
+  interpreter = Interpreter(model_path=path, num_threads=1)
+  interpreter.allocate_tensors()
+  return interpreter, inputs, outputs
+
+
+def time_stream(path: str, streaming: dict, waveform: np.ndarray) -> Dict[str, float]:
+  """CPU seconds of one pass of ``waveform`` through a streaming file, hop by hop."""
+  interpreter, inputs, outputs = _interpreter(path)
+  hop = streaming["hop_samples"]
+  state = {name: np.full(value["shape"], value["initial"], np.float32)
+           for name, value in streaming["state"].items()}
+  invoke = 0.0
+  start = time.thread_time()
+  for end in range(hop, len(waveform) + 1, hop):
+    interpreter.set_tensor(inputs[inference.WAVEFORM], waveform[np.newaxis, end - hop:end])
+    for name, value in state.items():
+      interpreter.set_tensor(inputs[name], value)
+    before = time.thread_time()
+    interpreter.invoke()
+    invoke += time.thread_time() - before
+    for name, value in streaming["state"].items():
+      state[name] = interpreter.get_tensor(outputs[value["output"]])
+    interpreter.get_tensor(outputs["probabilities"])
+  return {"invoke": invoke, "loop": time.thread_time() - start}
+
+
+def time_sliding(path: str, clip: int, hop: int, waveform: np.ndarray) -> Dict[str, float]:
+  """CPU seconds of the windows of ``clip`` samples ending every ``hop`` samples."""
+  interpreter, inputs, outputs = _interpreter(path)
+  padded = np.concatenate([np.zeros(clip, np.float32), waveform])
+  invoke = 0.0
+  start = time.thread_time()
+  for end in range(hop, len(waveform) + 1, hop):
+    interpreter.set_tensor(inputs[inference.WAVEFORM], padded[np.newaxis, end:end + clip])
+    before = time.thread_time()
+    interpreter.invoke()
+    invoke += time.thread_time() - before
+    interpreter.get_tensor(outputs["probabilities"])
+  return {"invoke": invoke, "loop": time.thread_time() - start}
+
+
+def median_ms_per_second(measure, seconds: float) -> Dict[str, float]:
+  """Median over ``--rounds`` timed rounds (one untimed first) of ``measure()``, ms
+  per second of audio."""
+  measure()
+  rounds = [measure() for _ in range(FLAGS.rounds)]
+  return {key: 1000.0 * float(np.median([r[key] for r in rounds])) / seconds
+          for key in rounds[0]}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  command = " ".join(shlex.quote(c) for c in [sys.executable] + sys.argv)
+  model_dir = FLAGS.model_dir or os.path.join(FLAGS.workdir, "models", "kws", "distill")
+  if not os.path.exists(os.path.join(model_dir, "model.json")):
+    raise SystemExit(f"no trained kws student in {model_dir}: run kws-pipeline "
+                     f"--workdir={FLAGS.workdir} first (or give --model_dir)")
+  rows = []
+  for hop_seconds in FLAGS.hops:
+    folder = os.path.join(FLAGS.out_dir, f"hop_{hop_seconds}")
+    shutil.rmtree(folder, ignore_errors=True)
+    # Accuracy is the export's business (its cards), not this table's.
+    _run([sys.executable, "-m", "kws_tf.bin.export_tflite", f"--model_dir={model_dir}",
+          f"--data_dir={os.path.join(FLAGS.workdir, 'records', 'kws')}",
+          f"--audio_dir={os.path.join(FLAGS.workdir, 'corpus')}", f"--out_dir={folder}",
+          "--formats=int8,stream_int8", f"--stream_hop_seconds={hop_seconds}",
+          "--num_parity=50", "--num_calibration=50", "--max_accuracy_drop=100"])
+    stream_path = os.path.join(folder, "model_stream_int8.tflite")
+    window_path = os.path.join(folder, "model_int8.tflite")
+    card = inference.read_card(stream_path)
+    streaming = card["streaming"]
+    hop, rate = streaming["hop_samples"], card["sample_rate"]
+    samples = int(FLAGS.seconds * rate) // hop * hop
+    waveform = np.random.default_rng(FLAGS.seed).uniform(-0.1, 0.1, samples).astype(np.float32)
+    seconds = samples / rate
+    stream = median_ms_per_second(lambda: time_stream(stream_path, streaming, waveform),
+                                  seconds)
+    sliding = median_ms_per_second(
+        lambda: time_sliding(window_path, card["clip_samples"], hop, waveform), seconds)
+    rows.append((hop / rate, stream, sliding, os.path.getsize(stream_path),
+                 os.path.getsize(window_path), card["parity"]["drop_points"]))
+
+  print()
+  print(f"command: {command}")
+  print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; one interpreter "
+        f"thread; {FLAGS.seconds:g} s of audio per round, median of {FLAGS.rounds} rounds; "
+        f"model {model_dir}")
+  print()
+  print("| hop (ms) | stream int8: ms CPU / s audio, invoke (loop) | sliding int8 window: "
+        "invoke (loop) | speed-up (invoke) | sizes stream / window (KB) | stream parity "
+        "(points lost) |")
+  print("|---|---|---|---|---|---|")
+  for hop, stream, sliding, stream_size, window_size, drop in rows:
+    print(f"| {hop * 1000:g} | {stream['invoke']:.3f} ({stream['loop']:.3f}) | "
+          f"{sliding['invoke']:.3f} ({sliding['loop']:.3f}) | "
+          f"{sliding['invoke'] / stream['invoke']:.1f}x | {stream_size / 1024:.0f} / "
+          f"{window_size / 1024:.0f} | {drop:+.2f} |")
+  print()
+  for hop, stream, sliding, _, _, _ in rows:
+    speedup = sliding["invoke"] / stream["invoke"]
+    print(f"targets at {hop * 1000:g} ms: {stream['invoke']:.3f} ms per s of audio "
+          f"(<= {TARGET_MS_PER_SECOND:g}: "
+          f"{'met' if stream['invoke'] <= TARGET_MS_PER_SECOND else 'missed'}), "
+          f"{speedup:.1f}x less than the sliding window (>= {TARGET_SPEEDUP:g}x: "
+          f"{'met' if speedup >= TARGET_SPEEDUP else 'missed'})")
+
+
+if __name__ == "__main__":
+  app.run(main)
