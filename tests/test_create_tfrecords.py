@@ -1,5 +1,6 @@
 """The TFRecord converter end to end on a synthesized corpus."""
 import filecmp
+import functools
 import glob
 import json
 import os
@@ -385,12 +386,21 @@ def test_batched_features_of_int16_float_and_mixed_signals_agree():
       np.testing.assert_allclose(got, want, atol=1e-4)
 
 
+@functools.lru_cache(maxsize=None)
+def converter_defaults() -> str:
+  """The converter's flags at their defaults, as JSON. Read in a fresh process: its
+  flags (``--cores``...) clash with those of other binaries the suite imports here."""
+  script = ("import json; from absl import flags; from data_prep import create_tfrecords; "
+            "print(json.dumps({f.name: f.default for f in "
+            "flags.FLAGS.get_flags_for_module(create_tfrecords.__name__)}))")
+  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True,
+                          capture_output=True, text=True)
+  return result.stdout.strip().splitlines()[-1]
+
+
 def plan_args(data_dir, **overrides):
   """The converter's flags at their defaults, for ``shard_plan.build_plan``."""
-  from absl import flags
-  from data_prep import create_tfrecords
-  values = {f.name: f.default
-            for f in flags.FLAGS.get_flags_for_module(create_tfrecords.__name__)}
+  values = json.loads(converter_defaults())
   values.update(data_dir=str(data_dir), splits=["train"], task="ctc", **overrides)
   return types.SimpleNamespace(**values)
 

@@ -74,7 +74,8 @@ def _fixed_ctc_model(folder, vocabulary, logits):
 
   module = Module()
   tf.saved_model.save(module, str(folder), signatures={"serving_default": module.serve})
-  card = {"task": "ctc", "sample_rate": 16000,
+  card = {"task": "ctc", "sample_rate": 16000, "logit_frame_seconds": 0.02,
+          "receptive_field": {"left_samples": 0, "right_samples": 0},
           "labels": {"vocabulary": vocabulary, "blank_index": 0}}
   (folder.parent / (folder.name + ".json")).write_text(json.dumps(card, ensure_ascii=False),
                                                        encoding="utf-8")
