@@ -67,13 +67,13 @@ def test_pipeline_runs_every_stage_then_resumes_without_redoing_any(tmp_path):
   assert json.load(open(os.path.join(workdir, "results.json")))["rows"] == summary["rows"]
 
   # Another option reruns the stages it reaches, saying why, and keeps the others.
-  other = ["--num_parity=5" if a == "--num_parity=6" else a for a in TINY]
+  other = ["--robustness_utterances=3" if a == "--robustness_utterances=4" else a for a in TINY]
   changed = run_module("kws_tf.bin.pipeline", f"--workdir={workdir}", *other)
-  assert "== teacher (kws): complete" in changed.stdout
-  assert ("== export standard (kws): rerun, options --num_parity=6 -> --num_parity=5"
-          in changed.stdout)
+  assert "== export standard (kws): complete" in changed.stdout
+  assert ("== robustness set: rerun, options --utterances_per_speaker=4 -> "
+          "--utterances_per_speaker=3" in changed.stdout)
   rows = json.load(open(os.path.join(workdir, "results.json")))["rows"]
-  assert {r["parity_examples"] for r in rows} == {5}
+  assert all(r["robustness"]["all"]["windows"] < windows for r in rows)
 
 
 def test_pipeline_refuses_a_missing_teacher_checkpoint(tmp_path):

@@ -409,7 +409,6 @@ def run_pipeline(options: Options) -> List[dict]:
 
 FLAGS = flags.FLAGS
 _DEFAULTS = Options()
-FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", _DEFAULTS.workdir, "Where every stage writes.")
 flags.DEFINE_integer("speakers", _DEFAULTS.speakers, "Synthetic speakers in all.")
 flags.DEFINE_integer("test_speakers", _DEFAULTS.test_speakers,
