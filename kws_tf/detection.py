@@ -31,7 +31,7 @@ from kws_tf import text
 
 # Defaults of kws-infer and kws-evaluate's always-on metric.
 SMOOTH_SECONDS = 0.3
-REFRACTORY_SECONDS = 1.0
+REFRACTORY_SECONDS = 0.5
 
 
 class Detection(NamedTuple):
