@@ -343,3 +343,8 @@ def test_always_on_set_and_metric_end_to_end(stream_file, tmp_path):
 
   refused = run_module("kws_tf.bin.evaluate", f"--always_on_model={model}", check=False)
   assert refused.returncode != 0 and "--always_on_set" in refused.stderr
+
+
+def test_always_on_refuses_a_file_that_does_not_stream():
+  with pytest.raises(ValueError, match="x.tflite is not a streaming kws file"):
+    always_on.check_streaming({"task": "kws", "labels": {}}, "x.tflite")

@@ -89,10 +89,7 @@ def always_on_main() -> int:
   path = FLAGS.always_on_model
   try:
     card = inference.read_card(path)
-    if "streaming" not in card:
-      raise ValueError(f"{path} is not a streaming file (its card {inference.card_path(path)} "
-                       "has no streaming section): export one with kws-export-tflite "
-                       "--formats=stream_int8")
+    always_on.check_streaming(card, path)
     model = inference.StreamingTFLiteModel(path, card["streaming"])
     results = always_on.evaluate(model, card, FLAGS.always_on_set, FLAGS.smooth_seconds,
                                  FLAGS.refractory_seconds, FLAGS.tolerance_seconds,

@@ -157,7 +157,14 @@ def summarize(rows: Sequence[dict], counts: Sequence[Sequence[dict]],
   return out
 
 
-def evaluate(model: "inference.StreamingTFLiteModel", card: dict, set_dir: str,
+def check_streaming(card: dict, path: str) -> None:
+  """ValueError naming ``path`` unless its card is that of a streaming kws file."""
+  if card.get("task") != "kws" or "streaming" not in card:
+    raise ValueError(f"{path} is not a streaming kws file (its card has no streaming "
+                     "section): export one with kws-export-tflite --formats=stream_int8")
+
+
+def evaluate(model: inference.StreamingTFLiteModel, card: dict, set_dir: str,
              smooth_seconds: float = detection.SMOOTH_SECONDS,
              refractory_seconds: float = detection.REFRACTORY_SECONDS,
              tolerance: float = TOLERANCE_SECONDS, target_rate: float = TARGET_RATE,
@@ -167,10 +174,7 @@ def evaluate(model: "inference.StreamingTFLiteModel", card: dict, set_dir: str,
   Returns ``settings`` (hop, smoothing, refractory time, tolerance, target
   rate, thresholds) and ``groups`` (``summarize``).
   """
-  if card.get("task") != "kws" or "streaming" not in card:
-    raise ValueError(f"{card.get('file')} is not a streaming kws file (its card has no "
-                     "streaming section): export one with kws-export-tflite "
-                     "--formats=stream_int8")
+  check_streaming(card, model.path)
   if tolerance < 0 or target_rate <= 0:
     raise ValueError(f"the tolerance must be >= 0 and the target rate > 0, got {tolerance} "
                      f"and {target_rate}")
