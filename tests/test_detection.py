@@ -348,3 +348,24 @@ def test_always_on_set_and_metric_end_to_end(stream_file, tmp_path):
 def test_always_on_refuses_a_file_that_does_not_stream():
   with pytest.raises(ValueError, match="x.tflite is not a streaming kws file"):
     always_on.check_streaming({"task": "kws", "labels": {}}, "x.tflite")
+
+
+def test_det_per_hour_plot_is_written_and_refuses_bad_points(tmp_path):
+  from kws_tf.evaluation import plots
+  path = str(tmp_path / "det.png")
+  plots.plot_det_per_hour({"all": [(0.0, 0.9), (2.0, 0.5), (1.0, 0.7), (40.0, 0.6)]}, path,
+                          always_on.RATES)
+  assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+  with pytest.raises(ValueError, match="'all' must be \\[K, 2\\]"):
+    plots.plot_det_per_hour({"all": [0.1, 0.2]}, path)
+
+
+@pytest.mark.parametrize("module,names", [
+    ("kws_tf.bin.infer", ("--smooth_seconds", "--refractory_seconds", "--threshold")),
+    ("kws_tf.bin.evaluate", ("--always_on_model", "--always_on_set", "--always_on_out_dir",
+                             "--target_false_alarms_per_hour", "--smooth_seconds",
+                             "--refractory_seconds", "--tolerance_seconds"))])
+def test_help_lists_the_detection_flags(module, names):
+  result = run_module(module, "--help", check=False)
+  for name in names:
+    assert name in result.stdout, name

@@ -98,8 +98,8 @@ def plot_det_curve(points, path: str, title: str = "DET curve") -> None:
 
 def plot_det_per_hour(points, path: str, rates: Sequence[float] = (),
                       title: str = "DET curve, always on") -> None:
-  """Writes the always-on trade-off as a PNG: FRR (percent) against false alarms per
-  hour, one curve per name.
+  """Writes the always-on trade-off as a PNG: per name, the lowest FRR (percent) of the
+  points with at most each number of false alarms per hour.
 
   The x axis is linear from 0 to 1 false alarm per hour and logarithmic above,
   up to the largest rate of the points (at least 10); the ``rates`` get
@@ -124,8 +124,11 @@ def plot_det_per_hour(points, path: str, rates: Sequence[float] = (),
       if curve.ndim != 2 or curve.shape[1] != 2 or not len(curve):
         raise ValueError(f"points of {name!r} must be [K, 2] (false alarms per hour, FRR) "
                          f"with K >= 1, got shape {curve.shape}")
-      # As plot_det_curve: the least FRR reachable at each rate.
-      curve = curve[np.lexsort((-curve[:, 1], curve[:, 0]))]
+      # The least FRR of any threshold with at most each rate (the operating
+      # points of kws_tf.evaluation.always_on): a threshold sweep of a detector
+      # with a refractory time is not monotone in its false alarms.
+      curve = curve[np.lexsort((curve[:, 1], curve[:, 0]))]
+      curve[:, 1] = np.minimum.accumulate(curve[:, 1])
       largest = max(largest, float(curve[:, 0].max()))
       axes.plot(curve[:, 0], 100 * curve[:, 1], drawstyle="steps-post", linewidth=1.5,
                 label=name)
@@ -140,7 +143,7 @@ def plot_det_per_hour(points, path: str, rates: Sequence[float] = (),
     axes.set_ylabel("false rejects (% of spoken keywords)")
     axes.set_title(title)
     axes.grid(True, alpha=0.4)
-    axes.legend(fontsize=7, loc="upper right")
+    axes.legend(fontsize=7, loc="lower left")
     _save(figure, path)
 
 
