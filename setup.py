@@ -54,6 +54,7 @@ CONSOLE_SCRIPTS = [
     "kws-infer=kws_tf.bin.infer:run",
     "kws-get-whisper-base=data_prep.get_whisper_base:run",
     "kws-make-robustness-set=data_prep.robustness_set:run",
+    "kws-make-always-on-set=data_prep.always_on_set:run",
     "kws-build-lm=data_prep.build_lm:run",
 ]
 

@@ -22,6 +22,13 @@ waveform, the state and the posteriors in and out of the interpreter from
 Python); the median of ``--rounds`` rounds, in ms per second of audio. The
 targets (the always-on detection issue): the stream at most 0.5 ms per second
 of audio and at least 5x less than the sliding window.
+
+With ``--always_on_set`` (a ``kws-make-always-on-set`` folder), each stream
+file is also scored on its long recordings as ``kws-evaluate
+--always_on_model`` scores it (``kws_tf.evaluation.always_on``, default
+smoothing and refractory time): the FRR at 1 false alarm per hour, and the
+detection delay at that threshold: the median, over the detected keywords, of
+the time the detection fires after the keyword's end (target: at most 200 ms).
 """
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -54,6 +61,9 @@ flags.DEFINE_string("out_dir", "/tmp/kws_tf_streaming", "Exported files (replace
 flags.DEFINE_float("seconds", 20.0, "Seconds of audio per round.")
 flags.DEFINE_integer("rounds", 5, "Timed rounds per file and hop (after one untimed round).")
 flags.DEFINE_integer("seed", 0, "Seed of the audio (noise: the time does not depend on it).")
+flags.DEFINE_string("always_on_set", None, "A kws-make-always-on-set folder: also the FRR at "
+                    "1 false alarm per hour and the median detection delay of each stream file.")
+TARGET_DELAY_MS = 200.0
 
 
 def _run(command: List[str]) -> None:
@@ -151,8 +161,13 @@ def main(argv):
                                   seconds)
     sliding = median_ms_per_second(
         lambda: time_sliding(window_path, card["clip_samples"], hop, waveform), seconds)
+    metric = None
+    if FLAGS.always_on_set:
+      from kws_tf.evaluation import always_on
+      metric = always_on.evaluate(inference.StreamingTFLiteModel(stream_path, streaming), card,
+                                  FLAGS.always_on_set)["groups"]["all"]
     rows.append((hop / rate, stream, sliding, os.path.getsize(stream_path),
-                 os.path.getsize(window_path), card["parity"]["drop_points"]))
+                 os.path.getsize(window_path), card["parity"]["drop_points"], metric))
 
   print()
   print(f"command: {command}")
@@ -160,23 +175,40 @@ def main(argv):
         f"thread; {FLAGS.seconds:g} s of audio per round, median of {FLAGS.rounds} rounds; "
         f"model {model_dir}")
   print()
+  always = FLAGS.always_on_set is not None
   print("| hop (ms) | stream int8: ms CPU / s audio, invoke (loop) | sliding int8 window: "
         "invoke (loop) | speed-up (invoke) | sizes stream / window (KB) | stream parity "
-        "(points lost) |")
-  print("|---|---|---|---|---|---|")
-  for hop, stream, sliding, stream_size, window_size, drop in rows:
-    print(f"| {hop * 1000:g} | {stream['invoke']:.3f} ({stream['loop']:.3f}) | "
-          f"{sliding['invoke']:.3f} ({sliding['loop']:.3f}) | "
-          f"{sliding['invoke'] / stream['invoke']:.1f}x | {stream_size / 1024:.0f} / "
-          f"{window_size / 1024:.0f} | {drop:+.2f} |")
+        "(points lost) |" + (" FRR at 1 FA/h (threshold) | median delay after the keyword's "
+                             "end (ms) |" if always else ""))
+  print("|---|---|---|---|---|---|" + ("---|---|" if always else ""))
+  for hop, stream, sliding, stream_size, window_size, drop, metric in rows:
+    line = (f"| {hop * 1000:g} | {stream['invoke']:.3f} ({stream['loop']:.3f}) | "
+            f"{sliding['invoke']:.3f} ({sliding['loop']:.3f}) | "
+            f"{sliding['invoke'] / stream['invoke']:.1f}x | {stream_size / 1024:.0f} / "
+            f"{window_size / 1024:.0f} | {drop:+.2f} |")
+    if always:
+      point = metric["target"]
+      line += (" none reaches 1/h | - |" if point is None else
+               f" {100 * point['frr']:.1f} % ({point['threshold']:g}) | "
+               + ("-" if point["median_delay_ms"] is None else f"{point['median_delay_ms']:.0f}")
+               + " |")
+    print(line)
   print()
-  for hop, stream, sliding, _, _, _ in rows:
+  for hop, stream, sliding, _, _, _, metric in rows:
     speedup = sliding["invoke"] / stream["invoke"]
     print(f"targets at {hop * 1000:g} ms: {stream['invoke']:.3f} ms per s of audio "
           f"(<= {TARGET_MS_PER_SECOND:g}: "
           f"{'met' if stream['invoke'] <= TARGET_MS_PER_SECOND else 'missed'}), "
           f"{speedup:.1f}x less than the sliding window (>= {TARGET_SPEEDUP:g}x: "
-          f"{'met' if speedup >= TARGET_SPEEDUP else 'missed'})")
+          f"{'met' if speedup >= TARGET_SPEEDUP else 'missed'})"
+          + ("" if metric is None or metric["target"] is None
+             or metric["target"]["median_delay_ms"] is None else
+             f", median delay {metric['target']['median_delay_ms']:.0f} ms (<= "
+             f"{TARGET_DELAY_MS:g}: "
+             f"{'met' if metric['target']['median_delay_ms'] <= TARGET_DELAY_MS else 'missed'})"))
+  if always:
+    print(f"always-on set: {FLAGS.always_on_set}, {rows[0][6]['hours']:.2f} h, "
+          f"{rows[0][6]['occurrences']} keywords")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import json
 import os
 import subprocess
 import sys
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import kws_tf  # noqa: F401  (sets TF_USE_LEGACY_KERAS; TensorFlow itself is not used)
 import numpy as np
@@ -109,10 +109,19 @@ def mix(signal: np.ndarray, noise: np.ndarray, snr_db: float, reference: float) 
 
 
 def apply_condition(rng: np.random.Generator, window: np.ndarray, reference: float,
-                    babble_pool: Sequence[np.ndarray]) -> (np.ndarray, Dict):
-  """One condition drawn by ``rng`` applied to float ``window`` [samples]; returns the
-  window (float, in [-1, 1]) and its description."""
-  condition = CONDITIONS[rng.choice(len(CONDITIONS), p=CONDITION_WEIGHTS)]
+                    babble_pool: Sequence[np.ndarray],
+                    condition: Optional[str] = None) -> (np.ndarray, Dict):
+  """A condition applied to float ``window`` [samples], its parameters drawn by
+  ``rng``; returns the window (float, in [-1, 1]) and its description.
+
+  ``condition``: one of ``CONDITIONS``; None: drawn by ``rng`` with
+  ``CONDITION_WEIGHTS``. Babble takes ``len(window)`` samples of pool entries,
+  which must be at least that long.
+  """
+  if condition is None:
+    condition = CONDITIONS[rng.choice(len(CONDITIONS), p=CONDITION_WEIGHTS)]
+  elif condition not in CONDITIONS:
+    raise ValueError(f"unknown condition {condition!r}; known: {', '.join(CONDITIONS)}")
   info = {"condition": condition, "noise": None, "snr_db": None, "rt60": None}
   x = window.astype(np.float64)
   if condition in ("reverb", "reverb_noise"):

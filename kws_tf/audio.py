@@ -23,7 +23,7 @@ import os
 import struct
 import tempfile
 import wave
-from typing import Iterator, NamedTuple, Optional, Tuple
+from typing import BinaryIO, Iterator, NamedTuple, Optional, Tuple
 
 import numpy as np
 import soundfile as sf
@@ -192,6 +192,37 @@ def stream_audio(path, sample_rate: int = 16000,
     raise AudioError(path, "empty", "no samples")
   if decoded < declared:
     raise AudioError(path, "truncated", f"header declares {declared} frames, decoded {decoded}")
+
+
+def read_pcm16(stream: BinaryIO, block_samples: int,
+               name: str = "-") -> Iterator[np.ndarray]:
+  """Raw 16-bit little-endian mono PCM from a binary stream (standard input) as
+  float32 blocks (``pcm16_to_float``) of ``block_samples`` samples, the last
+  possibly shorter; each block is yielded as soon as its bytes have arrived.
+
+  Raises AudioError naming the stream ``name``: "empty" when it ends before a
+  sample, "truncated" when it ends inside a sample (an odd number of bytes).
+  """
+  pending = b""
+  received = 0
+  while True:
+    data = stream.read(block_samples * 2 - len(pending))
+    if not data:
+      break
+    pending += data
+    if len(pending) < block_samples * 2:
+      continue
+    received += block_samples
+    yield pcm16_to_float(np.frombuffer(pending, "<i2"))
+    pending = b""
+  if len(pending) % 2:
+    raise AudioError(name, "truncated", f"the stream ended inside a 16-bit sample "
+                     f"(after {received * 2 + len(pending)} bytes, an odd number)")
+  if pending:
+    received += len(pending) // 2
+    yield pcm16_to_float(np.frombuffer(pending, "<i2"))
+  if received == 0:
+    raise AudioError(name, "empty", "no samples")
 
 
 def pcm16_to_float(samples: np.ndarray) -> np.ndarray:

@@ -9,7 +9,14 @@ Audio is decoded in blocks (``kws_tf.audio.stream_audio``) and goes through
 the model piece by piece, so the memory a file takes does not grow with its
 length.
 
-kws: a window of one clip slides over the audio every ``hop_seconds`` (the
+kws, a streaming file (its card has a ``streaming`` section,
+``kws_tf.export.streaming``): the audio goes through it hop by hop from its
+initial state (the last hop zero-padded), and the posteriors of every hop
+through a ``detection.Detector`` (smoothing, threshold, refractory time): one
+detection per spoken keyword with the time it fired, reported as soon as it
+fires.
+
+kws, any other file: a window of one clip slides over the audio every ``hop_seconds`` (the
 last window zero-padded); each window whose probability of a keyword (any
 class but "negative") exceeds ``threshold`` gives a detection of that keyword
 from the window's start to its end. Detections of one keyword in consecutive
@@ -38,11 +45,11 @@ import math
 import os
 import sys
 import time
-from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Tuple
+from typing import BinaryIO, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, TextIO, Tuple
 
 import numpy as np
 
-from kws_tf import audio, text
+from kws_tf import audio, detection, text
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 SIGNATURE = "serving_default"
@@ -53,6 +60,10 @@ CHUNK_SECONDS = 20.0
 GLOBAL_CONTEXT_SECONDS = 2.0
 # Samples per block read from an audio file.
 BLOCK_SAMPLES = 1 << 16
+# ``--audio`` value of standard input (raw 16-bit little-endian mono PCM).
+STDIN = "-"
+# kws: the threshold without one given or in the card.
+THRESHOLD = 0.5
 
 
 class Detection(NamedTuple):
@@ -316,6 +327,52 @@ def detect_keywords(model, card: dict, blocks: Iterable[np.ndarray], threshold: 
   return merge_detections(raw, gap=max(0, hop - clip) / rate)
 
 
+def hop_posteriors(model: StreamingTFLiteModel,
+                   blocks: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+  """The probabilities (float32 ``[classes]``) of each call of a streaming file over the
+  audio of ``blocks`` (consecutive float32 ``[samples]`` pieces), from its initial
+  state, one per ``hop_samples`` samples, the last hop zero-padded; each as soon as
+  its hop has arrived."""
+  model.reset()
+  hop = model.hop_samples
+  buffer = np.zeros(0, np.float32)
+  for block in blocks:
+    buffer = np.concatenate([buffer, block]) if len(buffer) else block
+    while len(buffer) >= hop:
+      yield model.step(buffer[:hop])["probabilities"][0]
+      buffer = buffer[hop:]
+  if len(buffer):
+    yield model.step(np.pad(buffer, (0, hop - len(buffer))))["probabilities"][0]
+
+
+def detection_settings(card: dict, threshold: Optional[float] = None,
+                       smooth_seconds: Optional[float] = None,
+                       refractory_seconds: Optional[float] = None) -> Tuple[float, float, float]:
+  """(threshold, smooth_seconds, refractory_seconds) of a streaming file's detector:
+  each as given, else the card's ``always_on`` value (kws-evaluate writes the
+  threshold of a target false-alarm rate there, with the smoothing and
+  refractory time it was measured with), else the defaults (``THRESHOLD``,
+  ``detection.SMOOTH_SECONDS``, ``detection.REFRACTORY_SECONDS``)."""
+  measured = card.get("always_on") or {}
+  return (threshold if threshold is not None else measured.get("threshold", THRESHOLD),
+          smooth_seconds if smooth_seconds is not None
+          else measured.get("smooth_seconds", detection.SMOOTH_SECONDS),
+          refractory_seconds if refractory_seconds is not None
+          else measured.get("refractory_seconds", detection.REFRACTORY_SECONDS))
+
+
+def stream_detections(model: StreamingTFLiteModel, card: dict, blocks: Iterable[np.ndarray],
+                      threshold: float, smooth_seconds: float = detection.SMOOTH_SECONDS,
+                      refractory_seconds: float = detection.REFRACTORY_SECONDS
+                      ) -> Iterator[detection.Detection]:
+  """Keywords in audio by a streaming file (module docstring), each yielded as it fires."""
+  detector = detection.Detector(card["labels"]["classes"], model.streaming["hop_seconds"],
+                                threshold, smooth_seconds, refractory_seconds)
+  for probabilities in hop_posteriors(model, blocks):
+    for _, found in detector.push(probabilities):
+      yield found
+
+
 def chunk_context(card: dict) -> Tuple[int, int, int]:
   """(left, right, hop) samples of ctc chunking: the context on each side of a
   chunk and the logit frame length, the contexts whole frames.
@@ -405,7 +462,8 @@ def transcribe(model, card: dict, blocks: Iterable[np.ndarray],
 
 
 def audio_files(specs: Sequence[str]) -> List[str]:
-  """Files of ``specs``: each a file (kept as given) or a folder (its audio files, sorted)."""
+  """Files of ``specs``: each a file (kept as given), ``STDIN`` (kept) or a folder
+  (its audio files, sorted)."""
   files = []
   for spec in specs:
     if os.path.isdir(spec):
@@ -433,20 +491,38 @@ def _format(path: str, task: str, result, output: str) -> List[str]:
   return [f"{path}\t{d.start:.2f}\t{d.end:.2f}\t{d.keyword}\t{d.score:.3f}" for d in result]
 
 
-def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
+def _format_stream(path: str, found: detection.Detection, output: str) -> str:
+  if output == "jsonl":
+    return json.dumps({"file": path, **found._asdict()}, ensure_ascii=False)
+  return f"{path}\t{found.time:.2f}\t{found.keyword}\t{found.score:.3f}"
+
+
+def run(model_path: str, audio_specs: Sequence[str], threshold: Optional[float] = None,
         hop_seconds: float = 0.25, output: str = "text", out: TextIO = sys.stdout,
         err: TextIO = sys.stderr, chunk_seconds: float = CHUNK_SECONDS,
-        decoder=None) -> int:
-  """Runs a model over audio files and writes one result per file; returns the exit code.
+        decoder=None, smooth_seconds: Optional[float] = None,
+        refractory_seconds: Optional[float] = None, stdin: Optional[BinaryIO] = None) -> int:
+  """Runs a model over audio files and writes the results; returns the exit code.
 
-  Output (``output``): ``text`` lines ``<file> <start> <end> <keyword> <score>``
-  tab-separated per detection (``<file> -`` for none), or ``<file>
-  <transcript>``; ``jsonl``: one JSON object per file with ``file`` and
-  ``detections`` (keyword, start, end, score) or ``transcript``. A file that
-  cannot be read gets an error line on ``err``; the others are still
-  processed, and the exit code is 1 if any file failed. ``chunk_seconds``:
-  ctc audio per model call (``ctc_logits``); ``decoder``: the
-  ``decoding.CtcDecoder`` of ctc transcripts (None: greedy).
+  ``audio_specs``: files, folders and ``STDIN``: raw 16-bit little-endian mono
+  PCM at the card's sample rate from ``stdin`` (None: the process's standard
+  input), read one hop (streaming files) or ``BLOCK_SAMPLES`` at a time.
+
+  Output (``output``), a sliding-window kws file or ctc: ``text`` lines
+  ``<file> <start> <end> <keyword> <score>`` tab-separated per detection
+  (``<file> -`` for none), or ``<file> <transcript>``; ``jsonl``: one JSON
+  object per file with ``file`` and ``detections`` (keyword, start, end,
+  score) or ``transcript``. A streaming kws file: one line per detection as
+  it fires, ``<file> <time> <keyword> <score>`` or a JSON object with
+  ``file``, ``keyword``, ``time``, ``score`` (``<file> -`` in text after a
+  file without any). Every line is flushed. A file that cannot be read gets
+  an error line on ``err``; the others are still processed, and the exit code
+  is 1 if any file failed. ``threshold``: minimum keyword probability of a
+  window (None: ``THRESHOLD``), or of a streaming file's smoothed posterior
+  (None: ``detection_settings``, as ``smooth_seconds`` and
+  ``refractory_seconds``); ``chunk_seconds``: ctc audio per model call
+  (``ctc_logits``); ``decoder``: the ``decoding.CtcDecoder`` of ctc
+  transcripts (None: greedy).
   """
   if output not in ("text", "jsonl"):
     raise ValueError(f"output must be text or jsonl, got {output!r}")
@@ -454,6 +530,11 @@ def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
     raise ValueError(f"chunk_seconds must be >= 0, got {chunk_seconds}")
   card = read_card(model_path)
   model = load_model(model_path)
+  streaming = isinstance(model, StreamingTFLiteModel)
+  if streaming:
+    settings = detection_settings(card, threshold, smooth_seconds, refractory_seconds)
+  elif threshold is None:
+    threshold = THRESHOLD
   if card["task"] == "ctc" and chunk_seconds > 0 and not card.get("receptive_field"):
     why = ("reads the whole input" if "receptive_field" in card
            else f"has no receptive field in its card {card_path(model_path)} (re-export it)")
@@ -462,8 +543,21 @@ def run(model_path: str, audio_specs: Sequence[str], threshold: float = 0.5,
           "differ from one pass (--chunk_seconds=0: one pass)", file=err, flush=True)
   failed = 0
   for path in audio_files(audio_specs):
-    blocks = audio.stream_audio(path, card["sample_rate"], BLOCK_SAMPLES)
+    if path == STDIN:
+      blocks = audio.read_pcm16(stdin or sys.stdin.buffer,
+                                model.hop_samples if streaming else BLOCK_SAMPLES,
+                                name="standard input")
+    else:
+      blocks = audio.stream_audio(path, card["sample_rate"], BLOCK_SAMPLES)
     try:
+      if streaming:
+        found = False
+        for hit in stream_detections(model, card, blocks, *settings):
+          print(_format_stream(path, hit, output), file=out, flush=True)
+          found = True
+        if not found and output == "text":
+          print(f"{path}\t-", file=out, flush=True)
+        continue
       if card["task"] == "kws":
         result = detect_keywords(model, card, blocks, threshold, hop_seconds)
       else:

@@ -715,3 +715,14 @@ def test_set_second_run_and_fresh_copy(robustness_sets, synthetic_corpus):
   assert _files(fresh) == _files(out)
   for name in _files(out):
     assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+
+
+def test_apply_condition_applies_the_condition_asked_for():
+  window = np.random.default_rng(6).normal(0, 0.1, SR)
+  pool = [np.random.default_rng(7).normal(0, 0.1, 2 * SR)]
+  for condition in robustness_set.CONDITIONS:
+    out, info = robustness_set.apply_condition(np.random.default_rng(0), window, 0.01, pool,
+                                               condition)
+    assert info["condition"] == condition and out.shape == window.shape
+  with pytest.raises(ValueError, match="unknown condition 'fog'"):
+    robustness_set.apply_condition(np.random.default_rng(0), window, 0.01, pool, "fog")

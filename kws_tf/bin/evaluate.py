@@ -19,13 +19,31 @@ model, ``<model_dir>/eval/<split>/`` receives ``results.json`` and:
        default) also with prefix beam search, and with ``--decoder=beam_lm``
        also with prefix beam search and the word language model of ``--lm``
        (``kws-build-lm`` writes one); a few decoded examples are printed.
+
+The always-on metric of an exported streaming kws file, instead of model dirs:
+
+  kws-evaluate --always_on_model=workdir/export/kws/distill/model_stream_int8.tflite \
+      --always_on_set=workdir/always_on
+
+runs the file over the long recordings of a ``kws-make-always-on-set`` set,
+detecting keywords as ``kws-infer`` does (``--smooth_seconds``,
+``--refractory_seconds``) at every threshold of a sweep, and prints per group
+(all, each condition) the false-rejection rate at 0.5, 1 and 5 false alarms
+per hour, and the threshold that keeps to ``--target_false_alarms_per_hour``
+with its FRR and median detection delay (``kws_tf.evaluation.always_on``).
+Writes ``results.json`` and ``det_per_hour.png`` (FRR against false alarms
+per hour, a curve per group) to ``--always_on_out_dir``, and the threshold
+into the file's model card (``always_on``), where kws-infer finds it.
 """
+import json
+import os
+
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
-from kws_tf import cli
+from kws_tf import audio, cli, detection
 from kws_tf.evaluation import decoder_flags
 
 FLAGS = flags.FLAGS
@@ -44,12 +62,74 @@ flags.DEFINE_float("offset_seconds", 0.3, "kws: also score every window moved of
                    "centre by a random offset of up to this many seconds (within the offsets "
                    "that keep its label; needs raw records with context); 0: centred only.")
 flags.DEFINE_integer("offset_seed", 0, "kws: seed of the --offset_seconds offsets.")
-flags.mark_flags_as_required(["model_dirs", "data_dir"])
+flags.DEFINE_string("always_on_model", None, "Always-on metric: a streaming kws file "
+                    "(model_stream_<format>.tflite) to evaluate on --always_on_set instead of "
+                    "--model_dirs; its card receives the threshold.")
+flags.DEFINE_string("always_on_set", None, "Always-on metric: a folder of long recordings "
+                    "written by kws-make-always-on-set.")
+flags.DEFINE_string("always_on_out_dir", None, "Always-on metric: where results.json and "
+                    "det_per_hour.png go; default: <model without .tflite>_always_on/.")
+flags.DEFINE_float("target_false_alarms_per_hour", 1.0, "Always-on metric: the threshold "
+                   "written into the card is the one with the fewest misses among those with "
+                   "at most this many false alarms per hour on the whole set.")
+flags.DEFINE_float("smooth_seconds", detection.SMOOTH_SECONDS, "Always-on metric: the "
+                   "posteriors are averaged over this many seconds of hops before the threshold.")
+flags.DEFINE_float("refractory_seconds", detection.REFRACTORY_SECONDS, "Always-on metric: "
+                   "after a detection, no other for this many seconds.")
+flags.DEFINE_float("tolerance_seconds", 1.0, "Always-on metric: a detection counts for a "
+                   "spoken keyword when it fires between the keyword's start and this many "
+                   "seconds after its end.")
+
+
+def always_on_main() -> int:
+  """The always-on metric of --always_on_model (module docstring)."""
+  from kws_tf import inference
+  from kws_tf.evaluation import always_on, plots
+  from kws_tf.export import card as card_lib
+  path = FLAGS.always_on_model
+  try:
+    card = inference.read_card(path)
+    always_on.check_streaming(card, path)
+    model = inference.StreamingTFLiteModel(path, card["streaming"])
+    results = always_on.evaluate(model, card, FLAGS.always_on_set, FLAGS.smooth_seconds,
+                                 FLAGS.refractory_seconds, FLAGS.tolerance_seconds,
+                                 FLAGS.target_false_alarms_per_hour)
+  except (ValueError, FileNotFoundError, audio.AudioError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  out_dir = FLAGS.always_on_out_dir or os.path.splitext(path)[0] + "_always_on"
+  os.makedirs(out_dir, exist_ok=True)
+  results["model"] = os.path.abspath(path)
+  results["set"] = os.path.abspath(FLAGS.always_on_set)
+  with open(os.path.join(out_dir, "results.json.tmp"), "w", encoding="utf-8") as f:
+    json.dump(results, f, indent=1, ensure_ascii=False)
+  os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
+  plots.plot_det_per_hour(
+      {name: [(p["false_alarms_per_hour"], p["frr"]) for p in group["curve"]]
+       for name, group in results["groups"].items()},
+      os.path.join(out_dir, "det_per_hour.png"), always_on.RATES,
+      title=f"{os.path.basename(path)}: always on")
+  card["always_on"] = always_on.card_section(results, FLAGS.always_on_set)
+  card_lib.write_card(os.path.splitext(path)[0], card)
+  print(always_on.report(results))
+  threshold = card["always_on"]["threshold"]
+  print(f"results: {out_dir}/results.json, {out_dir}/det_per_hour.png")
+  print(f"card: {inference.card_path(path)} always_on.threshold = "
+        + ("none (no threshold reaches the target)" if threshold is None else f"{threshold:g}"))
+  return 0
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if FLAGS.always_on_model or FLAGS.always_on_set:
+    if not (FLAGS.always_on_model and FLAGS.always_on_set) or FLAGS.model_dirs:
+      raise app.UsageError("the always-on metric takes --always_on_model and --always_on_set "
+                           "(and no --model_dirs)")
+    return always_on_main()
+  if not FLAGS.model_dirs or not FLAGS.data_dir:
+    raise app.UsageError("--model_dirs and --data_dir are required (or --always_on_model and "
+                         "--always_on_set)")
   try:
     decoder = decoder_flags.decoder_from_flags()
   except (ValueError, FileNotFoundError) as e:

@@ -1,4 +1,5 @@
-"""PNG plots of evaluation results: the KWS confusion matrix and the DET curve.
+"""PNG plots of evaluation results: the KWS confusion matrix and the DET curves
+(against false accepts on windows, or false alarms per hour of audio).
 
 Figures are drawn with matplotlib's object API (``matplotlib.figure.Figure``
 rendered by the Agg backend), so importing this module neither needs a
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 _STYLE = {"font.family": "DejaVu Sans"}
 _DPI = 120
 _FAR_TICKS = (0, 0.5, 1, 2, 5, 10, 20, 50, 100)  # percent
+_PER_HOUR_TICKS = (0, 0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)
 
 
 def plot_confusion_matrix(matrix, class_names: Sequence[str], path: str,
@@ -91,6 +93,57 @@ def plot_det_curve(points, path: str, title: str = "DET curve") -> None:
     axes.grid(True, alpha=0.4)
     if len(curves) > 1:
       axes.legend(fontsize=7, loc="upper right")
+    _save(figure, path)
+
+
+def plot_det_per_hour(points, path: str, rates: Sequence[float] = (),
+                      title: str = "DET curve, always on") -> None:
+  """Writes the always-on trade-off as a PNG: per name, the lowest FRR (percent) of the
+  points with at most each number of false alarms per hour.
+
+  The x axis is linear from 0 to 1 false alarm per hour and logarithmic above,
+  up to the largest rate of the points (at least 10); the ``rates`` get
+  dashed vertical lines.
+
+  Args:
+    points: a mapping from a curve's name (its legend entry) to float ``[K, 2]``
+      (false alarms per hour, FRR as a fraction) pairs, e.g. of
+      ``kws_tf.evaluation.always_on.curve``.
+    path: the PNG file to write.
+    rates: false alarms per hour to mark.
+    title: figure title.
+  """
+  if not points:
+    raise ValueError("no curve to plot")
+  with matplotlib.rc_context(_STYLE):
+    figure = Figure(figsize=(7.5, 4.5), layout="constrained")
+    axes = figure.subplots()
+    largest = 10.0
+    for name, curve in points.items():
+      curve = np.asarray(curve, dtype=np.float64)
+      if curve.ndim != 2 or curve.shape[1] != 2 or not len(curve):
+        raise ValueError(f"points of {name!r} must be [K, 2] (false alarms per hour, FRR) "
+                         f"with K >= 1, got shape {curve.shape}")
+      # The least FRR of any threshold with at most each rate (the operating
+      # points of kws_tf.evaluation.always_on): a threshold sweep of a detector
+      # with a refractory time is not monotone in its false alarms.
+      curve = curve[np.lexsort((curve[:, 1], curve[:, 0]))]
+      curve[:, 1] = np.minimum.accumulate(curve[:, 1])
+      largest = max(largest, float(curve[:, 0].max()))
+      axes.plot(curve[:, 0], 100 * curve[:, 1], drawstyle="steps-post", linewidth=1.5,
+                label=name)
+    for rate in rates:
+      axes.axvline(rate, color="grey", linestyle="--", linewidth=0.8)
+    axes.set_xscale("symlog", linthresh=1.0)
+    ticks = [t for t in _PER_HOUR_TICKS if t <= largest]
+    axes.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+    axes.set_xlim(0, largest)
+    axes.set_ylim(0, 100)
+    axes.set_xlabel("false alarms per hour of audio")
+    axes.set_ylabel("false rejects (% of spoken keywords)")
+    axes.set_title(title)
+    axes.grid(True, alpha=0.4)
+    axes.legend(fontsize=7, loc="lower left")
     _save(figure, path)
 
 

@@ -6,7 +6,11 @@ int8 quantization, kws clip length, ctc logit frame length and receptive
 field) and how it was made and measured (parity with Keras, size, parameters,
 the weights as stored: dtype and distinct levels per tensor, single-thread
 latency, what trained the weights: the recipe's loss and, for qat, the
-fine-tune; model dir, checkpoint, data fingerprint, command).
+fine-tune; model dir, checkpoint, data fingerprint, command). A streaming
+file's card also has a ``streaming`` section (``kws_tf.export.streaming``),
+and, once ``kws-evaluate --always_on_model`` measured it, an ``always_on``
+section (``kws_tf.evaluation.always_on.card_section``): the detection
+threshold for a target false-alarm rate, which ``kws-infer`` then uses.
 ``kws_tf.inference`` reads the JSON.
 """
 import os
@@ -266,7 +270,34 @@ def card_markdown(card: dict) -> str:
                  f"and {field['right_samples']} after its centre")
   elif card["task"] == "ctc":
     lines.append("- Receptive field: the whole input (each logit depends on every sample)")
-  lines += [f"- Made by: `{card['command']}`", ""]
+  lines += [f"- Made by: `{card['command']}`"]
+  if "streaming" in card:
+    s = card["streaming"]
+    lines += [
+        f"- Streaming: {s['hop_samples']} samples ({s['hop_seconds'] * 1000:g} ms) per call; "
+        f"posteriors of the last {s['clip_samples']} samples every call, exact from call "
+        f"{s['calls_per_window']} on",
+        "- State (feed each `next_state_<name>` back as `state_<name>`): "
+        + ", ".join(f"`{k}` {v['shape']} starting at {v['initial']:g}"
+                    for k, v in s["state"].items()),
+        f"- Semantics: {s['semantics']}"]
+  if card.get("always_on"):
+    a = card["always_on"]
+    rates = ", ".join(f"{'-' if frr is None else format(100 * frr, '.1f') + ' %'} at {rate}/h"
+                      for rate, frr in a["frr_at_false_alarms_per_hour"].items())
+    lines.append(
+        f"- Always on ({a['hours']:.2f} h of {a['set']}, {a['occurrences']} keywords; "
+        f"posteriors averaged over {a['smooth_seconds']:g} s, {a['refractory_seconds']:g} s "
+        f"refractory): false rejections {rates}; "
+        + (f"threshold {a['threshold']:g} for at most {a['target_false_alarms_per_hour']:g} "
+           f"false alarm(s) per hour ({a['false_alarms_per_hour']:.2f}/h, "
+           f"{100 * a['frr']:.1f} % missed" + (
+               f", median delay {a['median_delay_ms']:.0f} ms after the keyword's end)"
+               if a["median_delay_ms"] is not None else ")")
+           if a["threshold"] is not None else
+           f"no threshold reaches {a['target_false_alarms_per_hour']:g} false alarm(s) per "
+           "hour"))
+  lines.append("")
   return "\n".join(lines)
 
 

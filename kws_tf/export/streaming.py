@@ -417,20 +417,6 @@ def streaming_card(layout: StreamLayout, sample_rate: int) -> dict:
   }
 
 
-def _markdown(card: dict) -> str:
-  s = card["streaming"]
-  lines = card_lib.card_markdown(card).rstrip("\n").split("\n")
-  lines += [
-      f"- Streaming: {s['hop_samples']} samples ({s['hop_seconds'] * 1000:g} ms) per call; "
-      f"posteriors of the last {s['clip_samples']} samples every call, exact from call "
-      f"{s['calls_per_window']} on",
-      "- State (feed each `next_state_<name>` back as `state_<name>`): "
-      + ", ".join(f"`{k}` {v['shape']} starting at {v['initial']:g}"
-                  for k, v in s["state"].items()),
-      f"- Semantics: {s['semantics']}", ""]
-  return "\n".join(lines)
-
-
 def export(kinds: Sequence[str], model, spec: model_dir_lib.ModelSpec, clip_samples: int,
            hop_seconds: float, out_dir: str, scratch: str,
            calibration: Optional[Sequence[np.ndarray]], check: Callable, card_fields: dict,
@@ -483,8 +469,7 @@ def export(kinds: Sequence[str], model, spec: model_dir_lib.ModelSpec, clip_samp
         latency_seconds=module.layout.hop_samples / spec.sample_rate, latency_runs=LATENCY_RUNS,
         max_accuracy_drop=max_accuracy_drop if gated else None, **card_fields)
     card["streaming"] = stream_card
-    records.write_json(os.path.splitext(path)[0] + ".json", card)
-    records.write_bytes(os.path.splitext(path)[0] + ".md", _markdown(card).encode("utf-8"))
+    card_lib.write_card(os.path.splitext(path)[0], card)
     cards[kind] = card
     log(f"{path}: {card['size_bytes']:,} bytes, max |logit error| "
         f"{result['max_abs_logit_error']:.3g}, {result['exported']} vs Keras {result['keras']} "
