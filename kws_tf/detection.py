@@ -8,12 +8,15 @@ the last clip every hop. ``Detector`` turns that sequence into detections:
    1; hops before the stream's start count as 0);
 2. the hop's best keyword (the class with the highest smoothed posterior,
    "negative" left out) and its smoothed posterior, the score;
-3. a detection of that keyword fires at a hop whose score exceeds the
-   threshold when the hop before was not above it (the rising edge: one
-   detection per stretch above the threshold, however long), unless a
-   detection fired less than ``refractory_hops`` hops before (``refractory_seconds /
-   hop_seconds``, rounded): a score that dips below the threshold and rises
-   again within the refractory time is the same spoken keyword.
+3. a detection of that keyword fires at a hop where the score exceeds the
+   threshold, once per stretch of that keyword above the threshold (a keyword
+   is armed again only when its smoothed posterior falls to the threshold or
+   below), unless the same keyword fired less than ``refractory_hops`` hops
+   before (``refractory_seconds / hop_seconds``, rounded): a posterior that
+   dips below the threshold and rises again within the refractory time is the
+   same spoken keyword. Keywords keep their own state, so two different
+   keywords spoken back to back are two detections even when the best score
+   never drops in between.
 
 The detection's time is the end of the hop that fired it, in seconds from
 the start of the stream: when an app running the model would know. Its score
@@ -80,11 +83,12 @@ class Detector:
 
   def reset(self) -> None:
     """The state of a stream not yet started."""
-    self._history = np.zeros((self.smooth_hops, len(self.keywords)))
-    self._sum = np.zeros(len(self.keywords))
+    keywords, thresholds = len(self.keywords), len(self.thresholds)
+    self._history = np.zeros((self.smooth_hops, keywords))
+    self._sum = np.zeros(keywords)
     self._hop = 0  # hops pushed so far
-    self._above = np.zeros(len(self.thresholds), bool)
-    self._last = np.full(len(self.thresholds), -(1 << 62))  # hop of the last detection
+    self._armed = np.ones((thresholds, keywords), bool)
+    self._last = np.full((thresholds, keywords), -(1 << 62))  # hop of each keyword's last detection
 
   def push(self, probabilities: np.ndarray) -> List[Tuple[int, Detection]]:
     """Feeds the next hop's posteriors (float ``[classes]`` or ``[1, classes]``);
@@ -102,10 +106,12 @@ class Detector:
     smoothed = self._sum / self.smooth_hops
     best = int(np.argmax(smoothed))
     score = float(smoothed[best])
-    above = score > self.thresholds
-    fire = above & ~self._above & (self._hop - self._last >= self.refractory_hops)
-    self._above = above
-    self._last[fire] = self._hop
+    above = smoothed[np.newaxis, :] > self.thresholds[:, np.newaxis]  # [thresholds, keywords]
+    fire = (above[:, best] & self._armed[:, best]
+            & (self._hop - self._last[:, best] >= self.refractory_hops))
+    self._armed[:, best] &= ~fire
+    self._last[fire, best] = self._hop
+    self._armed |= ~above
     if not fire.any():
       return []
     found = Detection(self.keywords[best], self._hop * self.hop_seconds, score)

@@ -45,6 +45,17 @@ def test_one_detection_per_plateau():
       two, CLASSES, HOP, 0.5, smooth_seconds=0, refractory_seconds=0)] == [("a", 0.3), ("b", 1.3)]
 
 
+def test_back_to_back_keywords_are_two_detections_and_refractory_is_per_keyword():
+  # "a" then "b" with no hop between: the best score never falls below the threshold.
+  adjacent = _posteriors(a=[(h, 0.9) for h in range(2, 6)], b=[(h, 0.9) for h in range(6, 10)])
+  found = detection.detect(adjacent, CLASSES, HOP, 0.5, smooth_seconds=0, refractory_seconds=1.0)
+  assert [(d.keyword, round(d.time, 6)) for d in found] == [("a", 0.3), ("b", 0.7)]
+  # "b" rising above the threshold while "a" is still the best fires once "b" leads.
+  overlap = _posteriors(a=[(h, 0.6) for h in range(2, 6)], b=[(h, 0.35) for h in range(4, 10)])
+  found = detection.detect(overlap, CLASSES, 0.1, 0.3, smooth_seconds=0, refractory_seconds=0)
+  assert [(d.keyword, round(d.time, 6)) for d in found] == [("a", 0.3), ("b", 0.7)]
+
+
 def test_negative_is_never_detected():
   always_negative = _posteriors()
   assert detection.detect(always_negative, CLASSES, HOP, 0.5) == []

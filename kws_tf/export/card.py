@@ -236,14 +236,14 @@ def card_markdown(card: dict) -> str:
     lines.append(f"- Latency, one thread, median of {card['latency_runs']} runs: "
                  f"{card['latency_ms_single_thread']:.2f} ms for "
                  f"{card['latency_audio_seconds']:g} s of audio")
-  stored = card["stored_weights"]
+  stored = card.get("stored_weights")  # absent from cards of earlier exports
   if stored:
     levels = stored["distinct_levels_per_tensor"]
     lines.append(f"- Weights as stored: {stored['tensors']} weight tensors, "
                  + ", ".join(f"{n} {d}" for d, n in sorted(stored["dtypes"].items()))
                  + f" ({stored['bits_per_value']} bits per value); {levels['min']} to "
                  f"{levels['max']} distinct levels per tensor (median {levels['median']:g})")
-  trained = card["training"]
+  trained = card.get("training")
   if trained and "unknown" in trained:
     lines.append(f"- Trained: unknown ({trained['unknown']})")
   elif trained:
