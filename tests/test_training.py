@@ -421,11 +421,17 @@ def test_train_binary_refuses_a_negative_learning_rate_before_any_work(kws_train
   assert not os.path.exists(f"{tmp_path}/run")
 
 
-def _free_port():
+def _free_ports(count):
+  """``count`` distinct free localhost ports (all held open while picking)."""
   import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("localhost", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
 
 
 # Exact multi-worker training: no batch norm or dropout (each replica sees its slice),
@@ -439,7 +445,7 @@ def _start_workers(records_dir, model_dir, run_dir):
   """Two local workers of one cluster (TF_CONFIG on free localhost ports) training into
   one ``model_dir``; worker i logs to ``run_dir/worker<i>.log`` and has ``run_dir/tmp<i>``
   as its temporary dir."""
-  cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
   processes = []
   for index in range(2):
     os.makedirs(f"{run_dir}/tmp{index}")
