@@ -40,7 +40,9 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
   others save into a temporary dir that they remove, and resume from the
   chief's checkpoints (the model dir must be on a file system every worker
   reads). The input pipeline is the same on every worker, so the chief's
-  checkpointed iterator resumes them all.
+  checkpointed iterator resumes them all; each worker validates the same
+  weights on the same data, so all take the same best-checkpoint and
+  early-stopping decisions.
 
 Model dir layout::
 
