@@ -574,25 +574,31 @@ def differences(old: Config, new: Config) -> List[str]:
   return sorted(walk(to_dict(old), to_dict(new), ""))
 
 
+def check_file(path: str, config: Config) -> bool:
+  """Whether ``path`` exists; ConfigError naming the keys that differ when it
+  holds another config. A file written before a field existed holds that
+  field's default, so it differs in nothing."""
+  if not os.path.exists(path):
+    return False
+  with open(path, encoding="utf-8") as f:
+    previous = f.read()
+  if previous != dump(config):
+    diff = differences(from_dict(yaml.safe_load(previous), path), config)
+    if diff:
+      raise ConfigError(f"{path} holds another config (differs in: {', '.join(diff)})")
+  return True
+
+
 def write_once(path: str, config: Config) -> bool:
   """Writes ``dump(config)`` to ``path`` unless the file exists; returns whether it wrote.
 
-  An existing file must hold the same config: ConfigError naming the keys
-  that differ otherwise. A file written before a field existed holds that
-  field's default, so it differs in nothing. The write is atomic.
+  An existing file must hold the same config (``check_file``). The write is atomic.
   """
-  text = dump(config)
-  if os.path.exists(path):
-    with open(path, encoding="utf-8") as f:
-      previous = f.read()
-    if previous != text:
-      diff = differences(from_dict(yaml.safe_load(previous), path), config)
-      if diff:
-        raise ConfigError(f"{path} holds another config (differs in: {', '.join(diff)})")
+  if check_file(path, config):
     return False
   tmp = path + ".tmp"
   with open(tmp, "w", encoding="utf-8") as f:
-    f.write(text)
+    f.write(dump(config))
   os.replace(tmp, path)
   return True
 

@@ -194,22 +194,27 @@ def write_spec(model_dir: str, spec: ModelSpec) -> None:
   records.write_json(spec_path(model_dir), spec.to_json())
 
 
-def bind_spec(model_dir: str, spec: ModelSpec, data_dir: str) -> None:
-  """Binds ``model_dir`` to the records of ``spec`` (read from ``data_dir``).
-
-  Writes ``model.json`` (atomically) when the dir has none; ValueError giving
-  both data fingerprints when its ``model.json`` names records other than
-  ``spec.data_fingerprint``, or naming the file when it is not a model spec.
-  """
+def check_spec(model_dir: str, spec: ModelSpec, data_dir: str) -> bool:
+  """Whether ``model_dir`` has a ``model.json``; ValueError giving both data
+  fingerprints when it names records other than ``spec.data_fingerprint``,
+  or naming the file when it is not a model spec."""
   if not os.path.exists(spec_path(model_dir)):
-    write_spec(model_dir, spec)
-    return
+    return False
   bound = read_spec(model_dir).data_fingerprint
   if bound != spec.data_fingerprint:
     raise ValueError(
         f"{model_dir} was trained on other data: its data fingerprint ({SPEC_FILE}) is "
         f"{bound}, the records' fingerprint in {data_dir} is {spec.data_fingerprint}; "
         "use another --model_dir or the --data_dir it was trained on")
+  return True
+
+
+def bind_spec(model_dir: str, spec: ModelSpec, data_dir: str) -> None:
+  """Binds ``model_dir`` to the records of ``spec`` (read from ``data_dir``):
+  writes ``model.json`` (atomically) when the dir has none, else checks it
+  (``check_spec``)."""
+  if not check_spec(model_dir, spec, data_dir):
+    write_spec(model_dir, spec)
 
 
 def build_model(spec: ModelSpec) -> keras.Model:

@@ -312,23 +312,41 @@ def test_mixed_float16_uses_loss_scaling(kws_train_records, tmp_path):
   assert np.isfinite(results["test"]["loss"])
 
 
-def test_mirrored_strategy_over_two_cpu_replicas(kws_train_records, tmp_path):
+def test_mirrored_replicas_clip_the_summed_gradient_like_one_replica(kws_train_records, tmp_path):
   """Two replicas, each on half of the global batch, make the update of one replica on
-  the whole batch (no batch norm or dropout: both see a replica's batch; no clipping:
-  it clips each replica's gradient)."""
-  exact = ["train.steps=2", "train.eval_every=2", "model.params.batch_norm=false",
-           "model.params.dropouts=[0,0,0,0,0,0]", "optimizer.clip_norm=0"]
+  the whole batch, gradient clipping included: the clip (bound at every step) applies to
+  the gradient summed over the replicas, not to each replica's half (no batch norm or
+  dropout: both see a replica's batch)."""
+  exact = ["train.steps=4", "train.eval_every=4", "train.log_every=1",
+           "model.params.batch_norm=false", "model.params.dropouts=[0,0,0,0,0,0]",
+           "optimizer.clip_norm=0.05"]
   runs = _train_in_subprocess(kws_train_records, tmp_path,
                               {"mirrored": exact + ["train.strategy=mirrored"], "one": exact},
                               replicas=2)
   assert runs["mirrored"]["replicas"] == 2 and runs["one"]["replicas"] == 1
+  train = {name: _events(str(tmp_path / name / "tensorboard" / "train")) for name in runs}
+  assert all(norm > 0.5 for _, norm in train["one"]["grad_norm"])  # the clip binds
   for a, b in zip(runs["mirrored"]["weights"], runs["one"]["weights"]):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  losses = {name: _events(str(tmp_path / name / "tensorboard" / "train"))["loss/total"]
-            for name in runs}
-  assert [step for step, _ in losses["mirrored"]] == [step for step, _ in losses["one"]] == [2]
-  assert losses["mirrored"][0][1] == pytest.approx(losses["one"][0][1], rel=1e-5)
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for tag in ("loss/total", "grad_norm"):
+    assert [step for step, _ in train["mirrored"][tag]] == [1, 2, 3, 4]
+    np.testing.assert_allclose([v for _, v in train["mirrored"][tag]],
+                               [v for _, v in train["one"][tag]], rtol=1e-5)
   assert runs["mirrored"]["loss"] == pytest.approx(runs["one"]["loss"], rel=1e-5)
+
+
+def test_batch_size_not_dividing_among_replicas_is_refused(kws_train_records, tmp_path):
+  """A global batch of 8 cannot be cut into 3 equal replica slices: one line naming the
+  key and the replica count, before anything is written."""
+  result = run_module("kws_tf.bin.train", f"--data_dir={kws_train_records}",
+                      f"--model_dir={tmp_path}/run", "--cpu_replicas=3",
+                      *[f"--override={o}" for o in TINY_KWS], "--override=train.strategy=mirrored",
+                      check=False)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: data.batch_size=8 does not divide among the 3 replicas of the run; "
+      "use a multiple of 3")
+  assert not os.path.exists(f"{tmp_path}/run")
 
 
 def test_early_stopping_stops_on_a_flat_validation_metric_and_keeps_the_best(
@@ -403,29 +421,92 @@ def test_train_binary_refuses_a_negative_learning_rate_before_any_work(kws_train
   assert not os.path.exists(f"{tmp_path}/run")
 
 
-def _free_port():
+def _free_ports(count):
+  """``count`` distinct free localhost ports (all held open while picking)."""
   import socket
-  with socket.socket() as s:
-    s.bind(("localhost", 0))
-    return s.getsockname()[1]
+  sockets = [socket.socket() for _ in range(count)]
+  try:
+    for s in sockets:
+      s.bind(("localhost", 0))
+    return [s.getsockname()[1] for s in sockets]
+  finally:
+    for s in sockets:
+      s.close()
 
 
-def test_multi_worker_strategy_from_tf_config(kws_train_records, tmp_path):
-  """Two local workers (TF_CONFIG) train in step: both end with the same weights."""
-  cluster = {"worker": [f"localhost:{_free_port()}", f"localhost:{_free_port()}"]}
+# Exact multi-worker training: no batch norm or dropout (each replica sees its slice),
+# a gradient clip that binds (it must apply to the gradient summed over the workers).
+MULTI_WORKER = ["train.steps=12", "train.eval_every=3", "train.checkpoint_every=3",
+                "model.params.batch_norm=false", "model.params.dropouts=[0,0,0,0,0,0]",
+                "optimizer.clip_norm=0.05", "data.shuffle_buffer=64"]
+
+
+def _start_workers(records_dir, model_dir, run_dir):
+  """Two local workers of one cluster (TF_CONFIG on free localhost ports) training into
+  one ``model_dir``; worker i logs to ``run_dir/worker<i>.log`` and has ``run_dir/tmp<i>``
+  as its temporary dir."""
+  cluster = {"worker": [f"localhost:{port}" for port in _free_ports(2)]}
   processes = []
   for index in range(2):
-    env = dict(os.environ, TF_CONFIG=json.dumps(
+    os.makedirs(f"{run_dir}/tmp{index}")
+    env = dict(os.environ, TMPDIR=f"{run_dir}/tmp{index}", TF_CONFIG=json.dumps(
         {"cluster": cluster, "task": {"type": "worker", "index": index}}))
-    args = [sys.executable, "-m", "kws_tf.bin.train", f"--data_dir={kws_train_records}",
-            f"--model_dir={tmp_path}/worker{index}",
-            *[f"--override={o}" for o in TINY_KWS], "--override=train.strategy=multi_worker",
-            "--override=train.steps=3", "--override=train.eval_every=3"]
-    processes.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True))
-  for process in processes:
-    output = process.communicate(timeout=600)[0]
+    args = [sys.executable, "-m", "kws_tf.bin.train", f"--data_dir={records_dir}",
+            f"--model_dir={model_dir}", "--override=train.strategy=multi_worker",
+            *[f"--override={o}" for o in TINY_KWS + MULTI_WORKER]]
+    with open(f"{run_dir}/worker{index}.log", "w") as log:
+      processes.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=log,
+                                        stderr=subprocess.STDOUT))
+  return processes
+
+
+def test_two_workers_write_once_match_one_worker_and_resume_after_a_kill(
+    kws_train_records, tmp_path):
+  """Two local workers sharing a model dir: a worker SIGKILLed mid-run and the job run
+  again resumes from the chief's last checkpoint; the chief ends with the weights of one
+  worker on the same global batch; only the chief wrote the model dir (one TensorBoard
+  file per run, one history line per validation, the other worker's temporary dir gone)."""
+  single = str(tmp_path / "single")
+  loop.Trainer(_config(*MULTI_WORKER), single, kws_train_records).run()
+
+  model_dir = str(tmp_path / "workers")
+  processes = _start_workers(kws_train_records, model_dir, tmp_path / "killed")
+  deadline = time.time() + 300
+  try:
+    # The manager's state file names a checkpoint only once it is complete.
+    while tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints")) is None:
+      assert all(p.poll() is None for p in processes) and time.time() < deadline, \
+          open(tmp_path / "killed" / "worker0.log").read()[-3000:]
+      time.sleep(0.02)
+    # Worker 1 dies; the chief cannot pass the step's all-reduce without it.
+    processes[1].send_signal(signal.SIGKILL)
+  finally:
+    for process in processes:
+      process.kill()
+      process.wait()
+  last = tf.train.latest_checkpoint(os.path.join(model_dir, "checkpoints"))
+  killed_at = int(last.rsplit("-", 1)[1])
+  assert killed_at < 12, "the run finished before the kill; nothing was resumed"
+
+  processes = _start_workers(kws_train_records, model_dir, tmp_path / "again")
+  for index, process in enumerate(processes):
+    try:
+      process.wait(timeout=300)
+    finally:
+      process.kill()
+    output = open(tmp_path / "again" / f"worker{index}.log").read()
     assert process.returncode == 0, output[-3000:]
-  for a, b in zip(_weights(f"{tmp_path}/worker0"), _weights(f"{tmp_path}/worker1")):
-    np.testing.assert_array_equal(a, b)
-  assert json.load(open(f"{tmp_path}/worker0/results.json"))["steps"] == 3
+    assert f"resuming from {last} (step {killed_at})" in output
+
+  for a, b in zip(_weights(model_dir), _weights(single)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  assert json.load(open(f"{model_dir}/results.json"))["steps"] == 12
+  assert sorted(os.listdir(model_dir)) == ["best", "checkpoints", "config.yaml",
+                                           "history.jsonl", "model.json", "results.json",
+                                           "tensorboard"]
+  for writer in ("train", "validation"):  # one file per run of the chief
+    assert len(glob.glob(f"{model_dir}/tensorboard/{writer}/events.*")) == 2
+  steps = [json.loads(line)["step"] for line in open(f"{model_dir}/history.jsonl")]
+  assert sorted(set(steps)) == [3, 6, 9, 12] and len(steps) <= 5
+  for index in range(2):
+    assert glob.glob(f"{tmp_path}/again/tmp{index}/kws_tf_worker_*") == []

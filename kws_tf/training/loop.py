@@ -4,10 +4,13 @@
 named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
 
 * a ``tf.distribute`` strategy (default, MirroredStrategy over the local GPUs
-  or the logical CPUs, MultiWorkerMirroredStrategy from TF_CONFIG); a
-  ``tf.function`` train step with a GradientTape, optionally XLA-compiled;
-  a mixed-precision policy with dynamic loss scaling for float16; gradient
-  clipping; Adam or AdamW with warm-up and cosine decay;
+  or the logical CPUs, MultiWorkerMirroredStrategy from TF_CONFIG): every
+  worker reads the same global batch and each replica trains on its equal
+  slice (a batch size that does not divide among the replicas is refused);
+  a ``tf.function`` train step with a GradientTape, optionally XLA-compiled;
+  a mixed-precision policy with dynamic loss scaling for float16; clipping
+  of the global gradient (summed over the replicas); Adam or AdamW with
+  warm-up and cosine decay;
 * the loss of ``config.mode`` from ``kws_tf.distill.objectives`` (standard,
   distill, FitNet hint or FitNet KD), each of its terms logged;
 * a CheckpointManager every ``train.checkpoint_every`` steps holding the model,
@@ -31,7 +34,15 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
   the hint MSE; stage 2 starts from stage 1's weights (``init_from``) and
   distils with an annealed KD weight;
 * at the end the best weights are evaluated on ``data.test_split`` and
-  ``results.json`` is written.
+  ``results.json`` is written;
+* multi-worker: every worker runs the whole loop (saving, validating and
+  evaluating are collective), but only the chief writes the model dir; the
+  others save into a temporary dir that they remove, and resume from the
+  chief's checkpoints (the model dir must be on a file system every worker
+  reads). The input pipeline is the same on every worker, so the chief's
+  checkpointed iterator resumes them all; each worker validates the same
+  weights on the same data, so all take the same best-checkpoint and
+  early-stopping decisions.
 
 Model dir layout::
 
@@ -49,6 +60,8 @@ import contextlib
 import dataclasses
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Dict, Optional
 
@@ -127,16 +140,38 @@ class Trainer:
   def _prepare_model_dir(self) -> None:
     """Writes ``config.yaml`` and ``model.json`` (a dir that has config.yaml
     but lacks model.json gets it again); TrainingError when the dir holds
-    another config or was trained on records of another data fingerprint."""
-    os.makedirs(self.model_dir, exist_ok=True)
+    another config or was trained on records of another data fingerprint.
+    A worker other than the chief writes nothing: it checks the files the
+    chief has written, so that it stops with the same error."""
+    path = os.path.join(self.model_dir, "config.yaml")
     try:
-      config_lib.write_once(os.path.join(self.model_dir, "config.yaml"), self.config)
+      if self._chief:
+        os.makedirs(self.model_dir, exist_ok=True)
+        config_lib.write_once(path, self.config)
+      else:
+        config_lib.check_file(path, self.config)
     except config_lib.ConfigError as e:
       raise TrainingError(f"{e}; use another --model_dir or the same config") from None
     try:
-      model_dir_lib.bind_spec(self.model_dir, self.spec, self.data_dir)
+      if self._chief:
+        model_dir_lib.bind_spec(self.model_dir, self.spec, self.data_dir)
+      else:
+        model_dir_lib.check_spec(self.model_dir, self.spec, self.data_dir)
     except ValueError as e:
       raise TrainingError(str(e)) from None
+
+  def _writable(self, folder: str) -> str:
+    """``<model_dir>/<folder>`` on the chief; on another worker the same
+    folder in its temporary dir (see ``_save``)."""
+    return os.path.join(self.model_dir if self._chief else self._scratch, folder)
+
+  def _save(self, manager: tf.train.CheckpointManager, step: int) -> None:
+    """``manager.save`` of ``step``. Every worker saves (saving is collective);
+    a worker other than the chief saves into its temporary dir and removes
+    it, as tf.distribute's multi-worker guide does."""
+    manager.save(checkpoint_number=step)
+    if not self._chief:
+      shutil.rmtree(manager.directory)
 
   def _guidance(self) -> Optional[data.Guidance]:
     if self.config.mode == "standard":
@@ -157,18 +192,15 @@ class Trainer:
     augmenter = None
     if training and self.config.augment.enabled:
       augmenter = data.make_augmenter(self.data_dir, self.config.augment, d.train_split)
-    workers, index = runtime.workers(self._strategy)
-    ds = data.make_dataset(
+    # Training repeats the split, so every batch has all of data.batch_size
+    # examples: the replicas' slices are equal and no example is dropped.
+    return data.make_dataset(
         self.data_dir, d.format, split,
-        batch_size=d.batch_size // workers if training else d.eval_batch_size,
+        batch_size=d.batch_size if training else d.eval_batch_size,
         training=training, normalize=d.normalize, spec_augment=spec_augment,
         shuffle_buffer=d.shuffle_buffer,
         bucket=d.bucket, seed=self.config.train.seed, repeat=training,
-        drop_remainder=training and self._strategy.num_replicas_in_sync > 1,
         guidance=guidance, keep=keep, augmenter=augmenter)
-    if training and workers > 1:
-      ds = ds.shard(workers, index)
-    return ds
 
   def _validation_dataset(self, guidance) -> tf.data.Dataset:
     d = self.config.data
@@ -186,7 +218,8 @@ class Trainer:
       if self._hint_stage:
         self.model, self._fitnet = fitnet.stage1_model(
             self.model, self.guidance_dir, cfg.fitnet.guided_layer, self.spec.frame_seconds)
-        records.write_json(os.path.join(self.model_dir, fitnet.SPEC_FILE), self._fitnet)
+        if self._chief:
+          records.write_json(os.path.join(self.model_dir, fitnet.SPEC_FILE), self._fitnet)
       self.optimizer, self._schedule = schedules.build_optimizer(
           cfg.optimizer, cfg.train.steps, cfg.train.mixed_precision)
       self.optimizer.build(self.model.trainable_variables)
@@ -210,8 +243,7 @@ class Trainer:
   def _make_train_step(self):
     strategy, model, optimizer, objective = (self._strategy, self.model, self.optimizer,
                                              self.objective)
-    replicas = float(strategy.num_replicas_in_sync)
-    local_replicas = strategy.num_replicas_in_sync // runtime.workers(strategy)[0]
+    replicas = strategy.num_replicas_in_sync
     clip = self.config.optimizer.clip_norm
     scaled = isinstance(optimizer, keras.mixed_precision.LossScaleOptimizer)
 
@@ -224,7 +256,7 @@ class Trainer:
         loss = terms["total"]
         if model.losses:
           loss += tf.add_n(model.losses)
-        loss = loss / replicas
+        loss = loss / float(replicas)
         if scaled:
           loss = optimizer.get_scaled_loss(loss)
       grads = tape.gradient(loss, model.trainable_variables)
@@ -238,11 +270,15 @@ class Trainer:
     def replica_step(batch):
       grads, terms = gradients(batch)
       pairs = [(g, v) for g, v in zip(grads, model.trainable_variables) if g is not None]
-      grads = [g for g, _ in pairs]
+      # The gradient of the global batch (the sum of the replicas' shares) is
+      # clipped, so the update is that of one replica on the whole batch.
+      grads = tf.distribute.get_replica_context().all_reduce(
+          tf.distribute.ReduceOp.SUM, [g for g, _ in pairs])
       norm = tf.linalg.global_norm(grads)
       if clip > 0:
         grads, _ = tf.clip_by_global_norm(grads, clip, use_norm=norm)
-      optimizer.apply_gradients(zip(grads, [v for _, v in pairs]))
+      optimizer.apply_gradients(zip(grads, [v for _, v in pairs]),
+                                skip_gradients_aggregation=True)
       terms = {k: tf.cast(v, tf.float32) for k, v in terms.items()}
       terms["grad_norm"] = norm
       terms["examples"] = tf.cast(tf.shape(batch["features"])[0], tf.float32)
@@ -256,9 +292,9 @@ class Trainer:
     def train_step(iterator):
       # Ids are strings, which XLA cannot take; the step does not need them.
       batch = {k: v for k, v in next(iterator).items() if k != "id"}
-      if local_replicas > 1:
+      if replicas > 1:
         batch = strategy.experimental_distribute_values_from_function(
-            lambda context: runtime.replica_slice(batch, context, local_replicas))
+            lambda context: runtime.replica_slice(batch, context))
       per_replica = strategy.run(compiled_step, args=(batch,))
       out = {}
       for key, value in per_replica.items():
@@ -277,16 +313,27 @@ class Trainer:
     killed right after its checkpoint (tests use it); run() again resumes.
     Returns the results dict (also written to ``results.json``).
     """
+    self._scratch = None
     try:
       return self._run(stop_after)
     except (fitnet.FitNetError, model_dir_lib.CheckpointError) as e:
       raise TrainingError(str(e)) from None
+    finally:
+      if self._scratch:
+        shutil.rmtree(self._scratch, ignore_errors=True)
 
   def _run(self, stop_after: Optional[int]) -> dict:
     cfg = self.config
-    self._prepare_model_dir()
     runtime.set_up(cfg.train)
     self._strategy = runtime.make_strategy(cfg.train.strategy)
+    try:
+      runtime.check_batch_size(cfg.data.batch_size, self._strategy)
+    except ValueError as e:
+      raise TrainingError(str(e)) from None
+    self._chief = runtime.is_chief(self._strategy)
+    if not self._chief:
+      self._scratch = tempfile.mkdtemp(prefix="kws_tf_worker_")
+    self._prepare_model_dir()
     guidance = self._guidance()
     self._fitnet = None
     self._hint_error = None
@@ -294,22 +341,25 @@ class Trainer:
     train_ds = self._dataset(cfg.data.train_split, True, guidance=guidance,
                              keep=None if cfg.data.validation_split else
                              data.id_holdout(cfg.data.validation_fraction, False))
-    # A plain (checkpointable) iterator of this worker's batches; the train
-    # step splits each batch among the local replicas.
+    # A plain (checkpointable) iterator of the global batches, the same on
+    # every worker; the train step gives each replica its slice.
     iterator = iter(train_ds)
     checkpoint = tf.train.Checkpoint(
         model=self.model, optimizer=self.optimizer, step=self.step, iterator=iterator,
         best_value=self.best_value, best_step=self.best_step, bad_evals=self.bad_evals,
         stopped=self.stopped, rng=runtime.random_generators(self.model))
     manager = tf.train.CheckpointManager(
-        checkpoint, os.path.join(self.model_dir, "checkpoints"),
+        checkpoint, self._writable("checkpoints"),
         max_to_keep=cfg.train.keep_checkpoints, step_counter=self.step)
     best_manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=self.model), os.path.join(self.model_dir, "best"),
+        tf.train.Checkpoint(model=self.model), self._writable("best"),
         max_to_keep=1, step_counter=self.step)
-    # The newest checkpoint whose files are there (one removed by hand is skipped).
-    resume = next((path for path in reversed(manager.checkpoints)
-                   if os.path.exists(path + ".index")), None)
+    # The chief's newest checkpoint whose files are there (one removed by hand
+    # is skipped); every worker resumes from it.
+    checkpoints = os.path.join(self.model_dir, "checkpoints")
+    state = tf.train.get_checkpoint_state(checkpoints)
+    saved = state.all_model_checkpoint_paths if state else []
+    resume = next((path for path in reversed(saved) if os.path.exists(path + ".index")), None)
     self._initialise(fresh=resume is None)
     if resume:
       try:
@@ -325,7 +375,7 @@ class Trainer:
       self._hint_error = fitnet.HintError(self.model)
     self._forward = None
     train_step = self._make_train_step()
-    log = logs.RunLog(self.model_dir, self._schedule)
+    log = logs.RunLog(self.model_dir, self._schedule) if self._chief else None
     window = logs.Window()
     total_examples, total_seconds = 0, 0.0
     bar = tqdm(total=cfg.train.steps, initial=int(self.step), unit="step",
@@ -339,7 +389,8 @@ class Trainer:
         shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if k != "examples")
         raise TrainingError(
             f"the loss is not finite at step {step} ({shown}); stopped without saving, "
-            f"the last good checkpoint is {manager.latest_checkpoint or 'none (no checkpoint yet)'}. "
+            "the last good checkpoint is "
+            f"{tf.train.latest_checkpoint(checkpoints) or 'none (no checkpoint yet)'}. "
             "Lower optimizer.learning_rate, clip gradients (optimizer.clip_norm) or check the data.")
       examples = int(terms.pop("examples"))
       window.add(terms, examples, seconds)
@@ -347,16 +398,18 @@ class Trainer:
       total_seconds += seconds
       bar.update(1)
       bar.set_postfix(loss=f"{terms['total']:.4f}")
-      if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+      if log and (step % cfg.train.log_every == 0 or step == cfg.train.steps):
         log.train(step, window)
         window = logs.Window()
       if step % cfg.train.eval_every == 0 or step == cfg.train.steps:
         # Quantized distillation validates (and keeps as best) the quantized model.
         with self._quantized.rounded() if self._quantized else contextlib.nullcontext():
           metrics = self._validate(validation_ds)
-          log.validation(step, metrics, self._record_validation(step, metrics, best_manager))
+          improved = self._record_validation(step, metrics, best_manager)
+          if log:
+            log.validation(step, metrics, improved)
       if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or bool(self.stopped):
-        manager.save(checkpoint_number=step)
+        self._save(manager, step)
       if stop_after is not None and step >= stop_after:
         bar.close()
         return {}
@@ -384,7 +437,8 @@ class Trainer:
           best = model_dir_lib.restore_run(self.model, self.spec, self.init_from)
       except (FileNotFoundError, ValueError) as e:
         raise TrainingError(f"cannot start from {self.init_from}: {e}") from None
-      records.write_json(os.path.join(self.model_dir, INIT_FILE), {"checkpoint": best})
+      if self._chief:
+        records.write_json(os.path.join(self.model_dir, INIT_FILE), {"checkpoint": best})
       tqdm.write(f"starting from the weights of {best}")
 
   # ---------------------------------------------------------------- validation
@@ -414,10 +468,11 @@ class Trainer:
       self.best_value.assign(value)
       self.best_step.assign(step)
       self.bad_evals.assign(0)
-      best_manager.save(checkpoint_number=step)
-      records.write_json(os.path.join(self.model_dir, "best", "best.json"),
-                         {"step": step, "metric": cfg.metric, "value": value,
-                          "metrics": metrics})
+      self._save(best_manager, step)
+      if self._chief:
+        records.write_json(os.path.join(self.model_dir, "best", "best.json"),
+                           {"step": step, "metric": cfg.metric, "value": value,
+                            "metrics": metrics})
     else:
       self.bad_evals.assign_add(1)
       patience = cfg.train.early_stopping_patience
@@ -458,5 +513,6 @@ class Trainer:
       results["test_split"] = cfg.data.test_split
       results["test"] = runner.evaluate(self.model, ds, cfg.task, class_names=self.class_names,
                                         vocabulary=self.vocabulary, summary_only=True)
-    records.write_json(os.path.join(self.model_dir, "results.json"), results)
+    if self._chief:
+      records.write_json(os.path.join(self.model_dir, "results.json"), results)
     return results

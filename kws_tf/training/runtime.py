@@ -1,7 +1,8 @@
 """What a run needs from TensorFlow besides its model: seeds, determinism and
-precision, the distribution strategy, each replica's share of a worker's
-batch, and the random generators of the model's layers (checkpointed with it)."""
-from typing import Dict, Tuple
+precision, the distribution strategy, which worker writes the run's files,
+each replica's share of the global batch, and the random generators of the
+model's layers (checkpointed with it)."""
+from typing import Dict
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import tensorflow as tf
@@ -23,21 +24,29 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
   raise ValueError(f"unknown strategy {name!r}")
 
 
-def workers(strategy: tf.distribute.Strategy) -> Tuple[int, int]:
-  """(number of workers, this worker's index): (1, 0) unless multi-worker."""
-  resolver = getattr(strategy, "cluster_resolver", None)
-  if resolver is None or not resolver.cluster_spec().as_dict():
-    return 1, 0
-  return resolver.cluster_spec().num_tasks("worker"), resolver.task_id or 0
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+  """Whether this process writes the run's files: True but for the workers
+  of a multi-worker cluster other than its chief (the ``chief`` task of
+  TF_CONFIG, or worker 0 when there is none)."""
+  return strategy.extended.should_checkpoint
 
 
-def replica_slice(batch: Dict[str, tf.Tensor], context,
-                  local_replicas: int) -> Dict[str, tf.Tensor]:
-  """The part of a worker's batch that one of its ``local_replicas`` replicas
-  trains on: an equal slice of the batch axis by replica index."""
-  index = context.replica_id_in_sync_group % local_replicas
-  size = tf.shape(batch["features"])[0] // local_replicas
-  return {k: v[index * size:(index + 1) * size] for k, v in batch.items()}
+def replica_slice(batch: Dict[str, tf.Tensor], context) -> Dict[str, tf.Tensor]:
+  """The part of the global batch that replica ``context.replica_id_in_sync_group``
+  trains on: the batch axis cut into ``context.num_replicas_in_sync`` equal
+  slices (the batch size is a multiple of it, ``check_batch_size``)."""
+  size = tf.shape(batch["features"])[0] // context.num_replicas_in_sync
+  start = context.replica_id_in_sync_group * size
+  return {k: v[start:start + size] for k, v in batch.items()}
+
+
+def check_batch_size(batch_size: int, strategy: tf.distribute.Strategy) -> None:
+  """ValueError naming ``data.batch_size`` when the global batch does not cut
+  into equal slices for the strategy's replicas."""
+  replicas = strategy.num_replicas_in_sync
+  if batch_size % replicas:
+    raise ValueError(f"data.batch_size={batch_size} does not divide among the {replicas} "
+                     f"replicas of the run; use a multiple of {replicas}")
 
 
 def random_generators(model: keras.Model) -> Dict[str, tf.random.Generator]:
