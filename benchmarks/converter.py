@@ -20,7 +20,12 @@ data_prep.synthesize_corpus and reused) it measures, in this order:
    Beam's DirectRunner (``--direct_num_workers=N
    --direct_running_mode=multi_processing``) against the process pool with
    ``--cores=N``, both restricted to N CPUs (at most the machine's), timed as
-   in 2, in rounds; its own table (``--beam_only``: this table alone).
+   in 2, in rounds; its own table (``--beam_only``: this table alone);
+5. with section 4: the CPU cost of one converter worker
+   (``shard_worker.convert_shard``, MFCC, in this process) on LibriSpeech-like
+   utterances: ``--flac_utterances`` of the corpus's train utterances, each
+   repeated to 12.3 s (LibriSpeech 960 h's mean) and stored as 16-bit FLAC,
+   the basis of the paper estimate for LibriSpeech in benchmarks/README.md.
 
 Every process runs with OMP/MKL/OPENBLAS_NUM_THREADS=1, so rates are per
 process (the converter's workers also limit TensorFlow to one thread each).
@@ -63,7 +68,9 @@ flags.DEFINE_integer("reader_examples", 20000, "Examples each reader benchmark r
 flags.DEFINE_integer("batch_size", 64, "Reader batch size.")
 flags.DEFINE_list("beam_workers", ["1", "2", "4"], "Worker counts of the Beam DirectRunner "
                   "rows, each against the process pool with as many --cores; empty: none.")
-flags.DEFINE_bool("beam_only", False, "Only the Beam comparison (section 4).")
+flags.DEFINE_bool("beam_only", False, "Only the Beam comparison and the FLAC cost "
+                  "(sections 4 and 5).")
+flags.DEFINE_integer("flac_utterances", 300, "Section 5: 12.3 s FLAC utterances.")
 
 SAMPLE_RATE = 16000
 CONVERTER_TARGET = 3.0      # converter on one core / baseline
@@ -239,6 +246,48 @@ def beam_comparison(corpus_dir: str) -> None:
         f"{FLAGS.repeats} rounds. CPU: user + system of the process tree.")
 
 
+def flac_cost(utts: List[corpora.Utterance]) -> None:
+  """Section 5: one worker's CPU time per 12.3 s FLAC utterance; prints one line."""
+  import soundfile
+  from data_prep import shard_plan, shard_worker
+  from kws_tf import audio, features
+  seconds = 12.3
+  flac_dir = os.path.join(FLAGS.work_dir, "flac")
+  os.makedirs(flac_dir, exist_ok=True)
+  items = []
+  for utt in [u for u in utts if u.split == "train"][:FLAGS.flac_utterances]:
+    path = os.path.join(flac_dir, utt.id + ".flac")
+    if not os.path.exists(path):
+      waveform = audio.read_audio(utt.audio_path, SAMPLE_RATE, keep_int16=True)
+      samples = int(seconds * SAMPLE_RATE)
+      soundfile.write(path, np.resize(waveform, samples), SAMPLE_RATE, subtype="PCM_16")
+    items.append(shard_plan.Item(utt.id, utt.id, path, "a", labels=(1, 2)))
+  out_dir = os.path.join(FLAGS.work_dir, "flac_records")
+  config = {"out_dir": out_dir, "compression": "none",
+            "feature_params": {"mfcc": features.default_config("mfcc").to_dict()},
+            "sample_rate": SAMPLE_RATE, "min_seconds": 0.1, "max_seconds": 30.0,
+            "clip_seconds": 1.0, "context_seconds": 0.0}
+  shard_worker.init_worker(config, None, None)
+  shards = [items[k:k + FLAGS.examples_per_shard]
+            for k in range(0, len(items), FLAGS.examples_per_shard)]
+  best = None
+  for _ in range(FLAGS.repeats):
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for sub in ("mfcc", shard_worker.PROGRESS_DIR):
+      os.makedirs(os.path.join(out_dir, sub))
+    start = time.process_time()
+    for index, shard in enumerate(shards):
+      shard_worker.convert_shard({"split": "train", "index": index, "count": len(shards),
+                                  "stats": True, "items": shard})
+    cpu = time.process_time() - start
+    best = cpu if best is None else min(best, cpu)
+  print(f"- One converter worker (`shard_worker.convert_shard`, MFCC with statistics, in "
+        f"process) on {len(items)} utterances repeated to {seconds} s and stored as 16-bit "
+        f"FLAC: {1000 * best / len(items):.2f} ms CPU per utterance, "
+        f"{3600 * best / (len(items) * seconds):.2f} CPU s per audio hour (fastest of "
+        f"{FLAGS.repeats}).")
+
+
 def status(value: float, target: float) -> str:
   return "met" if value >= target else "**missed**"
 
@@ -257,7 +306,9 @@ def main(argv):
           f"{load:.2f} at start")
     print(f"corpus: synthetic (espeak-ng), {len(utts)} utterances, {corpus_dir}")
     print()
-    beam_comparison(corpus_dir)
+    if FLAGS.beam_workers:
+      beam_comparison(corpus_dir)
+    flac_cost(utts)
     print(f"- 1-minute load average at end: {os.getloadavg()[0]:.2f}")
     return
 
@@ -347,6 +398,7 @@ def main(argv):
   if FLAGS.beam_workers:
     print()
     beam_comparison(corpus_dir)
+    flac_cost(utts)
 
 
 if __name__ == "__main__":
