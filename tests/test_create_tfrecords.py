@@ -278,7 +278,7 @@ def test_help_lists_the_flags():
   for flag in ("--data_dir", "--corpus", "--out_dir", "--splits", "--formats", "--task",
                "--keywords", "--clip_seconds", "--negatives_per_positive", "--alignments",
                "--cores", "--examples_per_shard", "--vocab", "--oov", "--limit", "--compression",
-               "--max_skip_fraction"):
+               "--max_skip_fraction", "--runner", "--beam_pipeline_options"):
     assert flag in result.stdout, flag
 
 
