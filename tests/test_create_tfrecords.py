@@ -278,7 +278,7 @@ def test_help_lists_the_flags():
   for flag in ("--data_dir", "--corpus", "--out_dir", "--splits", "--formats", "--task",
                "--keywords", "--clip_seconds", "--negatives_per_positive", "--alignments",
                "--cores", "--examples_per_shard", "--vocab", "--oov", "--limit", "--compression",
-               "--max_skip_fraction"):
+               "--max_skip_fraction", "--runner", "--beam_pipeline_options"):
     assert flag in result.stdout, flag
 
 
@@ -656,19 +656,20 @@ if __name__ == "__main__":
 '''
 
 
-def _convert_failing(corpus, out, tmp_path, fail):
+def _convert_failing(corpus, out, tmp_path, fail, *extra):
   """The converter with writes to shard 1 of train failing as ``fail`` says."""
   script = tmp_path / "failing_writer.py"
   script.write_text(FAILING_WRITER.format(repo=REPO))
   return subprocess.run(
       [sys.executable, str(script), f"--data_dir={corpus}", "--corpus=vivos",
        f"--out_dir={out}", "--splits=train,test", "--formats=mfcc", "--task=ctc",
-       "--examples_per_shard=4", "--cores=1"],
+       "--examples_per_shard=4", "--cores=1", *extra],
       cwd=REPO, capture_output=True, text=True, timeout=600, env=dict(os.environ, FAIL=fail))
 
 
-def _assert_stopped_cleanly_then_resumed(corpus, out, result, message):
-  """``message``: a regular expression of the error between "error: " and the advice."""
+def _assert_stopped_cleanly_then_resumed(corpus, out, result, message, *extra):
+  """``message``: a regular expression of the error between "error: " and the advice;
+  ``extra``: flags of the rerun."""
   assert result.returncode != 0 and "Traceback" not in result.stderr
   error = result.stderr.strip().splitlines()[-1]
   assert re.fullmatch(f"error: {message} \\(the finished shards are kept: the same command "
@@ -678,7 +679,7 @@ def _assert_stopped_cleanly_then_resumed(corpus, out, result, message):
   done = len(glob.glob(f"{out}/progress/*.json"))
   assert (out / "mfcc" / "train-00000-of-00005.tfrecord").exists() and done >= 1
   again = convert(corpus, out, "--splits=train,test", "--formats=mfcc", "--task=ctc",
-                  "--examples_per_shard=4", "--cores=1")
+                  "--examples_per_shard=4", "--cores=1", *extra)
   assert f"({done} already complete)" in again.stdout
   assert json.load(open(out / "metadata.json"))["splits"]["train"]["examples"] == 18
 
@@ -714,3 +715,58 @@ def test_shard_writer_on_a_full_disk_names_the_shard_and_leaves_no_temporary(tmp
   assert error.value.filename == shard and error.value.strerror == "No space left on device"
   writer.abort()
   assert os.listdir(tmp_path) == []
+
+
+def test_beam_runner_writes_the_bytes_of_the_process_pool(corpus_copy, tmp_path):
+  bad = inject_bad_files(corpus_copy)
+  args = ["--splits=train,test", "--formats=raw,mfcc", "--task=ctc", "--examples_per_shard=4",
+          "--max_skip_fraction=0.5"]
+  pool = tmp_path / "pool"
+  convert(corpus_copy, pool, *args, "--cores=2")
+  beam = tmp_path / "beam"
+  result = convert(corpus_copy, beam, *args, "--runner=beam",
+                   "--beam_pipeline_options=--direct_num_workers=2 "
+                   "--direct_running_mode=multi_processing")
+  assert re.search(r"\d shards to write \(0 already complete\), \d+ utterances, Apache Beam",
+                   result.stdout)
+  assert tree_files(pool) == tree_files(beam)  # no lock, task file or temporary left
+  for name in tree_files(pool):
+    assert filecmp.cmp(pool / name, beam / name, shallow=False), name
+  metadata = json.load(open(beam / "metadata.json"))
+  assert metadata["skipped"] == len(bad) and metadata["normalization"]["mfcc"]["frames"] > 0
+
+
+def test_beam_shard_on_a_full_disk_is_a_one_line_error_and_the_rerun_resumes(
+    synthetic_corpus, tmp_path):
+  out = tmp_path / "records"
+  result = _convert_failing(synthetic_corpus, out, tmp_path, "full_disk", "--runner=beam")
+  assert not (out / "beam").exists()
+  assert len(glob.glob(f"{out}/progress/*.json")) == 6  # every other shard was written
+  _assert_stopped_cleanly_then_resumed(
+      synthetic_corpus, out, result,
+      re.escape(f"{out}/mfcc/train-00001-of-00005.tfrecord: No space left on device"),
+      "--runner=beam")
+
+
+def test_normalization_combined_across_workers_sums_in_plan_order():
+  from data_prep import beam_shards, shard_worker
+
+  def summary(split, index, total):  # one channel, 2 frames
+    return {"split": split, "index": index, "moments": {"mfcc": [[total], [1.0]]},
+            "frame_count": {"mfcc": 2}}
+
+  # 1e17 + 3 rounds to 1e17: the sum of these depends on the order of the additions.
+  summaries = [summary("train", 0, 1e17), summary("train", 1, 3.0),
+               summary("train", 2, -1e17), summary("train", 3, 5.0),
+               {"split": "test", "index": 0, "moments": {"mfcc": None},
+                "frame_count": {"mfcc": 0}}]
+  expected = shard_worker.normalization(summaries, ["mfcc"])
+  assert expected["mfcc"]["mean"] == [0.625] and expected["mfcc"]["frames"] == 8
+  combine = beam_shards.NormalizationFn(["mfcc"])
+  accumulators = []
+  for part in (summaries[3:], summaries[1:3][::-1], summaries[:1]):  # three workers
+    accumulator = combine.create_accumulator()
+    for s in part:
+      accumulator = combine.add_input(accumulator, s)
+    accumulators.append(accumulator)
+  assert combine.extract_output(combine.merge_accumulators(accumulators)) == expected
