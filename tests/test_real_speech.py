@@ -118,7 +118,7 @@ def test_real_recordings_become_records_with_their_audio_and_transcripts(convert
   for fmt in ("logmel", "mfcc"):
     examples = read_split(records_dir, fmt)
     assert sorted(examples) == sorted(utterances)
-    for utt_id, (waveform, _) in utterances.items():
+    for utt_id in utterances:
       features = examples[utt_id]["features"]
       assert features.shape[0] == examples[utt_id]["num_frames"] > 0
       assert np.isfinite(features).all(), (fmt, utt_id)
