@@ -4,7 +4,7 @@
 #     (with --test, the test extra, which includes both),
 #   - espeak-ng (Debian package) for the synthetic Vietnamese corpus,
 #   - mediapipe without its dependencies (the TFLite Metadata schema of the export; see below),
-#   - with --test, pocketsphinx-testdata (Debian package): real speech for a parity test,
+#   - pocketsphinx-testdata (Debian package, 1 MB): real recorded speech for the tests,
 #   - manpages-vi and maint-guide-vi (Debian packages): the Vietnamese text kws-build-lm
 #     builds the CTC decoder's language model from.
 # Idempotent: a second run only checks. Usage: scripts/setup.sh [--test]
@@ -39,15 +39,16 @@ MSG
   fi
 fi
 
-# The test suite also compares the Whisper port with CTranslate2 on real recorded speech:
-# Debian's pocketsphinx-testdata (5 LibriVox utterances). Without it that one case skips.
-if [ -n "$extra" ] && [ ! -d /usr/share/pocketsphinx/test/data/librivox ]; then
-  echo "== installing pocketsphinx-testdata (real speech for a parity test)"
+# Real recorded speech for the tests: Debian's pocketsphinx-testdata (5 LibriVox utterances
+# with transcripts), read by tests/test_real_speech.py (reader, converter, Whisper log-mel and
+# encoder) and the Whisper port's CTranslate2 parity case. Without it those tests skip.
+if [ ! -f /usr/share/pocketsphinx/test/data/librivox/transcription ]; then
+  echo "== installing pocketsphinx-testdata (real speech for the tests)"
   sudo=""
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo"
   $sudo apt-get install -y -q pocketsphinx-testdata >/dev/null 2>&1 ||
     { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q pocketsphinx-testdata >/dev/null 2>&1; } ||
-    echo "   (could not install pocketsphinx-testdata; the real-speech parity case will skip)"
+    echo "   (could not install pocketsphinx-testdata; the real-speech tests will skip)"
 fi
 
 # kws-build-lm's default text: Debian's Vietnamese man pages and New Maintainers' Guide,

@@ -246,16 +246,43 @@ def test_beam_lm_with_lm_weight_0_equals_beam_search(tiny_lm):
   """With weight 0, no word bonus and every character tried, beam_lm ranks prefixes by
   their CTC probability alone, as TensorFlow's prefix beam search does: the same best
   labelling on random logits. (With beams of 2 or 4, 2 of 480 such cases differed: the
-  two searches prune ties and near-ties differently, and each was the better one once.)"""
+  two searches prune ties and near-ties differently, and each was the better one once.)
+  No space in the vocabulary: beam_lm merges labellings that differ only by leading,
+  repeated or trailing spaces, which TensorFlow's search keeps apart."""
   rng = np.random.default_rng(0)
+  vocabulary = text_lib.Vocabulary([text_lib.BLANK, "a", "b", "c"])
   for _ in range(30):
     frames = int(rng.integers(1, 15))
     logits = rng.normal(0, 1.5, size=(3, frames, 4))
     lengths = rng.integers(0, frames + 1, size=3)
     expected = decoding.beam_search_decode(logits, lengths, beam_width=16)
     for lm in (None, tiny_lm):
-      assert decoding.beam_lm_decode(logits, lengths, ABC, lm, beam_width=16, lm_weight=0.0,
-                                     word_bonus=0.0, token_min_logp=-np.inf) == expected
+      assert decoding.beam_lm_decode(logits, lengths, vocabulary, lm, beam_width=16,
+                                     lm_weight=0.0, word_bonus=0.0,
+                                     token_min_logp=-np.inf) == expected
+
+
+def test_beam_lm_finds_the_most_probable_text_spaces_merged():
+  # Labellings over " ", "a", "b" that differ only by leading, repeated or trailing
+  # spaces are one text. Up to 4 frames there are at most 121 labellings, so a beam of
+  # 256 searches all of them; the result must be the text of the largest summed CTC
+  # probability, written with single spaces between words.
+  rng = np.random.default_rng(5)
+  for _ in range(40):
+    frames = int(rng.integers(1, 5))
+    logits = rng.normal(0, 1.5, size=(1, frames, 4))
+    logits[0, :, 1] += 1.0  # spaces likely, so that doubled ones compete
+    log_probs = log_softmax(logits[0])
+    texts = {}
+    for n in range(frames + 1):
+      for ids in itertools.product([1, 2, 3], repeat=n):
+        text = " ".join(ABC.decode(ids).split())
+        texts[text] = np.logaddexp(texts.get(text, -np.inf),
+                                   ctc_log_probability(log_probs, list(ids)))
+    found = ABC.decode(decoding.beam_lm_decode(logits, [frames], ABC, None, beam_width=256,
+                                               word_bonus=0.0, token_min_logp=-np.inf)[0])
+    assert found == " ".join(found.split())
+    assert texts[found] == pytest.approx(max(texts.values()), abs=1e-9)
 
 
 def frames_of(symbols, vocabulary=VIETNAMESE):

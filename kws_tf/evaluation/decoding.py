@@ -20,7 +20,10 @@ Vietnamese: syllables, as the LM's words), ``P_lm`` a KenLM n-gram model
 space after it (or the end) arrives, and the last word and ``</s>`` are
 scored at the end of the utterance. A word under way that no word of the LM
 begins with is ranked as the unknown word it must become (its ``<unk>``
-score), before it ends.
+score), before it ends. Its prefixes are texts: a space at the start, after a
+space or at the end separates no word, so labellings that differ only by such
+spaces are one prefix (their probabilities add up) and the result has single
+spaces between words and none around them.
 
 Forced alignment is the Viterbi best path of the standard CTC topology: for
 tokens ``t1 .. tL`` the extended states are ``blank t1 blank t2 ... tL
@@ -228,7 +231,10 @@ def beam_lm_decode(logits, logit_length, vocabulary: text_lib.Vocabulary,
   extended by a blank, by its last character (the same prefix, or the
   character once more after a blank) and by each other character of log
   probability >= ``token_min_logp``; prefixes reached in several ways merge;
-  the ``beam_width`` best by the ranking score stay. The ranking score adds
+  the ``beam_width`` best by the ranking score stay. A space that would start
+  a prefix or follow its space adds the path to the prefix itself (the same
+  text), and at the end a prefix with a trailing space merges with the one
+  without. The ranking score adds
   to the completed words' score a look-ahead for the word under way: once no
   word of an ARPA LM begins with it, ``lm_weight`` times the LM's ``<unk>``
   log-probability (the score it will get), so a beam does not keep a
@@ -277,6 +283,7 @@ class _PrefixSearch:
   def __init__(self, vocabulary, lm, beam_width, lm_weight, word_bonus, hotwords,
                hotword_weight, token_min_logp):
     self.symbols = vocabulary.symbols
+    self.space = self.symbols.index(" ") if " " in self.symbols else None
     self.lm, self.beam_width, self.token_min_logp = lm, beam_width, token_min_logp
     self.lm_weight, self.word_bonus = lm_weight, word_bonus
     self.hotwords, self.hotword_weight = hotwords, hotword_weight
@@ -300,6 +307,12 @@ class _PrefixSearch:
         _add(extended, prefix, 0, total + frame[blank])
         last = prefix[-1] if prefix else None
         for c in tried:
+          if c == self.space and last in (None, self.space):
+            # A leading or repeated space: the same text. After a space its
+            # paths continue that space (ending in a character); at the start
+            # they are as if the frame were blank.
+            _add(extended, prefix, 0 if last is None else 1, total + frame[c])
+            continue
           longer = prefix + (c,)
           if c == last:
             _add(extended, prefix, 1, p_char + frame[c])
@@ -312,9 +325,13 @@ class _PrefixSearch:
           _logaddexp(*item[1]) + self._rank_score(words[item[0]])))
       beams = {prefix: tuple(p) for prefix, p in ranked[:self.beam_width]}
       words = {prefix: words[prefix] for prefix in beams}
-    finals = {prefix: _logaddexp(*p) + self._final_score(words[prefix])
-              for prefix, p in beams.items()}
-    return list(max(finals, key=finals.get))
+    # text -> [log P_ctc of its prefixes (with and without a trailing space), final score]
+    finals: Dict[Tuple[int, ...], List[float]] = {}
+    for prefix, p in beams.items():
+      text = prefix[:-1] if prefix and prefix[-1] == self.space else prefix
+      entry = finals.setdefault(text, [-math.inf, self._final_score(words[prefix])])
+      entry[0] = _logaddexp(entry[0], _logaddexp(*p))
+    return list(max(finals, key=lambda text: sum(finals[text])))
 
   def _extend(self, before: _Words, symbol: str) -> _Words:
     """The words of a prefix after one more character."""
@@ -325,9 +342,7 @@ class _PrefixSearch:
           partial not in self.lm.prefixes):
         ahead = self.lm_weight * _LN10 * self.lm.score(before.state, "<unk>")[0]
       return _Words(before.state, before.score, before.recent, partial, ahead)
-    if not before.partial:  # a leading or repeated space completes nothing
-      return before
-    return self._complete(before)
+    return self._complete(before)  # a space after a word (never a leading or repeated one)
 
   def _complete(self, before: _Words) -> _Words:
     """The words after the word under way is complete (scored)."""
