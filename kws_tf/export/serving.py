@@ -79,7 +79,10 @@ class ServingModule(tf.Module):
       raise ValueError("a kws model takes clips of a fixed length (clip_samples), a ctc "
                        f"model any length (clip_samples None); got task {spec.task} "
                        f"with clip_samples {clip_samples}")
-    self.model = model
+    # The SavedModel tracks the model's variables, not the Keras model: saving
+    # that would also trace every layer's call, which no reader of the file uses.
+    object.__setattr__(self, "model", model)
+    self.model_variables = list(model.variables)
     self.task = spec.task
     self.front_end = export_front_end(spec.feature_params)
     self.clip_samples = clip_samples

@@ -259,7 +259,10 @@ class StreamingModule(tf.Module):
     if spec.task != "kws":
       raise ValueError(f"only kws models stream (one posterior per window); model "
                        f"{spec.name!r} is {spec.task}")
-    self.model = model
+    # The SavedModel tracks the model's variables, not the Keras model: saving
+    # that would also trace every layer's call, which no reader of the file uses.
+    object.__setattr__(self, "model", model)
+    self.model_variables = list(model.variables)
     self.layout = StreamLayout(serving.export_front_end(spec.feature_params), clip_samples,
                                hop_samples)
     self.state_names = list(self.layout.state_shapes())

@@ -36,13 +36,10 @@ named by ``config.model`` on ``config.data.format`` records of ``data_dir``:
 * at the end the best weights are evaluated on ``data.test_split`` and
   ``results.json`` is written;
 * multi-worker: every worker runs the whole loop (saving, validating and
-  evaluating are collective), but only the chief writes the model dir; the
-  others save into a temporary dir that they remove, and resume from the
-  chief's checkpoints (the model dir must be on a file system every worker
-  reads). The input pipeline is the same on every worker, so the chief's
-  checkpointed iterator resumes them all; each worker validates the same
-  weights on the same data, so all take the same best-checkpoint and
-  early-stopping decisions.
+  evaluating are collective) on the same input pipeline, so the chief's
+  checkpointed iterator resumes them all and every worker takes the same
+  best-checkpoint and early-stopping decisions; only the chief writes the
+  model dir (``worker_dir``).
 
 Model dir layout::
 
@@ -60,8 +57,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import shutil
-import tempfile
 import time
 from typing import Dict, Optional
 
@@ -75,7 +70,7 @@ from kws_tf import data, records, text
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import fitnet, objectives, quantization
 from kws_tf.evaluation import runner
-from kws_tf.training import logs, runtime, schedules
+from kws_tf.training import logs, runtime, schedules, worker_dir
 
 
 class TrainingError(RuntimeError):
@@ -137,41 +132,15 @@ class Trainer:
     self.objective = objectives.for_config(config)
 
   # ---------------------------------------------------------------- set-up
-  def _prepare_model_dir(self) -> None:
-    """Writes ``config.yaml`` and ``model.json`` (a dir that has config.yaml
-    but lacks model.json gets it again); TrainingError when the dir holds
-    another config or was trained on records of another data fingerprint.
-    A worker other than the chief writes nothing: it checks the files the
-    chief has written, so that it stops with the same error."""
-    path = os.path.join(self.model_dir, "config.yaml")
+  def _bind_model_dir(self) -> None:
+    """``worker_dir.WorkerDir.bind``: TrainingError when the dir holds another
+    config or was trained on records of another data fingerprint."""
     try:
-      if self._chief:
-        os.makedirs(self.model_dir, exist_ok=True)
-        config_lib.write_once(path, self.config)
-      else:
-        config_lib.check_file(path, self.config)
+      self._dir.bind(self.config, self.spec, self.data_dir)
     except config_lib.ConfigError as e:
       raise TrainingError(f"{e}; use another --model_dir or the same config") from None
-    try:
-      if self._chief:
-        model_dir_lib.bind_spec(self.model_dir, self.spec, self.data_dir)
-      else:
-        model_dir_lib.check_spec(self.model_dir, self.spec, self.data_dir)
     except ValueError as e:
       raise TrainingError(str(e)) from None
-
-  def _writable(self, folder: str) -> str:
-    """``<model_dir>/<folder>`` on the chief; on another worker the same
-    folder in its temporary dir (see ``_save``)."""
-    return os.path.join(self.model_dir if self._chief else self._scratch, folder)
-
-  def _save(self, manager: tf.train.CheckpointManager, step: int) -> None:
-    """``manager.save`` of ``step``. Every worker saves (saving is collective);
-    a worker other than the chief saves into its temporary dir and removes
-    it, as tf.distribute's multi-worker guide does."""
-    manager.save(checkpoint_number=step)
-    if not self._chief:
-      shutil.rmtree(manager.directory)
 
   def _guidance(self) -> Optional[data.Guidance]:
     if self.config.mode == "standard":
@@ -218,8 +187,7 @@ class Trainer:
       if self._hint_stage:
         self.model, self._fitnet = fitnet.stage1_model(
             self.model, self.guidance_dir, cfg.fitnet.guided_layer, self.spec.frame_seconds)
-        if self._chief:
-          records.write_json(os.path.join(self.model_dir, fitnet.SPEC_FILE), self._fitnet)
+        self._dir.write_json(fitnet.SPEC_FILE, self._fitnet)
       self.optimizer, self._schedule = schedules.build_optimizer(
           cfg.optimizer, cfg.train.steps, cfg.train.mixed_precision)
       self.optimizer.build(self.model.trainable_variables)
@@ -313,14 +281,14 @@ class Trainer:
     killed right after its checkpoint (tests use it); run() again resumes.
     Returns the results dict (also written to ``results.json``).
     """
-    self._scratch = None
+    self._dir = None
     try:
       return self._run(stop_after)
     except (fitnet.FitNetError, model_dir_lib.CheckpointError) as e:
       raise TrainingError(str(e)) from None
     finally:
-      if self._scratch:
-        shutil.rmtree(self._scratch, ignore_errors=True)
+      if self._dir:
+        self._dir.close()
 
   def _run(self, stop_after: Optional[int]) -> dict:
     cfg = self.config
@@ -330,10 +298,8 @@ class Trainer:
       runtime.check_batch_size(cfg.data.batch_size, self._strategy)
     except ValueError as e:
       raise TrainingError(str(e)) from None
-    self._chief = runtime.is_chief(self._strategy)
-    if not self._chief:
-      self._scratch = tempfile.mkdtemp(prefix="kws_tf_worker_")
-    self._prepare_model_dir()
+    self._dir = worker_dir.WorkerDir(self.model_dir, runtime.is_chief(self._strategy))
+    self._bind_model_dir()
     guidance = self._guidance()
     self._fitnet = None
     self._hint_error = None
@@ -349,17 +315,12 @@ class Trainer:
         best_value=self.best_value, best_step=self.best_step, bad_evals=self.bad_evals,
         stopped=self.stopped, rng=runtime.random_generators(self.model))
     manager = tf.train.CheckpointManager(
-        checkpoint, self._writable("checkpoints"),
+        checkpoint, self._dir.path("checkpoints"),
         max_to_keep=cfg.train.keep_checkpoints, step_counter=self.step)
     best_manager = tf.train.CheckpointManager(
-        tf.train.Checkpoint(model=self.model), self._writable("best"),
+        tf.train.Checkpoint(model=self.model), self._dir.path("best"),
         max_to_keep=1, step_counter=self.step)
-    # The chief's newest checkpoint whose files are there (one removed by hand
-    # is skipped); every worker resumes from it.
-    checkpoints = os.path.join(self.model_dir, "checkpoints")
-    state = tf.train.get_checkpoint_state(checkpoints)
-    saved = state.all_model_checkpoint_paths if state else []
-    resume = next((path for path in reversed(saved) if os.path.exists(path + ".index")), None)
+    resume = self._dir.latest_checkpoint()
     self._initialise(fresh=resume is None)
     if resume:
       try:
@@ -375,7 +336,7 @@ class Trainer:
       self._hint_error = fitnet.HintError(self.model)
     self._forward = None
     train_step = self._make_train_step()
-    log = logs.RunLog(self.model_dir, self._schedule) if self._chief else None
+    log = logs.RunLog(self.model_dir, self._schedule) if self._dir.chief else None
     window = logs.Window()
     total_examples, total_seconds = 0, 0.0
     bar = tqdm(total=cfg.train.steps, initial=int(self.step), unit="step",
@@ -390,7 +351,7 @@ class Trainer:
         raise TrainingError(
             f"the loss is not finite at step {step} ({shown}); stopped without saving, "
             "the last good checkpoint is "
-            f"{tf.train.latest_checkpoint(checkpoints) or 'none (no checkpoint yet)'}. "
+            f"{self._dir.latest_checkpoint() or 'none (no checkpoint yet)'}. "
             "Lower optimizer.learning_rate, clip gradients (optimizer.clip_norm) or check the data.")
       examples = int(terms.pop("examples"))
       window.add(terms, examples, seconds)
@@ -409,7 +370,7 @@ class Trainer:
           if log:
             log.validation(step, metrics, improved)
       if step % cfg.train.checkpoint_every == 0 or step == cfg.train.steps or bool(self.stopped):
-        self._save(manager, step)
+        self._dir.save(manager, step)
       if stop_after is not None and step >= stop_after:
         bar.close()
         return {}
@@ -437,8 +398,7 @@ class Trainer:
           best = model_dir_lib.restore_run(self.model, self.spec, self.init_from)
       except (FileNotFoundError, ValueError) as e:
         raise TrainingError(f"cannot start from {self.init_from}: {e}") from None
-      if self._chief:
-        records.write_json(os.path.join(self.model_dir, INIT_FILE), {"checkpoint": best})
+      self._dir.write_json(INIT_FILE, {"checkpoint": best})
       tqdm.write(f"starting from the weights of {best}")
 
   # ---------------------------------------------------------------- validation
@@ -468,9 +428,8 @@ class Trainer:
       self.best_value.assign(value)
       self.best_step.assign(step)
       self.bad_evals.assign(0)
-      self._save(best_manager, step)
-      if self._chief:
-        records.write_json(os.path.join(self.model_dir, "best", "best.json"),
+      self._dir.save(best_manager, step)
+      self._dir.write_json(os.path.join("best", "best.json"),
                            {"step": step, "metric": cfg.metric, "value": value,
                             "metrics": metrics})
     else:
@@ -513,6 +472,5 @@ class Trainer:
       results["test_split"] = cfg.data.test_split
       results["test"] = runner.evaluate(self.model, ds, cfg.task, class_names=self.class_names,
                                         vocabulary=self.vocabulary, summary_only=True)
-    if self._chief:
-      records.write_json(os.path.join(self.model_dir, "results.json"), results)
+    self._dir.write_json("results.json", results)
     return results
