@@ -437,7 +437,7 @@ def test_projection_output(family):
   assert "projection" not in _small(family, "kws")(batch)
 
 
-@pytest.mark.parametrize("family,task", [("wav2letter", "ctc"),
+@pytest.mark.parametrize("family,task", [("wav2letter", "ctc"), ("wav2letter_centred", "kws"),
                                          ("mobilenet_v3_minimalistic", "kws")])
 def test_quantization_aware_training(family, task):
   from tensorflow_model_optimization.quantization.keras import QuantizeWrapperV2
