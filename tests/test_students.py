@@ -39,6 +39,9 @@ SMALL_MODELS = {
     "wav2letter_gated": ("wav2letter", dict(
         filters=(16, 16, 24), widths=(7, 3, 1), strides=(2, 1, 1), dropouts=(0.1, 0.1, 0.0),
         conv_type="gated")),
+    "wav2letter_centred": ("wav2letter", dict(
+        filters=(16, 16, 24), widths=(7, 3, 1), strides=(2, 1, 1), dropouts=(0.1, 0.1, 0.0),
+        pooling="centred")),
     "mobilenet_v3_small": ("mobilenet_v3_small", dict(alpha=0.5)),
     "mobilenet_v3_minimalistic": ("mobilenet_v3_small", dict(alpha=0.5, minimalistic=True)),
     "resnet18": ("resnet18", dict(width=0.125)),
@@ -346,6 +349,32 @@ def test_frame_mask_and_masked_mean():
   assert heads.output_frames(23, 2) == 12
 
 
+def test_centred_mean_weights_frames_by_their_offset_from_the_clip_centre():
+  rng = np.random.default_rng(3)
+  x = rng.standard_normal((3, 6, 2, 4)).astype(np.float32)
+  mask = np.zeros((3, 6, 1, 1), np.float32)
+  for i, valid in enumerate([6, 3, 0]):
+    mask[i, :valid] = 1
+  layer = heads.CentredMean(initial_width=0.2)
+  pooled = layer([x, mask]).numpy()
+  assert float(layer.width) == pytest.approx(0.2)
+  for i, valid in enumerate([6, 3]):
+    offset = (np.arange(valid) - (valid - 1) / 2) / valid
+    weights = np.exp(-0.5 * (offset / 0.2) ** 2)
+    expected = (weights[:, None, None] * x[i, :valid]).sum((0, 1)) / (2 * weights.sum())
+    np.testing.assert_allclose(pooled[i], expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(pooled[2], np.zeros(4))
+  # Very wide: the plain mean; the width is trained.
+  np.testing.assert_allclose(heads.CentredMean(initial_width=1e4)([x, mask]),
+                             heads.MaskedMean()([x, mask]), atol=1e-5)
+  with tf.GradientTape() as tape:
+    loss = tf.reduce_sum(tf.square(layer([x, mask])))
+  assert float(tape.gradient(loss, layer.raw_width)) != 0.0
+  with pytest.raises(ValueError, match="pooling must be one of"):
+    registry.build("wav2letter_kws_tiny", task="kws", num_channels=NUM_CHANNELS,
+                   num_classes=10, pooling="max")
+
+
 @pytest.mark.parametrize("frames", [6, 7])
 def test_strided_padding_does_not_depend_on_length(frames):
   """Output t of a stride-2 width-3 conv is centred on input 2t for odd and even
@@ -408,7 +437,7 @@ def test_projection_output(family):
   assert "projection" not in _small(family, "kws")(batch)
 
 
-@pytest.mark.parametrize("family,task", [("wav2letter", "ctc"),
+@pytest.mark.parametrize("family,task", [("wav2letter", "ctc"), ("wav2letter_centred", "kws"),
                                          ("mobilenet_v3_minimalistic", "kws")])
 def test_quantization_aware_training(family, task):
   from tensorflow_model_optimization.quantization.keras import QuantizeWrapperV2

@@ -27,7 +27,8 @@ Batch normalization in training mode still sees the zeroed padding frames in
 its batch statistics; inference uses the moving statistics, so it is exact.
 
 Heads: ``kws`` pools the final feature map with a mean over valid frames and
-all frequencies (``MaskedMean``), then dropout and ``Dense(num_classes)``;
+all frequencies (``MaskedMean``, or ``CentredMean`` weighted towards the clip's
+centre), then dropout and ``Dense(num_classes)``;
 ``ctc`` averages over frequency and applies ``Dense(vocabulary)`` per frame,
 and reports ``logit_frames = ceil(num_frames / time_stride)``. The optional
 ``projection`` is ``Dense(projection_dim)`` on the same features the classifier
@@ -50,6 +51,7 @@ included, and the QAT model keeps the contract.
 from typing import Dict, Tuple
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
@@ -145,6 +147,58 @@ class MaskedMean(keras.layers.Layer):
 
   def get_config(self):
     return dict(super().get_config(), keepdims=self.keepdims)
+
+
+@keras.saving.register_keras_serializable(package="kws_tf")
+class CentredMean(keras.layers.Layer):
+  """Mean over valid frames and all frequencies, weighted towards the clip's centre.
+
+  A keyword clip is labelled with the word at its centre, but a mean over the
+  whole clip weighs a neighbouring word at its edge as much. Frame ``t`` of an
+  example with ``n`` valid frames gets the weight ``exp(-((t - (n - 1) / 2) /
+  n)^2 / (2 width^2))``: a Gaussian over the offset from the centre in clip
+  lengths, of a trainable ``width`` (initially ``initial_width``, kept
+  positive by a softplus). The weights depend only on ``n``, so an exported
+  file with a fixed input length holds them as constants.
+
+  Inputs ``[x, mask]`` as for ``MaskedMean``: ``x [batch, time, frequency,
+  channels]``, ``mask [batch, time, 1, 1]``. Output ``[batch, channels]``;
+  float32 arithmetic; an example with no valid frame gives zeros.
+  """
+
+  def __init__(self, initial_width: float = 0.25, **kwargs):
+    super().__init__(**kwargs)
+    if initial_width <= 0:
+      raise ValueError(f"initial_width must be > 0, got {initial_width}")
+    self.initial_width = initial_width
+
+  def build(self, input_shape):
+    # softplus(raw) == initial_width
+    raw = float(self.initial_width + np.log(-np.expm1(-self.initial_width)))
+    self.raw_width = self.add_weight(
+        name="raw_width", shape=(), initializer=keras.initializers.Constant(raw),
+        dtype=tf.float32, trainable=True)
+    super().build(input_shape)
+
+  @property
+  def width(self) -> tf.Tensor:
+    """The Gaussian's standard deviation, in clip lengths."""
+    return tf.nn.softplus(self.raw_width)
+
+  def call(self, inputs):
+    x, mask = inputs
+    x = tf.cast(x, tf.float32)
+    mask = tf.cast(mask, tf.float32)
+    frames = tf.reduce_sum(mask, axis=1, keepdims=True)  # [batch, 1, 1, 1]
+    position = tf.reshape(tf.range(tf.shape(x)[1], dtype=tf.float32), [1, -1, 1, 1])
+    offset = (position - (frames - 1.0) / 2.0) / tf.maximum(frames, 1.0)
+    weight = tf.exp(-0.5 * tf.square(offset / self.width)) * mask
+    total = tf.reduce_sum(x * weight, axis=[1, 2])
+    count = tf.reduce_sum(weight, axis=[1, 2]) * tf.cast(tf.shape(x)[2], tf.float32)
+    return tf.cast(total / tf.maximum(count, 1e-6), self.compute_dtype)
+
+  def get_config(self):
+    return dict(super().get_config(), initial_width=self.initial_width)
 
 
 @keras.saving.register_keras_serializable(package="kws_tf")
@@ -248,9 +302,12 @@ def pad_for_conv(x: tf.Tensor, kernel_size: Tuple[int, int], strides: Tuple[int,
   return keras.layers.ZeroPadding2D(padding, name=name)(x), "valid"
 
 
+POOLINGS = ("mean", "centred")
+
+
 def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
          time_stride: int, num_classes: int, projection_dim: int = 0,
-         dropout: float = 0.0) -> Dict[str, tf.Tensor]:
+         dropout: float = 0.0, pooling: str = "mean") -> Dict[str, tf.Tensor]:
   """The outputs of a student from its final feature map.
 
   Args:
@@ -262,6 +319,7 @@ def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
     num_classes: kws classes, or the ctc vocabulary size including blank.
     projection_dim: size of the ``projection`` output; 0 for none.
     dropout: dropout rate before the classifier.
+    pooling: kws: "mean" (``MaskedMean``) or "centred" (``CentredMean``).
 
   Returns:
     kws: ``logits [batch, num_classes]`` (+ ``projection [batch, projection_dim]``);
@@ -270,8 +328,11 @@ def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
   """
   check_task(task)
   check_time_stride(task, time_stride)
+  if pooling not in POOLINGS:
+    raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
   if task == "kws":
-    features = MaskedMean(name="pool")([x, masks(time_stride)])
+    pool = CentredMean(name="pool") if pooling == "centred" else MaskedMean(name="pool")
+    features = pool([x, masks(time_stride)])
     outputs = {"logits": _classifier(features, num_classes, dropout)}
   else:
     frequencies, channels = x.shape[2], x.shape[3]

@@ -58,7 +58,7 @@ from kws_tf.models import heads, registry
 def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim: int = 0,
                filters: Sequence[int], widths: Sequence[int], strides: Sequence[int],
                dropouts: Sequence[float], conv_type: str = "conv", batch_norm: bool = True,
-               activation: str = "relu", head_dropout: float = 0.0,
+               activation: str = "relu", head_dropout: float = 0.0, pooling: str = "mean",
                name: str = "wav2letter") -> keras.Model:
   """A wav2letter model following the contract of ``kws_tf.models``.
 
@@ -73,6 +73,8 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
     batch_norm: batch normalization after each conv.
     activation: Keras activation name after each "conv" layer.
     head_dropout: dropout rate before the classifier.
+    pooling: kws: "mean" over the clip or "centred" (weighted towards its centre,
+      ``heads.CentredMean``).
     name: the model's name.
   """
   lengths = {"filters": len(filters), "widths": len(widths), "strides": len(strides),
@@ -113,7 +115,7 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
     time_stride *= stride
   outputs = heads.head(task, x, masks, inputs["num_frames"], time_stride=time_stride,
                        num_classes=num_classes, projection_dim=projection_dim,
-                       dropout=head_dropout)
+                       dropout=head_dropout, pooling=pooling)
   return keras.Model(inputs, outputs, name=name)
 
 
