@@ -179,6 +179,44 @@ def read_json(path: str):
     return json.load(f)
 
 
+# A test set's rows (the robustness set, the always-on set), one JSON object per line.
+SET_MANIFEST = "manifest.jsonl"
+
+
+def read_set_manifest(set_dir: str, keys: Sequence[str], kind: str, maker: str,
+                      convert=None) -> List[dict]:
+  """The rows of a test set's ``<set_dir>/manifest.jsonl`` (one JSON object per line).
+
+  Each row must hold ``keys``; its ``path`` is made absolute (under
+  ``set_dir``), and ``convert(row)``, when given, rewrites fields in place.
+  FileNotFoundError naming ``maker`` (the program that makes the set) when the
+  file is missing; a one-line ValueError naming the file and line for a line
+  that is not JSON, a row without ``keys`` (a "``kind`` row"), or a row that
+  ``convert`` refuses (ValueError, TypeError, KeyError, AttributeError).
+  """
+  path = os.path.join(set_dir, SET_MANIFEST)
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} not found: make the set with {maker}")
+  rows = []
+  with open(path, encoding="utf-8") as f:
+    for number, line in enumerate(f, 1):
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError as error:
+        raise ValueError(f"{path}:{number}: not JSON ({error})") from None
+      missing = [k for k in keys if k not in row] if isinstance(row, dict) else list(keys)
+      if missing:
+        raise ValueError(f"{path}:{number}: not a {kind} row (needs {', '.join(missing)})")
+      if convert is not None:
+        try:
+          convert(row)
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+          raise ValueError(f"{path}:{number}: {error}") from None
+      row["path"] = os.path.join(set_dir, row["path"])
+      rows.append(row)
+  return rows
+
+
 def fingerprint(data) -> str:
   """sha256 of the canonical JSON of ``data`` (parameters, ids, labels)."""
   blob = json.dumps(data, ensure_ascii=False, sort_keys=True,

@@ -23,15 +23,14 @@ picks, among the thresholds whose false-alarm rate is at most a target, the
 one with the lowest FRR (on ties the fewer false alarms, then the lower
 threshold). Groups: ``all`` and ``condition=<c>``.
 """
-import json
 import os
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 
-from kws_tf import audio, detection, inference, text
+from kws_tf import audio, detection, inference, records, text
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = records.SET_MANIFEST
 _ROW_KEYS = ("path", "seconds", "condition", "keywords")
 # False alarms per hour at which the FRR is reported.
 RATES = (0.5, 1.0, 5.0)
@@ -52,26 +51,17 @@ class Occurrence(NamedTuple):
 
 def read_manifest(set_dir: str) -> List[dict]:
   """The rows of ``<set_dir>/manifest.jsonl``, each with ``path`` made absolute and
-  ``keywords`` as ``Occurrence`` s; a one-line error naming the file and line."""
-  path = os.path.join(set_dir, MANIFEST)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: make the set with kws-make-always-on-set")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-        missing = [k for k in _ROW_KEYS if k not in row]
-        if missing:
-          raise ValueError(f"not a recording row (needs {', '.join(missing)})")
-        row["keywords"] = [Occurrence(k["keyword"], float(k["start"]), float(k["end"]))
-                           for k in row["keywords"]]
-      except (json.JSONDecodeError, ValueError, TypeError, KeyError, AttributeError) as error:
-        raise ValueError(f"{path}:{number}: {error}") from None
-      row["path"] = os.path.join(set_dir, row["path"])
-      rows.append(row)
+  ``keywords`` as ``Occurrence`` s; a one-line error naming the file and line
+  (``records.read_set_manifest``)."""
+
+  def occurrences(row):
+    row["keywords"] = [Occurrence(k["keyword"], float(k["start"]), float(k["end"]))
+                       for k in row["keywords"]]
+
+  rows = records.read_set_manifest(set_dir, _ROW_KEYS, "recording", "kws-make-always-on-set",
+                                   occurrences)
   if not rows:
-    raise ValueError(f"{path}: no recording")
+    raise ValueError(f"{os.path.join(set_dir, MANIFEST)}: no recording")
   return rows
 
 

@@ -24,39 +24,23 @@ Groups: ``all``, ``clean`` (condition clean), ``centred`` and ``offset``
 (``kws_tf.inference.load_model``) with its model card over a whole set
 (``window_scores`` gives its probabilities, e.g. for a DET curve).
 """
-import json
 import os
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from kws_tf import audio, text
+from kws_tf import audio, records, text
 from kws_tf.evaluation import metrics
 
-MANIFEST = "manifest.jsonl"
+MANIFEST = records.SET_MANIFEST
 _ROW_KEYS = ("path", "label", "placement", "condition")
 DETECTION_FAR = 0.05  # recall_at_5pct_fa's false-accept rate
 
 
 def read_manifest(set_dir: str) -> List[dict]:
-  """The rows of ``<set_dir>/manifest.jsonl``, each with ``path`` made absolute."""
-  path = os.path.join(set_dir, MANIFEST)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{path} not found: make the set with kws-make-robustness-set")
-  rows = []
-  with open(path, encoding="utf-8") as f:
-    for number, line in enumerate(f, 1):
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError as error:
-        raise ValueError(f"{path}:{number}: not JSON ({error})") from None
-      missing = ([k for k in _ROW_KEYS if k not in row] if isinstance(row, dict)
-                 else list(_ROW_KEYS))
-      if missing:
-        raise ValueError(f"{path}:{number}: not a window row (needs {', '.join(missing)})")
-      row["path"] = os.path.join(set_dir, row["path"])
-      rows.append(row)
-  return rows
+  """The rows of ``<set_dir>/manifest.jsonl``, each with ``path`` made absolute
+  (``records.read_set_manifest``)."""
+  return records.read_set_manifest(set_dir, _ROW_KEYS, "window", "kws-make-robustness-set")
 
 
 def load_windows(rows: Sequence[dict], sample_rate: int) -> np.ndarray:
