@@ -18,6 +18,7 @@ from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import quantization
 from kws_tf.export import card as card_lib
 from kws_tf.export import convert, examples, qat, serving, tflite
+from kws_tf.export import parity as parity_lib
 from kws_tf.training import loop
 
 CARD_KEYS = {"name", "file", "format", "task", "model", "labels", "sample_rate",
@@ -253,6 +254,12 @@ def test_accuracy_gate_refuses_a_file_that_loses_accuracy(
           split="train", num_parity=KWS_TRAIN_CLIPS, max_accuracy_drop=GATE_POINTS)
   assert json.load(open(out / "model_int8.json"))["accuracy_gate"]["passed"] is True
   assert not glob.glob(str(out / "model_int8.rejected.*"))
+
+
+def test_one_changed_answer_of_100_is_one_point_and_passes_a_1_point_gate():
+  spec = _kws_spec("wav2letter_kws_tiny", {})
+  drop = parity_lib.accuracy_drop(spec, {"accuracy": 0.79}, {"accuracy": 0.78})
+  assert drop == 1.0 and drop <= tflite.ExportConfig().max_accuracy_drop
 
 
 def test_accuracy_gate_fails_the_command_with_a_clear_message(
