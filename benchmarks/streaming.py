@@ -48,6 +48,7 @@ from kws_tf import inference
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_MS_PER_SECOND = 0.5
 TARGET_SPEEDUP = 5.0
+TARGET_DELAY_MS = 200.0
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "workdir", "A kws-pipeline workdir (its distilled kws student, "
@@ -63,7 +64,6 @@ flags.DEFINE_integer("rounds", 5, "Timed rounds per file and hop (after one unti
 flags.DEFINE_integer("seed", 0, "Seed of the audio (noise: the time does not depend on it).")
 flags.DEFINE_string("always_on_set", None, "A kws-make-always-on-set folder: also the FRR at "
                     "1 false alarm per hour and the median detection delay of each stream file.")
-TARGET_DELAY_MS = 200.0
 
 
 def _run(command: List[str]) -> None:

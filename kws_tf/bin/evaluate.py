@@ -35,15 +35,13 @@ Writes ``results.json`` and ``det_per_hour.png`` (FRR against false alarms
 per hour, a curve per group) to ``--always_on_out_dir``, and the threshold
 into the file's model card (``always_on``), where kws-infer finds it.
 """
-import json
 import os
-
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
-from kws_tf import audio, cli, detection
+from kws_tf import audio, cli, detection, records
 from kws_tf.evaluation import decoder_flags
 
 FLAGS = flags.FLAGS
@@ -101,9 +99,7 @@ def always_on_main() -> int:
   os.makedirs(out_dir, exist_ok=True)
   results["model"] = os.path.abspath(path)
   results["set"] = os.path.abspath(FLAGS.always_on_set)
-  with open(os.path.join(out_dir, "results.json.tmp"), "w", encoding="utf-8") as f:
-    json.dump(results, f, indent=1, ensure_ascii=False)
-  os.replace(os.path.join(out_dir, "results.json.tmp"), os.path.join(out_dir, "results.json"))
+  records.write_json(os.path.join(out_dir, "results.json"), results)
   plots.plot_det_per_hour(
       {name: [(p["false_alarms_per_hour"], p["frr"]) for p in group["curve"]]
        for name, group in results["groups"].items()},
