@@ -246,12 +246,18 @@ class CheckpointError(ValueError):
   """A checkpoint whose files cannot be read (truncated, corrupt, missing)."""
 
 
+class InputPipelineStateError(CheckpointError):
+  """A training checkpoint whose input-pipeline position names a record file
+  that is not there (the records moved, or were given by another path)."""
+
+
 def restore(checkpoint: tf.train.Checkpoint, path: str):
   """``checkpoint.restore(path)``: the load status.
 
   CheckpointError naming the files of ``path`` and TensorFlow's reason when
   they cannot be read (a truncated ``.data`` file, a corrupt ``.index``, a
-  missing shard).
+  missing shard); InputPipelineStateError when the files are sound but the
+  dataset iterator they hold reads a record file that does not exist.
   """
   try:
     return checkpoint.restore(path)
@@ -261,6 +267,11 @@ def restore(checkpoint: tf.train.Checkpoint, path: str):
     reason = (e.message if isinstance(e, tf.errors.OpError) else str(e)) or type(e).__name__
     reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "",
                     reason.splitlines()[0])
+    if "dataset iterator" in reason:
+      raise InputPipelineStateError(
+          f"checkpoint {path} holds the input pipeline's position in record files that "
+          f"are not there ({reason}): resume with the records and guidance of the run that "
+          "wrote it, at the same place") from None
     files = sorted(os.path.basename(f) for f in glob.glob(glob.escape(path) + ".*"))
     raise CheckpointError(f"checkpoint {path} ({', '.join(files) or 'no files'}) is truncated "
                           f"or corrupt: {reason}") from None

@@ -180,6 +180,39 @@ def test_truncated_checkpoint_is_a_one_line_error_naming_its_files(kws_train_rec
     model_dir_lib.load_trained_model(model_dir)
 
 
+def test_resume_finds_the_records_however_their_folder_is_spelled(kws_train_records, tmp_path,
+                                                                   monkeypatch):
+  """A run started on a relative records path resumes when given the absolute one."""
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=6", "train.eval_every=2", "train.checkpoint_every=2")
+  monkeypatch.chdir(os.path.dirname(kws_train_records))
+  loop.Trainer(config, model_dir, os.path.basename(kws_train_records)).run(stop_after=4)
+  monkeypatch.chdir(tmp_path)
+  assert loop.Trainer(config, model_dir, kws_train_records).run()["steps"] == 6
+
+
+def test_resume_after_the_records_moved_names_the_cause_and_keeps_the_checkpoint(
+    kws_train_records, tmp_path):
+  """Records moved after a checkpoint: the resume stops with one line that says the
+  input pipeline's files are not there, and does not ask to remove the checkpoint."""
+  records = str(tmp_path / "records")
+  shutil.copytree(kws_train_records, records)
+  model_dir = str(tmp_path / "run")
+  config = _config("train.steps=6", "train.eval_every=2", "train.checkpoint_every=2")
+  loop.Trainer(config, model_dir, records).run(stop_after=4)
+  moved = str(tmp_path / "moved")
+  os.rename(records, moved)
+  with pytest.raises(loop.TrainingError) as error:
+    loop.Trainer(config, model_dir, moved).run()
+  message = str(error.value)
+  assert "\n" not in message
+  assert "input pipeline's position in record files that are not there" in message
+  assert records in message and "remove" not in message
+  assert os.path.exists(os.path.join(model_dir, "checkpoints", "ckpt-4.index"))
+  os.rename(moved, records)
+  assert loop.Trainer(config, model_dir, records).run()["steps"] == 6
+
+
 RESUME = ["train.steps=12", "train.eval_every=4", "train.checkpoint_every=3",
           "data.spec_augment=true", "model.params.dropouts=[0.3,0.3,0.3,0.3,0.3,0.3]",
           "data.shuffle_buffer=64"]

@@ -102,8 +102,10 @@ class Trainer:
                guidance_dir: Optional[str] = None, init_from: Optional[str] = None):
     self.config = config.validate()
     self.model_dir = model_dir
-    self.data_dir = data_dir
-    self.guidance_dir = guidance_dir
+    # Absolute: the checkpointed dataset iterator names the record files it
+    # reads, so a resume finds them however the folders are spelled.
+    self.data_dir = os.path.abspath(data_dir)
+    self.guidance_dir = os.path.abspath(guidance_dir) if guidance_dir else guidance_dir
     self.init_from = init_from
     self._hint_stage = config.mode == "fitnet" and config.fitnet.stage == 1
     if config.mode == "fitnet" and config.fitnet.stage == 0:
@@ -325,6 +327,8 @@ class Trainer:
     if resume:
       try:
         model_dir_lib.restore(checkpoint, resume).assert_existing_objects_matched()
+      except model_dir_lib.InputPipelineStateError as e:
+        raise TrainingError(str(e)) from None
       except model_dir_lib.CheckpointError as e:
         raise TrainingError(f"{e}; remove {resume}.* and run again: the run resumes from "
                             "the checkpoint before it (or starts afresh without one)") from None
