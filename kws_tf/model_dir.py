@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import glob
 import os
-import re
 from typing import Any, Dict, List, Mapping, Optional
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
@@ -258,9 +257,8 @@ def restore(checkpoint: tf.train.Checkpoint, path: str):
   except (tf.errors.OpError, IndexError) as e:
     # TensorFlow: an OpError (corrupt or missing file) or an IndexError ("Read
     # less bytes than requested": a truncated .data file).
-    reason = (e.message if isinstance(e, tf.errors.OpError) else str(e)) or type(e).__name__
-    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "",
-                    reason.splitlines()[0])
+    reason = records.tf_error_reason(
+        e.message if isinstance(e, tf.errors.OpError) else str(e)) or type(e).__name__
     files = sorted(os.path.basename(f) for f in glob.glob(glob.escape(path) + ".*"))
     raise CheckpointError(f"checkpoint {path} ({', '.join(files) or 'no files'}) is truncated "
                           f"or corrupt: {reason}") from None
