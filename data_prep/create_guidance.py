@@ -35,12 +35,20 @@ aligns whole-number ratios), the teacher fingerprint
 checks. Within a shard, examples run in batches of similar length; shards are
 written under temporary names and renamed when complete, so a killed run is
 finished by the same command.
+
+This process runs the teacher over the shards one after another
+(``--runner=local``), or an Apache Beam pipeline does, one element per shard
+and a teacher per worker (``--runner=beam``, ``data_prep.beam_guidance``);
+both write the same bytes. A data shard that cannot be read or a guidance
+shard that cannot be written ends the run with ``error: <file>: <reason>``
+(the Beam runner first writes every other shard).
 """
 import sys
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 from absl import app, flags
 
+from data_prep import beam_options
 from kws_tf import cli
 
 FLAGS = flags.FLAGS
@@ -65,13 +73,21 @@ flags.DEFINE_string("augment_recipe", None, "With --views: the student's recipe 
 flags.DEFINE_multi_string("override", [], "With --views: key=value overrides of the "
                           "recipe, as kws-train takes them.")
 flags.DEFINE_integer("view_seed", 0, "With --views: seed of the views.")
+flags.DEFINE_enum("runner", "local", ["local", "beam"], "local: this process runs the "
+                  "teacher over the shards one after another; beam: an Apache Beam "
+                  "pipeline of the same shards, the teacher loaded once per worker "
+                  "(apache-beam, the beam extra), run by the runner of "
+                  "--beam_pipeline_options. Same shards, same bytes.")
+flags.adopt_module_key_flags(beam_options)  # --beam_pipeline_options
 flags.mark_flags_as_required(["teacher_dir", "data_dir", "out_dir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  from data_prep import guidance
+  if FLAGS.runner == "beam":
+    beam_options.check_installed()
+  from data_prep import guidance, shard_worker
   from kws_tf import config as config_lib
   try:
     recipe = None
@@ -84,9 +100,13 @@ def main(argv):
         FLAGS.features, FLAGS.splits, FLAGS.batch_size, FLAGS.dtype, FLAGS.checkpoint,
         views=FLAGS.views, augment_config=recipe.augment if recipe else None,
         view_seed=FLAGS.view_seed,
-        babble_split=recipe.data.train_split if recipe else "train")
-  except (ValueError, FileNotFoundError, config_lib.ConfigError) as e:
+        babble_split=recipe.data.train_split if recipe else "train", runner=FLAGS.runner,
+        beam_pipeline_options=FLAGS.beam_pipeline_options)
+  except (ValueError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
+    return 2
+  except (OSError, shard_worker.ShardError) as e:  # a file missing, unreadable or unwritable
+    print(f"error: {shard_worker.failure_message(e)}", file=sys.stderr)
     return 2
   print(f"guidance ({meta['kind']}, {', '.join(meta['outputs'])}) written to {FLAGS.out_dir}")
   return 0

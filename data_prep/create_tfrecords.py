@@ -27,7 +27,6 @@ same bytes.
 import collections
 import gc
 import glob
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -40,7 +39,7 @@ from absl import app, flags
 
 from kws_tf import cli
 
-from data_prep import affinity, out_dir_lock, shard_plan, shard_worker
+from data_prep import affinity, beam_options, out_dir_lock, shard_plan, shard_worker
 from kws_tf import features, records, text
 
 FLAGS = flags.FLAGS
@@ -74,13 +73,7 @@ flags.DEFINE_enum("runner", "multiprocess", ["multiprocess", "beam"], "multiproc
                   "pool of --cores worker processes on this machine; beam: an Apache Beam "
                   "pipeline of the same shards (apache-beam, the beam extra), run by the "
                   "runner of --beam_pipeline_options. Same plan, same bytes.")
-flags.DEFINE_string("beam_pipeline_options", "", "--runner=beam: Beam pipeline options, "
-                    "passed through (shell words). Default: the DirectRunner in this "
-                    "process; --direct_num_workers=4 --direct_running_mode=multi_processing "
-                    "for 4 local processes; --runner=DataflowRunner --project=... "
-                    "--region=... --temp_location=gs://... --setup_file=./setup.py for "
-                    "Dataflow (--data_dir and --out_dir must then be a file system every "
-                    "worker mounts at the same path).")
+flags.adopt_module_key_flags(beam_options)  # --beam_pipeline_options
 flags.DEFINE_integer("examples_per_shard", 200, "Examples per shard (the unit of "
                      "work of a worker and of resuming).")
 flags.DEFINE_string("vocab", text.DEFAULT_VOCABULARY, "ctc: the character vocabulary, "
@@ -318,8 +311,8 @@ def main(argv):
     raise app.UsageError(f"--formats: unknown {unknown}; choose from {features.FORMATS}")
   if FLAGS.examples_per_shard < 1 or FLAGS.cores < 1:
     raise app.UsageError("--examples_per_shard and --cores must be at least 1")
-  if FLAGS.runner == "beam" and importlib.util.find_spec("apache_beam") is None:
-    raise app.UsageError("--runner=beam needs apache-beam: pip install -e '.[beam]'")
+  if FLAGS.runner == "beam":
+    beam_options.check_installed()
   sys.exit(convert(FLAGS))
 
 

@@ -2,12 +2,15 @@
 
 The record layout and metadata are those of ``data_prep/create_guidance``
 (the binary); this module holds the work, so tests and the pipeline can call
-``create_guidance`` directly.
+``create_guidance`` directly. Two runners write the shards: this process, one
+shard after another (``runner="local"``), or an Apache Beam pipeline of one
+element per shard (``runner="beam"``, ``data_prep.beam_guidance``); both
+through a ``GuidanceWriter``, so they write the same bytes.
 """
 import glob
 import hashlib
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -72,9 +75,69 @@ def _shapes(model, names: List[str]) -> Dict[str, list]:
   return shapes
 
 
+def load_guidance_model(job: dict):
+  """The ``guidance_model`` of the teacher of ``job`` (see ``GuidanceWriter``):
+  ``(model, names)``."""
+  from kws_tf import model_dir as model_dir_lib
+  teacher = model_dir_lib.load_trained_model(job["teacher_dir"], job["checkpoint_path"])
+  return guidance_model(teacher, job["kind"], job["up_to"], job["features"])
+
+
+class GuidanceWriter:
+  """Writes the guidance shards of one run, each mirroring one data shard.
+
+  Made once where the teacher runs: by ``create_guidance`` for the local
+  runner, in ``DoFn.setup`` of every Beam worker's DoFn instance. It holds the teacher's
+  guidance model, the data's record parser and, with views, the augmenter.
+  ``job`` holds the run's parameters (``create_guidance`` makes it):
+  ``teacher_dir``, ``checkpoint_path``, ``data_dir``, ``out_dir``, ``kind``,
+  ``up_to``, ``features``, ``batch_size``, ``dtype``, ``views``,
+  ``augment_config``, ``view_seed``, ``babble_split``.
+  """
+
+  def __init__(self, job: dict, model=None, names: List[str] = ()):
+    """``model`` and ``names``: ``load_guidance_model(job)``, loaded now when None."""
+    from kws_tf import data
+    from kws_tf import model_dir as model_dir_lib
+    self._job = job
+    self._spec, self._data_meta, self._parse = model_dir_lib.model_records(
+        job["teacher_dir"], job["data_dir"])
+    if model is None:
+      model, names = load_guidance_model(job)
+    self._model, self._names = model, list(names)
+    self._augmenter = data.make_augmenter(job["data_dir"], job["augment_config"],
+                                          job["babble_split"]) if job["views"] else None
+
+  def write(self, data_path: str, progress: Callable[[int], None]) -> int:
+    """Writes ``<out_dir>/<name of data_path>``, the guidance of the data shard at
+    ``data_path`` (with views: of the raw shard of that name); returns its record count.
+
+    ``progress`` is called with the teacher inputs (clips or views) of every batch.
+    Raises OSError naming the file: the data shard when it cannot be read (a
+    damaged record), the guidance shard when it cannot be written (a full disk;
+    no part of it is left).
+    """
+    import tensorflow as tf
+    job, meta = self._job, self._data_meta
+    name = os.path.basename(data_path)
+    out_path = os.path.join(job["out_dir"], name)
+    if job["views"]:
+      data_path = os.path.join(job["data_dir"], meta.formats["raw"].dir, name)
+    try:
+      if job["views"]:
+        return _write_view_shard(self._model, self._spec, meta, self._augmenter, job["views"],
+                                 job["view_seed"], data_path, out_path, meta.compression,
+                                 job["dtype"], job["batch_size"], progress)
+      return _write_shard(self._model, self._parse, data_path, out_path, meta.compression,
+                          meta.compression, self._names, job["dtype"], job["batch_size"],
+                          progress)
+    except tf.errors.OpError as error:  # reading the data shard; writes raise OSError
+      raise OSError(None, records.tf_error_reason(error.message), data_path) from error
+
+
 def _write_shard(model, parse, data_path: str, out_path: str, data_compression: str,
                  out_compression: str, names: List[str], dtype: str, batch_size: int,
-                 bar) -> int:
+                 progress: Callable[[int], None]) -> int:
   """Runs the teacher over one data shard and writes its guidance shard."""
   import tensorflow as tf
   from kws_tf import data
@@ -101,7 +164,7 @@ def _write_shard(model, parse, data_path: str, out_path: str, data_compression: 
         if value.ndim == 2:
           value = value[:frames]
         results[int(i)][name] = value.astype(dtype)
-    bar.update(len(chunk))
+    progress(len(chunk))
   return _write_records(
       out_path, out_compression, dtype,
       ((example["id"].numpy(), results[i]["frames"], {n: results[i][n] for n in names})
@@ -131,7 +194,7 @@ def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
 
 def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter, views: int,
                       view_seed: int, data_path: str, out_path: str, compression: str,
-                      dtype: str, batch_size: int, bar) -> int:
+                      dtype: str, batch_size: int, progress: Callable[[int], None]) -> int:
   """Writes the teacher's logits ``[views, classes]`` for every record of one raw
   data shard: view v of a record is its augmented window with seed
   ``augment.view_seed(id, v, view_seed)``, through the teacher's front end."""
@@ -157,7 +220,7 @@ def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter
     out = model({"features": features, "num_frames": num_frames}, training=False)
     logits.append(out["logits"].numpy())
     frames.append(out["frames"].numpy())
-    bar.update(len(features))
+    progress(len(features))
   if ids:
     logits = np.concatenate(logits).reshape([len(ids), views, -1])
     frames = np.concatenate(frames).reshape([len(ids), views])[:, 0]
@@ -170,8 +233,17 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                     up_to: int = -1, with_features: bool = True, splits=(),
                     batch_size: int = 32, dtype: str = "float16",
                     checkpoint: str = "best", views: int = 0, augment_config=None,
-                    view_seed: int = 0, babble_split: str = "train") -> dict:
+                    view_seed: int = 0, babble_split: str = "train", runner: str = "local",
+                    beam_pipeline_options: str = "") -> dict:
   """Writes guidance shards and metadata.json; returns the metadata.
+
+  The guidance shards not yet written are written by ``runner``: ``local``,
+  this process, one after another; ``beam``, an Apache Beam pipeline run by
+  ``beam_pipeline_options`` (shell words; empty: the DirectRunner), a teacher
+  per worker. The same bytes either way. A shard that cannot be read or
+  written raises OSError naming the file (local: the first, and the run
+  stops) or ``shard_worker.ShardError`` (beam: the first of them by name and
+  the number of the others, after every other shard was written).
 
   The metadata's ``frame_seconds`` is the duration of one frame of the
   teacher's frame-level outputs (ctc logits, hints, ``frames``): its
@@ -186,11 +258,12 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   ``babble_split``'s negatives, as in the student's pipeline (its
   ``data.train_split``).
   """
-  from tqdm import tqdm
   from kws_tf import augment, data
   from kws_tf import model_dir as model_dir_lib
 
-  spec, data_meta, parse = model_dir_lib.model_records(teacher_dir, data_dir)
+  if runner not in ("local", "beam"):
+    raise ValueError(f"unknown runner {runner!r} (local or beam)")
+  spec, data_meta, _ = model_dir_lib.model_records(teacher_dir, data_dir)
   fmt = spec.format
   if views < 0:
     raise ValueError(f"views must be >= 0, got {views}")
@@ -223,44 +296,53 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                      f"{', '.join(differ)}); use another --out_dir")
   records.write_json(plan_path, params)
 
-  teacher = model_dir_lib.load_trained_model(teacher_dir, checkpoint_path)
-  model, names = guidance_model(teacher, kind, up_to, with_features)
-  compression = data_meta.compression
-  todo, total = [], 0
-  for split in splits:
-    for path in data.shard_paths(data_dir, fmt, split, data_meta):
-      out_path = os.path.join(out_dir, os.path.basename(path))
-      if not os.path.exists(out_path):
-        todo.append(path)
-    total += data_meta.splits[split].examples
-  done = sum(len(data_meta.splits[s].shards) for s in splits) - len(todo)
-  print(f"{len(todo)} guidance shards to write ({done} already complete)", flush=True)
-  augmenter = data.make_augmenter(data_dir, augment_config, babble_split) if views else None
-  per_example = views or 1  # the bar counts teacher inputs: views of clips, or clips
-  with tqdm(total=total * per_example, unit="view" if views else "ex",
-            desc=f"guidance ({kind})", dynamic_ncols=True) as bar:
-    bar.update((total - sum(_shard_examples(data_meta, p) for p in todo)) * per_example)
-    for path in todo:
-      out_path = os.path.join(out_dir, os.path.basename(path))
-      if views:
-        raw_path = os.path.join(data_dir, data_meta.formats["raw"].dir,
-                                os.path.basename(path))
-        _write_view_shard(model, spec, data_meta, augmenter, views, view_seed, raw_path,
-                          out_path, compression, dtype, batch_size, bar)
-      else:
-        _write_shard(model, parse, path, out_path, compression, compression, names, dtype,
-                     batch_size, bar)
+  job = {"teacher_dir": teacher_dir, "checkpoint_path": checkpoint_path, "data_dir": data_dir,
+         "out_dir": out_dir, "kind": kind, "up_to": up_to, "features": with_features,
+         "batch_size": batch_size, "dtype": dtype, "views": views,
+         "augment_config": augment_config, "view_seed": view_seed,
+         "babble_split": babble_split}
+  model, names = load_guidance_model(job)
   outputs = _shapes(model, names)
   if views:
     outputs = {"logits": {**outputs["logits"], "shape": [views] + outputs["logits"]["shape"]}}
+  todo = []
+  for split in splits:
+    for path in data.shard_paths(data_dir, fmt, split, data_meta):
+      if not os.path.exists(os.path.join(out_dir, os.path.basename(path))):
+        todo.append(path)
+  done = sum(len(data_meta.splits[s].shards) for s in splits) - len(todo)
+  message = f"{len(todo)} guidance shards to write ({done} already complete)"
+  if runner == "beam":
+    print(f"{message}, Apache Beam ({beam_pipeline_options or 'DirectRunner'})", flush=True)
+    del model  # each Beam worker loads its own teacher
+    if todo:
+      from data_prep import beam_guidance
+      beam_guidance.write(todo, job, beam_pipeline_options)
+  else:
+    print(message, flush=True)
+    _write_locally(GuidanceWriter(job, model, names), todo, data_meta, splits, kind, views)
   meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec.task,
-          "frame_seconds": spec.output_frame_seconds, "compression": compression,
+          "frame_seconds": spec.output_frame_seconds, "compression": data_meta.compression,
           "outputs": outputs, "data_format": fmt, "teacher_dir": teacher_dir,
           "teacher_checkpoint": checkpoint_path,
           "shards": {s: [shard.name for shard in data_meta.splits[s].shards]
                      for s in splits}}
   records.write_json(os.path.join(out_dir, records.METADATA_FILE), meta)
   return meta
+
+
+def _write_locally(writer: GuidanceWriter, todo: List[str], data_meta: records.RecordsMetadata,
+                   splits: List[str], kind: str, views: int) -> None:
+  """Writes the guidance of the data shards ``todo`` in this process, with a progress bar
+  over every shard of ``splits`` (counting teacher inputs: clips, or views of clips)."""
+  from tqdm import tqdm
+  per_example = views or 1
+  total = sum(data_meta.splits[s].examples for s in splits)
+  with tqdm(total=total * per_example, unit="view" if views else "ex",
+            desc=f"guidance ({kind})", dynamic_ncols=True) as bar:
+    bar.update((total - sum(_shard_examples(data_meta, p) for p in todo)) * per_example)
+    for path in todo:
+      writer.write(path, bar.update)
 
 
 def _shard_examples(data_meta: records.RecordsMetadata, path: str) -> int:

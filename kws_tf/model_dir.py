@@ -16,7 +16,6 @@ import copy
 import dataclasses
 import glob
 import os
-import re
 from typing import Any, Dict, List, Mapping, Optional
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
@@ -264,9 +263,8 @@ def restore(checkpoint: tf.train.Checkpoint, path: str):
   except (tf.errors.OpError, IndexError) as e:
     # TensorFlow: an OpError (corrupt or missing file) or an IndexError ("Read
     # less bytes than requested": a truncated .data file).
-    reason = (e.message if isinstance(e, tf.errors.OpError) else str(e)) or type(e).__name__
-    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]", "",
-                    reason.splitlines()[0])
+    reason = records.tf_error_reason(
+        e.message if isinstance(e, tf.errors.OpError) else str(e)) or type(e).__name__
     if "dataset iterator" in reason:
       raise InputPipelineStateError(
           f"checkpoint {path} holds the input pipeline's position in record files that "

@@ -28,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -104,6 +105,15 @@ def serialize_example(example_id: str, features: np.ndarray, text: str,
     feature["shift_range"] = _floats(list(shift_range))
   return tf.train.Example(
       features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+def tf_error_reason(message: str) -> str:
+  """The first line of a TensorFlow error ``message`` without the ``{{function_node ...}}``
+  before it and the ``[Op:...] name: ...`` after it: ``truncated record at 418794'
+  failed with Read less bytes than requested``."""
+  lines = message.splitlines()
+  return re.sub(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\].*", "",
+                lines[0] if lines else "")
 
 
 class ShardWriter:

@@ -9,7 +9,7 @@ import kws_tf  # noqa: F401
 import tensorflow as tf
 import tf_keras as keras
 
-from conftest import run_module
+from conftest import TEACHER, run_module
 from data_prep import guidance
 from kws_tf import config as config_lib
 from kws_tf import data, records
@@ -18,7 +18,6 @@ from kws_tf.distill import fitnet
 from kws_tf.evaluation import report as report_lib
 from kws_tf.models import registry
 from kws_tf.training import fitnet_stages, loop
-from test_teacher import TEACHER
 
 TINY_W2L = ["model.name=wav2letter", "model.params.filters=[16,16,16,24]",
             "model.params.widths=[5,3,3,1]", "model.params.strides=[2,1,1,1]",

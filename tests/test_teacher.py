@@ -9,7 +9,7 @@ import kws_tf  # noqa: F401
 import tensorflow as tf
 from transformers import WhisperConfig, WhisperForConditionalGeneration
 
-from conftest import run_module
+from conftest import TEACHER, run_module
 from data_prep import guidance
 from kws_tf import config as config_lib
 from kws_tf import augment, data, records
@@ -20,13 +20,6 @@ from kws_tf.training import loop
 
 TINY_ENCODER = {"d_model": 32, "encoder_layers": 2, "encoder_attention_heads": 2,
                 "encoder_ffn_dim": 64, "dropout": 0.0}
-TEACHER = ["role=teacher", "data.format=logmel", "model.name=whisper_teacher",
-           "model.params.encoder.d_model=32", "model.params.encoder.encoder_layers=2",
-           "model.params.encoder.encoder_attention_heads=2",
-           "model.params.encoder.encoder_ffn_dim=64", "model.params.hidden_sizes=[32,16]",
-           "model.params.ctc_hidden=16", "data.batch_size=8", "train.steps=4",
-           "train.eval_every=4", "train.checkpoint_every=4", "train.early_stopping_patience=0",
-           "data.validation_fraction=0.3"]
 
 
 def _inputs(batch, frames, channels=80, seed=0):
@@ -150,13 +143,6 @@ def test_teacher_rejects_mismatched_inputs():
   with pytest.raises(ValueError, match="projection_dim must be 0 or 16"):
     teacher.whisper_teacher(task="kws", num_channels=80, num_classes=10, encoder=TINY_ENCODER,
                             hidden_sizes=(32, 16), projection_dim=8)
-
-
-@pytest.fixture(scope="module")
-def kws_teacher_dir(kws_train_records, tmp_path_factory):
-  model_dir = str(tmp_path_factory.mktemp("teacher") / "kws")
-  loop.Trainer(config_lib.load(None, TEACHER), model_dir, kws_train_records).run()
-  return model_dir
 
 
 def test_teacher_training_reports_and_saves_accuracy(kws_teacher_dir, kws_train_records):
@@ -440,17 +426,6 @@ def test_guidance_records_the_teachers_frame_rate_and_ctc_refuses_another(ctc_co
   assert fitnet.alignment(0.02, hints["hint_frame_seconds"], "conv1") == ("pool", 2)
   with pytest.raises(fitnet.FitNetError, match="every 30 ms and the hint a frame every 40 ms"):
     fitnet.alignment(0.03, hints["hint_frame_seconds"], "conv1")
-
-
-@pytest.fixture(scope="module")
-def kws_raw_records(synthetic_corpus, tmp_path_factory):
-  """KWS clips with raw audio and 0.5 s of context, beside logmel and mfcc."""
-  out = tmp_path_factory.mktemp("kws_raw") / "records"
-  run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
-             f"--out_dir={out}", "--splits=train,test", "--formats=raw,logmel,mfcc",
-             "--task=kws", f"--alignments={synthetic_corpus}/*/alignments.ctm",
-             "--context_seconds=0.5", "--cores=2")
-  return str(out)
 
 
 VIEWS = 3
