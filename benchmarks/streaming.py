@@ -2,9 +2,11 @@ r"""Single-thread CPU time per second of audio: the streaming int8 file against 
 sliding window recomputed at the same hop.
 
   .venv/bin/python benchmarks/streaming.py [--workdir=workdir] [--hops=0.02,0.1]
+      [--model_dir=<a kws student> --data_dir=<its records>]
 
 Not a test. Exports a trained kws student (``--model_dir``, default the
-pipeline's distilled one) afresh with ``kws-export-tflite
+pipeline's distilled one; ``--data_dir`` the records it was trained on,
+default the pipeline's) afresh with ``kws-export-tflite
 --formats=int8,stream_int8 --stream_hop_seconds=<hop>`` for each hop of
 ``--hops`` into ``--out_dir``, then runs ``--seconds`` of audio through both
 files in ai-edge-litert's interpreter with one thread, one posterior vector per
@@ -55,6 +57,8 @@ flags.DEFINE_string("workdir", "workdir", "A kws-pipeline workdir (its distilled
                     "records and corpus are read).")
 flags.DEFINE_string("model_dir", None, "A kws student model dir instead of "
                     "<workdir>/models/kws/distill.")
+flags.DEFINE_string("data_dir", None, "The records --model_dir was trained on (their front "
+                    "end; parity and calibration clips) instead of <workdir>/records/kws.")
 flags.DEFINE_list("hops", ["0.02", "0.1"], "Hops to measure, seconds (each a multiple of the "
                   "front end's frame step that divides the clip).")
 flags.DEFINE_string("out_dir", "/tmp/kws_tf_streaming", "Exported files (replaced every run, "
@@ -136,6 +140,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   command = " ".join(shlex.quote(c) for c in [sys.executable] + sys.argv)
   model_dir = FLAGS.model_dir or os.path.join(FLAGS.workdir, "models", "kws", "distill")
+  data_dir = FLAGS.data_dir or os.path.join(FLAGS.workdir, "records", "kws")
   if not os.path.exists(os.path.join(model_dir, "model.json")):
     raise SystemExit(f"no trained kws student in {model_dir}: run kws-pipeline "
                      f"--workdir={FLAGS.workdir} first (or give --model_dir)")
@@ -145,7 +150,7 @@ def main(argv):
     shutil.rmtree(folder, ignore_errors=True)
     # Accuracy is the export's business (its cards), not this table's.
     _run([sys.executable, "-m", "kws_tf.bin.export_tflite", f"--model_dir={model_dir}",
-          f"--data_dir={os.path.join(FLAGS.workdir, 'records', 'kws')}",
+          f"--data_dir={data_dir}",
           f"--audio_dir={os.path.join(FLAGS.workdir, 'corpus')}", f"--out_dir={folder}",
           "--formats=int8,stream_int8", f"--stream_hop_seconds={hop_seconds}",
           "--num_parity=50", "--num_calibration=50", "--max_accuracy_drop=100"])
@@ -167,13 +172,15 @@ def main(argv):
       metric = always_on.evaluate(inference.StreamingTFLiteModel(stream_path, streaming), card,
                                   FLAGS.always_on_set)["groups"]["all"]
     rows.append((hop / rate, stream, sliding, os.path.getsize(stream_path),
-                 os.path.getsize(window_path), card["parity"]["drop_points"], metric))
+                 os.path.getsize(window_path), card["parity"]["drop_points"], metric,
+                 streaming.get("computes", "the network on the whole window")))
 
   print()
   print(f"command: {command}")
   print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; one interpreter "
         f"thread; {FLAGS.seconds:g} s of audio per round, median of {FLAGS.rounds} rounds; "
         f"model {model_dir}")
+  print(f"each stream call computes {rows[0][7]}")
   print()
   always = FLAGS.always_on_set is not None
   print("| hop (ms) | stream int8: ms CPU / s audio, invoke (loop) | sliding int8 window: "
@@ -181,7 +188,7 @@ def main(argv):
         "(points lost) |" + (" FRR at 1 FA/h (threshold) | median delay after the keyword's "
                              "end (ms) |" if always else ""))
   print("|---|---|---|---|---|---|" + ("---|---|" if always else ""))
-  for hop, stream, sliding, stream_size, window_size, drop, metric in rows:
+  for hop, stream, sliding, stream_size, window_size, drop, metric, _ in rows:
     line = (f"| {hop * 1000:g} | {stream['invoke']:.3f} ({stream['loop']:.3f}) | "
             f"{sliding['invoke']:.3f} ({sliding['loop']:.3f}) | "
             f"{sliding['invoke'] / stream['invoke']:.1f}x | {stream_size / 1024:.0f} / "
@@ -194,7 +201,7 @@ def main(argv):
                + " |")
     print(line)
   print()
-  for hop, stream, sliding, _, _, _, metric in rows:
+  for hop, stream, sliding, _, _, _, metric, _ in rows:
     speedup = sliding["invoke"] / stream["invoke"]
     print(f"targets at {hop * 1000:g} ms: {stream['invoke']:.3f} ms per s of audio "
           f"(<= {TARGET_MS_PER_SECOND:g}: "

@@ -452,13 +452,20 @@ class MfccConfig(_FeatureConfig):
   second derivatives over delta_width frames, edges replicated (librosa's
   ``feature.delta(mode="nearest")``). Channels: [mfcc, delta, delta2].
 
+  A front end for streaming layer by layer (``kws_tf.export.stream_layers``):
+  ``center=False, top_db=None, delta_width=0``. Then frame ``t`` is a function
+  of samples ``[t * frame_step, t * frame_step + fft_length)`` alone: no
+  reflected samples, no clamp at the example's maximum (the only floor is the
+  absolute -100 dB of the 1e-10 power floor; librosa's ``power_to_db(top_db=None)``),
+  no derivative across frames (channels: the num_mfcc MFCCs).
+
   Fields:
     frame_length, frame_step, fft_length, center, dft: as in ``PowerConfig``.
     num_mel_bins: mel bands.
     lower_edge_hertz, upper_edge_hertz: frequency range of the mel bank, Hz.
     num_mfcc: cepstral coefficients kept.
-    top_db: dynamic range kept below the example's maximum, dB.
-    delta_width: frames in the derivative window (odd, >= 3).
+    top_db: dynamic range kept below the example's maximum, dB; None: no clamp.
+    delta_width: frames in the derivative window (odd, >= 3); 0: no deltas.
   """
   format: ClassVar[str] = "mfcc"
   sample_rate: int = 16000
@@ -470,7 +477,7 @@ class MfccConfig(_FeatureConfig):
   lower_edge_hertz: float = 20.0
   upper_edge_hertz: float = 8000.0
   num_mfcc: int = 13
-  top_db: float = 80.0
+  top_db: Optional[float] = 80.0
   delta_width: int = 9
   dft: str = "fft"
 
@@ -483,13 +490,14 @@ class MfccConfig(_FeatureConfig):
     _check(0 < self.num_mfcc <= self.num_mel_bins,
            f"need 0 < num_mfcc <= num_mel_bins: {self.num_mfcc}, "
            f"{self.num_mel_bins}")
-    _check(self.top_db > 0, f"top_db must be > 0: {self.top_db}")
-    _check(self.delta_width >= 3 and self.delta_width % 2 == 1,
-           f"delta_width must be odd and >= 3: {self.delta_width}")
+    _check(self.top_db is None or self.top_db > 0,
+           f"top_db must be None or > 0: {self.top_db}")
+    _check(self.delta_width == 0 or (self.delta_width >= 3 and self.delta_width % 2 == 1),
+           f"delta_width must be 0 (no deltas) or odd and >= 3: {self.delta_width}")
 
   @property
   def num_channels(self) -> int:
-    return 3 * self.num_mfcc
+    return (3 if self.delta_width else 1) * self.num_mfcc
 
   def num_frames(self, num_samples):
     return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
@@ -544,13 +552,18 @@ class MfccConfig(_FeatureConfig):
     return 10.0 * tf.math.log(tf.maximum(mel, _POWER_TO_DB_AMIN)) / np.log(10.0)
 
   def cepstra(self, db: tf.Tensor, num_frames: tf.Tensor) -> tf.Tensor:
-    """``[batch, frames, 3 * num_mfcc]``: MFCCs, deltas and delta-deltas of
+    """``[batch, frames, num_channels]``: MFCCs, deltas and delta-deltas of
     ``log_mel`` values ``db [batch, frames, num_mel_bins]``, of which the first
     ``num_frames [batch]`` (int32) are each example's valid frames (they set
-    the clamp's maximum and the delta edges)."""
-    db_max = _max_over_valid_frames(db, num_frames)
-    db = tf.maximum(db, db_max - self.top_db)
+    the clamp's maximum and the delta edges). Without a clamp (``top_db``
+    None) and without deltas (``delta_width`` 0), each frame's MFCCs are those
+    of its own ``db`` frame."""
+    if self.top_db is not None:
+      db_max = _max_over_valid_frames(db, num_frames)
+      db = tf.maximum(db, db_max - self.top_db)
     mfcc = tf.tensordot(db, self._dct_matrix(), 1)
+    if not self.delta_width:
+      return mfcc
     # Edge replication at the example's own ends: frame index clipped to
     # [0, num_frames[b] - 1].
     half = self.delta_width // 2

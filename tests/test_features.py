@@ -121,6 +121,42 @@ def test_mfcc_matches_librosa(signal, case, dft):
     assert error < bound, f"{name}: max |error| = {error:.2e} dB, bound {bound}"
 
 
+# The front end that streams layer by layer: no reflected samples, no clamp at the
+# example's maximum, no deltas.
+FRAME_LOCAL_MFCC = dict(center=False, top_db=None, delta_width=0)
+
+
+@pytest.mark.parametrize("dft", ["fft", "matmul"])
+def test_frame_local_mfcc_matches_librosa(signal, dft):
+  config = features.MfccConfig(dft=dft, **FRAME_LOCAL_MFCC)
+  ours = config(signal).numpy()
+  mel = librosa.feature.melspectrogram(
+      y=signal.astype(np.float64), sr=SAMPLE_RATE, n_fft=512, hop_length=160,
+      win_length=512, window="hann", center=False, power=2.0, n_mels=40, fmin=20.0,
+      fmax=8000.0, htk=False, norm="slaney")
+  mfcc = librosa.feature.mfcc(S=librosa.power_to_db(mel, ref=1.0, amin=1e-10, top_db=None),
+                              n_mfcc=13, dct_type=2, norm="ortho")
+  assert config.num_channels == 13 and ours.shape == (mfcc.shape[1], 13)
+  error = np.abs(ours - mfcc.T).max()
+  assert error < 2e-3, f"max |error| = {error:.2e} dB, bound 2e-3"
+
+
+def test_frame_local_mfcc_frame_reads_only_its_own_samples():
+  """Frame t of center=False, top_db=None, delta_width=0 is the same in any
+  waveform that holds its samples at the same place on the frame grid: louder
+  audio elsewhere (which moves the clamp of top_db) and the waveform's ends
+  (reflected by center, replicated by the deltas) change nothing."""
+  config = features.MfccConfig(frame_length=320, fft_length=320, frame_step=320,
+                               **FRAME_LOCAL_MFCC)
+  y = 0.01 * chirp(1.0, seed=2)
+  loud = np.concatenate([chirp(0.4, seed=3)[:6400], y, chirp(0.4, seed=4)[:6400]])
+  inside = config(loud).numpy()[20:20 + 50]
+  np.testing.assert_allclose(inside, config(y).numpy(), rtol=0, atol=1e-4)
+  # The librosa front end's frames there do depend on the rest.
+  librosa_like = features.MfccConfig(frame_length=320, fft_length=320, frame_step=320)
+  assert np.abs(librosa_like(loud).numpy()[20:71] - librosa_like(y).numpy()).max() > 1.0
+
+
 def whisper_extractor() -> WhisperFeatureExtractor:
   return WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
 
@@ -245,9 +281,10 @@ def test_batch_equals_single_examples(config):
 BATCH_CONFIGS = ALL_CONFIGS + [
     features.PowerConfig(log=True),
     features.MfccConfig(dft="matmul"),
+    features.MfccConfig(**FRAME_LOCAL_MFCC),
     features.LogMelConfig(pad_to_seconds=30.0),
 ]
-BATCH_IDS = CONFIG_IDS + ["log-power", "mfcc-matmul", "logmel-30s"]
+BATCH_IDS = CONFIG_IDS + ["log-power", "mfcc-matmul", "mfcc-frame-local", "logmel-30s"]
 
 
 def uneven_signals() -> list:
@@ -415,6 +452,10 @@ def test_bad_format_and_keys_raise():
     features.default_config("mfcc", n_mfcc=13)
   with pytest.raises(ValueError, match="delta_width"):
     features.MfccConfig(delta_width=8)
+  with pytest.raises(ValueError, match="delta_width must be 0"):
+    features.MfccConfig(delta_width=1)
+  with pytest.raises(ValueError, match="top_db must be None or > 0"):
+    features.MfccConfig(top_db=0.0)
   with pytest.raises(ValueError, match="dft"):
     features.LogMelConfig(dft="dct")
 

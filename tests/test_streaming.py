@@ -10,9 +10,9 @@ from ai_edge_litert.interpreter import Interpreter
 
 from conftest import run_module
 from kws_tf import config as config_lib
-from kws_tf import inference
+from kws_tf import features, inference
 from kws_tf import model_dir as model_dir_lib
-from kws_tf.export import convert, serving, streaming, tflite
+from kws_tf.export import convert, serving, stream_layers, streaming, tflite
 from kws_tf.training import loop
 
 CLIP = 16000
@@ -21,16 +21,25 @@ PHONE_MFCC = {"format": "mfcc", "frame_length": 320, "fft_length": 320, "frame_s
               "upper_edge_hertz": 4000, "dft": "matmul"}
 # The converter's default: 32 ms frames every 10 ms.
 DEFAULT_MFCC = {"format": "mfcc"}
+# Without window-wide operations (no reflected samples, no clamp at the window's
+# maximum, no deltas): the front ends of students that stream layer by layer.
+FRAME_LOCAL = {"center": False, "top_db": None, "delta_width": 0}
+PHONE_MFCC_LOCAL = {**PHONE_MFCC, **FRAME_LOCAL}
+DEFAULT_MFCC_LOCAL = {**DEFAULT_MFCC, **FRAME_LOCAL}
+# A tiny wav2letter without padding: receptive field 5 + 2 * 2 = 9 frames, stride 2.
+VALID_WAV2LETTER = {"filters": [16, 16, 24], "widths": [5, 3, 1], "strides": [2, 1, 1],
+                    "dropouts": [0.1, 0.1, 0.1], "padding": "valid"}
 FLOAT_TOLERANCE = 1e-4
 
 
 def _spec(name, params, feature_params):
   rng = np.random.RandomState(1)
+  channels = features.from_dict(feature_params).num_channels
   return model_dir_lib.ModelSpec(
-      name=name, task="kws", role="student", num_channels=39, num_classes=3, projection_dim=0,
-      params=params, format="mfcc", feature_params=feature_params,
-      normalization={"mean": (rng.randn(39) * 5).tolist(),
-                     "std": rng.uniform(1.0, 10.0, 39).tolist()},
+      name=name, task="kws", role="student", num_channels=channels, num_classes=3,
+      projection_dim=0, params=params, format="mfcc", feature_params=feature_params,
+      normalization={"mean": (rng.randn(channels) * 5).tolist(),
+                     "std": rng.uniform(1.0, 10.0, channels).tolist()},
       data_fingerprint="", classes=["a", "b", "negative"])
 
 
@@ -76,14 +85,14 @@ def _files(spec, model, hop, kinds, tmp_path, calibration=()):
   paths = {}
   for kind in kinds:
     if kind in streaming.FORMATS:
-      representative = [module.stream(c)[-1] for c in calibration] if "int8" in kind else None
+      representative = module.calibration_calls(calibration) if "int8" in kind else None
       content = streaming.convert(stream_dir, kind, model.name, representative)
     else:
       content = convert.convert(serving_dir, kind, model.name, list(calibration))
     paths[kind] = str(tmp_path / f"model_{kind}.tflite")
     with open(paths[kind], "wb") as f:
       f.write(content)
-  return paths, streaming.streaming_card(module.layout, 16000)
+  return paths, streaming.streaming_card(module, 16000)
 
 
 def _compare(path, card, window_path, waveform, stream=True):
@@ -126,15 +135,19 @@ def test_stream_float32_equals_the_non_streaming_file_on_every_window(
   assert np.ptp(probabilities, axis=0).max() > 0.05
 
 
-@pytest.mark.parametrize("name,params", [
-    ("wav2letter_kws_tiny", {}), ("mobilenet_v3_small", {"alpha": 0.25, "minimalistic": True})])
-def test_stream_int8_matches_the_int8_file_on_every_full_window(name, params, tmp_path):
-  spec = _spec(name, params, PHONE_MFCC)
+@pytest.mark.parametrize("name,params,feature_params,hop", [
+    ("wav2letter_kws_tiny", {}, PHONE_MFCC, 1600),
+    ("mobilenet_v3_small", {"alpha": 0.25, "minimalistic": True}, PHONE_MFCC, 1600),
+    ("wav2letter", VALID_WAV2LETTER, PHONE_MFCC_LOCAL, 640),
+], ids=["wav2letter", "mobilenet", "wav2letter-layer-by-layer"])
+def test_stream_int8_matches_the_int8_file_on_every_full_window(name, params, feature_params,
+                                                                 hop, tmp_path):
+  spec = _spec(name, params, feature_params)
   waveform = _stream_audio(seconds=3.0, seed=1)
   model = _random_model(spec, waveform)
   calibration = [_stream_audio(seconds=1.0, seed=s) for s in range(2, 10)]
   calibration += [waveform[i:i + CLIP] for i in range(0, len(waveform) - CLIP + 1, 4000)]
-  paths, card = _files(spec, model, 1600, ("int8", "float32", "stream_int8"), tmp_path,
+  paths, card = _files(spec, model, hop, ("int8", "float32", "stream_int8"), tmp_path,
                        calibration)
   got, int8 = _compare(paths["stream_int8"], card, paths["int8"], waveform)
   int8_file, exact = _compare(paths["int8"], card, paths["float32"], waveform, stream=False)
@@ -154,11 +167,95 @@ def test_stream_int8_matches_the_int8_file_on_every_full_window(name, params, tm
   in_model = [d for n, d in dtypes.items() if n.startswith(model.name + "/")]
   assert sum(d == np.int8 for d in in_model) >= 10
   assert all(d in (np.int8, np.int32) for d in in_model)
-  front_end = [d for n, d in dtypes.items() if n.startswith(serving.FRONT_END_SCOPE + "/")]
-  assert front_end and all(d != np.int8 for d in front_end)
+  # Every front-end op computes in float (the QUANTIZE of the network's input may
+  # take the front end's name).
+  details = interpreter.get_tensor_details()
+  front_end = [(op["op_name"], details[i]["dtype"]) for op in interpreter._get_ops_details()
+               for i in op["outputs"]
+               if details[i]["name"].startswith(serving.FRONT_END_SCOPE + "/")]
+  assert front_end and all(d != np.int8 for op, d in front_end if op != "QUANTIZE")
   runner = Interpreter(model_path=paths["stream_int8"]).get_signature_runner()
   for name_, detail in {**runner.get_input_details(), **runner.get_output_details()}.items():
     assert detail["dtype"] == np.float32, name_
+
+
+@pytest.mark.parametrize("params,feature_params,hop", [
+    (VALID_WAV2LETTER, PHONE_MFCC_LOCAL, 640),
+    ({**VALID_WAV2LETTER, "strides": [1, 1, 1], "conv_type": "gated"}, PHONE_MFCC_LOCAL, 320),
+    (VALID_WAV2LETTER, DEFAULT_MFCC_LOCAL, 1600),
+], ids=["stride2-phone-40ms", "gated-stride1-phone-20ms", "stride2-default-100ms"])
+def test_layer_stream_float32_equals_the_non_streaming_file_on_every_window(
+    params, feature_params, hop, tmp_path):
+  spec = _spec("wav2letter", params, feature_params)
+  waveform = _stream_audio()
+  model = _random_model(spec, waveform)
+  module = streaming.StreamingModule(model, spec, CLIP, hop)
+  assert module.by_layers
+  paths, card = _files(spec, model, hop, ("float32", "stream_float32"), tmp_path)
+  assert card["computes"] == "the new frames of every layer"
+  # No log-mel window in the state: a buffer per convolution and the pooled frames.
+  assert "state_log_mel" not in card["state"] and "state_pool" in card["state"]
+  got, expected = _compare(paths["stream_float32"], card, paths["float32"], waveform)
+  assert len(got) == len(waveform) // hop
+  for key in ("probabilities", "logits"):
+    errors = [np.max(np.abs(g[key] - e[key])) for g, e in zip(got, expected)]
+    assert max(errors) < FLOAT_TOLERANCE, (key, int(np.argmax(errors)))
+  probabilities = np.concatenate([e["probabilities"] for e in expected])
+  assert np.ptp(probabilities, axis=0).max() > 0.05
+
+
+def test_layer_stream_state_of_a_stride_2_student_at_40_ms():
+  """The phone front end without window-wide operations: 50 frames of 20 ms per
+  window, no overlap (no sample state); conv0 (width 5, stride 2) gives 23
+  frames and skips the window's last frame, so it keeps 5 - 2 + 1 = 4 input
+  frames; conv1 (width 3) keeps 2 and gives 21 frames, of which one is new per
+  call: the pooling keeps 20."""
+  spec = _spec("wav2letter", VALID_WAV2LETTER, PHONE_MFCC_LOCAL)
+  module = streaming.StreamingModule(model_dir_lib.build_model(spec), spec, CLIP, 640)
+  assert module.layout.state_shapes() == {"conv0": (1, 4, 1, 13), "conv1": (1, 2, 1, 16),
+                                          "pool": (1, 20, 1, 24)}
+  assert module.layout.pool_frames == 21 and module.layout.calls_per_window == 25
+  # The initial state: each layer's frames of silence, per channel.
+  card = streaming.streaming_card(module, 16000)["state"]
+  assert len(card["state_conv1"]["initial"]) == 16
+  state = module.initial_state()["state_conv1"]
+  np.testing.assert_array_equal(np.full((1, 2, 1, 16), card["state_conv1"]["initial"]), state)
+
+
+@pytest.mark.parametrize("params,feature_params,hop,message", [
+    (VALID_WAV2LETTER, PHONE_MFCC_LOCAL, 1600,
+     "the stream's hop of 5 frames is not a multiple of the model's total time stride 2"),
+    ({**VALID_WAV2LETTER, "widths": [47, 3, 1]}, PHONE_MFCC_LOCAL, 640,
+     "a window of 50 frames leaves layer 'conv1' no frame"),
+])
+def test_layer_stream_refuses_hops_and_windows_it_cannot_stream(params, feature_params, hop,
+                                                                 message):
+  spec = _spec("wav2letter", params, feature_params)
+  with pytest.raises(tflite.ExportError, match=f"cannot stream model 'wav2letter': {message}"):
+    streaming.check_supported(spec, CLIP, hop / 16000)
+
+
+@pytest.mark.parametrize("name,params,feature_params,reason", [
+    ("wav2letter", VALID_WAV2LETTER, {**PHONE_MFCC, "center": False, "delta_width": 0},
+     "window-wide operations (top_db=80.0"),
+    ("wav2letter", VALID_WAV2LETTER, {**PHONE_MFCC_LOCAL, "delta_width": 9},
+     "window-wide operations (delta_width=9"),
+    ("wav2letter_kws_tiny", {}, PHONE_MFCC_LOCAL, "layer 'conv0_mask' reads a frame mask"),
+    ("wav2letter", {**VALID_WAV2LETTER, "pooling": "centred"}, PHONE_MFCC_LOCAL,
+     "layer 'pool' (CentredMean) mixes frames"),
+    ("mobilenet_v3_small", {"alpha": 0.25}, PHONE_MFCC_LOCAL,
+     "layer 'stem_mask' reads a frame mask"),
+])
+def test_students_with_a_window_wide_operation_stream_the_window(name, params, feature_params,
+                                                                 reason):
+  spec = _spec(name, params, feature_params)
+  model = model_dir_lib.build_model(spec)
+  front_end = serving.export_front_end(feature_params)
+  assert reason in stream_layers.unsupported(model, front_end)
+  module = streaming.StreamingModule(model, spec, CLIP, 1600)
+  assert not module.by_layers and isinstance(module.layout, streaming.StreamLayout)
+  assert streaming.streaming_card(module, 16000)["computes"] == (
+      "the new log-mel frames, then the network on the whole window")
 
 
 def test_layout_of_the_phone_front_end_at_100_ms():
@@ -249,6 +346,72 @@ def test_export_writes_streaming_files_with_cards(kws_model, kws_train_records, 
   np.testing.assert_allclose(model(clip)["probabilities"],
                              inference.load_model(os.path.join(out, "model_int8.tflite"))(
                                  clip)["probabilities"], atol=0.01)
+
+
+# The converter's flags for the phone front end without window-wide operations.
+FRAME_LOCAL_FLAGS = ("--feature_params=mfcc.frame_length=320,mfcc.fft_length=320,"
+                     "mfcc.frame_step=320,mfcc.upper_edge_hertz=4000,mfcc.center=false,"
+                     "mfcc.top_db=none,mfcc.delta_width=0")
+
+
+@pytest.fixture(scope="module")
+def frame_local_records(synthetic_corpus, tmp_path_factory):
+  """KWS records whose mfcc is the phone front end without window-wide operations."""
+  out = tmp_path_factory.mktemp("frame_local") / "records"
+  run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
+             f"--out_dir={out}", "--splits=train,test", "--formats=mfcc", "--task=kws",
+             f"--alignments={synthetic_corpus}/*/alignments.ctm", "--examples_per_shard=40",
+             "--cores=2", FRAME_LOCAL_FLAGS)
+  return str(out)
+
+
+def _valid_config(widths, padding="valid"):
+  return config_lib.load(None, [
+      "model.name=wav2letter", "model.params.filters=[16,16,24]",
+      f"model.params.widths={widths}", "model.params.strides=[1,1,1]",
+      "model.params.dropouts=[0.1,0.1,0.1]", f"model.params.padding={padding}",
+      "data.batch_size=8", "data.eval_batch_size=32", "optimizer.warmup_steps=1",
+      "train.steps=4", "train.eval_every=4", "train.early_stopping_patience=0"])
+
+
+def test_records_train_and_export_a_student_that_streams_layer_by_layer(
+    frame_local_records, synthetic_corpus, tmp_path):
+  """The converter writes the front end's options into the records, training
+  takes them into the model dir, and the export computes them in-graph: the
+  stream_float32 file of a student trained on them streams layer by layer and
+  equals Keras on the parity clips' features."""
+  metadata = json.load(open(os.path.join(frame_local_records, "metadata.json")))
+  params = metadata["formats"]["mfcc"]["params"]
+  assert (params["center"], params["top_db"], params["delta_width"]) == (False, None, 0)
+  assert metadata["formats"]["mfcc"]["num_channels"] == 13
+  model_dir = str(tmp_path / "model")
+  loop.Trainer(_valid_config("[5,3,1]"), model_dir, frame_local_records).run()
+  out = str(tmp_path / "export")
+  config = tflite.ExportConfig(
+      formats=("stream_float32", "stream_int8"), audio_dir=str(synthetic_corpus), num_parity=6,
+      num_calibration=4, max_accuracy_drop=100.0, command="pytest", stream_hop_seconds=0.02)
+  cards = tflite.export(model_dir, frame_local_records, out, config, log=lambda line: None)
+  for kind in ("stream_float32", "stream_int8"):
+    stream = cards[kind]["streaming"]
+    assert stream["computes"] == "the new frames of every layer"
+    assert stream["hop_samples"] == 320 and stream["calls_per_window"] == 50
+    # 50 frames a window, receptive field 5 + 2 = 7 frames: 44 pooled frames.
+    assert stream["state"]["state_pool"]["shape"] == [1, 43, 1, 24]
+  assert cards["stream_float32"]["parity"]["max_abs_logit_error"] < FLOAT_TOLERANCE
+  assert ("`state_pool` [1, 43, 1, 24] starting at per-channel values"
+          in open(os.path.join(out, "model_stream_int8.md")).read())
+
+
+@pytest.mark.parametrize("widths,padding,message", [
+    ("[49,3,1]", "valid", "model.params: the model's frames read 51 input frames each "
+     r"\(receptive field\), the records' clips have 50: no frame to pool"),
+    ("[5,3,1]", "causal", "model.params: padding must be 'same' or 'valid', got 'causal'"),
+])
+def test_training_refuses_a_model_with_no_frame_to_pool_or_a_bad_padding_in_one_line(
+    widths, padding, message, frame_local_records, tmp_path):
+  with pytest.raises(loop.TrainingError, match=message):
+    loop.Trainer(_valid_config(widths, padding), str(tmp_path / "model"),
+                 frame_local_records).run()
 
 
 def test_cli_refuses_a_hop_it_cannot_stream_in_one_line(kws_model, kws_train_records, tmp_path):

@@ -375,6 +375,50 @@ def test_centred_mean_weights_frames_by_their_offset_from_the_clip_centre():
                    num_classes=10, pooling="max")
 
 
+def test_valid_padding_keeps_only_the_frames_whose_receptive_field_is_inside():
+  """wav2letter padding=valid: widths 5, 3, 1, stride 2 first: receptive field 5 +
+  2 * 2 = 9 input frames, so 23 frames give (23 - 9) // 2 + 1 = 8 frames, frame t
+  reading input frames [2t, 2t + 9), and the logits classify their mean."""
+  model = registry.build("wav2letter", task="kws", num_channels=5, num_classes=3,
+                         filters=(4, 6, 8), widths=(5, 3, 1), strides=(2, 1, 1),
+                         dropouts=(0.0,) * 3, padding="valid")
+  assert not any(isinstance(layer, (keras.layers.ZeroPadding2D, keras.layers.Multiply))
+                 for layer in model.layers)
+  last = keras.Model(model.inputs, model.get_layer("conv2_relu").output)
+  batch = _inputs([23], channels=5, seed=4)
+  frames = last(batch).numpy()
+  assert frames.shape == (1, 8, 1, 8)
+  changed = dict(batch, features=batch["features"].copy())
+  changed["features"][0, 12] += 1.0  # read by frames 2..6 (2t <= 12 < 2t + 9)
+  moved = np.flatnonzero(np.abs(last(changed).numpy() - frames).max(axis=(0, 2, 3)) > 0)
+  np.testing.assert_array_equal(moved, [2, 3, 4, 5, 6])
+  kernel, bias = model.get_layer("logits").get_weights()
+  np.testing.assert_allclose(model(batch)["logits"].numpy(),
+                             frames.mean(axis=(1, 2)) @ kernel + bias, rtol=1e-5, atol=1e-6)
+  # In a batch padded to 37 frames with garbage, and alone: the same logits.
+  padded = _inputs([37, 23], channels=5, seed=6)
+  padded["features"][1, :23] = batch["features"][0]
+  np.testing.assert_allclose(model(padded)["logits"].numpy()[1], model(batch)["logits"][0],
+                             rtol=1e-5, atol=1e-6)
+  assert heads.output_frames(23, 2, 9) == 8 and heads.output_frames(8, 2, 9) == 0
+  # A clip shorter than the receptive field has no frame: the pooled mean is zeros.
+  short = _inputs([8], frames=9, channels=5)
+  np.testing.assert_allclose(model(short)["logits"].numpy()[0], bias, atol=1e-6)
+  # The masks keep their receptive field through a config round trip.
+  _round_trip(registry.build("wav2letter", task="kws", num_channels=NUM_CHANNELS, num_classes=3,
+                             filters=(4, 6, 8), widths=(5, 3, 1), strides=(2, 1, 1),
+                             dropouts=(0.0,) * 3, padding="valid"))
+
+
+def test_valid_padding_build_errors():
+  with pytest.raises(ValueError, match="padding 'valid' is for kws models"):
+    registry.build("wav2letter_kws_tiny", task="ctc", num_channels=NUM_CHANNELS,
+                   num_classes=100, padding="valid")
+  with pytest.raises(ValueError, match="padding must be 'same' or 'valid'"):
+    registry.build("wav2letter_kws_tiny", task="kws", num_channels=NUM_CHANNELS,
+                   num_classes=10, padding="causal")
+
+
 @pytest.mark.parametrize("frames", [6, 7])
 def test_strided_padding_does_not_depend_on_length(frames):
   """Output t of a stride-2 width-3 conv is centred on input 2t for odd and even

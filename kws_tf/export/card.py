@@ -276,9 +276,12 @@ def card_markdown(card: dict) -> str:
     lines += [
         f"- Streaming: {s['hop_samples']} samples ({s['hop_seconds'] * 1000:g} ms) per call; "
         f"posteriors of the last {s['clip_samples']} samples every call, exact from call "
-        f"{s['calls_per_window']} on",
+        f"{s['calls_per_window']} on" + (f"; each call computes {s['computes']}"
+                                         if "computes" in s else ""),
         "- State (feed each `next_state_<name>` back as `state_<name>`): "
-        + ", ".join(f"`{k}` {v['shape']} starting at {v['initial']:g}"
+        + ", ".join(f"`{k}` {v['shape']} starting at " + (
+            f"{v['initial']:g}" if isinstance(v["initial"], (int, float)) else
+            "per-channel values (`initial`)")
                     for k, v in s["state"].items()),
         f"- Semantics: {s['semantics']}"]
   if card.get("always_on"):

@@ -4,7 +4,16 @@ A streaming file takes ``hop_samples`` new samples per call, keeps what it
 needs of the past in explicit state tensors (inputs ``state_<name>``, the
 updated values as outputs ``next_state_<name>``, which the caller feeds back
 at the next call) and gives the keyword posteriors of the window of the last
-``clip_samples`` samples, every call:
+``clip_samples`` samples, every call.
+
+Two ways, chosen by the student (``stream_layout``): a student without any
+window-wide operation (``kws_tf.export.stream_layers``: a wav2letter with
+``padding="valid"`` on the MFCC front end with ``center=False, top_db=None,
+delta_width=0``) streams layer by layer, each call computing only the new
+frames of every layer, with a state per layer (see there). Any other student
+(padded convolutions, MobileNetV3's 2-D blocks, the librosa MFCC front end)
+streams its window: the front end's log-mel carried over, the network run on
+the whole window every call, with this state:
 
   inputs   waveform               float32 ``[1, hop_samples]``, the new samples
            state_samples          float32 ``[1, buffer]``: the last samples
@@ -16,18 +25,19 @@ at the next call) and gives the keyword posteriors of the window of the last
   outputs  logits, probabilities  float32 ``[1, classes]``
            next_state_<name>      the state for the next call
 
-(a state of size 0 for a front end is left out). Semantics: after call ``c``
-(1-based) the outputs are exactly those of the non-streaming file (``model_<format>``,
-``kws_tf.export.serving``) on samples ``[c * hop - clip, c * hop)`` of the
-stream, with zeros before the stream's start, when every state starts at its
-``initial`` value (samples 0, log-mel -100 dB: the front end's values of
-silence). From call ``clip_samples / hop_samples`` on (the first full window)
-every state has been overwritten with values of the stream, so those outputs
+(a state of size 0 for a front end is left out). Semantics, both ways: after
+call ``c`` (1-based) the outputs are exactly those of the non-streaming file
+(``model_<format>``, ``kws_tf.export.serving``) on samples ``[c * hop - clip,
+c * hop)`` of the stream, with zeros before the stream's start, when every
+state starts at its ``initial`` value (the values of silence: here samples 0,
+log-mel -100 dB; layer by layer each layer's frames of zeros). From call
+``clip_samples / hop_samples`` on (the first full window) every state has
+been overwritten with values of the stream, so those outputs
 are exact whatever the initial state. An output is due once a hop has
 arrived: the delay is the hop, plus the compute time.
 
-Why the window's network runs every call. The students' convolutions pad
-with zeros at the window's edges ("same" padding at each layer, see
+Why the window's network runs every call on that path. The students'
+convolutions pad with zeros at the window's edges ("same" padding at each layer, see
 ``kws_tf.models.heads``) and the MFCC front end clamps each window at its own
 maximum (``top_db``), replicates its edge frames for the deltas and reflects
 its samples at both ends (``center``). A layer's frame near the window's edges
@@ -46,11 +56,13 @@ log-mel frames, the same ops as the non-streaming file.
 Hops: a multiple of the front end's ``frame_step`` that divides
 ``clip_samples`` (so every window starts on the frame grid and the left-edge
 frames computed ahead meet their window), at most the window's frames without
-reflected samples. The front end must be "mfcc" (the kws students').
+reflected samples (layer by layer: a multiple of the model's total time stride
+in frames instead). The front end must be "mfcc" (the kws students').
 
 Formats: ``stream_float32`` (plain conversion) and ``stream_int8`` (the
-network int8, calibrated on the windows of the calibration clips, the front
-end, its state and the normalisation float32, float32 input and outputs),
+network int8, calibrated on the calibration clips (``calibration_calls``), the
+front end, its state and the normalisation float32, float32 input and outputs;
+layer by layer the network's buffers are int8 inside, float32 as state),
 written as ``model_stream_<format>.tflite`` with a model card (``card``
 plus a ``streaming`` section) and checked like the other files: each parity
 clip streamed from the initial state, the outputs of its last call against
@@ -70,7 +82,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from kws_tf import features, inference, records
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.export import card as card_lib
-from kws_tf.export import files, serving
+from kws_tf.export import files, serving, stream_layers
 from kws_tf.export.errors import ExportError
 
 FORMATS = ("stream_float32", "stream_int8")
@@ -239,12 +251,25 @@ class StreamLayout:
             for name, shape in self.state_shapes().items()}
 
 
+def stream_layout(model, front_end, clip_samples: int, hop_samples: int):
+  """How ``model`` streams: a ``stream_layers.LayerPlan`` when it streams layer
+  by layer (``stream_layers.unsupported`` is None), else a ``StreamLayout``
+  (its network on the whole window every call). ValueError for a hop that
+  does not fit."""
+  if stream_layers.unsupported(model, front_end) is None:
+    return stream_layers.LayerPlan(model, front_end, clip_samples, hop_samples)
+  return StreamLayout(front_end, clip_samples, hop_samples)
+
+
 class StreamingModule(tf.Module):
   """A trained kws student with its front end, run one hop at a time.
 
   ``step`` is the signature of the file (module docstring): keyword tensors
   ``waveform`` and ``state_<name>`` (``layout.state_shapes``), returning
-  ``logits``, ``probabilities`` and ``next_state_<name>``.
+  ``logits``, ``probabilities`` and ``next_state_<name>``. ``layout`` is
+  ``stream_layout``'s: a student that streams layer by layer computes only
+  each layer's new frames (``kws_tf.export.stream_layers``); any other runs
+  its network on the window's features.
 
   Args:
     model: a kws model of the ``kws_tf.models`` contract.
@@ -263,8 +288,9 @@ class StreamingModule(tf.Module):
     # that would also trace every layer's call, which no reader of the file uses.
     object.__setattr__(self, "model", model)
     self.model_variables = list(model.variables)
-    self.layout = StreamLayout(serving.export_front_end(spec.feature_params), clip_samples,
-                               hop_samples)
+    self.layout = stream_layout(model, serving.export_front_end(spec.feature_params),
+                                clip_samples, hop_samples)
+    self.by_layers = isinstance(self.layout, stream_layers.LayerPlan)
     self.state_names = list(self.layout.state_shapes())
     norm = spec.normalization
     self._mean = None if norm is None else np.asarray(norm["mean"], np.float32)
@@ -273,14 +299,48 @@ class StreamingModule(tf.Module):
     specs += [tf.TensorSpec(shape, tf.float32, STATE_PREFIX + name)
               for name, shape in self.layout.state_shapes().items()]
     self.step = tf.function(self._step, input_signature=specs)
+    self._initial = (self._silence() if self.by_layers else
+                     {STATE_PREFIX + k: v for k, v in self.layout.initial_state().items()})
 
   def initial_state(self) -> Dict[str, np.ndarray]:
-    """``state_<name>`` -> its value before the first call."""
-    return {STATE_PREFIX + k: v for k, v in self.layout.initial_state().items()}
+    """``state_<name>`` -> its value before the first call: that of silence
+    (the window path: samples 0, log-mel -100 dB; layer by layer: each state's
+    frames as a stream of zeros makes them)."""
+    return dict(self._initial)
+
+  def _silence(self) -> Dict[str, np.ndarray]:
+    """The state after a window of zeros (from zeros): every frame of it made
+    from zeros alone, each state's last frame repeated (the frames of a stream
+    of zeros are all equal)."""
+    state = {STATE_PREFIX + n: tf.zeros(shape) for n, shape in self.layout.state_shapes().items()}
+    hop = tf.zeros([1, self.layout.hop_samples])
+    for _ in range(self.layout.calls_per_window):
+      outputs = self.step(hop, *state.values())
+      state = {STATE_PREFIX + n: outputs[NEXT_PREFIX + n] for n in self.state_names}
+    return {name: np.broadcast_to(value.numpy()[:, -1:], value.shape).copy()
+            for name, value in state.items()}
+
+  def _normalise(self, values: tf.Tensor) -> tf.Tensor:
+    """Features standardised as the model was trained on them."""
+    if self._mean is None:
+      return values
+    return (values - self._mean) * self._inverse_std
 
   def _step(self, waveform: tf.Tensor, *states: tf.Tensor) -> Dict[str, tf.Tensor]:
-    layout, front_end = self.layout, self.layout.front_end
     state = dict(zip(self.state_names, states))
+    if self.by_layers:
+      logits, outputs = self.layout.run(self.model, waveform, state, self._normalise)
+    else:
+      logits, outputs = self._window_step(waveform, state)
+    result = {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
+    result.update({NEXT_PREFIX + name: value for name, value in outputs.items()})
+    return result
+
+  def _window_step(self, waveform: tf.Tensor, state: Dict[str, tf.Tensor]
+                   ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+    """One call of a ``StreamLayout``: the front end's new log-mel frames, then
+    the rest of the front end and the network on the window's frames."""
+    layout, front_end = self.layout, self.layout.front_end
     outputs = {}
     with tf.name_scope(serving.FRONT_END_SCOPE):
       buffer = tf.concat([state["samples"], waveform], 1) if "samples" in state else waveform
@@ -311,14 +371,10 @@ class StreamingModule(tf.Module):
       if layout.right_frames:
         parts.append(made[:, left + new:])
       num_frames = tf.constant([layout.frames], tf.int32)
-      values = front_end.cepstra(tf.concat(parts, 1), num_frames)
-      if self._mean is not None:
-        values = (values - self._mean) * self._inverse_std
+      values = self._normalise(front_end.cepstra(tf.concat(parts, 1), num_frames))
     logits = self.model({"features": values, "num_frames": num_frames},
                         training=False)["logits"]
-    result = {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
-    result.update({NEXT_PREFIX + name: value for name, value in outputs.items()})
-    return result
+    return logits, outputs
 
   def stream(self, waveform: np.ndarray) -> List[Dict[str, np.ndarray]]:
     """The inputs of every call over ``waveform [samples]`` (a whole number of
@@ -334,6 +390,17 @@ class StreamingModule(tf.Module):
                                                     for n in self.state_names))
       state = {STATE_PREFIX + n: outputs[NEXT_PREFIX + n].numpy() for n in self.state_names}
     return inputs
+
+  def calibration_calls(self, clips: Sequence[np.ndarray]) -> List[Dict[str, np.ndarray]]:
+    """The inputs of the calls that calibrate stream_int8 on ``clips`` (each of
+    ``clip_samples``): for a stream of the window path the last call of each
+    clip, whose network sees the clip's window; layer by layer, where a call's
+    network sees only its new frames (and the state's), every call from the
+    first full window on of the clips streamed end to end, so that each
+    clip's frames pass through."""
+    if not self.by_layers:
+      return [self.stream(clip)[-1] for clip in clips]
+    return self.stream(np.concatenate(clips))[self.layout.calls_per_window - 1:]
 
   def save(self, path: str) -> None:
     """Writes the SavedModel of ``step`` to ``path``."""
@@ -389,8 +456,8 @@ def check_supported(spec: model_dir_lib.ModelSpec, clip_samples: Optional[int],
     raise ExportError(f"streaming formats are for kws models; model {spec.name!r} is "
                       f"{spec.task}")
   try:
-    StreamLayout(serving.export_front_end(spec.feature_params), clip_samples,
-                 hop_samples(spec, hop_seconds))
+    stream_layout(model_dir_lib.build_model(spec), serving.export_front_end(spec.feature_params),
+                  clip_samples, hop_samples(spec, hop_seconds))
   except ValueError as e:
     raise ExportError(f"cannot stream model {spec.name!r}: {e}") from e
 
@@ -400,15 +467,29 @@ def hop_samples(spec: model_dir_lib.ModelSpec, hop_seconds: float) -> int:
   return int(round(hop_seconds * spec.sample_rate))
 
 
-def streaming_card(layout: StreamLayout, sample_rate: int) -> dict:
-  """The ``streaming`` section of a streaming file's card."""
-  state = {STATE_PREFIX + name: {"shape": list(value.shape), "dtype": "float32",
-                                 "initial": float(value.flat[0]),
-                                 "output": NEXT_PREFIX + name}
-           for name, value in layout.initial_state().items()}
+def _card_initial(value: np.ndarray):
+  """A state's initial value in the card: one number when every element has it,
+  else the values along the last axis, the channels (``initial_state`` repeats
+  one frame)."""
+  if np.all(value == value.flat[0]):
+    return float(value.flat[0])
+  return value.reshape(-1, value.shape[-1])[0].tolist()
+
+
+def streaming_card(module: StreamingModule, sample_rate: int) -> dict:
+  """The ``streaming`` section of a streaming file's card. A state's ``initial``
+  is a number or a list over its last axis, broadcast to its ``shape``
+  (``numpy.full(shape, initial)``)."""
+  layout = module.layout
+  state = {name: {"shape": list(value.shape), "dtype": "float32",
+                  "initial": _card_initial(value),
+                  "output": NEXT_PREFIX + name[len(STATE_PREFIX):]}
+           for name, value in module.initial_state().items()}
   return {
       "hop_samples": layout.hop_samples, "hop_seconds": layout.hop_samples / sample_rate,
       "clip_samples": layout.clip_samples, "calls_per_window": layout.calls_per_window,
+      "computes": ("the new frames of every layer" if module.by_layers else
+                   "the new log-mel frames, then the network on the whole window"),
       "state": state,
       "semantics": (
           f"each call takes the next {layout.hop_samples} samples and the state outputs of "
@@ -439,13 +520,19 @@ def export(kinds: Sequence[str], model, spec: model_dir_lib.ModelSpec, clip_samp
   Returns the cards by format and the gate failures (one line each).
   """
   module = StreamingModule(model, spec, clip_samples, hop_samples(spec, hop_seconds))
+  if module.by_layers:
+    log(f"model {spec.name!r} streams layer by layer: each call computes the new frames of "
+        "every layer")
+  else:
+    log(f"model {spec.name!r} streams its window: each call runs the network on the whole "
+        f"window ({stream_layers.unsupported(model, module.layout.front_end)})")
   saved_model_dir = os.path.join(scratch, "stream_saved_model")
   module.save(saved_model_dir)
   cards, failures = {}, []
   for kind in kinds:
     representative = None
     if kind == "stream_int8":
-      representative = [module.stream(clip)[-1] for clip in calibration]
+      representative = module.calibration_calls(calibration)
     checked = os.path.join(scratch, f"model_{kind}.tflite")
     try:
       content = convert(saved_model_dir, kind, model.name, representative)
@@ -454,7 +541,7 @@ def export(kinds: Sequence[str], model, spec: model_dir_lib.ModelSpec, clip_samp
       raise ExportError(f"the TFLite converter failed on the {kind} file of model "
                         f"{spec.name!r}: {first.strip()}") from e
     records.write_bytes(checked, content)
-    stream_card = streaming_card(module.layout, spec.sample_rate)
+    stream_card = streaming_card(module, spec.sample_rate)
     result = check(inference.StreamingTFLiteModel(checked, stream_card))
     gated = kind == "stream_int8"
     passed = not gated or result["drop_points"] <= max_accuracy_drop

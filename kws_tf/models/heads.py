@@ -23,6 +23,12 @@ hold:
   when the batch is padded to a different length. Stride-1 layers use "same",
   which pads ``(k - 1) // 2`` before whatever the length.
 
+A kws model may pad nowhere instead (wav2letter ``padding="valid"``): every
+time convolution is "valid", output frame ``t`` reads input frames ``[t * S,
+t * S + receptive_field)`` and is valid while all of them are
+(``output_frames`` with the receptive field); no mask is needed before a layer,
+only at the pooling, whose mask excludes every frame that read a padded one.
+
 Batch normalization in training mode still sees the zeroed padding frames in
 its batch statistics; inference uses the moving statistics, so it is exact.
 
@@ -61,12 +67,19 @@ TASKS = ("kws", "ctc")
 CTC_TIME_STRIDE = 2
 
 
-def output_frames(num_frames, time_stride: int):
-  """``ceil(num_frames / time_stride)``: frames after a total time stride.
+def output_frames(num_frames, time_stride: int, receptive_field: int = 1):
+  """Frames after a total time stride: ``ceil(num_frames / time_stride)``, or
+  after unpadded ("valid") layers of a total ``receptive_field`` (input frames
+  per output frame), the frames whose receptive field lies inside:
+  ``max(0, (num_frames - receptive_field) // time_stride + 1)`` (the same
+  formula, for ``receptive_field`` 1).
 
   ``num_frames`` is an int or an int32 tensor (the result has its type/shape).
   """
-  return (num_frames + time_stride - 1) // time_stride
+  frames = (num_frames - receptive_field) // time_stride + 1
+  if receptive_field == 1:  # never negative: no clamp (and no op) needed
+    return frames
+  return tf.maximum(frames, 0) if tf.is_tensor(frames) else max(frames, 0)
 
 
 def check_task(task: str) -> None:
@@ -84,27 +97,30 @@ def check_time_stride(task: str, time_stride: int) -> None:
 
 @keras.saving.register_keras_serializable(package="kws_tf")
 class FrameMask(keras.layers.Layer):
-  """1 at valid frames, 0 past them, at one time stride.
+  """1 at valid frames, 0 past them, at one time stride (and receptive field).
 
   Inputs ``[features, num_frames]``: the model's input features
   ``[batch, frames, channels]`` (only its frame count is read) and int32
-  ``[batch]``. Output ``[batch, ceil(frames / time_stride), 1, 1]`` in the
-  compute dtype, 1 where ``t < ceil(num_frames / time_stride)``.
+  ``[batch]``. Output ``[batch, output_frames(frames), 1, 1]`` in the compute
+  dtype, 1 where ``t < output_frames(num_frames)`` (``output_frames`` with
+  ``time_stride`` and ``receptive_field``: 1 for padded layers).
   """
 
-  def __init__(self, time_stride: int = 1, **kwargs):
+  def __init__(self, time_stride: int = 1, receptive_field: int = 1, **kwargs):
     super().__init__(**kwargs)
     self.time_stride = time_stride
+    self.receptive_field = receptive_field
 
   def call(self, inputs):
     features, num_frames = inputs
-    frames = output_frames(tf.shape(features)[1], self.time_stride)
+    frames = output_frames(tf.shape(features)[1], self.time_stride, self.receptive_field)
     valid = tf.range(frames)[tf.newaxis, :] < output_frames(
-        num_frames, self.time_stride)[:, tf.newaxis]
+        num_frames, self.time_stride, self.receptive_field)[:, tf.newaxis]
     return tf.cast(valid, self.compute_dtype)[:, :, tf.newaxis, tf.newaxis]
 
   def get_config(self):
-    return dict(super().get_config(), time_stride=self.time_stride)
+    return dict(super().get_config(), time_stride=self.time_stride,
+                receptive_field=self.receptive_field)
 
 
 @keras.saving.register_keras_serializable(package="kws_tf")
@@ -268,18 +284,22 @@ def model_inputs(num_channels: int) -> Dict[str, keras.Input]:
 
 
 class FrameMasks:
-  """The ``FrameMask`` layers of one model, one per time stride, made on first use."""
+  """The ``FrameMask`` layers of one model, one per time stride and receptive
+  field, made on first use."""
 
   def __init__(self, inputs: Dict[str, tf.Tensor]):
     self._inputs = inputs
     self._masks = {}
 
-  def __call__(self, time_stride: int) -> tf.Tensor:
-    """The mask ``[batch, ceil(frames / time_stride), 1, 1]``."""
-    if time_stride not in self._masks:
-      self._masks[time_stride] = FrameMask(time_stride, name=f"frame_mask_{time_stride}")(
+  def __call__(self, time_stride: int, receptive_field: int = 1) -> tf.Tensor:
+    """The mask ``[batch, output_frames(frames), 1, 1]``."""
+    key = (time_stride, receptive_field)
+    if key not in self._masks:
+      name = f"frame_mask_{time_stride}" + (
+          f"_{receptive_field}" if receptive_field > 1 else "")
+      self._masks[key] = FrameMask(time_stride, receptive_field, name=name)(
           [self._inputs["features"], self._inputs["num_frames"]])
-    return self._masks[time_stride]
+    return self._masks[key]
 
   def apply(self, x: tf.Tensor, time_stride: int, name: str) -> tf.Tensor:
     """``x [batch, time, frequency, channels]`` with its invalid frames zeroed."""
@@ -307,7 +327,8 @@ POOLINGS = ("mean", "centred")
 
 def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
          time_stride: int, num_classes: int, projection_dim: int = 0,
-         dropout: float = 0.0, pooling: str = "mean") -> Dict[str, tf.Tensor]:
+         dropout: float = 0.0, pooling: str = "mean",
+         receptive_field: int = 1) -> Dict[str, tf.Tensor]:
   """The outputs of a student from its final feature map.
 
   Args:
@@ -316,6 +337,9 @@ def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
     masks: the model's frame masks.
     num_frames: the model's int32 ``[batch]`` input.
     time_stride: total time stride of ``x`` against the input frames.
+    receptive_field: kws: 1 when every layer pads (frame ``t`` of ``x`` is
+      valid while ``t < ceil(num_frames / time_stride)``); the input frames
+      each frame of ``x`` reads when no layer pads (valid while all of them are).
     num_classes: kws classes, or the ctc vocabulary size including blank.
     projection_dim: size of the ``projection`` output; 0 for none.
     dropout: dropout rate before the classifier.
@@ -332,7 +356,7 @@ def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
   if task == "kws":
     pool = CentredMean(name="pool") if pooling == "centred" else MaskedMean(name="pool")
-    features = pool([x, masks(time_stride)])
+    features = pool([x, masks(time_stride, receptive_field)])
     outputs = {"logits": _classifier(features, num_classes, dropout)}
   else:
     frequencies, channels = x.shape[2], x.shape[3]

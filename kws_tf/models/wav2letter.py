@@ -13,6 +13,15 @@ frames), ``strides[i]`` and ``dropouts[i]``:
          conv of 2 x filters, and no activation follows (the gate is the
          nonlinearity); ``activation`` applies to "conv" only.
 
+Padding (``padding``): "same" pads every conv with zeros at the input's edges
+(``heads.pad_for_conv``), so a clip of ``n`` frames gives ``ceil(n / stride)``
+frames. "valid" (kws only) pads nowhere: the convs keep only the frames whose
+receptive field lies inside the clip (a stack of receptive field ``R`` frames
+and total stride ``S`` gives ``(n - R) // S + 1``) and the pooling averages
+those. Each frame of every layer is then a function of a fixed span of input
+frames alone, so a stream can compute each layer's new frames only
+(``kws_tf.export.stream_layers``); the clip must hold at least ``R`` frames.
+
 Each 1-D conv is ``Conv2D(filters, (width, 1), strides=(stride, 1))`` on a
 ``[batch, time, 1, channels]`` map (the features are reshaped once and the
 4-D layout kept), because tensorflow-model-optimization cannot quantize
@@ -59,7 +68,7 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
                filters: Sequence[int], widths: Sequence[int], strides: Sequence[int],
                dropouts: Sequence[float], conv_type: str = "conv", batch_norm: bool = True,
                activation: str = "relu", head_dropout: float = 0.0, pooling: str = "mean",
-               name: str = "wav2letter") -> keras.Model:
+               padding: str = "same", name: str = "wav2letter") -> keras.Model:
   """A wav2letter model following the contract of ``kws_tf.models``.
 
   Args:
@@ -75,6 +84,7 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
     head_dropout: dropout rate before the classifier.
     pooling: kws: "mean" over the clip or "centred" (weighted towards its centre,
       ``heads.CentredMean``).
+    padding: "same" (zeros at the edges) or "valid" (kws: none; module docstring).
     name: the model's name.
   """
   lengths = {"filters": len(filters), "widths": len(widths), "strides": len(strides),
@@ -84,18 +94,27 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
                      + ", ".join(f"{key} {value}" for key, value in lengths.items()))
   if conv_type not in ("conv", "gated"):
     raise ValueError(f"conv_type must be 'conv' or 'gated', got {conv_type!r}")
+  if padding not in ("same", "valid"):
+    raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}")
+  if padding == "valid" and task != "kws":
+    raise ValueError(f"padding 'valid' is for kws models (a {task} model gives a logit "
+                     "frame for every 2 input frames)")
   heads.check_task(task)
   heads.check_time_stride(task, math.prod(strides))
 
   inputs = heads.model_inputs(num_channels)
   masks = heads.FrameMasks(inputs)
   x = keras.layers.Reshape((-1, 1, num_channels), name="features_2d")(inputs["features"])
-  time_stride = 1
+  time_stride, receptive_field = 1, 1
   for i, (size, width, stride, dropout) in enumerate(zip(filters, widths, strides, dropouts)):
-    if width > 1:
-      x = masks.apply(x, time_stride, name=f"conv{i}_mask")
-    x, padding = heads.pad_for_conv(x, (width, 1), (stride, 1), name=f"conv{i}_pad")
-    conv = dict(kernel_size=(width, 1), strides=(stride, 1), padding=padding,
+    if padding == "same":
+      if width > 1:
+        x = masks.apply(x, time_stride, name=f"conv{i}_mask")
+      x, conv_padding = heads.pad_for_conv(x, (width, 1), (stride, 1), name=f"conv{i}_pad")
+    else:
+      conv_padding = "valid"
+      receptive_field += (width - 1) * time_stride
+    conv = dict(kernel_size=(width, 1), strides=(stride, 1), padding=conv_padding,
                 use_bias=not batch_norm)
     if conv_type == "conv":
       x = keras.layers.Conv2D(size, name=f"conv{i}", **conv)(x)
@@ -115,7 +134,8 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
     time_stride *= stride
   outputs = heads.head(task, x, masks, inputs["num_frames"], time_stride=time_stride,
                        num_classes=num_classes, projection_dim=projection_dim,
-                       dropout=head_dropout, pooling=pooling)
+                       dropout=head_dropout, pooling=pooling,
+                       receptive_field=receptive_field)
   return keras.Model(inputs, outputs, name=name)
 
 

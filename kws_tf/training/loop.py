@@ -70,6 +70,7 @@ from kws_tf import data, records, text
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import fitnet, objectives, quantization
 from kws_tf.evaluation import runner
+from kws_tf.models import heads
 from kws_tf.training import logs, runtime, schedules, worker_dir
 
 
@@ -185,7 +186,10 @@ class Trainer:
     counters and, for quantized distillation, its quantized weights."""
     cfg = self.config
     with self._strategy.scope():
-      self.model = model_dir_lib.build_model(self.spec)
+      try:
+        self.model = model_dir_lib.build_model(self.spec)
+      except ValueError as e:  # a value the builder refuses (the keys were checked)
+        raise TrainingError(f"model.params: {e}") from None
       if self._hint_stage:
         self.model, self._fitnet = fitnet.stage1_model(
             self.model, self.guidance_dir, cfg.fitnet.guided_layer, self.spec.frame_seconds)
@@ -201,13 +205,30 @@ class Trainer:
     self.best_step = tf.Variable(-1, dtype=tf.int64, trainable=False, name="best_step")
     self.bad_evals = tf.Variable(0, dtype=tf.int64, trainable=False, name="bad_evals")
     self.stopped = tf.Variable(False, trainable=False, name="stopped_early")
-    # Build the model's random layers, so their generators exist to checkpoint.
-    self.model({"features": tf.zeros([1, 8, self.spec.num_channels]),
-                "num_frames": tf.constant([8])}, training=False)
+    # Build the model's random layers, so their generators exist to checkpoint (kws:
+    # on a clip, which an unpadded model needs to be as long as its receptive field).
+    frames = 8
+    if self.spec.task == "kws":
+      frames = self.spec.feature_config.num_frames(self.metadata.clip_samples)
+      self._check_pooled_frames(frames)
+    self.model({"features": tf.zeros([1, frames, self.spec.num_channels]),
+                "num_frames": tf.constant([frames])}, training=False)
     self._quantized = None
     if cfg.mode == "quantized_distill":
       self._quantized = quantization.QuantizedTraining(
           self.model, **dataclasses.asdict(cfg.quantization), seed=cfg.train.seed)
+
+  def _check_pooled_frames(self, frames: int) -> None:
+    """TrainingError when a clip of ``frames`` input frames leaves the kws model
+    no frame to pool: an unpadded model (wav2letter ``padding=valid``) whose
+    receptive field is longer than the clip."""
+    for layer in self.model.layers:
+      if isinstance(layer, heads.FrameMask) and heads.output_frames(
+          frames, layer.time_stride, layer.receptive_field) < 1:
+        raise TrainingError(
+            f"model.params: the model's frames read {layer.receptive_field} input frames "
+            f"each (receptive field), the records' clips have {frames}: no frame to pool; "
+            "use narrower model.params.widths")
 
   # ---------------------------------------------------------------- step
   def _make_train_step(self):
