@@ -3,7 +3,7 @@
 ``guidance.create_guidance`` checks the run, writes plan.json and lists the
 guidance shards not yet written (the data shards whose mirror is missing) as
 for the local runner; the pipeline then runs the local runner's per-shard work,
-``guidance.GuidanceWriter.write``, once per listed shard:
+``guidance_shards.GuidanceWriter.write``, once per listed shard:
 
   Create(the data shards' paths) -> Reshuffle -> ParDo(WriteGuidanceShard)
       the failed shards' reasons -> ToList -> <scratch>/failed.json
@@ -27,7 +27,7 @@ from typing import List
 
 import apache_beam as beam
 
-from data_prep import beam_options, guidance, shard_worker
+from data_prep import beam_options, guidance_shards, shard_worker
 from kws_tf import records
 
 
@@ -45,7 +45,7 @@ class WriteGuidanceShard(beam.DoFn):
     self._inputs = beam.metrics.Metrics.counter("guidance", "teacher_inputs")
 
   def setup(self):
-    self._writer = guidance.GuidanceWriter(self._job)
+    self._writer = guidance_shards.GuidanceWriter(self._job)
 
   def process(self, data_path: str):
     if os.path.exists(os.path.join(self._job["out_dir"], os.path.basename(data_path))):
@@ -61,7 +61,7 @@ def write(data_paths: List[str], job: dict, options: str) -> None:
 
   Args:
     data_paths: the data shards whose guidance shards are missing.
-    job: the run's parameters (``guidance.GuidanceWriter``).
+    job: the run's parameters (``guidance_shards.GuidanceWriter``).
     options: Beam pipeline options as shell words (empty: the DirectRunner).
 
   Raises:

@@ -5,16 +5,16 @@ The record layout and metadata are those of ``data_prep/create_guidance``
 ``create_guidance`` directly. Two runners write the shards: this process, one
 shard after another (``runner="local"``), or an Apache Beam pipeline of one
 element per shard (``runner="beam"``, ``data_prep.beam_guidance``); both
-through a ``GuidanceWriter``, so they write the same bytes.
+through a ``data_prep.guidance_shards.GuidanceWriter``, so they write the same bytes.
 """
 import glob
 import hashlib
 import os
-from typing import Callable, Dict, List
+from typing import List
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
-import numpy as np
 
+from data_prep import guidance_shards
 from kws_tf import records
 
 PLAN_FILE = "plan.json"
@@ -31,202 +31,6 @@ def teacher_fingerprint(teacher_dir: str, checkpoint_path: str) -> str:
       for block in iter(lambda: f.read(1 << 20), b""):
         digest.update(block)
   return digest.hexdigest()
-
-
-def guidance_model(teacher, kind: str, up_to: int, with_features: bool):
-  """A model with the teacher's inputs and the outputs to store.
-
-  Returns ``(model, names)``: the model's outputs are a dict with
-  ``frames`` and the stored names (see the module docstring).
-  """
-  import tf_keras as keras
-  from kws_tf.models import teacher as teacher_lib, whisper
-  inputs = teacher.input
-  frames = whisper.output_frames(inputs["num_frames"])
-  if kind == "logits":
-    outputs = {"logits": teacher.output["logits"]}
-    if with_features:
-      if "projection" not in teacher.output:
-        raise ValueError("the teacher has no feature layer (projection output); write "
-                         "logits only with --nofeatures")
-      outputs["features"] = teacher.output["projection"]
-  else:
-    try:
-      encoder = teacher.get_layer("encoder")
-    except ValueError:
-      raise ValueError("--guidance=hints needs a Whisper teacher (a layer named 'encoder')") from None
-    hidden_states = encoder.output["hidden_states"]
-    if not -len(hidden_states) <= up_to < len(hidden_states):
-      raise ValueError(f"--up_to={up_to}: the teacher's encoder has hidden states 0.."
-                       f"{len(hidden_states) - 1} (0 = embeddings)")
-    outputs = {"hint": hidden_states[up_to]}
-    if teacher.output["logits"].shape.rank == 2:  # kws: also the pooled hint
-      outputs["hint_pooled"] = teacher_lib.pooled_frames(
-          hidden_states[up_to], inputs["features"], inputs["num_frames"], "hint_pool")
-  outputs["frames"] = keras.layers.Identity(name="guidance_frames")(frames)
-  return keras.Model(inputs, outputs), [k for k in outputs if k != "frames"]
-
-
-def _shapes(model, names: List[str]) -> Dict[str, list]:
-  shapes = {}
-  for name in names:
-    dims = model.output[name].shape.as_list()[1:]
-    shapes[name] = {"shape": dims}
-  return shapes
-
-
-def load_guidance_model(job: dict):
-  """The ``guidance_model`` of the teacher of ``job`` (see ``GuidanceWriter``):
-  ``(model, names)``."""
-  from kws_tf import model_dir as model_dir_lib
-  teacher = model_dir_lib.load_trained_model(job["teacher_dir"], job["checkpoint_path"])
-  return guidance_model(teacher, job["kind"], job["up_to"], job["features"])
-
-
-class GuidanceWriter:
-  """Writes the guidance shards of one run, each mirroring one data shard.
-
-  Made once where the teacher runs: by ``create_guidance`` for the local
-  runner, in ``DoFn.setup`` of every Beam worker's DoFn instance. It holds the teacher's
-  guidance model, the data's record parser and, with views, the augmenter.
-  ``job`` holds the run's parameters (``create_guidance`` makes it):
-  ``teacher_dir``, ``checkpoint_path``, ``data_dir``, ``out_dir``, ``kind``,
-  ``up_to``, ``features``, ``batch_size``, ``dtype``, ``views``,
-  ``augment_config``, ``view_seed``, ``babble_split``.
-  """
-
-  def __init__(self, job: dict, model=None, names: List[str] = ()):
-    """``model`` and ``names``: ``load_guidance_model(job)``, loaded now when None."""
-    from kws_tf import data
-    from kws_tf import model_dir as model_dir_lib
-    self._job = job
-    self._spec, self._data_meta, self._parse = model_dir_lib.model_records(
-        job["teacher_dir"], job["data_dir"])
-    if model is None:
-      model, names = load_guidance_model(job)
-    self._model, self._names = model, list(names)
-    self._augmenter = data.make_augmenter(job["data_dir"], job["augment_config"],
-                                          job["babble_split"]) if job["views"] else None
-
-  def write(self, data_path: str, progress: Callable[[int], None]) -> int:
-    """Writes ``<out_dir>/<name of data_path>``, the guidance of the data shard at
-    ``data_path`` (with views: of the raw shard of that name); returns its record count.
-
-    ``progress`` is called with the teacher inputs (clips or views) of every batch.
-    Raises OSError naming the file: the data shard when it cannot be read (a
-    damaged record), the guidance shard when it cannot be written (a full disk;
-    no part of it is left).
-    """
-    import tensorflow as tf
-    job, meta = self._job, self._data_meta
-    name = os.path.basename(data_path)
-    out_path = os.path.join(job["out_dir"], name)
-    if job["views"]:
-      data_path = os.path.join(job["data_dir"], meta.formats["raw"].dir, name)
-    try:
-      if job["views"]:
-        return _write_view_shard(self._model, self._spec, meta, self._augmenter, job["views"],
-                                 job["view_seed"], data_path, out_path, meta.compression,
-                                 job["dtype"], job["batch_size"], progress)
-      return _write_shard(self._model, self._parse, data_path, out_path, meta.compression,
-                          meta.compression, self._names, job["dtype"], job["batch_size"],
-                          progress)
-    except tf.errors.OpError as error:  # reading the data shard; writes raise OSError
-      raise OSError(None, records.tf_error_reason(error.message), data_path) from error
-
-
-def _write_shard(model, parse, data_path: str, out_path: str, data_compression: str,
-                 out_compression: str, names: List[str], dtype: str, batch_size: int,
-                 progress: Callable[[int], None]) -> int:
-  """Runs the teacher over one data shard and writes its guidance shard."""
-  import tensorflow as tf
-  from kws_tf import data
-  examples = [parse(s) for s in data.records_dataset([data_path], data_compression)]
-  order = np.argsort([int(e["num_frames"]) for e in examples], kind="stable")
-  results: Dict[int, Dict[str, np.ndarray]] = {}
-  for start in range(0, len(order), batch_size):
-    chunk = order[start:start + batch_size]
-    longest = max(int(examples[i]["num_frames"]) for i in chunk)
-    features = np.zeros([len(chunk), longest, examples[chunk[0]]["features"].shape[-1]],
-                        np.float32)
-    for row, i in enumerate(chunk):
-      values = examples[i]["features"].numpy()
-      features[row, :len(values)] = values
-    num_frames = np.array([int(examples[i]["num_frames"]) for i in chunk], np.int32)
-    out = model({"features": tf.constant(features), "num_frames": tf.constant(num_frames)},
-                training=False)
-    out = {k: v.numpy() for k, v in out.items()}
-    for row, i in enumerate(chunk):
-      frames = int(out["frames"][row])
-      results[int(i)] = {"frames": frames}
-      for name in names:
-        value = out[name][row]
-        if value.ndim == 2:
-          value = value[:frames]
-        results[int(i)][name] = value.astype(dtype)
-    progress(len(chunk))
-  return _write_records(
-      out_path, out_compression, dtype,
-      ((example["id"].numpy(), results[i]["frames"], {n: results[i][n] for n in names})
-       for i, example in enumerate(examples)))
-
-
-def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
-  """Writes a guidance shard atomically from ``(id bytes, frames, {name: array})`` rows
-  (arrays stored as little-endian ``dtype`` bytes); returns the record count."""
-  import tensorflow as tf
-  writer = records.ShardWriter(out_path, compression)
-  try:
-    for example_id, frames, outputs in rows:
-      feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id])),
-                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(frames)]))}
-      for name, value in outputs.items():
-        data = np.asarray(value).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
-        feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
-      writer.write(tf.train.Example(features=tf.train.Features(feature=feature))
-                   .SerializeToString(deterministic=True))
-  except BaseException:
-    writer.abort()
-    raise
-  writer.commit()
-  return writer.count
-
-
-def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter, views: int,
-                      view_seed: int, data_path: str, out_path: str, compression: str,
-                      dtype: str, batch_size: int, progress: Callable[[int], None]) -> int:
-  """Writes the teacher's logits ``[views, classes]`` for every record of one raw
-  data shard: view v of a record is its augmented window with seed
-  ``augment.view_seed(id, v, view_seed)``, through the teacher's front end."""
-  import tensorflow as tf
-  from kws_tf import augment, data
-  parse = data.raw_batch_parser(data_meta)
-  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
-  samples = data_meta.raw_clip_samples
-
-  def teacher_input(x):  # records [batch] -> their views [batch * views], record-major
-    view = tf.tile(tf.range(views), tf.shape(x["id"]))
-    seeds = augment.view_seed(tf.repeat(x["id"], views), view, view_seed)
-    choices = augmenter.draw(seeds, tf.repeat(x["shift_range"], views, axis=0), samples)
-    values = front_end(augmenter.apply(tf.repeat(x["waveform"], views, axis=0), choices))
-    return values, tf.fill(tf.shape(values)[:1], tf.shape(values)[1])
-
-  records_ds = data.records_dataset([data_path], compression).batch(
-      max(1, batch_size // views)).map(parse)
-  ids = [i for x in records_ds for i in x["id"].numpy()]
-  windows = records_ds.map(teacher_input)
-  logits, frames = [], []
-  for features, num_frames in windows:
-    out = model({"features": features, "num_frames": num_frames}, training=False)
-    logits.append(out["logits"].numpy())
-    frames.append(out["frames"].numpy())
-    progress(len(features))
-  if ids:
-    logits = np.concatenate(logits).reshape([len(ids), views, -1])
-    frames = np.concatenate(frames).reshape([len(ids), views])[:, 0]
-  return _write_records(out_path, compression, dtype,
-                        ((example_id, count, {"logits": values})
-                         for example_id, values, count in zip(ids, logits, frames)))
 
 
 def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "logits",
@@ -301,8 +105,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
          "batch_size": batch_size, "dtype": dtype, "views": views,
          "augment_config": augment_config, "view_seed": view_seed,
          "babble_split": babble_split}
-  model, names = load_guidance_model(job)
-  outputs = _shapes(model, names)
+  model, names = guidance_shards.load_guidance_model(job)
+  outputs = guidance_shards.output_shapes(model, names)
   if views:
     outputs = {"logits": {**outputs["logits"], "shape": [views] + outputs["logits"]["shape"]}}
   todo = []
@@ -320,7 +124,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
       beam_guidance.write(todo, job, beam_pipeline_options)
   else:
     print(message, flush=True)
-    _write_locally(GuidanceWriter(job, model, names), todo, data_meta, splits, kind, views)
+    _write_locally(guidance_shards.GuidanceWriter(job, model, names), todo, data_meta, splits, kind, views)
   meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec.task,
           "frame_seconds": spec.output_frame_seconds, "compression": data_meta.compression,
           "outputs": outputs, "data_format": fmt, "teacher_dir": teacher_dir,
@@ -331,7 +135,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   return meta
 
 
-def _write_locally(writer: GuidanceWriter, todo: List[str], data_meta: records.RecordsMetadata,
+def _write_locally(writer: "guidance_shards.GuidanceWriter", todo: List[str], data_meta: records.RecordsMetadata,
                    splits: List[str], kind: str, views: int) -> None:
   """Writes the guidance of the data shards ``todo`` in this process, with a progress bar
   over every shard of ``splits`` (counting teacher inputs: clips, or views of clips)."""

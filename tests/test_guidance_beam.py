@@ -7,7 +7,7 @@ import shutil
 import pytest
 
 from conftest import run_module
-from data_prep import guidance
+from data_prep import guidance, guidance_shards
 from kws_tf import config as config_lib
 
 MODULE = "data_prep.create_guidance"
@@ -28,8 +28,8 @@ def test_beam_runner_writes_the_bytes_of_the_local_runner(kind, kws_teacher_dir,
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
   guidance.create_guidance(kws_teacher_dir, kws_train_records, local, **args)
   loads = []
-  load = guidance.load_guidance_model
-  monkeypatch.setattr(guidance, "load_guidance_model", lambda job: loads.append(1) or load(job))
+  load = guidance_shards.load_guidance_model
+  monkeypatch.setattr(guidance_shards, "load_guidance_model", lambda job: loads.append(1) or load(job))
   guidance.create_guidance(kws_teacher_dir, kws_train_records, beam, runner="beam", **args)
   shards = sorted(n for n in _files(local) if n.endswith(".tfrecord"))
   assert len(shards) >= 3
