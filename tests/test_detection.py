@@ -226,7 +226,7 @@ def stream_file(tmp_path_factory):
   path = str(folder / "model_stream_float32.tflite")
   with open(path, "wb") as f:
     f.write(streaming.convert(str(folder / "saved"), "stream_float32", model.name))
-  stream_card = streaming.streaming_card(module.layout, 16000)
+  stream_card = streaming.streaming_card(module, 16000)
   runner = inference.StreamingTFLiteModel(path, stream_card)
   parity = {"num_examples": 0, "max_abs_logit_error": 0.0, "exported": {"accuracy": 0.0},
             "keras": {"accuracy": 0.0}, "drop_points": 0.0}
