@@ -11,9 +11,8 @@ signal processing:
              together, as Kaldi's speed perturbation), by one of
              ``SPEED_VALUES`` factors evenly spaced in ``[speed_min, speed_max]``
   shift      the window's start moves by up to ``max_shift_seconds`` from the
-             centred clip (from ``keyword_delay_seconds`` before it: the clip
-             then sits that much later in the window), within the record's
-             ``shift_range`` (the offsets at which its label stays true)
+             centred clip, within the record's ``shift_range`` (the offsets at
+             which its label stays true)
   reverb     convolution with a room impulse response: one of ``rirs`` or of
              ``SYNTHETIC_ROOMS`` synthetic ones (direct path, then exponentially
              decaying Gaussian noise with RT60 in ``[rt60_min, rt60_max]`` seconds)
@@ -287,25 +286,22 @@ class Augmenter:
     speed = tf.minimum(tf.cast(column("speed") * len(self._speeds), tf.int32),
                        len(self._speeds) - 1)
     factor = tf.where(sped, tf.gather(tf.constant(self._speeds, tf.float32), speed), 1.0)
-    delay = float(c.keyword_delay_seconds)
-    low = tf.fill(tf.shape(factor), -delay - float(c.max_shift_seconds))
-    high = tf.fill(tf.shape(factor), -delay + float(c.max_shift_seconds))
+    low = tf.fill(tf.shape(factor), -float(c.max_shift_seconds))
+    high = -low
     if shift_range is not None:
       # The audio is stretched by 1 / factor about the clip's centre while the
       # window keeps its length: a keyword must stay inside the window, a
       # negative's window must stay between its keywords. Either way, the
-      # stricter bound of the two; the range is clipped into them (and they
-      # always allow the centred window).
+      # stricter bound of the two.
       half = self.window / self.sample_rate / 2
       lowest, highest = shift_range[:, 0], shift_range[:, 1]
-      allowed_low = tf.minimum(tf.maximum((lowest + half) / factor - half,
-                                          (lowest - half) / factor + half), 0.0)
-      allowed_high = tf.maximum(tf.minimum((highest - half) / factor + half,
-                                           (highest + half) / factor - half), 0.0)
-      low = tf.clip_by_value(low, allowed_low, allowed_high)
-      high = tf.clip_by_value(high, allowed_low, allowed_high)
+      low = tf.maximum(low, tf.maximum((lowest + half) / factor - half,
+                                        (lowest - half) / factor + half))
+      high = tf.minimum(high, tf.minimum((highest - half) / factor + half,
+                                         (highest + half) / factor - half))
+      low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)
     offset = tf.zeros(tf.shape(factor), tf.int32)
-    if c.max_shift_seconds > 0 or delay > 0:
+    if c.max_shift_seconds > 0:
       offset = tf.cast(tf.round(between("shift", low, high) * self.sample_rate), tf.int32)
     # The first sample of the stretch, in samples of the sped-up waveform.
     stretched = tf.cast(tf.round(tf.cast(samples, tf.float32) / factor), tf.int32)

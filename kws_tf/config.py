@@ -92,11 +92,6 @@ class AugmentConfig:
     enabled: augment the training clips.
     max_shift_seconds: the window moves up to this far from the centred clip,
       within each record's shift range (the offsets that keep its label).
-    keyword_delay_seconds: the shift's range is centred this much earlier, so
-      a keyword sits this much later in the window than its centre (kept
-      inside the window): about 0.3 trains a student whose posterior rises as
-      soon as a keyword ends, the short detection delay of an always-on
-      detector (``kws_tf.detection``); 0 centres the keywords.
     speed_prob, speed_min, speed_max: speed perturbation (tempo and pitch).
     reverb_prob, rt60_min, rt60_max: reverberation, RT60 in seconds
       (synthetic rooms unless ``rir_dir`` is set).
@@ -114,7 +109,6 @@ class AugmentConfig:
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3
-  keyword_delay_seconds: float = 0.0
   speed_prob: float = 0.5
   speed_min: float = 0.85
   speed_max: float = 1.15
@@ -150,9 +144,6 @@ class AugmentConfig:
                           f"{' and > 0' if floor is not None else ''}; got {low} and {high}")
     if self.max_shift_seconds < 0:
       raise ConfigError(f"augment.max_shift_seconds must be >= 0; got {self.max_shift_seconds}")
-    if not 0.0 <= self.keyword_delay_seconds < 1.0:
-      raise ConfigError("augment.keyword_delay_seconds must be in [0, 1) seconds; got "
-                        f"{self.keyword_delay_seconds}")
     if self.babble_seconds <= 0:
       raise ConfigError(f"augment.babble_seconds must be > 0; got {self.babble_seconds}")
 

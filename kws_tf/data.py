@@ -617,12 +617,7 @@ def check_views(guidance: Guidance, config, train_split: str) -> None:
         "teacher's logits for the clean ones; make guidance of the same views: "
         "kws-create-guidance --views=8 --augment_recipe=<this recipe> (same --override)")
   wanted = augment.view_fields(config)
-  # Fields added to the augment section since the guidance was made had their
-  # default's effect then.
-  made = {**augment.view_fields(config_lib.AugmentConfig()),
-          **guidance.metadata.get("augment", {})}
-  if "version" not in guidance.metadata.get("augment", {}):
-    made.pop("version")
+  made = guidance.metadata.get("augment", {})
   differ = sorted(k for k in set(wanted) | set(made) if wanted.get(k) != made.get(k))
   if guidance.metadata.get("babble_split") != train_split:
     differ.append("data.train_split (babble)")

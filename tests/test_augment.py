@@ -304,36 +304,6 @@ def test_augmenter_shift_stays_in_the_shift_range(shift_range, expected):
   assert offsets.min() < expected[0] + 0.1 * width and offsets.max() > expected[1] - 0.1 * width
 
 
-@pytest.mark.parametrize("max_shift,shift_range,expected", [
-    (0.1, (-0.5, 0.5), (-0.4, -0.2)),     # 0.3 s later, +-0.1 s
-    (0.1, (-0.25, 0.3), (-0.25, -0.2)),   # kept inside the label's range
-    (0.0, (-0.1, 0.1), (-0.1, -0.1)),     # no shift: as late as the range allows
-])
-def test_keyword_delay_puts_the_clip_later_in_the_window_within_its_range(max_shift, shift_range,
-                                                                           expected):
-  fn = tf.function(augment.Augmenter(
-      quiet(max_shift_seconds=max_shift, keyword_delay_seconds=0.3), SR, CLIP))
-  offsets = _impulse_offsets(fn, shift_range, seeds=60)
-  tolerance = 1.0 / SR
-  assert offsets.min() >= expected[0] - tolerance and offsets.max() <= expected[1] + tolerance
-  width = expected[1] - expected[0]
-  assert offsets.min() < expected[0] + 0.1 * width + tolerance
-  assert offsets.max() > expected[1] - 0.1 * width - tolerance
-
-
-def test_guidance_made_before_keyword_delay_existed_matches_a_recipe_without_it(tmp_path):
-  """Views made before ``keyword_delay_seconds`` was a field are the views of its
-  default (0); a recipe that sets it needs other views."""
-  fields = augment.view_fields(quiet(max_shift_seconds=0.3))
-  fields.pop("keyword_delay_seconds")
-  spec = {"id": tf.io.FixedLenFeature([], tf.string)}
-  guidance = data.Guidance(str(tmp_path), spec, "none", views=2,
-                           metadata={"augment": fields, "babble_split": "train"})
-  data.check_views(guidance, quiet(max_shift_seconds=0.3), "train")
-  with pytest.raises(ValueError, match="differs in: keyword_delay_seconds"):
-    data.check_views(guidance, quiet(max_shift_seconds=0.3, keyword_delay_seconds=0.3), "train")
-
-
 def _sped_up(config_speed, fn_signal, shift_range, seeds=40):
   config = quiet(max_shift_seconds=0.3, speed_prob=1.0, speed_min=config_speed,
                  speed_max=config_speed)
