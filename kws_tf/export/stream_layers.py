@@ -74,6 +74,16 @@ SAMPLES = "samples"
 POOL = "pool"
 
 
+def check_hop(front_end, clip_samples: int, hop_samples: int) -> None:
+  """ValueError unless the hop is a multiple of the front end's ``frame_step``
+  that divides the clip (every window starts on the frame grid)."""
+  step = front_end.frame_step
+  if hop_samples <= 0 or hop_samples % step or clip_samples % hop_samples:
+    raise ValueError(f"the stream's hop must be a multiple of the front end's frame step "
+                     f"({step} samples) that divides the clip ({clip_samples} samples); got "
+                     f"{hop_samples} samples")
+
+
 class _Unsupported(Exception):
   """Why a student does not stream layer by layer."""
 
@@ -201,11 +211,8 @@ class LayerPlan:
     _check_front_end(front_end)
     self.front_end = front_end
     self.clip_samples, self.hop_samples = clip_samples, hop_samples
+    check_hop(front_end, clip_samples, hop_samples)
     step, hop, clip = front_end.frame_step, hop_samples, clip_samples
-    if hop <= 0 or hop % step or clip % hop:
-      raise ValueError(f"the stream's hop must be a multiple of the front end's frame step "
-                       f"({step} samples) that divides the clip ({clip} samples); got "
-                       f"{hop} samples")
     window_frames = front_end.num_frames(clip)
     if window_frames < 1:
       raise ValueError(f"a clip of {clip} samples holds no frame of {front_end.fft_length}")

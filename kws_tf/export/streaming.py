@@ -126,15 +126,11 @@ class StreamLayout:
     if self.front_end.format != "mfcc":
       raise ValueError(f"a streaming file needs an mfcc front end, got "
                        f"{self.front_end.format!r}")
-    step, hop, clip = self.front_end.frame_step, self.hop_samples, self.clip_samples
-    if hop <= 0 or hop % step or clip % hop:
-      raise ValueError(f"the stream's hop must be a multiple of the front end's frame step "
-                       f"({step} samples) that divides the clip ({clip} samples); got "
-                       f"{hop} samples")
+    stream_layers.check_hop(self.front_end, self.clip_samples, self.hop_samples)
     if self.hop_frames > self.inner_frames:
-      raise ValueError(f"the stream's hop of {hop} samples ({self.hop_frames} frames) is "
-                       f"longer than the window's {self.inner_frames} frames without "
-                       "reflected samples")
+      raise ValueError(f"the stream's hop of {self.hop_samples} samples ({self.hop_frames} "
+                       f"frames) is longer than the window's {self.inner_frames} frames "
+                       "without reflected samples")
 
   @property
   def step(self) -> int:
