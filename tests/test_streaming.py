@@ -185,7 +185,10 @@ def test_stream_int8_matches_the_int8_file_on_every_full_window(name, params, fe
     (VALID_WAV2LETTER, PHONE_MFCC_LOCAL, 640),
     ({**VALID_WAV2LETTER, "strides": [1, 1, 1], "conv_type": "gated"}, PHONE_MFCC_LOCAL, 320),
     (VALID_WAV2LETTER, DEFAULT_MFCC_LOCAL, 1600),
-], ids=["stride2-phone-40ms", "gated-stride1-phone-20ms", "stride2-default-100ms"])
+    ({**VALID_WAV2LETTER, "pooling": "centred"}, PHONE_MFCC_LOCAL, 640),
+    ({**VALID_WAV2LETTER, "pooling": "attention"}, PHONE_MFCC_LOCAL, 640),
+], ids=["stride2-phone-40ms", "gated-stride1-phone-20ms", "stride2-default-100ms",
+        "centred-phone-40ms", "attention-phone-40ms"])
 def test_layer_stream_float32_equals_the_non_streaming_file_on_every_window(
     params, feature_params, hop, tmp_path):
   spec = _spec("wav2letter", params, feature_params)
@@ -243,8 +246,6 @@ def test_layer_stream_refuses_hops_and_windows_it_cannot_stream(params, feature_
     ("wav2letter", VALID_WAV2LETTER, {**PHONE_MFCC_LOCAL, "delta_width": 9},
      "window-wide operations (delta_width=9"),
     ("wav2letter_kws_tiny", {}, PHONE_MFCC_LOCAL, "layer 'conv0_mask' reads a frame mask"),
-    ("wav2letter", {**VALID_WAV2LETTER, "pooling": "centred"}, PHONE_MFCC_LOCAL,
-     "layer 'pool' (CentredMean) mixes frames"),
     ("mobilenet_v3_small", {"alpha": 0.25}, PHONE_MFCC_LOCAL,
      "layer 'stem_mask' reads a frame mask"),
 ])

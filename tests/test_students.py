@@ -42,6 +42,9 @@ SMALL_MODELS = {
     "wav2letter_centred": ("wav2letter", dict(
         filters=(16, 16, 24), widths=(7, 3, 1), strides=(2, 1, 1), dropouts=(0.1, 0.1, 0.0),
         pooling="centred")),
+    "wav2letter_attention": ("wav2letter", dict(
+        filters=(16, 16, 24), widths=(7, 3, 1), strides=(2, 1, 1), dropouts=(0.1, 0.1, 0.0),
+        pooling="attention")),
     "mobilenet_v3_small": ("mobilenet_v3_small", dict(alpha=0.5)),
     "mobilenet_v3_minimalistic": ("mobilenet_v3_small", dict(alpha=0.5, minimalistic=True)),
     "resnet18": ("resnet18", dict(width=0.125)),
@@ -483,6 +486,7 @@ def test_projection_output(family):
 
 
 @pytest.mark.parametrize("family,task", [("wav2letter", "ctc"), ("wav2letter_centred", "kws"),
+                                         ("wav2letter_attention", "kws"),
                                          ("mobilenet_v3_minimalistic", "kws")])
 def test_quantization_aware_training(family, task):
   from tensorflow_model_optimization.quantization.keras import QuantizeWrapperV2

@@ -11,8 +11,8 @@ any window-wide operation streams layer by layer instead:
 * a body of time convolutions without padding (wav2letter ``padding="valid"``:
   ``Conv2D`` with kernel ``(k, 1)``, stride ``(s, 1)``, "valid") and per-frame
   layers (batch norm, activation, the GLU's product, dropout, the reshape of
-  the features), ending in the mean over the window's frames (``MaskedMean``),
-  then the classifier.
+  the features), ending in a pooling over the window's frames (``MaskedMean``,
+  ``CentredMean`` or ``AttentivePooling``), then the classifier.
 
 Then every frame of every layer is a function of a fixed span of past samples,
 so a window's frames at each layer are frames of one sequence that continues
@@ -31,9 +31,9 @@ complete, from buffers of the frames before them, carried as state tensors
              input frames ``[1, frames, 1, channels]``, one state for the convs
              that read the same input, as a GLU's two halves)
   per frame  on the new frames only
-  pooling    the mean of the window's last-layer frames: the new ones and the
+  pooling    the pooling of the window's last-layer frames: the new ones and the
              ones before them (state ``pool``, ``[1, frames, 1, channels]``)
-  head       the classifier on the mean
+  head       the classifier on the pooled vector
 
 A window's last frame at a layer need not read its input's last frame (a
 stride-2 layer over an even number of frames skips one): the buffers keep the
@@ -49,7 +49,7 @@ zeros), so from the first call the outputs are those of the non-streaming file
 on the window with zeros before the stream's start, as the window path's are.
 
 Only these students stream this way; any other (padded convolutions,
-MobileNetV3's 2-D blocks, centre-weighted pooling, a front end with a
+MobileNetV3's 2-D blocks, a front end with a
 window-wide operation) streams by running its network on the whole window
 (``streaming.StreamLayout``), still exact, at the cost of the whole network
 every call. ``unsupported`` says why a student does not stream layer by layer.
@@ -70,6 +70,8 @@ from kws_tf.models import heads
 # the frames, ``_check_reshape``).
 _PER_FRAME = (keras.layers.BatchNormalization, keras.layers.Activation, keras.layers.Dropout,
               keras.layers.Multiply, keras.layers.Dense, keras.layers.Reshape)
+# Poolings over a layer's valid frames; a full window's frames are all valid.
+_POOLINGS = (heads.MaskedMean, heads.CentredMean, heads.AttentivePooling)
 SAMPLES = "samples"
 POOL = "pool"
 
@@ -128,7 +130,7 @@ def _check_reshape(layer: keras.layers.Reshape) -> None:
 def _walk(model: keras.Model) -> List[_Op]:
   """The model's layers from its ``features`` input to its ``logits``, in
   order, as ``_Op``s; ``_Unsupported`` at the first layer that mixes frames
-  otherwise than a time convolution without padding or the masked mean."""
+  otherwise than a time convolution without padding or a pooling of frames."""
   frames = {id(model.input["features"])}  # tensors of one vector per frame
   masks = set()
   ops = []
@@ -139,9 +141,9 @@ def _walk(model: keras.Model) -> List[_Op]:
       masks.add(id(layer.output))
       continue
     inputs = [id(t) for t in tf.nest.flatten(layer.input)]
-    if isinstance(layer, heads.MaskedMean):
+    if isinstance(layer, _POOLINGS):
       if len(inputs) != 2 or inputs[0] not in frames or inputs[1] not in masks:
-        raise _Unsupported(f"its pooling {layer.name!r} does not average a layer's frames")
+        raise _Unsupported(f"its pooling {layer.name!r} does not pool a layer's frames")
       ops.append(_Op("pool", layer, inputs[:1], id(layer.output)))
       frames.add(id(layer.output))
       continue
@@ -159,7 +161,7 @@ def _walk(model: keras.Model) -> List[_Op]:
     ops.append(_Op(kind, layer, inputs, id(layer.output)))
     frames.add(id(layer.output))
   if id(model.output["logits"]) not in frames or not any(op.kind == "pool" for op in ops):
-    raise _Unsupported("its logits do not come from a mean over frames")
+    raise _Unsupported("its logits do not come from a pooling over frames")
   return ops
 
 
@@ -301,10 +303,13 @@ class LayerPlan:
           end = x.shape[1] - conv.skip
           tensors[op.output] = layer(x[:, end - conv.read:end], training=False)
         else:
-          x = self._extend(tensors[op.inputs[0]], POOL, state, outputs)
-          pooled = tf.reduce_mean(tf.cast(x[:, -self.pool_frames:], tf.float32), axis=[1, 2],
-                                  keepdims=layer.keepdims)
-          tensors[op.output] = tf.cast(pooled, layer.compute_dtype)
+          x = self._extend(tensors[op.inputs[0]], POOL, state, outputs)[:, -self.pool_frames:]
+          if isinstance(layer, heads.MaskedMean):
+            pooled = tf.cast(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2],
+                                            keepdims=layer.keepdims), layer.compute_dtype)
+          else:  # weights over the window's frames, all of them valid
+            pooled = layer([x, tf.ones([1, self.pool_frames, 1, 1], x.dtype)], training=False)
+          tensors[op.output] = pooled
     return tensors[id(model.output["logits"])], outputs
 
   def _extend(self, new: tf.Tensor, name: str, state: Dict[str, tf.Tensor],

@@ -322,7 +322,8 @@ def pad_for_conv(x: tf.Tensor, kernel_size: Tuple[int, int], strides: Tuple[int,
   return keras.layers.ZeroPadding2D(padding, name=name)(x), "valid"
 
 
-POOLINGS = ("mean", "centred")
+POOLINGS = ("mean", "centred", "attention")
+ATTENTION_UNITS = 32  # width of a student's attention scorer (``pooling="attention"``)
 
 
 def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
@@ -343,7 +344,8 @@ def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
     num_classes: kws classes, or the ctc vocabulary size including blank.
     projection_dim: size of the ``projection`` output; 0 for none.
     dropout: dropout rate before the classifier.
-    pooling: kws: "mean" (``MaskedMean``) or "centred" (``CentredMean``).
+    pooling: kws: "mean" (``MaskedMean``), "centred" (``CentredMean``) or
+      "attention" (``AttentivePooling`` of ``ATTENTION_UNITS``).
 
   Returns:
     kws: ``logits [batch, num_classes]`` (+ ``projection [batch, projection_dim]``);
@@ -355,7 +357,10 @@ def head(task: str, x: tf.Tensor, masks: FrameMasks, num_frames: tf.Tensor, *,
   if pooling not in POOLINGS:
     raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
   if task == "kws":
-    pool = CentredMean(name="pool") if pooling == "centred" else MaskedMean(name="pool")
+    if pooling == "attention":
+      pool = AttentivePooling(ATTENTION_UNITS, name="pool")
+    else:
+      pool = CentredMean(name="pool") if pooling == "centred" else MaskedMean(name="pool")
     features = pool([x, masks(time_stride, receptive_field)])
     outputs = {"logits": _classifier(features, num_classes, dropout)}
   else:

@@ -82,8 +82,9 @@ def wav2letter(*, task: str, num_channels: int, num_classes: int, projection_dim
     batch_norm: batch normalization after each conv.
     activation: Keras activation name after each "conv" layer.
     head_dropout: dropout rate before the classifier.
-    pooling: kws: "mean" over the clip or "centred" (weighted towards its centre,
-      ``heads.CentredMean``).
+    pooling: kws: "mean" over the clip, "centred" (weighted towards its centre,
+      ``heads.CentredMean``) or "attention" (weighted by a learned score of each
+      frame, ``heads.AttentivePooling``).
     padding: "same" (zeros at the edges) or "valid" (kws: none; module docstring).
     name: the model's name.
   """
