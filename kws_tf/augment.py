@@ -25,6 +25,10 @@ signal processing:
   telephone  a 300-3400 Hz band and 8-bit mu-law companding
   gain       ``[gain_db_min, gain_db_max]`` dB, then clipping to [-1, 1]
 
+``draw`` also chooses each view's vocal tract length perturbation (one of
+``VTLP_VALUES`` factors evenly spaced in ``[vtlp_min, vtlp_max]``), which the
+input pipeline applies to the window's features (``kws_tf.warp``), not here.
+
 Each step runs with its probability. The window is a function of the
 waveform, the seed and the shift range only, so a seed reproduces a view
 exactly: a resumed run draws the same views, and the teacher's guidance for a
@@ -51,11 +55,12 @@ AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
 VERSION = 2
 SYNTHETIC_ROOMS = 128  # synthetic impulse responses an Augmenter draws once
 SPEED_VALUES = 7  # speed factors, evenly spaced from speed_min to speed_max
+VTLP_VALUES = 9  # warp factors, evenly spaced from vtlp_min to vtlp_max
 NOISE_BLOCK = 160  # samples: noise stretches start on multiples of this in their bank
 COLOURED_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0)  # spectral slopes of the coloured-noise banks
 # The uniform draws of one view, by column.
 _COLUMNS = ("speed_on", "speed", "shift", "reverb_on", "room", "noise_on", "noise_kind",
-            "noise_bank", "noise_at", "snr", "telephone_on", "gain")
+            "noise_bank", "noise_at", "snr", "telephone_on", "gain", "vtlp_on", "vtlp")
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, SplitMix64's increment
 _BANK_SEEDS = ((7, 1), (7, 2), (7, 3), (7, 4))  # RT60s, room tails, white noise, babble offsets
 _COLOURED_SECONDS = 20.0  # each coloured-noise bank
@@ -143,10 +148,11 @@ def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
 
 
 def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:
-  """What makes a view: the augment section's fields (without ``enabled``) and
-  ``version``, the version of this module's drawing and processing."""
-  fields = dataclasses.asdict(config)
-  fields.pop("enabled")
+  """What makes a view: the augment section's fields (without ``enabled`` and
+  the student's own feature warp, ``vtlp_*``) and ``version``, the version of
+  this module's drawing and processing."""
+  fields = {key: value for key, value in dataclasses.asdict(config).items()
+            if key != "enabled" and not key.startswith("vtlp_")}
   fields["version"] = VERSION
   return fields
 
@@ -187,6 +193,9 @@ class Augmenter:
     span = self.window + self.lead_in
     values = SPEED_VALUES if config.speed_max > config.speed_min else 1
     self._speeds = [float(f) for f in np.linspace(config.speed_min, config.speed_max, values)]
+    values = VTLP_VALUES if config.vtlp_max > config.vtlp_min else 1
+    self.warp_factors = ([float(f) for f in np.linspace(config.vtlp_min, config.vtlp_max, values)]
+                         if config.vtlp_prob > 0 else [])
     self._lengths = [int(round(span * f)) for f in self._speeds]  # input samples per stretch
     for name, bank in (("babble", babble), ("noise", noise)):
       if bank is not None and len(bank) <= span:
@@ -275,7 +284,8 @@ class Augmenter:
       samples: length of the context waveforms.
 
     Returns:
-      a dict of ``[batch]`` tensors that ``apply`` takes.
+      a dict of ``[batch]`` tensors that ``apply`` takes, and ``warp``: each
+      view's index in ``warp_factors`` (-1: none), for the features.
     """
     c = self.config
     u = uniforms(seeds, len(_COLUMNS))
@@ -321,7 +331,16 @@ class Augmenter:
         "noise_at": column("noise_at"),
         "snr_db": between("snr", c.snr_db_min, c.snr_db_max),
         "telephone": column("telephone_on") < c.telephone_prob,
-        "gain_db": between("gain", c.gain_db_min, c.gain_db_max)}
+        "gain_db": between("gain", c.gain_db_min, c.gain_db_max),
+        "warp": self._warp(column("vtlp_on"), column("vtlp"))}
+
+  def _warp(self, on: tf.Tensor, which: tf.Tensor) -> tf.Tensor:
+    """int32 ``[batch]``: each view's index in ``warp_factors``, -1 for none."""
+    count = len(self.warp_factors)
+    if not count:
+      return tf.fill(tf.shape(on), -1)
+    index = tf.minimum(tf.cast(which * count, tf.int32), count - 1)
+    return tf.where(on < self.config.vtlp_prob, index, -1)
 
   def apply(self, waveforms: tf.Tensor, choices: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The windows of a batch (the signal processing, vectorised).

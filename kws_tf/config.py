@@ -106,6 +106,10 @@ class AugmentConfig:
       ``_background_noise_``), read recursively.
     telephone_prob: a 300-3400 Hz band and 8-bit mu-law.
     gain_db_min, gain_db_max: level change in dB (then clipped to [-1, 1]).
+    vtlp_prob, vtlp_min, vtlp_max: vocal tract length perturbation of the
+      features (``kws_tf.warp``): the frequency axis scaled by a factor in
+      ``[vtlp_min, vtlp_max]``. The student's own perturbation, as SpecAugment:
+      it leaves the waveform, and so the teacher's guidance views, unchanged.
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3
@@ -128,16 +132,20 @@ class AugmentConfig:
   telephone_prob: float = 0.15
   gain_db_min: float = -12.0
   gain_db_max: float = 6.0
+  vtlp_prob: float = 0.0
+  vtlp_min: float = 0.9
+  vtlp_max: float = 1.1
 
   def validate(self) -> None:
     """ConfigError naming the first bad field."""
-    for key in ("speed_prob", "reverb_prob", "noise_prob", "telephone_prob"):
+    for key in ("speed_prob", "reverb_prob", "noise_prob", "telephone_prob", "vtlp_prob"):
       if not 0.0 <= getattr(self, key) <= 1.0:
         raise ConfigError(f"augment.{key} must be in [0, 1]; got {getattr(self, key)}")
     ranges = [("speed", self.speed_min, self.speed_max, 0.0),
               ("rt60", self.rt60_min, self.rt60_max, 0.0),
               ("snr_db", self.snr_db_min, self.snr_db_max, None),
-              ("gain_db", self.gain_db_min, self.gain_db_max, None)]
+              ("gain_db", self.gain_db_min, self.gain_db_max, None),
+              ("vtlp", self.vtlp_min, self.vtlp_max, 0.0)]
     for name, low, high, floor in ranges:
       if low > high or (floor is not None and low <= floor):
         raise ConfigError(f"augment.{name}_min must be <= augment.{name}_max"

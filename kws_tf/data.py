@@ -22,7 +22,7 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from kws_tf import augment, features, records
+from kws_tf import augment, features, records, warp
 from kws_tf import config as config_lib
 from kws_tf.models import heads
 
@@ -247,7 +247,7 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
   compression = metadata.compression
   samples = metadata.raw_clip_samples
   parse = raw_batch_parser(metadata)
-  front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize)
+  front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize, augmenter.warp_factors)
   frames = front_end.config.num_frames(augmenter.window)
   channels = front_end.config.num_channels
   if guidance is not None:
@@ -274,7 +274,7 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
         x["guidance_logits"] = tf.gather(x["guidance_logits"], view, axis=1, batch_dims=1)
     waveforms = x.pop("waveform")
     choices = augmenter.draw(seeds, x.pop("shift_range"), samples)
-    values = front_end(augmenter.apply(waveforms, choices))
+    values = front_end(augmenter.apply(waveforms, choices), choices["warp"])
     if spec_augment is not None:
       values = tf.where(spec_augment.keep(keys[:, :2], frames, channels), values, 0.0)
     x["features"] = values
@@ -358,24 +358,29 @@ class WaveformFrontEnd:
   """Features of augmented windows, as the converter computes them.
 
   Called with windows (float32 ``[batch, samples]``), it returns their
-  features ``[batch, frames, channels]``, standardised with
-  ``normalization``'s per-channel ``mean`` and ``std`` when given.
+  features ``[batch, frames, channels]``, warped by ``warp_factors[warp_index[b]]``
+  when given each example's ``warp_index`` (int32 ``[batch]``, -1: none;
+  ``kws_tf.warp``), then standardised with ``normalization``'s per-channel
+  ``mean`` and ``std`` when given.
 
   Args:
     feature_params: a ``kws_tf.features`` config as a dict.
     normalization: ``{"mean": [...], "std": [...]}`` or None.
+    warp_factors: the vocal tract length perturbation's factors.
   """
 
-  def __init__(self, feature_params: dict, normalization: Optional[dict]):
+  def __init__(self, feature_params: dict, normalization: Optional[dict],
+               warp_factors: Sequence[float] = ()):
     self.config = features.from_dict(feature_params)
+    self.warp = warp.FeatureWarp(self.config, warp_factors) if warp_factors else None
     self.mean = self.std = None
     if normalization is not None:
       self.mean = tf.constant(normalization["mean"], tf.float32)
       self.std = tf.constant(normalization["std"], tf.float32)
 
   @classmethod
-  def of_records(cls, metadata: records.RecordsMetadata, fmt: str,
-                 normalize: bool) -> "WaveformFrontEnd":
+  def of_records(cls, metadata: records.RecordsMetadata, fmt: str, normalize: bool,
+                 warp_factors: Sequence[float] = ()) -> "WaveformFrontEnd":
     """The front end of the records' ``fmt``, standardised with their statistics."""
     if fmt not in metadata.formats:
       raise ValueError(f"the records have no {fmt!r} format, whose front-end parameters "
@@ -385,10 +390,12 @@ class WaveformFrontEnd:
       stats = metadata.normalization.get(fmt)
       if stats is None:
         raise ValueError(f"metadata.json has no normalisation statistics for {fmt!r}")
-    return cls(metadata.formats[fmt].params, stats)
+    return cls(metadata.formats[fmt].params, stats, warp_factors)
 
-  def __call__(self, windows: tf.Tensor) -> tf.Tensor:
+  def __call__(self, windows: tf.Tensor, warp_index: Optional[tf.Tensor] = None) -> tf.Tensor:
     values = self.config.compute(windows)
+    if warp_index is not None and self.warp is not None:
+      values = self.warp(values, warp_index)
     if self.mean is not None:
       values = (values - self.mean) / self.std
     return values

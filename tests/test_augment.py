@@ -15,7 +15,7 @@ import kws_tf  # noqa: F401
 import tensorflow as tf
 
 from conftest import run_module
-from kws_tf import augment, data, records, text
+from kws_tf import augment, data, features, records, text, warp
 from kws_tf.config import AugmentConfig
 
 SR = 16000
@@ -577,6 +577,28 @@ def test_pipeline_without_augmentation_gives_the_stored_features(context_records
       assert int(batch["label"][i]) == record["label"]
       seen += 1
   assert seen == len(stored)
+
+
+def test_pipeline_with_vtlp_alone_gives_the_stored_features_warped(context_records):
+  """Every example's features are its stored clip's, warped by one of the factors."""
+  config = quiet(vtlp_prob=1.0)
+  augmenter = augment.Augmenter(config, SR, CLIP)
+  metadata = records.load_metadata(context_records)
+  stats = metadata.normalization["mfcc"]
+  front_end = features.from_dict(metadata.formats["mfcc"].params)
+  maps = [warp.channel_map(front_end, f) for f in augmenter.warp_factors]
+  stored = read_records(context_records, "mfcc", "train")
+  ds = data.make_dataset(context_records, "mfcc", "train", batch_size=8, training=True,
+                         augmenter=augmenter, seed=3)
+  used = set()
+  for batch in ds.take(3):
+    for i, example_id in enumerate(batch["id"].numpy()):
+      values = stored[example_id.decode()]["values"]
+      errors = [np.abs(batch["features"][i].numpy() - (values @ m - np.array(stats["mean"]))
+                       / np.array(stats["std"])).max() for m in maps]
+      assert min(errors) < 1e-3, errors
+      used.add(int(np.argmin(errors)))
+  assert len(used) > 2
 
 
 def test_augmented_pipeline_is_a_function_of_the_seed(context_records):

@@ -1,0 +1,89 @@
+"""Vocal tract length perturbation of features (kws_tf.warp)."""
+import numpy as np
+import pytest
+
+from kws_tf import augment, features, warp
+from kws_tf import config as config_lib
+
+RATE = 16000
+CONFIGS = {
+    "mfcc": features.MfccConfig(),
+    "mfcc_phone": features.MfccConfig(frame_length=320, frame_step=320, fft_length=320,
+                                      num_mel_bins=40, num_mfcc=13),
+    "logmel": features.LogMelConfig(),
+    "power": features.PowerConfig(),
+}
+
+
+def _tone(hz: float, seconds: float = 0.5) -> np.ndarray:
+  t = np.arange(int(seconds * RATE)) / RATE
+  return (0.5 * np.sin(2 * np.pi * hz * t)).astype(np.float32)
+
+
+def test_warp_hz_scales_below_the_boundary_and_keeps_nyquist():
+  nyquist = RATE / 2
+  hz = np.linspace(0, nyquist, 1001)
+  for factor in (0.9, 1.0, 1.1):
+    moved = warp.warp_hz(hz, factor, nyquist)
+    assert np.all(np.diff(moved) > 0)
+    assert moved[0] == 0 and moved[-1] == pytest.approx(nyquist)
+    low = hz < warp.CUTOFF * nyquist * min(factor, 1) / factor
+    np.testing.assert_allclose(moved[low], hz[low] * factor)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_factor_one_is_the_identity(name):
+  np.testing.assert_allclose(warp.channel_map(CONFIGS[name], 1.0),
+                             np.eye(CONFIGS[name].num_channels), atol=1e-6)
+
+
+def _envelope(config, values: np.ndarray) -> np.ndarray:
+  """Per-band spectrum of a frame (mfcc: the cepstra's smooth log-mel envelope)."""
+  if isinstance(config, features.MfccConfig):
+    return values[..., :config.num_mfcc] @ config._dct_matrix().T  # pylint: disable=protected-access
+  return values
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+@pytest.mark.parametrize("factor", [0.9, 1.1])
+def test_a_warped_tone_peaks_where_the_moved_tone_does(name, factor):
+  """A 1 kHz tone's features warped by ``factor`` peak in the band of a real tone
+  at ``factor`` kHz (the warp is linear below 0.8 of Nyquist)."""
+  config = CONFIGS[name]
+  original = config.compute(_tone(1000.0)).numpy()
+  moved = config.compute(_tone(1000.0 * factor)).numpy()
+  warped = original @ warp.channel_map(config, factor)
+  frame = original.shape[0] // 2
+  peak = lambda values: int(np.argmax(_envelope(config, values[frame])))
+  assert peak(original) != peak(moved)  # the move is visible at this resolution
+  assert abs(peak(warped) - peak(moved)) <= 1, (peak(original), peak(warped), peak(moved))
+
+
+def test_feature_warp_applies_each_examples_factor():
+  config = CONFIGS["mfcc"]
+  values = np.random.default_rng(0).standard_normal((3, 7, config.num_channels))
+  values = values.astype(np.float32)
+  feature_warp = warp.FeatureWarp(config, [0.9, 1.1])
+  out = feature_warp(values, np.array([-1, 0, 1], np.int32)).numpy()
+  np.testing.assert_allclose(out[0], values[0], atol=1e-6)
+  np.testing.assert_allclose(out[1], values[1] @ warp.channel_map(config, 0.9), atol=1e-5)
+  np.testing.assert_allclose(out[2], values[2] @ warp.channel_map(config, 1.1), atol=1e-5)
+  with pytest.raises(ValueError, match="needs spectral features, not 'raw'"):
+    warp.channel_map(features.RawConfig(), 1.1)
+
+
+def test_draws_keep_the_waveform_choices_and_views_ignore_the_warp():
+  plain = config_lib.AugmentConfig(enabled=True)
+  warped = config_lib.AugmentConfig(enabled=True, vtlp_prob=0.5)
+  seeds = np.stack([np.arange(200), np.full(200, 7)], 1)
+  a = augment.Augmenter(plain, RATE, 1.0).draw(seeds, None, 24000)
+  b = augment.Augmenter(warped, RATE, 1.0).draw(seeds, None, 24000)
+  for key in a:
+    if key != "warp":
+      np.testing.assert_array_equal(a[key], b[key])
+  assert np.all(a["warp"] == -1)
+  chosen = b["warp"].numpy()
+  assert 0.35 < np.mean(chosen >= 0) < 0.65 and chosen.max() == augment.VTLP_VALUES - 1
+  assert augment.view_fields(plain) == augment.view_fields(warped)
+  with pytest.raises(config_lib.ConfigError, match="vtlp_min must be <= augment.vtlp_max"):
+    config_lib.AugmentConfig(vtlp_min=1.2, vtlp_max=1.1).validate()
