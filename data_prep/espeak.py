@@ -12,10 +12,20 @@ Quirks of espeak-ng 1.51 handled here:
 - the library is a process-wide singleton, and the audio of a text can depend on
   earlier calls in the same process: callers that need byte-identical output
   must synthesise the same sequence of texts in a fresh process.
+
+Besides the variants espeak-ng ships, a voice can carry a ``Variant`` made by
+the caller (formants, pitch, voicing, breath...). The first such voice moves the
+library onto a private copy of its data directory (symbolic links to the
+installed files, removed at exit) whose ``voices/!v`` also holds the made
+variants' files. The installed files give the same audio through the copy.
 """
+import atexit
 import ctypes
 import dataclasses
-from typing import List, Optional
+import os
+import shutil
+import tempfile
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -109,19 +119,66 @@ class Synthesis:
 
 
 @dataclasses.dataclass(frozen=True)
+class Variant:
+  """A voice variant file of espeak-ng's ``voices/!v`` syntax, made by the caller.
+
+  name: the file's name (letters, digits and "_"); the voice "vi+<name>" uses it.
+  gender: "male" or "female".
+  pitch: base and top of the pitch range, Hz.
+  formants: (frequency, height, width) in percent of the voice's, for formants
+    0, 1, 2, ... (espeak-ng has 0..8).
+  voicing: percent of the voiced sounds' amplitude (100: unchanged).
+  consonants: percent amplitudes of the unvoiced and voiced consonants.
+  roughness, flutter: 0..7 and 0..: creak and pitch jitter.
+  breath: 8 breathiness amplitudes (formants 1..8), or () for none.
+  echo: delay (ms) and percent amplitude, or () for none.
+  tone: (frequency Hz, percent amplitude) points of a spectral envelope, or ().
+  """
+  name: str
+  gender: str
+  pitch: Tuple[int, int]
+  formants: Tuple[Tuple[int, int, int], ...]
+  voicing: int = 100
+  consonants: Tuple[int, int] = (100, 100)
+  roughness: int = 0
+  flutter: int = 0
+  breath: Tuple[int, ...] = ()
+  echo: Tuple[int, int] = ()
+  tone: Tuple[Tuple[int, int], ...] = ()
+
+  def text(self) -> str:
+    """The variant file."""
+    lines = ["language variant", f"name {self.name}", f"gender {self.gender}",
+             "pitch {} {}".format(*self.pitch)]
+    lines += [f"formant {i} {f} {h} {w}" for i, (f, h, w) in enumerate(self.formants)]
+    lines += [f"voicing {self.voicing}", "consonants {} {}".format(*self.consonants),
+              f"roughness {self.roughness}", f"flutter {self.flutter}"]
+    if self.breath:
+      lines.append("breath " + " ".join(str(b) for b in self.breath))
+    if self.echo:
+      lines.append("echo {} {}".format(*self.echo))
+    if self.tone:
+      lines.append("tone " + " ".join(f"{f} {a}" for f, a in self.tone))
+    return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
 class Voice:
   """A voice and its parameters.
 
-  name: one of ``VOICES``, optionally with "+variant" (``VARIANTS``), e.g. "vi+f2".
+  name: one of ``VOICES``, optionally with "+variant" (``VARIANTS``), e.g. "vi+f2",
+    or "+<variant.name>" of the made ``variant``.
   rate_wpm: words per minute, ``RATE_MIN_WPM``..``RATE_MAX_WPM`` (espeak's default 175).
   pitch, pitch_range: 0..100, 50 is espeak's default.
   volume: 0..200, 100 is espeak's full volume (it may clip at 100).
+  variant: a made variant (``Variant``), or None.
   """
   name: str
   rate_wpm: int = 175
   pitch: int = 50
   pitch_range: int = 50
   volume: int = 50
+  variant: Optional[Variant] = None
 
 
 def _load(library: str) -> ctypes.CDLL:
@@ -138,10 +195,13 @@ class _Engine:
 
   def __init__(self, library: str):
     self._lib = _load(library)
-    rate = self._lib.espeak_Initialize(
-        _AUDIO_OUTPUT_SYNCHRONOUS, 0, None, _INITIALIZE_OPTIONS)
-    if rate != SAMPLE_RATE:
-      raise EspeakError(f"espeak_Initialize returned {rate}, expected {SAMPLE_RATE} Hz")
+    self._lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                            ctypes.c_int]
+    self._lib.espeak_Info.restype = ctypes.c_char_p
+    self._lib.espeak_Info.argtypes = [ctypes.POINTER(ctypes.c_char_p)]
+    self._private_data: Optional[str] = None  # the private data directory's parent
+    self._variants: Dict[str, Variant] = {}
+    self._initialize(None)
     self._lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
     self._lib.espeak_Synth.argtypes = [
         ctypes.c_void_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int, ctypes.c_uint,
@@ -152,6 +212,36 @@ class _Engine:
     self._callback = _CALLBACK(self._on_synth)  # kept referenced while the library uses it
     self._lib.espeak_SetSynthCallback(self._callback)
     self._voice: Optional[Voice] = None
+
+  def _initialize(self, path: Optional[str]) -> None:
+    """Initialises the library on the data directory under ``path`` (None: the installed one)."""
+    rate = self._lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0,
+                                       None if path is None else path.encode("utf-8"),
+                                       _INITIALIZE_OPTIONS)
+    if rate != SAMPLE_RATE:
+      raise EspeakError(f"espeak_Initialize returned {rate}, expected {SAMPLE_RATE} Hz")
+
+  def _add_variant(self, variant: Variant) -> None:
+    """Writes ``variant``'s file into the private data directory, moving the
+    library there first (module docstring)."""
+    if self._variants.get(variant.name) == variant:
+      return
+    if not variant.name.replace("_", "").isalnum() or variant.name in _known_variants():
+      raise EspeakError(f"a made variant needs a new name of letters, digits and '_', "
+                        f"not {variant.name!r}")
+    if self._private_data is None:
+      installed = ctypes.c_char_p()
+      self._lib.espeak_Info(ctypes.byref(installed))
+      self._private_data = _link_data_dir(installed.value.decode("utf-8"))
+      self._lib.espeak_Terminate()
+      self._initialize(self._private_data)
+      self._lib.espeak_SetSynthCallback(self._callback)
+      self._voice = None
+    path = os.path.join(self._private_data, "espeak-ng-data", "voices", "!v", variant.name)
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(variant.text())
+    self._variants[variant.name] = variant
+    self._voice = None
 
   def _on_synth(self, wav, num_samples, events) -> int:
     if wav and num_samples > 0:
@@ -170,8 +260,13 @@ class _Engine:
     if voice == self._voice:
       return
     base, _, variant = voice.name.partition("+")
-    known = VARIANTS + MORE_VARIANTS + HELD_OUT_VARIANTS
-    if base not in VOICES or (variant and variant not in known):
+    known = _known_variants()
+    if voice.variant is not None:
+      if base not in VOICES or variant != voice.variant.name:
+        raise EspeakError(f"voice {voice.name!r} with a made variant must be one of {VOICES} "
+                          f"+ {voice.variant.name!r}")
+      self._add_variant(voice.variant)
+    elif base not in VOICES or (variant and variant not in known):
       raise EspeakError(f"voice {voice.name!r} is not one of {VOICES}, optionally "
                         f"+ one of {known} (espeak-ng ignores unknown variants)")
     if not RATE_MIN_WPM <= voice.rate_wpm <= RATE_MAX_WPM:
@@ -235,6 +330,28 @@ def _voiced_frames(samples: np.ndarray) -> np.ndarray:
   if energy.max() == 0:
     return np.zeros(0, np.int64)
   return np.flatnonzero(energy > energy.max() * 10 ** (-_TRIM_BELOW_PEAK_DB / 10))
+
+
+def _known_variants() -> Sequence[str]:
+  return VARIANTS + MORE_VARIANTS + HELD_OUT_VARIANTS
+
+
+def _link_data_dir(installed: str) -> str:
+  """A temporary directory holding ``espeak-ng-data``: links to every file of the
+  installed data directory ``installed``, except that ``voices/!v`` is a
+  directory of links (so variant files can be added). Removed at exit."""
+  if not os.path.isdir(os.path.join(installed, "voices", "!v")):
+    raise EspeakError(f"espeak-ng's data directory {installed!r} has no voices/!v")
+  root = tempfile.mkdtemp(prefix="kws_espeak_")
+  atexit.register(shutil.rmtree, root, True)
+  data = os.path.join(root, "espeak-ng-data")
+  for sub in ("", "voices", os.path.join("voices", "!v")):
+    os.mkdir(os.path.join(data, sub))
+    keep = {"": "voices", "voices": "!v", os.path.join("voices", "!v"): None}[sub]
+    for entry in os.listdir(os.path.join(installed, sub)):
+      if entry != keep:
+        os.symlink(os.path.join(installed, sub, entry), os.path.join(data, sub, entry))
+  return root
 
 
 _ENGINE: Optional[_Engine] = None

@@ -55,10 +55,13 @@ flags.DEFINE_integer("seed", 0, "Seed of speakers, sentences and noise.")
 flags.DEFINE_integer("cores", None, "Worker processes; default: all cores.")
 flags.DEFINE_float("snr_db", None, "If set, add white or pink noise at this SNR (dB).")
 flags.DEFINE_bool("overwrite", False, "Replace a corpus made with other flags.")
-flags.DEFINE_enum("voices", "demo", ["demo", "varied", "held_out"], "Voice variants and "
-                  "speaking rates: demo (15 variants, 130-210 wpm), varied (45 variants, "
-                  "110-230 wpm, wider pitch) or held_out (15 variants and rates of 90-105 "
-                  "or 235-260 wpm that no training corpus uses; for robustness test sets).")
+flags.DEFINE_enum("voices", "demo", ["demo", "varied", "random", "held_out"], "Voice "
+                  "variants and speaking rates: demo (15 variants, 130-210 wpm), varied (45 "
+                  "variants, 110-230 wpm, wider pitch), random (varied's rates and pitch, "
+                  "every speaker a variant made from random formants, pitch, voicing, "
+                  "breath, echo and spectral tilt: random_variant) or held_out (15 variants "
+                  "and rates of 90-105 or 235-260 wpm that no training corpus uses; for "
+                  "robustness test sets).")
 flags.DEFINE_enum("texts", "lexicon", ["lexicon", "gettext_train", "gettext_test", "mixed"],
                   "Sentence source: the project's grammar (data_prep.lexicon), one half "
                   "of the system's Vietnamese gettext catalogues (data_prep.texts), drawn "
@@ -74,8 +77,10 @@ PITCH = (30, 70)
 VOICE_SETS = {
     "demo": (espeak.VARIANTS, (RATE_WPM,), PITCH),
     "varied": (espeak.VARIANTS + espeak.MORE_VARIANTS, ((110, 230),), (20, 80)),
+    "random": ((), ((110, 230),), (20, 80)),
     "held_out": (espeak.HELD_OUT_VARIANTS, ((90, 105), (235, 260)), (20, 80)),
 }
+RANDOM_VARIANT_PREFIX = "kws_random_"
 PITCH_RANGE = (25, 75)
 VOLUME = (40, 60)
 CLIP_VOLUME_FACTOR = 0.75  # volume scale after espeak saturated an utterance
@@ -101,9 +106,12 @@ def make_speakers(seed: int, speakers: int, test_speakers: int,
   """The speakers of a corpus: the last ``test_speakers`` of them are the test split.
 
   Voice/variant pairs of the ``voices`` set (``VOICE_SETS``) are drawn without
-  replacement until all are used, so speakers differ in timbre as far as possible.
+  replacement until all are used, so speakers differ in timbre as far as possible;
+  with ``voices="random"`` every speaker has a variant of its own (``random_variant``).
   """
   variants, rates, pitch = VOICE_SETS[voices]
+  if voices == "random":
+    return _random_speakers(seed, speakers, test_speakers, rates[0], pitch)
   rng = np.random.default_rng([seed, 0])
   pairs = [(v, w) for v in espeak.VOICES for w in variants]
   order: List[int] = []
@@ -126,6 +134,58 @@ def make_speakers(seed: int, speakers: int, test_speakers: int,
         gender="f" if variant in FEMALE_VARIANTS else "m",
         voice=voice,
         seed=(seed, 1, index)))
+  return result
+
+
+def random_variant(rng: np.random.Generator, name: str) -> espeak.Variant:
+  """A voice variant of random settings, within the spans of the variants espeak-ng
+  ships (``espeak.VARIANTS + MORE_VARIANTS``): male or female, a pitch range of
+  that gender, formants 0-5 at a common scale (male 0.90-1.05, female 1.00-1.15)
+  each moved by up to 5 % and of random height and width, voicing, consonant
+  levels, roughness and flutter; sometimes breath (female), an echo and a
+  spectral tilt (``tone``)."""
+  female = bool(rng.random() < 0.5)
+  base = int(rng.integers(140, 211)) if female else int(rng.integers(65, 121))
+  top = base + int(rng.integers(40, 91) if female else rng.integers(30, 71))
+  scale = rng.uniform(1.0, 1.15) if female else rng.uniform(0.90, 1.05)
+  formants = tuple((int(round(100 * scale * rng.uniform(0.95, 1.05))),
+                    int(rng.integers(70, 141)), int(rng.integers(70, 151)))
+                   for _ in range(6))
+  breath = ()
+  if female and rng.random() < 0.5:
+    level = int(rng.integers(1, 5))
+    breath = (0, level - 1) + (level,) * 5 + (level - 1,)
+  echo = (int(rng.integers(20, 141)), int(rng.integers(5, 21))) if rng.random() < 0.3 else ()
+  tone = ()
+  if rng.random() < 0.4:
+    tone = tuple((hz, int(rng.integers(60, 201))) for hz in (600, 1200, 2000, 3000))
+  return espeak.Variant(
+      name=name, gender="female" if female else "male", pitch=(base, top), formants=formants,
+      voicing=int(rng.integers(60, 121)),
+      consonants=(int(rng.integers(60, 126)), int(rng.integers(60, 126))),
+      roughness=int(rng.integers(0, 5)), flutter=int(rng.integers(0, 21)),
+      breath=breath, echo=echo, tone=tone)
+
+
+def _random_speakers(seed: int, speakers: int, test_speakers: int, rates: Sequence[int],
+                     pitch: Sequence[int]) -> List[Speaker]:
+  """``make_speakers`` of ``voices="random"``: the regional voices in turn, each
+  speaker with a ``random_variant`` of its own."""
+  rng = np.random.default_rng([seed, 0, 1])
+  width = max(3, len(str(speakers)))
+  result = []
+  for index in range(speakers):
+    speaker_id = f"{SPEAKER_PREFIX}{index + 1:0{width}d}"
+    variant = random_variant(rng, f"{RANDOM_VARIANT_PREFIX}{speaker_id}")
+    voice = espeak.Voice(
+        name=f"{espeak.VOICES[index % len(espeak.VOICES)]}+{variant.name}",
+        rate_wpm=int(rng.integers(rates[0], rates[1] + 1)),
+        pitch=int(rng.integers(pitch[0], pitch[1] + 1)),
+        pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+        volume=int(rng.integers(VOLUME[0], VOLUME[1] + 1)), variant=variant)
+    result.append(Speaker(
+        speaker_id=speaker_id, split="test" if index >= speakers - test_speakers else "train",
+        gender="f" if variant.gender == "female" else "m", voice=voice, seed=(seed, 1, index)))
   return result
 
 

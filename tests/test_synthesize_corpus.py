@@ -205,3 +205,56 @@ def test_rerun_resumes_and_refuses_other_flags(corpora, tmp_path):
   assert _tree(out) == expected
   _run(out, "--seed=1", "--overwrite")
   assert _tree(out) == _tree(corpora["seed1"])
+
+
+_VARIANT_SCRIPT = """
+import sys
+import numpy as np
+from data_prep import espeak
+formants = ((100, 100, 100),) * 6
+for name, pitch in (("kws_low", (70, 90)), ("kws_high", (200, 240))):
+  variant = espeak.Variant(name, "male", pitch, formants, breath=(0, 1, 2, 2, 2, 2, 2, 1),
+                           echo=(60, 10), tone=((600, 120), (1200, 100), (2000, 80)))
+  voice = espeak.Voice("vi+" + name, rate_wpm=150, pitch=50, pitch_range=10, variant=variant)
+  np.save(sys.argv[1] + "/" + name + ".npy", espeak.synthesize("tôi là người", voice).samples)
+"""
+
+
+def test_made_variants_set_the_pitch_and_repeat_exactly(tmp_path):
+  """A made variant's pitch range moves the voice's F0 (librosa's YIN), and a
+  fresh process gives the same samples again."""
+  import librosa
+  runs = []
+  for run in ("a", "b"):
+    (tmp_path / run).mkdir()
+    subprocess.run([sys.executable, "-c", _VARIANT_SCRIPT, str(tmp_path / run)], cwd=REPO,
+                   check=True, capture_output=True)
+    runs.append({name: np.load(tmp_path / run / f"{name}.npy") for name in ("kws_low", "kws_high")})
+  for name in runs[0]:
+    np.testing.assert_array_equal(runs[0][name], runs[1][name])
+  f0 = {}
+  for name, samples in runs[0].items():
+    audio = samples.astype(np.float32) / 32768.0
+    track = librosa.yin(audio, fmin=50, fmax=400, sr=espeak.SAMPLE_RATE)
+    f0[name] = float(np.median(track))
+  assert f0["kws_low"] < 110 < 160 < f0["kws_high"], f0
+  with pytest.raises(espeak.EspeakError, match="made variant must be one of"):
+    espeak.synthesize("tôi", espeak.Voice("vi+other", variant=espeak.Variant(
+        "kws_x", "male", (80, 120), ((100, 100, 100),))))
+
+
+def test_random_voices_give_every_speaker_its_own_variant(tmp_path):
+  from data_prep import synthesize_corpus as sc
+  speakers = sc.make_speakers(0, 6, 2, voices="random")
+  variants = [s.voice.variant for s in speakers]
+  assert len({v.text().split("\n", 2)[2] for v in variants}) == 6  # all settings differ
+  for speaker in speakers:
+    assert speaker.voice.name.endswith("+" + speaker.voice.variant.name)
+    assert speaker.gender == speaker.voice.variant.gender[0]
+    assert 110 <= speaker.voice.rate_wpm <= 230
+  assert [s.split for s in speakers] == ["train"] * 4 + ["test"] * 2
+  assert sc.make_speakers(0, 6, 2, voices="random") == speakers
+  # The corpus job: byte-identical for any number of processes.
+  _run(tmp_path / "one", "--voices=random", "--cores=1")
+  _run(tmp_path / "two", "--voices=random", "--cores=2")
+  assert _tree(tmp_path / "one") == _tree(tmp_path / "two")
