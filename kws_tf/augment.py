@@ -29,6 +29,12 @@ signal processing:
 ``VTLP_VALUES`` factors evenly spaced in ``[vtlp_min, vtlp_max]``), which the
 input pipeline applies to the window's features (``kws_tf.warp``), not here.
 
+A view that is not sped up may instead change its tempo alone: ``apply``
+resamples it by a factor in ``[tempo_min, tempo_max]`` (one of ``TEMPO_VALUES``)
+as speed does, and its ``warp`` is the frequency warp by the inverse factor,
+which moves the spectrum back where it was: faster or slower speech of the
+same voice (pitch aside, which 13 MFCCs hardly keep).
+
 Each step runs with its probability. The window is a function of the
 waveform, the seed and the shift range only, so a seed reproduces a view
 exactly: a resumed run draws the same views, and the teacher's guidance for a
@@ -56,11 +62,13 @@ VERSION = 2
 SYNTHETIC_ROOMS = 128  # synthetic impulse responses an Augmenter draws once
 SPEED_VALUES = 7  # speed factors, evenly spaced from speed_min to speed_max
 VTLP_VALUES = 9  # warp factors, evenly spaced from vtlp_min to vtlp_max
+TEMPO_VALUES = 7  # tempo factors, evenly spaced from tempo_min to tempo_max
 NOISE_BLOCK = 160  # samples: noise stretches start on multiples of this in their bank
 COLOURED_BETAS = (0.0, 0.5, 1.0, 1.5, 2.0)  # spectral slopes of the coloured-noise banks
 # The uniform draws of one view, by column.
 _COLUMNS = ("speed_on", "speed", "shift", "reverb_on", "room", "noise_on", "noise_kind",
-            "noise_bank", "noise_at", "snr", "telephone_on", "gain", "vtlp_on", "vtlp")
+            "noise_bank", "noise_at", "snr", "telephone_on", "gain", "vtlp_on", "vtlp",
+            "tempo_on", "tempo")
 _GOLDEN = 0x9E3779B97F4A7C15  # 2^64 / golden ratio, SplitMix64's increment
 _BANK_SEEDS = ((7, 1), (7, 2), (7, 3), (7, 4))  # RT60s, room tails, white noise, babble offsets
 _COLOURED_SECONDS = 20.0  # each coloured-noise bank
@@ -148,13 +156,24 @@ def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
 
 
 def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:
-  """What makes a view: the augment section's fields (without ``enabled`` and
-  the student's own feature warp, ``vtlp_*``) and ``version``, the version of
-  this module's drawing and processing."""
+  """What makes a view: the augment section's fields (without ``enabled``, the
+  student's own feature warp ``vtlp_*``, and ``tempo_*`` while tempo is off) and
+  ``version``, the version of this module's drawing and processing."""
   fields = {key: value for key, value in dataclasses.asdict(config).items()
-            if key != "enabled" and not key.startswith("vtlp_")}
+            if key != "enabled" and not key.startswith("vtlp_")
+            and not (key.startswith("tempo_") and config.tempo_prob == 0)}
   fields["version"] = VERSION
   return fields
+
+
+def _grid(low: float, high: float, values: int) -> List[float]:
+  """``values`` factors evenly spaced in ``[low, high]`` (one when they are equal)."""
+  return [float(f) for f in np.linspace(low, high, values if high > low else 1)]
+
+
+def _pick(u: tf.Tensor, count: int) -> tf.Tensor:
+  """int32 index in ``[0, count)`` of uniform draws ``u`` in [0, 1)."""
+  return tf.minimum(tf.cast(u * max(count, 1), tf.int32), max(count, 1) - 1)
 
 
 def _on_rows(chosen: tf.Tensor, x: tf.Tensor, fn) -> tf.Tensor:
@@ -191,12 +210,15 @@ class Augmenter:
     self.window = int(round(window_seconds * sample_rate))
     self.lead_in = int(round(_REVERB_LEAD_IN_SECONDS * sample_rate))
     span = self.window + self.lead_in
-    values = SPEED_VALUES if config.speed_max > config.speed_min else 1
-    self._speeds = [float(f) for f in np.linspace(config.speed_min, config.speed_max, values)]
-    values = VTLP_VALUES if config.vtlp_max > config.vtlp_min else 1
-    self.warp_factors = ([float(f) for f in np.linspace(config.vtlp_min, config.vtlp_max, values)]
-                         if config.vtlp_prob > 0 else [])
-    self._lengths = [int(round(span * f)) for f in self._speeds]  # input samples per stretch
+    self._speeds = _grid(config.speed_min, config.speed_max, SPEED_VALUES)
+    self._tempos = (_grid(config.tempo_min, config.tempo_max, TEMPO_VALUES)
+                    if config.tempo_prob > 0 else [])
+    self._vtlp = (_grid(config.vtlp_min, config.vtlp_max, VTLP_VALUES)
+                  if config.vtlp_prob > 0 else [])
+    # The frequency warps of the features: VTLP's, then each tempo's inverse.
+    self.warp_factors = self._vtlp + [1.0 / f for f in self._tempos]
+    # Resampling factors: the speeds, then the tempos.
+    self._lengths = [int(round(span * f)) for f in self._speeds + self._tempos]
     for name, bank in (("babble", babble), ("noise", noise)):
       if bank is not None and len(bank) <= span:
         raise ValueError(f"the {name} bank holds {len(bank)} samples; it needs more than "
@@ -284,8 +306,10 @@ class Augmenter:
       samples: length of the context waveforms.
 
     Returns:
-      a dict of ``[batch]`` tensors that ``apply`` takes, and ``warp``: each
-      view's index in ``warp_factors`` (-1: none), for the features.
+      a dict of ``[batch]`` tensors that ``apply`` takes (``speed``: the index of
+      the row's resampling factor among the speeds and then the tempos, -1 for
+      none), and ``warp``: each view's index in ``warp_factors`` (-1: none), for
+      the features.
     """
     c = self.config
     u = uniforms(seeds, len(_COLUMNS))
@@ -293,9 +317,16 @@ class Augmenter:
     between = lambda name, low, high: low + column(name) * (high - low)
 
     sped = column("speed_on") < c.speed_prob
-    speed = tf.minimum(tf.cast(column("speed") * len(self._speeds), tf.int32),
-                       len(self._speeds) - 1)
+    speed = _pick(column("speed"), len(self._speeds))
     factor = tf.where(sped, tf.gather(tf.constant(self._speeds, tf.float32), speed), 1.0)
+    warp = tf.where(column("vtlp_on") < c.vtlp_prob, _pick(column("vtlp"), len(self._vtlp)), -1)
+    if self._tempos:
+      timed = tf.logical_and(tf.logical_not(sped), column("tempo_on") < c.tempo_prob)
+      tempo = _pick(column("tempo"), len(self._tempos))
+      factor = tf.where(timed, tf.gather(tf.constant(self._tempos, tf.float32), tempo), factor)
+      speed = tf.where(timed, len(self._speeds) + tempo, speed)
+      warp = tf.where(timed, len(self._vtlp) + tempo, warp)
+      sped = tf.logical_or(sped, timed)
     low = tf.fill(tf.shape(factor), -float(c.max_shift_seconds))
     high = -low
     if shift_range is not None:
@@ -331,16 +362,7 @@ class Augmenter:
         "noise_at": column("noise_at"),
         "snr_db": between("snr", c.snr_db_min, c.snr_db_max),
         "telephone": column("telephone_on") < c.telephone_prob,
-        "gain_db": between("gain", c.gain_db_min, c.gain_db_max),
-        "warp": self._warp(column("vtlp_on"), column("vtlp"))}
-
-  def _warp(self, on: tf.Tensor, which: tf.Tensor) -> tf.Tensor:
-    """int32 ``[batch]``: each view's index in ``warp_factors``, -1 for none."""
-    count = len(self.warp_factors)
-    if not count:
-      return tf.fill(tf.shape(on), -1)
-    index = tf.minimum(tf.cast(which * count, tf.int32), count - 1)
-    return tf.where(on < self.config.vtlp_prob, index, -1)
+        "gain_db": between("gain", c.gain_db_min, c.gain_db_max), "warp": warp}
 
   def apply(self, waveforms: tf.Tensor, choices: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The windows of a batch (the signal processing, vectorised).

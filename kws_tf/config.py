@@ -110,6 +110,10 @@ class AugmentConfig:
       features (``kws_tf.warp``): the frequency axis scaled by a factor in
       ``[vtlp_min, vtlp_max]``. The student's own perturbation, as SpecAugment:
       it leaves the waveform, and so the teacher's guidance views, unchanged.
+    tempo_prob, tempo_min, tempo_max: of the views not sped up, these change
+      their tempo alone by a factor in ``[tempo_min, tempo_max]``: speed
+      perturbation, then the features' frequency axis warped back (a student
+      on spectral features; the teacher's views hear the sped-up audio).
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3
@@ -135,17 +139,22 @@ class AugmentConfig:
   vtlp_prob: float = 0.0
   vtlp_min: float = 0.9
   vtlp_max: float = 1.1
+  tempo_prob: float = 0.0
+  tempo_min: float = 0.8
+  tempo_max: float = 1.25
 
   def validate(self) -> None:
     """ConfigError naming the first bad field."""
-    for key in ("speed_prob", "reverb_prob", "noise_prob", "telephone_prob", "vtlp_prob"):
+    for key in ("speed_prob", "reverb_prob", "noise_prob", "telephone_prob", "vtlp_prob",
+                "tempo_prob"):
       if not 0.0 <= getattr(self, key) <= 1.0:
         raise ConfigError(f"augment.{key} must be in [0, 1]; got {getattr(self, key)}")
     ranges = [("speed", self.speed_min, self.speed_max, 0.0),
               ("rt60", self.rt60_min, self.rt60_max, 0.0),
               ("snr_db", self.snr_db_min, self.snr_db_max, None),
               ("gain_db", self.gain_db_min, self.gain_db_max, None),
-              ("vtlp", self.vtlp_min, self.vtlp_max, 0.0)]
+              ("vtlp", self.vtlp_min, self.vtlp_max, 0.0),
+              ("tempo", self.tempo_min, self.tempo_max, 0.0)]
     for name, low, high, floor in ranges:
       if low > high or (floor is not None and low <= floor):
         raise ConfigError(f"augment.{name}_min must be <= augment.{name}_max"

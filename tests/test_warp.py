@@ -87,3 +87,43 @@ def test_draws_keep_the_waveform_choices_and_views_ignore_the_warp():
   assert augment.view_fields(plain) == augment.view_fields(warped)
   with pytest.raises(config_lib.ConfigError, match="vtlp_min must be <= augment.vtlp_max"):
     config_lib.AugmentConfig(vtlp_min=1.2, vtlp_max=1.1).validate()
+
+
+def test_tempo_keeps_a_tones_spectrum_where_speed_moves_it():
+  """A stationary 700 Hz tone: resampled by 1.25 its features' spectral peak
+  moves up; changed in tempo alone (resampled, then warped back) it stays."""
+  from kws_tf import data
+  params = CONFIGS["mfcc_phone"].to_dict()
+  tone = np.tile(_tone(700.0, 2.0)[None], (8, 1))
+  seeds = np.stack([np.arange(8), np.full(8, 3)], 1)
+  quiet = dict(enabled=True, max_shift_seconds=0.0, reverb_prob=0.0, noise_prob=0.0,
+               telephone_prob=0.0, gain_db_min=0.0, gain_db_max=0.0)
+  peaks = {}
+  for name, fields in {"plain": dict(speed_prob=0.0),
+                       "speed": dict(speed_prob=1.0, speed_min=1.25, speed_max=1.25),
+                       "tempo": dict(speed_prob=0.0, tempo_prob=1.0, tempo_min=1.25,
+                                     tempo_max=1.25)}.items():
+    augmenter = augment.Augmenter(config_lib.AugmentConfig(**quiet, **fields), RATE, 1.0)
+    choices = augmenter.draw(seeds, None, tone.shape[1])
+    front_end = data.WaveformFrontEnd(params, None, augmenter.warp_factors)
+    values = front_end(augmenter.apply(tone, choices), choices["warp"]).numpy()
+    peaks[name] = np.argmax(_envelope(CONFIGS["mfcc_phone"], values[:, 20]), axis=-1)
+    if name == "tempo":
+      assert np.all(choices["factor"].numpy() == 1.25) and np.all(choices["warp"].numpy() == 0)
+  assert np.all(peaks["speed"] >= peaks["plain"] + 2), peaks
+  assert np.all(np.abs(peaks["tempo"] - peaks["plain"]) <= 1), peaks
+
+
+def test_tempo_draws_only_rows_not_sped_up_and_joins_the_views_when_on():
+  config = config_lib.AugmentConfig(enabled=True, speed_prob=0.5, tempo_prob=1.0)
+  augmenter = augment.Augmenter(config, RATE, 1.0)
+  choices = augmenter.draw(np.stack([np.arange(400), np.full(400, 1)], 1), None, 32000)
+  speed, factor = choices["speed"].numpy(), choices["factor"].numpy()
+  sped, timed = (speed >= 0) & (speed < augment.SPEED_VALUES), speed >= augment.SPEED_VALUES
+  assert np.all(sped | timed) and 0.4 < sped.mean() < 0.6
+  assert np.all(choices["warp"].numpy()[sped] == -1)
+  assert np.all(choices["warp"].numpy()[timed] == speed[timed] - augment.SPEED_VALUES)
+  np.testing.assert_allclose(np.array(augmenter.warp_factors)[choices["warp"].numpy()[timed]],
+                             1.0 / factor[timed], rtol=1e-6)
+  assert "tempo_max" in augment.view_fields(config)
+  assert "tempo_max" not in augment.view_fields(config_lib.AugmentConfig(enabled=True))
