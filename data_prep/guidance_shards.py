@@ -178,18 +178,21 @@ def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter
                       dtype: str, batch_size: int, progress: Callable[[int], None]) -> int:
   """Writes the teacher's logits ``[views, classes]`` for every record of one raw
   data shard: view v of a record is its augmented window with seed
-  ``augment.view_seed(id, v, view_seed)``, through the teacher's front end."""
+  ``augment.view_seed(id, v, view_seed)``, through the teacher's front end (and
+  the view's tempo warp, ``Augmenter.teacher_warp``)."""
   import tensorflow as tf
   from kws_tf import augment, data
   parse = data.raw_batch_parser(data_meta)
-  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
+  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization,
+                                    augmenter.warp_factors)
   samples = data_meta.raw_clip_samples
 
   def teacher_input(x):  # records [batch] -> their views [batch * views], record-major
     view = tf.tile(tf.range(views), tf.shape(x["id"]))
     seeds = augment.view_seed(tf.repeat(x["id"], views), view, view_seed)
     choices = augmenter.draw(seeds, tf.repeat(x["shift_range"], views, axis=0), samples)
-    values = front_end(augmenter.apply(tf.repeat(x["waveform"], views, axis=0), choices))
+    values = front_end(augmenter.apply(tf.repeat(x["waveform"], views, axis=0), choices),
+                       augmenter.teacher_warp(choices))
     return values, tf.fill(tf.shape(values)[:1], tf.shape(values)[1])
 
   records_ds = data.records_dataset([data_path], compression).batch(

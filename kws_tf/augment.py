@@ -364,6 +364,12 @@ class Augmenter:
         "telephone": column("telephone_on") < c.telephone_prob,
         "gain_db": between("gain", c.gain_db_min, c.gain_db_max), "warp": warp}
 
+  def teacher_warp(self, choices: Dict[str, tf.Tensor]) -> tf.Tensor:
+    """int32 ``[batch]``: ``choices["warp"]`` for a teacher's features, the tempo
+    warps alone (VTLP is the student's own): the teacher of a view hears the
+    tempo the student does."""
+    return tf.where(choices["warp"] >= len(self._vtlp), choices["warp"], -1)
+
   def apply(self, waveforms: tf.Tensor, choices: Dict[str, tf.Tensor]) -> tf.Tensor:
     """The windows of a batch (the signal processing, vectorised).
 

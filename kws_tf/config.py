@@ -112,8 +112,8 @@ class AugmentConfig:
       it leaves the waveform, and so the teacher's guidance views, unchanged.
     tempo_prob, tempo_min, tempo_max: of the views not sped up, these change
       their tempo alone by a factor in ``[tempo_min, tempo_max]``: speed
-      perturbation, then the features' frequency axis warped back (a student
-      on spectral features; the teacher's views hear the sped-up audio).
+      perturbation, then the features' frequency axis warped back (spectral
+      features; a teacher's guidance views take the same warp).
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3

@@ -1,4 +1,6 @@
 """Vocal tract length perturbation of features (kws_tf.warp)."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -125,5 +127,12 @@ def test_tempo_draws_only_rows_not_sped_up_and_joins_the_views_when_on():
   assert np.all(choices["warp"].numpy()[timed] == speed[timed] - augment.SPEED_VALUES)
   np.testing.assert_allclose(np.array(augmenter.warp_factors)[choices["warp"].numpy()[timed]],
                              1.0 / factor[timed], rtol=1e-6)
+  # With VTLP too: the rows sped up take a VTLP warp, which a teacher does not.
+  both = augment.Augmenter(dataclasses.replace(config, vtlp_prob=1.0), RATE, 1.0)
+  choices = both.draw(np.stack([np.arange(400), np.full(400, 1)], 1), None, 32000)
+  warp, teacher = choices["warp"].numpy(), both.teacher_warp(choices).numpy()
+  vtlp = warp < augment.VTLP_VALUES
+  assert 0.4 < vtlp.mean() < 0.6 and np.all(teacher[vtlp] == -1)
+  np.testing.assert_array_equal(teacher[~vtlp], warp[~vtlp])
   assert "tempo_max" in augment.view_fields(config)
   assert "tempo_max" not in augment.view_fields(config_lib.AugmentConfig(enabled=True))
