@@ -5,7 +5,11 @@ r"""Builds a keyword-spotting robustness test set: 1 s windows under conditions 
 1. speech: ``data_prep.synthesize_corpus --voices=held_out --texts=gettext_test``
    (espeak-ng variants and speaking rates no training corpus uses, sentences
    of the half of the gettext catalogues no training corpus reads), in
-   ``<out_dir>/corpus``; or any VIVOS-layout corpus with a CTM (``--corpus_dir``);
+   ``<out_dir>/corpus``; or any VIVOS-layout corpus with a CTM (``--corpus_dir``).
+   ``--voices`` and ``--texts`` pick other sets, to tell the factors apart:
+   ``held_out_variants`` (the held-out variants at the training rates) or
+   ``held_out_rates`` (the training variants at the held-out rates), the
+   training voices (``varied``) or texts (``mixed``);
 2. windows: for every keyword of the aligned test split, one window centred
    on it and one whose centre is moved by up to ``--max_offset_seconds``
    (keeping the word inside), and as many keyword-free windows;
@@ -193,12 +197,13 @@ def plan_windows(rng: np.random.Generator, utterances: List[corpora.Utterance],
   return sorted(windows, key=lambda w: w["id"])
 
 
-def synthesize(out_dir: str, speakers: int, utterances: int, seed: int, cores) -> str:
+def synthesize(out_dir: str, speakers: int, utterances: int, seed: int, cores,
+               voices: str = "held_out", texts: str = "gettext_test") -> str:
   corpus = os.path.join(out_dir, "corpus")
   command = [sys.executable, "-m", "data_prep.synthesize_corpus", f"--out_dir={corpus}",
              f"--speakers={speakers}", f"--test_speakers={speakers}",
              f"--utterances_per_speaker={utterances}", f"--seed={seed}",
-             "--voices=held_out", "--texts=gettext_test"]
+             f"--voices={voices}", f"--texts={texts}"]
   if cores:
     command.append(f"--cores={cores}")
   subprocess.run(command, check=True)
@@ -260,6 +265,11 @@ def _define_flags() -> None:
   flags.DEFINE_float("max_offset_seconds", 0.3, "Offset windows move the keyword's centre by "
                      "up to this much from the window's centre.")
   flags.DEFINE_integer("cores", None, "Synthesis processes; default: all cores.")
+  flags.DEFINE_string("voices", "held_out", "synthesize_corpus --voices of the speech: "
+                      "held_out, or held_out_variants / held_out_rates / varied to test one "
+                      "factor at a time.")
+  flags.DEFINE_string("texts", "gettext_test", "synthesize_corpus --texts of the speech "
+                      "(gettext_test; mixed: the training corpora's sources).")
 
 
 def main(argv: List[str]) -> None:
@@ -270,6 +280,8 @@ def main(argv: List[str]) -> None:
   settings = {"corpus_dir": FLAGS.corpus_dir, "speakers": FLAGS.speakers,
               "utterances_per_speaker": FLAGS.utterances_per_speaker, "seed": FLAGS.seed,
               "clip_seconds": FLAGS.clip_seconds, "max_offset_seconds": FLAGS.max_offset_seconds}
+  if (FLAGS.voices, FLAGS.texts) != ("held_out", "gettext_test"):
+    settings.update(voices=FLAGS.voices, texts=FLAGS.texts)
   settings_path = os.path.join(FLAGS.out_dir, SETTINGS)
   if os.path.exists(settings_path) and os.path.exists(os.path.join(FLAGS.out_dir, MANIFEST)):
     with open(settings_path, encoding="utf-8") as f:
@@ -278,7 +290,8 @@ def main(argv: List[str]) -> None:
         return
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   corpus_dir = FLAGS.corpus_dir or synthesize(
-      FLAGS.out_dir, FLAGS.speakers, FLAGS.utterances_per_speaker, FLAGS.seed, FLAGS.cores)
+      FLAGS.out_dir, FLAGS.speakers, FLAGS.utterances_per_speaker, FLAGS.seed, FLAGS.cores,
+      FLAGS.voices, FLAGS.texts)
   rows = build(FLAGS.out_dir, corpus_dir, FLAGS.seed, FLAGS.clip_seconds,
                FLAGS.max_offset_seconds)
   tmp = os.path.join(FLAGS.out_dir, MANIFEST + ".tmp")

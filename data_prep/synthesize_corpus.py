@@ -55,13 +55,16 @@ flags.DEFINE_integer("seed", 0, "Seed of speakers, sentences and noise.")
 flags.DEFINE_integer("cores", None, "Worker processes; default: all cores.")
 flags.DEFINE_float("snr_db", None, "If set, add white or pink noise at this SNR (dB).")
 flags.DEFINE_bool("overwrite", False, "Replace a corpus made with other flags.")
-flags.DEFINE_enum("voices", "demo", ["demo", "varied", "random", "held_out"], "Voice "
-                  "variants and speaking rates: demo (15 variants, 130-210 wpm), varied (45 "
-                  "variants, 110-230 wpm, wider pitch), random (varied's rates and pitch, "
-                  "every speaker a variant made from random formants, pitch, voicing, "
-                  "breath, echo and spectral tilt: random_variant) or held_out (15 variants "
-                  "and rates of 90-105 or 235-260 wpm that no training corpus uses; for "
-                  "robustness test sets).")
+flags.DEFINE_enum("voices", "demo", ["demo", "varied", "random", "held_out",
+                                     "held_out_variants", "held_out_rates"],
+                  "Voice variants and speaking rates: demo (15 variants, 130-210 wpm), "
+                  "varied (45 variants, 110-230 wpm, wider pitch), random (varied's rates "
+                  "and pitch, every speaker a variant made from random formants, pitch, "
+                  "voicing, breath, echo and spectral tilt: random_variant) or held_out (15 "
+                  "variants and rates of 90-105 or 235-260 wpm that no training corpus "
+                  "uses; for robustness test sets); held_out_variants (those variants at "
+                  "varied's rates) and held_out_rates (varied's variants at those rates) "
+                  "tell the two apart.")
 flags.DEFINE_enum("texts", "lexicon", ["lexicon", "gettext_train", "gettext_test", "mixed"],
                   "Sentence source: the project's grammar (data_prep.lexicon), one half "
                   "of the system's Vietnamese gettext catalogues (data_prep.texts), drawn "
@@ -79,6 +82,9 @@ VOICE_SETS = {
     "varied": (espeak.VARIANTS + espeak.MORE_VARIANTS, ((110, 230),), (20, 80)),
     "random": ((), ((110, 230),), (20, 80)),
     "held_out": (espeak.HELD_OUT_VARIANTS, ((90, 105), (235, 260)), (20, 80)),
+    "held_out_variants": (espeak.HELD_OUT_VARIANTS, ((110, 230),), (20, 80)),
+    "held_out_rates": (espeak.VARIANTS + espeak.MORE_VARIANTS, ((90, 105), (235, 260)),
+                       (20, 80)),
 }
 RANDOM_VARIANT_PREFIX = "kws_random_"
 PITCH_RANGE = (25, 75)

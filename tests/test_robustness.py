@@ -192,6 +192,8 @@ _CALLS = [
     [[11, 40, 5], {"voices": "demo"}],
     [[5, 60, 60], {"voices": "held_out"}],
     [[6, 60, 10], {"voices": "varied"}],
+    [[7, 30, 30], {"voices": "held_out_variants"}],
+    [[7, 30, 30], {"voices": "held_out_rates"}],
 ]
 
 
@@ -726,3 +728,15 @@ def test_apply_condition_applies_the_condition_asked_for():
     assert info["condition"] == condition and out.shape == window.shape
   with pytest.raises(ValueError, match="unknown condition 'fog'"):
     robustness_set.apply_condition(np.random.default_rng(0), window, 0.01, pool, "fog")
+
+
+def test_factor_voice_sets_hold_one_thing_out_each(speakers):
+  """held_out_variants: the held-out variants at the training rates; held_out_rates:
+  the training variants at the held-out rates (robustness sets per factor)."""
+  variants, rates = speakers["calls"][6], speakers["calls"][7]
+  training = set(espeak.VARIANTS) | set(espeak.MORE_VARIANTS)
+  assert {s["voice"]["name"].split("+")[1] for s in variants} <= set(espeak.HELD_OUT_VARIANTS)
+  assert all(110 <= s["voice"]["rate_wpm"] <= 230 for s in variants)
+  assert {s["voice"]["name"].split("+")[1] for s in rates} <= training
+  assert all(90 <= s["voice"]["rate_wpm"] <= 105 or 235 <= s["voice"]["rate_wpm"] <= 260
+             for s in rates)
