@@ -194,6 +194,8 @@ _CALLS = [
     [[6, 60, 10], {"voices": "varied"}],
     [[7, 30, 30], {"voices": "held_out_variants"}],
     [[7, 30, 30], {"voices": "held_out_rates"}],
+    [[0, 6, 2], {"voices": "random"}],
+    [[0, 6, 2], {"voices": "random"}],
 ]
 
 
@@ -740,3 +742,18 @@ def test_factor_voice_sets_hold_one_thing_out_each(speakers):
   assert {s["voice"]["name"].split("+")[1] for s in rates} <= training
   assert all(90 <= s["voice"]["rate_wpm"] <= 105 or 235 <= s["voice"]["rate_wpm"] <= 260
              for s in rates)
+
+
+def test_random_voices_give_every_speaker_its_own_variant(speakers):
+  random, again = speakers["calls"][8], speakers["calls"][9]
+  assert random == again
+  variants = [s["voice"]["variant"] for s in random]
+  settings = [{k: v for k, v in variant.items() if k != "name"} for variant in variants]
+  assert all(a != b for i, a in enumerate(settings) for b in settings[i + 1:])
+  for speaker, variant in zip(random, variants):
+    assert speaker["voice"]["name"].split("+")[1] == variant["name"]
+    assert speaker["voice"]["name"].split("+")[0] in espeak.VOICES
+    assert speaker["gender"] == variant["gender"][0]
+    assert 110 <= speaker["voice"]["rate_wpm"] <= 230
+    assert len(variant["formants"]) == 6
+  assert [s["split"] for s in random] == ["train"] * 4 + ["test"] * 2
