@@ -381,7 +381,8 @@ class WaveformFrontEnd:
   @classmethod
   def of_records(cls, metadata: records.RecordsMetadata, fmt: str, normalize: bool,
                  warp_factors: Sequence[float] = ()) -> "WaveformFrontEnd":
-    """The front end of the records' ``fmt``, standardised with their statistics."""
+    """The front end of the records' ``fmt``, standardised with their statistics,
+    warping by ``warp_factors`` (``kws_tf.warp``) when given."""
     if fmt not in metadata.formats:
       raise ValueError(f"the records have no {fmt!r} format, whose front-end parameters "
                        f"the augmented pipeline needs (they have {sorted(metadata.formats)})")
