@@ -236,7 +236,6 @@ class _Engine:
       self._lib.espeak_Terminate()
       self._initialize(self._private_data)
       self._lib.espeak_SetSynthCallback(self._callback)
-      self._voice = None
     path = os.path.join(self._private_data, "espeak-ng-data", "voices", "!v", variant.name)
     with open(path, "w", encoding="utf-8") as f:
       f.write(variant.text())

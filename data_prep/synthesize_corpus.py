@@ -117,30 +117,36 @@ def make_speakers(seed: int, speakers: int, test_speakers: int,
   """
   variants, rates, pitch = VOICE_SETS[voices]
   if voices == "random":
-    return _random_speakers(seed, speakers, test_speakers, rates[0], pitch)
+    return _random_speakers(seed, speakers, test_speakers, rates, pitch)
   rng = np.random.default_rng([seed, 0])
   pairs = [(v, w) for v in espeak.VOICES for w in variants]
   order: List[int] = []
   while len(order) < speakers:
     order.extend(rng.permutation(len(pairs)).tolist())
-  width = max(3, len(str(speakers)))
-  result = []
-  for index in range(speakers):
-    voice_name, variant = pairs[order[index]]
-    low, high = rates[int(rng.integers(len(rates)))] if len(rates) > 1 else rates[0]
-    voice = espeak.Voice(
-        name=f"{voice_name}+{variant}",
-        rate_wpm=int(rng.integers(low, high + 1)),
-        pitch=int(rng.integers(pitch[0], pitch[1] + 1)),
-        pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-        volume=int(rng.integers(VOLUME[0], VOLUME[1] + 1)))
-    result.append(Speaker(
-        speaker_id=f"{SPEAKER_PREFIX}{index + 1:0{width}d}",
-        split="test" if index >= speakers - test_speakers else "train",
-        gender="f" if variant in FEMALE_VARIANTS else "m",
-        voice=voice,
-        seed=(seed, 1, index)))
-  return result
+  return [_speaker(rng, seed, index, speakers, test_speakers, pairs[order[index]][0],
+                   pairs[order[index]][1], rates, pitch) for index in range(speakers)]
+
+
+def _speaker(rng: np.random.Generator, seed: int, index: int, speakers: int,
+             test_speakers: int, voice_name: str, variant, rates, pitch) -> Speaker:
+  """Speaker ``index`` of ``speakers``: ``voice_name`` + ``variant`` (a shipped
+  variant's name, or an ``espeak.Variant``), its rate (from one of ``rates``,
+  drawn first when there are several), pitch, pitch range and volume drawn in
+  that order from ``rng``."""
+  made = variant if isinstance(variant, espeak.Variant) else None
+  name = made.name if made else variant
+  low, high = rates[int(rng.integers(len(rates)))] if len(rates) > 1 else rates[0]
+  voice = espeak.Voice(
+      name=f"{voice_name}+{name}",
+      rate_wpm=int(rng.integers(low, high + 1)),
+      pitch=int(rng.integers(pitch[0], pitch[1] + 1)),
+      pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
+      volume=int(rng.integers(VOLUME[0], VOLUME[1] + 1)), variant=made)
+  female = made.gender == "female" if made else variant in FEMALE_VARIANTS
+  return Speaker(
+      speaker_id=f"{SPEAKER_PREFIX}{index + 1:0{max(3, len(str(speakers)))}d}",
+      split="test" if index >= speakers - test_speakers else "train",
+      gender="f" if female else "m", voice=voice, seed=(seed, 1, index))
 
 
 def random_variant(rng: np.random.Generator, name: str) -> espeak.Variant:
@@ -173,26 +179,17 @@ def random_variant(rng: np.random.Generator, name: str) -> espeak.Variant:
       breath=breath, echo=echo, tone=tone)
 
 
-def _random_speakers(seed: int, speakers: int, test_speakers: int, rates: Sequence[int],
+def _random_speakers(seed: int, speakers: int, test_speakers: int, rates,
                      pitch: Sequence[int]) -> List[Speaker]:
   """``make_speakers`` of ``voices="random"``: the regional voices in turn, each
   speaker with a ``random_variant`` of its own."""
   rng = np.random.default_rng([seed, 0, 1])
   width = max(3, len(str(speakers)))
-  result = []
-  for index in range(speakers):
-    speaker_id = f"{SPEAKER_PREFIX}{index + 1:0{width}d}"
-    variant = random_variant(rng, f"{RANDOM_VARIANT_PREFIX}{speaker_id}")
-    voice = espeak.Voice(
-        name=f"{espeak.VOICES[index % len(espeak.VOICES)]}+{variant.name}",
-        rate_wpm=int(rng.integers(rates[0], rates[1] + 1)),
-        pitch=int(rng.integers(pitch[0], pitch[1] + 1)),
-        pitch_range=int(rng.integers(PITCH_RANGE[0], PITCH_RANGE[1] + 1)),
-        volume=int(rng.integers(VOLUME[0], VOLUME[1] + 1)), variant=variant)
-    result.append(Speaker(
-        speaker_id=speaker_id, split="test" if index >= speakers - test_speakers else "train",
-        gender="f" if variant.gender == "female" else "m", voice=voice, seed=(seed, 1, index)))
-  return result
+  return [_speaker(rng, seed, index, speakers, test_speakers,
+                   espeak.VOICES[index % len(espeak.VOICES)],
+                   random_variant(rng, f"{RANDOM_VARIANT_PREFIX}{SPEAKER_PREFIX}"
+                                       f"{index + 1:0{width}d}"), rates, pitch)
+          for index in range(speakers)]
 
 
 def utterance_id(speaker_id: str, index: int, count: int) -> str:
