@@ -77,7 +77,7 @@ _REVERB_LEAD_IN_SECONDS = 0.2  # speech before the window whose reverberation re
 _DIRECT_DELAY_SECONDS = 0.0025  # direct path to the first reflection
 _TELEPHONE_BAND_HZ = (300.0, 3400.0)
 _MU = 255.0
-_SILENCE_POWER = 1e-6  # reference power (-60 dBFS) of a context without speech
+SILENCE_POWER = 1e-6  # reference power (-60 dBFS) of a context without speech
 
 
 def uniforms(seeds: tf.Tensor, count: int) -> tf.Tensor:
@@ -176,7 +176,7 @@ def _pick(u: tf.Tensor, count: int) -> tf.Tensor:
   return tf.minimum(tf.cast(u * max(count, 1), tf.int32), max(count, 1) - 1)
 
 
-def _on_rows(chosen: tf.Tensor, x: tf.Tensor, fn) -> tf.Tensor:
+def on_rows(chosen: tf.Tensor, x: tf.Tensor, fn) -> tf.Tensor:
   """``x [batch, ...]`` with the rows where ``chosen [batch]`` is True replaced by
   ``fn(those rows, their indices)``; only those rows are computed."""
   rows = tf.where(chosen)[:, 0]
@@ -217,8 +217,9 @@ class Augmenter:
                   if config.vtlp_prob > 0 else [])
     # The frequency warps of the features: VTLP's, then each tempo's inverse.
     self.warp_factors = self._vtlp + [1.0 / f for f in self._tempos]
-    # Resampling factors: the speeds, then the tempos.
-    self._lengths = [int(round(span * f)) for f in self._speeds + self._tempos]
+    # Resampling factors (``draw``'s ``speed`` indexes them): the speeds, then the tempos.
+    self.resampling_factors = self._speeds + self._tempos
+    self._lengths = [int(round(span * f)) for f in self.resampling_factors]
     for name, bank in (("babble", babble), ("noise", noise)):
       if bank is not None and len(bank) <= span:
         raise ValueError(f"the {name} bank holds {len(bank)} samples; it needs more than "
@@ -279,9 +280,11 @@ class Augmenter:
     # A view's bank: the first bank of its kind plus floor(u * banks of the kind).
     self._kind_first = tf.constant(np.cumsum([0] + [len(k) for k in kinds[:-1]]), tf.int32)
     self._kind_count = tf.constant([max(len(k), 1) for k in kinds], tf.int32)
-    self._bank_start = tf.constant(np.cumsum([0] + [len(b) for b in blocks[:-1]]), tf.int32)
+    self.bank_start = tf.constant(np.cumsum([0] + [len(b) for b in blocks[:-1]]), tf.int32)
+    # Blocks of each bank (its first block in ``banks`` is ``bank_start``).
+    self.bank_blocks = tf.constant([len(b) for b in blocks], tf.int32)
     # Blocks a stretch of the bank can start on (it must end inside the bank).
-    self._bank_starts = tf.constant([(len(bank) - self.span) // NOISE_BLOCK + 1
+    self.bank_starts = tf.constant([(len(bank) - self.span) // NOISE_BLOCK + 1
                                      for bank in banks], tf.int32)
     # Kind k is chosen when a uniform draw is at least thresholds[:k]: the
     # cumulative weights, with 2 (never reached) past the last kind in use.
@@ -399,10 +402,10 @@ class Augmenter:
     x = region[:, :self.span]
     for index, length in enumerate(self._lengths):
       if length != self.span:
-        x = _on_rows(tf.equal(choices["speed"], index), x, lambda _, rows, length=length:
+        x = on_rows(tf.equal(choices["speed"], index), x, lambda _, rows, length=length:
                      tf.image.resize(tf.gather(region, rows)[:, tf.newaxis, :length, tf.newaxis],
                                      [1, self.span])[:, 0, :, 0])
-    reference = tf.maximum(tf.reduce_mean(tf.square(waveforms), axis=1), _SILENCE_POWER)
+    reference = tf.maximum(tf.reduce_mean(tf.square(waveforms), axis=1), SILENCE_POWER)
 
     if self.room_spectra is not None:
       def reverberate(dry, rows):
@@ -410,14 +413,14 @@ class Augmenter:
                     tf.gather(self.room_spectra, tf.gather(choices["room"], rows)))
         wet = tf.signal.irfft(spectrum, [self._fft_length])[:, :self.span]
         return wet * tf.sqrt((_power(dry, keep=True) + 1e-12) / (_power(wet, keep=True) + 1e-12))
-      x = _on_rows(choices["reverb"], x, reverberate)
+      x = on_rows(choices["reverb"], x, reverberate)
 
     if c.noise_prob > 0:
       x = self._add_noise(x, reference, choices)
     x = x[:, self.lead_in:]
 
     if c.telephone_prob > 0:
-      x = _on_rows(choices["telephone"], x, lambda rows_x, _: telephone(rows_x, self.sample_rate))
+      x = on_rows(choices["telephone"], x, lambda rows_x, _: telephone(rows_x, self.sample_rate))
     x = x * tf.pow(10.0, choices["gain_db"] / 20.0)[:, None]
     return tf.ensure_shape(tf.clip_by_value(x, -1.0, 1.0), [None, self.window])
 
@@ -429,13 +432,13 @@ class Augmenter:
 
     def noise(_, rows):
       bank = tf.gather(choices["noise_bank"], rows)
-      start = tf.gather(self._bank_start, bank) + tf.cast(
+      start = tf.gather(self.bank_start, bank) + tf.cast(
           tf.gather(choices["noise_at"], rows) *
-          tf.cast(tf.gather(self._bank_starts, bank), tf.float32), tf.int32)
+          tf.cast(tf.gather(self.bank_starts, bank), tf.float32), tf.int32)
       stretch = tf.gather(self.banks, start[:, None] + tf.range(blocks)[None])
       return tf.reshape(stretch, [-1, blocks * NOISE_BLOCK])[:, :self.span]
 
-    added = _on_rows(choices["add_noise"], tf.zeros_like(x), noise)
+    added = on_rows(choices["add_noise"], tf.zeros_like(x), noise)
     in_window = tf.maximum(tf.reduce_mean(tf.square(added[:, self.lead_in:]), axis=1), 1e-12)
     scale = tf.sqrt(reference / (in_window * tf.pow(10.0, choices["snr_db"] / 10.0)))
     return tf.where(choices["add_noise"][:, None], x + scale[:, None] * added, x)

@@ -80,18 +80,20 @@ class DataConfig:
 
 @dataclasses.dataclass
 class AugmentConfig:
-  """On-the-fly waveform augmentation of kws training clips (``kws_tf.augment``).
+  """On-the-fly waveform augmentation of training examples (``kws_tf.augment``).
 
-  Training then reads the records' ``raw`` format, which must hold context
-  around each clip (``kws-create-tfrecords --formats=raw,... --context_seconds``),
-  augments the waveform and computes ``data.format``'s features from it with
-  the records' own front-end parameters. Validation and evaluation read the
-  stored, clean features.
+  Training then reads the records' ``raw`` format, augments the waveform and
+  computes ``data.format``'s features from it with the records' own
+  front-end parameters. kws: windows of clips with context
+  (``kws-create-tfrecords --formats=raw,... --context_seconds``); ctc: whole
+  utterances (``kws_tf.utterance_augment``; standard mode only: ctc guidance
+  is of the clean utterances). Validation and evaluation read the stored,
+  clean features.
 
   Fields:
-    enabled: augment the training clips.
-    max_shift_seconds: the window moves up to this far from the centred clip,
-      within each record's shift range (the offsets that keep its label).
+    enabled: augment the training examples.
+    max_shift_seconds: kws: the window moves up to this far from the centred
+      clip, within each record's shift range (the offsets that keep its label).
     speed_prob, speed_min, speed_max: speed perturbation (tempo and pitch).
     reverb_prob, rt60_min, rt60_max: reverberation, RT60 in seconds
       (synthetic rooms unless ``rir_dir`` is set).
@@ -403,9 +405,10 @@ class Config:
     if self.augment.enabled and self.mode == "fitnet":
       raise ConfigError("augment.enabled: FitNet hints are stored for the clean clips; "
                         "train FitNets without waveform augmentation")
-    if self.augment.enabled and self.task != "kws":
-      raise ConfigError("augment.enabled is for kws recipes (clips with context); "
-                        f"this recipe's task is {self.task}")
+    if self.augment.enabled and self.task == "ctc" and self.mode != "standard":
+      raise ConfigError("augment.enabled: ctc guidance holds the teacher's logits for the clean "
+                        "utterances; train ctc students in mode "
+                        f"{self.mode} without waveform augmentation")
     if not 0.0 <= self.data.validation_fraction < 1.0:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")

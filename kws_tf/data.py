@@ -22,9 +22,13 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from kws_tf import augment, features, records, warp
+from kws_tf import augment, features, records, utterance_augment, warp
 from kws_tf import config as config_lib
 from kws_tf.models import heads
+
+
+# The window of a ctc pipeline's Augmenter, whose banks it uses (not its window).
+UTTERANCE_BANK_WINDOW_SECONDS = 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,18 +187,23 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       ``heads.CTC_TIME_STRIDE`` frames of ``fmt`` (``Guidance.check_frame_seconds``).
     keep: optional predicate on a parsed example; examples for which it is
       False are dropped before shuffling (see ``id_holdout``).
-    augmenter: kws training only: read the ``raw`` records (clips with
-      context), augment each waveform with its own seed, and compute ``fmt``'s
-      features from the window with the records' front-end parameters. With
-      ``guidance`` of several views (``Guidance.views``), each example takes
-      one of the views at random: the window is the view's
-      (``augment.view_seed``) and ``guidance_logits`` the teacher's logits for it.
+    augmenter: training only: read the ``raw`` records, augment each waveform
+      with its own seed, and compute ``fmt``'s features from it with the
+      records' front-end parameters. kws: a window of the clip with context;
+      with ``guidance`` of several views (``Guidance.views``), each example
+      takes one of the views at random: the window is the view's
+      (``augment.view_seed``) and ``guidance_logits`` the teacher's logits for
+      it. ctc: the whole utterance (``utterance_augment``), bucketed by length.
   """
   metadata = records.load_metadata(records_dir)
   compression = metadata.compression
   if augmenter is not None:
-    if not training or metadata.task != "kws":
-      raise ValueError("waveform augmentation is for kws training pipelines")
+    if not training:
+      raise ValueError("waveform augmentation is for training pipelines")
+    if metadata.task == "ctc":
+      return _augmented_utterances(records_dir, metadata, split, fmt, normalize, augmenter,
+                                   spec_augment, guidance, keep, shuffle_buffer, seed, repeat,
+                                   batch_size, drop_remainder)
     return _augmented_batches(records_dir, metadata, split, fmt, normalize, augmenter,
                               spec_augment, guidance, keep, shuffle_buffer, seed, repeat,
                               batch_size, drop_remainder)
@@ -285,6 +294,59 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
   return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
 
 
+def _augmented_utterances(records_dir: str, metadata: records.RecordsMetadata, split: str,
+                          fmt: str, normalize: bool, augmenter: augment.Augmenter,
+                          spec_augment: Optional[SpecAugment], guidance: Optional["Guidance"],
+                          keep: Optional[Callable], shuffle_buffer: int, seed: Optional[int],
+                          repeat: bool, batch_size: int, drop_remainder: bool) -> tf.data.Dataset:
+  """Batches of augmented ctc training utterances from the raw records.
+
+  Utterances are shuffled, each paired with four draws of a
+  ``tf.data.Dataset.random`` stream (so a resumed run repeats them), bucketed
+  by length and padded; then, per batch: ``utterance_augment`` with the last
+  two draws as each utterance's seed, ``fmt``'s front end on the valid samples
+  (frames past an utterance's end are 0, as in the stored records' batches)
+  and SpecAugment's masks from the first two draws.
+  """
+  if guidance is not None:
+    raise ValueError("ctc guidance holds the teacher's logits for the clean utterances; "
+                     "train a ctc student on guidance without augment.enabled")
+  check_context(metadata, records_dir)
+  paths = shard_paths(records_dir, "raw", split, metadata)
+  parse = make_parser(metadata, "raw", normalize=False)
+  front_end = WaveformFrontEnd.of_records(metadata, fmt, normalize, augmenter.warp_factors)
+  max_samples = metadata.splits[split].max_frames["raw"]
+  utterances = utterance_augment.UtteranceAugmenter(augmenter, max_samples)
+  channels = front_end.config.num_channels
+  ds = records_dataset(paths, metadata.compression).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  if keep is not None:
+    ds = ds.filter(keep)
+  ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(4))).map(
+      lambda x, keys: dict(x, keys=keys))
+  bounds = bucket_boundaries(max_samples, min_frames=metadata.sample_rate)
+  ds = ds.bucket_by_sequence_length(lambda x: x["num_frames"], bounds,
+                                    [batch_size] * (len(bounds) + 1),
+                                    drop_remainder=drop_remainder)
+
+  def process(x):
+    keys = x.pop("keys")
+    waveforms = x.pop("features")[:, :, 0]
+    choices = utterances.draw(keys[:, 2:], tf.shape(waveforms)[1])
+    waveforms, lengths = utterances.apply(waveforms, x["num_frames"], choices)
+    values = front_end(waveforms, choices["warp"], lengths)
+    num_frames = front_end.config.num_frames(lengths)
+    valid = tf.range(tf.shape(values)[1])[tf.newaxis] < num_frames[:, tf.newaxis]
+    values = tf.where(valid[:, :, tf.newaxis], values, 0.0)
+    if spec_augment is not None:
+      values = tf.where(spec_augment.keep(keys[:, :2], tf.shape(values)[1], channels), values, 0.0)
+    return dict(x, features=values, num_frames=num_frames)
+
+  return ds.map(process, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
 def offset_dataset(records_dir: str, split: str, front_end: "WaveformFrontEnd",
                    max_seconds: float, seed: int, batch_size: int) -> tf.data.Dataset:
   """kws evaluation windows moved off the clip's centre, in record order.
@@ -345,11 +407,12 @@ def has_context(metadata: records.RecordsMetadata) -> bool:
 
 
 def check_context(metadata: records.RecordsMetadata, records_dir: str) -> None:
-  """ValueError unless the records hold kws ``raw`` clips with context around them."""
+  """ValueError unless the records hold the ``raw`` audio that waveform
+  augmentation reads: whole ctc utterances, or kws clips with context around them."""
   if "raw" not in metadata.formats:
     raise ValueError(f"waveform augmentation reads the raw format, which {records_dir} does "
                      "not have: convert with --formats=raw,<feature formats>")
-  if metadata.context_seconds <= 0:
+  if metadata.task == "kws" and metadata.context_seconds <= 0:
     raise ValueError(f"the raw clips of {records_dir} have no context around them: convert "
                      "with --context_seconds > 0 (e.g. 0.5)")
 
@@ -357,8 +420,9 @@ def check_context(metadata: records.RecordsMetadata, records_dir: str) -> None:
 class WaveformFrontEnd:
   """Features of augmented windows, as the converter computes them.
 
-  Called with windows (float32 ``[batch, samples]``), it returns their
-  features ``[batch, frames, channels]``, warped by ``warp_factors[warp_index[b]]``
+  Called with windows (float32 ``[batch, samples]``, zero-padded past
+  ``lengths [batch]`` when given), it returns their features ``[batch,
+  frames, channels]`` (``features.compute``), warped by ``warp_factors[warp_index[b]]``
   when given each example's ``warp_index`` (int32 ``[batch]``, -1: none;
   ``kws_tf.warp``), then standardised with ``normalization``'s per-channel
   ``mean`` and ``std`` when given.
@@ -393,8 +457,9 @@ class WaveformFrontEnd:
         raise ValueError(f"metadata.json has no normalisation statistics for {fmt!r}")
     return cls(metadata.formats[fmt].params, stats, warp_factors)
 
-  def __call__(self, windows: tf.Tensor, warp_index: Optional[tf.Tensor] = None) -> tf.Tensor:
-    values = self.config.compute(windows)
+  def __call__(self, windows: tf.Tensor, warp_index: Optional[tf.Tensor] = None,
+               lengths: Optional[tf.Tensor] = None) -> tf.Tensor:
+    values = self.config.compute(windows, lengths)
     if warp_index is not None and self.warp is not None:
       values = self.warp(values, warp_index)
     if self.mean is not None:
@@ -403,8 +468,9 @@ class WaveformFrontEnd:
 
 
 def babble_bank(records_dir: str, split: str, seconds: float) -> np.ndarray:
-  """float32 ``[samples]``: the clips (without context) of the first negative
-  records of ``split``'s raw shards, end to end, up to ``seconds``.
+  """float32 ``[samples]``: the first records of ``split``'s raw shards end to
+  end, up to ``seconds``: kws, the negative clips (without context); ctc, the
+  utterances.
 
   Negatives hold speech without keywords, so babble made from them never
   puts a keyword behind a clip.
@@ -412,21 +478,22 @@ def babble_bank(records_dir: str, split: str, seconds: float) -> np.ndarray:
   metadata = records.load_metadata(records_dir)
   check_context(metadata, records_dir)
   rate = metadata.sample_rate
-  context = metadata.context_samples
-  negative = metadata.negative_label
+  kws = metadata.task == "kws"
+  context = metadata.context_samples if kws else 0
   parse = make_parser(metadata, "raw", normalize=False)
   wanted, parts, total = int(round(seconds * rate)), [], 0
   for example in records_dataset(shard_paths(records_dir, "raw", split, metadata),
                                  metadata.compression).map(parse):
-    if int(example["label"]) != negative:
+    if kws and int(example["label"]) != metadata.negative_label:
       continue
-    clip = example["features"].numpy()[context:-context, 0]
+    clip = example["features"].numpy()[context:len(example["features"]) - context, 0]
     parts.append(clip)
     total += len(clip)
     if total >= wanted:
       break
   if not parts:
-    raise ValueError(f"{records_dir} has no negative clips in {split!r} to make babble from")
+    raise ValueError(f"{records_dir} has no {'negative clips' if kws else 'utterances'} in "
+                     f"{split!r} to make babble from")
   return np.concatenate(parts)[:wanted]
 
 
@@ -636,8 +703,11 @@ def check_views(guidance: Guidance, config, train_split: str) -> None:
 
 def make_augmenter(records_dir: str, config, split: str) -> augment.Augmenter:
   """The ``Augmenter`` of a recipe's ``augment`` section (``config.AugmentConfig``)
-  for ``records_dir``: babble from ``split``'s negative clips, and the noise and
-  impulse-response folders the section names, at the records' sample rate."""
+  for ``records_dir``: babble from ``split``'s negative clips (ctc: its
+  utterances), and the noise and impulse-response folders the section names,
+  at the records' sample rate. Its window is the kws clip; ctc utterances
+  (``utterance_augment``) use its choices and banks, not its window, which
+  is then ``UTTERANCE_BANK_WINDOW_SECONDS``."""
   metadata = records.load_metadata(records_dir)
   check_context(metadata, records_dir)
   rate = metadata.sample_rate
@@ -645,5 +715,5 @@ def make_augmenter(records_dir: str, config, split: str) -> augment.Augmenter:
             if config.babble_weight > 0 else None)
   noise = augment.load_noise_bank(config.noise_dir, rate) if config.noise_dir else None
   rirs = augment.load_rirs(config.rir_dir, rate, config.rt60_max) if config.rir_dir else None
-  return augment.Augmenter(config, rate, metadata.clip_seconds,
-                           babble=babble, noise=noise, rirs=rirs)
+  window = metadata.clip_seconds if metadata.task == "kws" else UTTERANCE_BANK_WINDOW_SECONDS
+  return augment.Augmenter(config, rate, window, babble=babble, noise=noise, rirs=rirs)

@@ -1,0 +1,197 @@
+"""Augmentation of whole ctc utterances (kws_tf/utterance_augment.py) against numpy
+references, and the augmented ctc training pipeline (data) on converted records."""
+import numpy as np
+import pytest
+
+import kws_tf  # noqa: F401
+import tensorflow as tf
+
+from conftest import run_module
+from kws_tf import augment, config as config_lib, data, records, utterance_augment
+from kws_tf.training import loop
+
+SR = 16000
+
+
+def quiet(**overrides) -> config_lib.AugmentConfig:
+  """Every step off (probabilities 0, gain 0 dB), then ``overrides``."""
+  fields = dict(enabled=True, max_shift_seconds=0.0, speed_prob=0.0, reverb_prob=0.0,
+                noise_prob=0.0, telephone_prob=0.0, gain_db_min=0.0, gain_db_max=0.0)
+  fields.update(overrides)
+  return config_lib.AugmentConfig(**fields)
+
+
+def tones(lengths, hertz=440.0):
+  """A zero-padded batch of sines, ``[len(lengths), max(lengths)]``, amplitude 0.3."""
+  out = np.zeros([len(lengths), max(lengths)], np.float32)
+  for row, n in enumerate(lengths):
+    out[row, :n] = 0.3 * np.sin(2 * np.pi * hertz * np.arange(n) / SR)
+  return out
+
+
+def run(config, waveforms, lengths, seeds, max_samples=None, **banks):
+  augmenter = augment.Augmenter(config, SR, 1.0, **banks)
+  utterances = utterance_augment.UtteranceAugmenter(augmenter, max_samples or max(lengths))
+  choices = utterances.draw(tf.constant(seeds, tf.int64), tf.shape(waveforms)[1])
+  x, new_lengths = utterances.apply(tf.constant(waveforms), tf.constant(lengths, tf.int32),
+                                    choices)
+  return x.numpy(), new_lengths.numpy()
+
+
+def peak_hertz(x):
+  spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+  return np.argmax(spectrum) * SR / len(x)
+
+
+@pytest.mark.parametrize("factor", [0.85, 1.15])
+def test_speed_resamples_each_utterance_to_its_own_length(factor):
+  """Speed alone: a row of n samples becomes round(n / factor) samples, sample j
+  read at (j + 0.5) * factor - 0.5 by linear interpolation (np.interp, zeros past
+  the end), and a 440 Hz tone moves to 440 * factor Hz."""
+  lengths = [16000, 9000]
+  batch = tones(lengths)
+  x, new = run(quiet(speed_prob=1.0, speed_min=factor, speed_max=factor), batch, lengths,
+               [[1, 2], [3, 4]])
+  assert list(new) == [round(n / factor) for n in lengths]
+  assert x.shape[1] == int(np.ceil(batch.shape[1] / min(factor, 1.0)))
+  for row, (n, m) in enumerate(zip(lengths, new)):
+    position = (np.arange(m) + 0.5) * factor - 0.5
+    expected = np.interp(position, np.arange(n + 1), np.append(batch[row, :n], 0.0))
+    np.testing.assert_allclose(x[row, :m], expected, atol=1e-6)
+    assert not x[row, m:].any()
+    assert peak_hertz(x[row, :m]) == pytest.approx(440.0 * factor, abs=3.0)
+
+
+def test_noise_is_at_the_drawn_snr_over_each_utterances_valid_samples():
+  lengths = [16000, 4000, 12000]
+  batch = tones(lengths)
+  x, new = run(quiet(noise_prob=1.0, snr_db_min=10.0, snr_db_max=10.0), batch, lengths,
+               [[5, 1], [5, 2], [5, 3]])
+  assert list(new) == lengths
+  for row, n in enumerate(lengths):
+    speech = batch[row, :n].astype(np.float64)
+    noise = x[row, :n] - speech
+    snr = 10 * np.log10(np.mean(speech ** 2) / np.mean(noise ** 2))
+    assert snr == pytest.approx(10.0, abs=0.01)
+    assert not x[row, n:].any()
+
+
+def test_reverb_with_a_given_rir_is_a_convolution_at_the_dry_power():
+  rir = np.zeros([1, 800], np.float32)
+  rir[0, 0], rir[0, 400], rir[0, 799] = 1.0, 0.5, -0.25
+  lengths = [8000, 5000]
+  rng = np.random.default_rng(0)
+  batch = np.zeros([2, 8000], np.float32)
+  for row, n in enumerate(lengths):
+    batch[row, :n] = rng.normal(0, 0.05, n)
+  x, _ = run(quiet(reverb_prob=1.0), batch, lengths, [[1, 1], [1, 2]], rirs=rir)
+  for row, n in enumerate(lengths):
+    wet = np.convolve(batch[row, :n], rir[0])[:n]
+    wet *= np.sqrt(np.sum(batch[row, :n] ** 2) / np.sum(wet ** 2))
+    np.testing.assert_allclose(x[row, :n], wet, atol=1e-5)
+
+
+def test_an_utterance_does_not_depend_on_the_batch_around_it():
+  """Every step on but the telephone band (an FFT over the batch's width): a row
+  augmented alone equals the same row (same seed) in a wider batch, to the
+  rounding of the reverberation's FFT."""
+  config = config_lib.AugmentConfig(enabled=True, speed_prob=0.7, reverb_prob=0.7,
+                                    noise_prob=1.0, telephone_prob=0.0, tempo_prob=0.5)
+  rng = np.random.default_rng(3)
+  lengths = [7000, 20000, 11000]
+  batch = np.zeros([3, 20000], np.float32)
+  for row, n in enumerate(lengths):
+    batch[row, :n] = np.clip(rng.normal(0, 0.1, n), -1, 1)
+  seeds = [[9, row] for row in range(3)]
+  together, new = run(config, batch, lengths, seeds, max_samples=20000)
+  for row, n in enumerate(lengths):
+    alone, alone_new = run(config, batch[row:row + 1, :n], [n], seeds[row:row + 1],
+                           max_samples=20000)
+    assert alone_new[0] == new[row]
+    np.testing.assert_allclose(alone[0, :new[row]], together[row, :new[row]], atol=2e-5)
+
+
+def test_telephone_rows_keep_the_300_3400_hz_band():
+  rng = np.random.default_rng(4)
+  lengths = [16000, 12000]
+  batch = np.zeros([2, 16000], np.float32)
+  for row, n in enumerate(lengths):
+    batch[row, :n] = rng.normal(0, 0.05, n)
+  x, _ = run(quiet(telephone_prob=1.0), batch, lengths, [[2, 1], [2, 2]])
+  for row, n in enumerate(lengths):
+    spectrum = np.abs(np.fft.rfft(x[row, :n])) ** 2
+    hertz = np.fft.rfftfreq(n, 1 / SR)
+    inside = spectrum[(hertz > 400) & (hertz < 3300)].mean()
+    assert spectrum[hertz > 4500].mean() < 1e-3 * inside
+    assert spectrum[hertz < 150].mean() < 1e-2 * inside
+
+
+@pytest.fixture(scope="module")
+def ctc_raw_records(synthetic_corpus, tmp_path_factory):
+  out = tmp_path_factory.mktemp("ctc_raw") / "records"
+  run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
+             f"--out_dir={out}", "--splits=train,test", "--formats=raw,mfcc", "--task=ctc",
+             "--cores=2")
+  return str(out)
+
+
+def stored(records_dir, split):
+  ds = data.make_dataset(records_dir, "mfcc", split, batch_size=64, bucket=False)
+  return {i.decode(): (f[:n], l[:m]) for b in ds for i, f, n, l, m in zip(
+      b["id"].numpy(), b["features"].numpy(), b["num_frames"].numpy(), b["labels"].numpy(),
+      b["label_length"].numpy())}
+
+
+def test_pipeline_without_augmentation_gives_the_stored_features(ctc_raw_records):
+  augmenter = data.make_augmenter(ctc_raw_records, quiet(), "train")
+  clean = stored(ctc_raw_records, "train")
+  ds = data.make_dataset(ctc_raw_records, "mfcc", "train", batch_size=4, training=True,
+                         augmenter=augmenter, seed=2)
+  seen = set()
+  for batch in ds:
+    for i, example_id in enumerate(batch["id"].numpy()):
+      values, labels = clean[example_id.decode()]
+      n = int(batch["num_frames"][i])
+      assert n == len(values)
+      np.testing.assert_allclose(batch["features"][i, :n].numpy(), values, atol=2e-3)
+      assert not batch["features"][i, n:].numpy().any()
+      np.testing.assert_array_equal(batch["labels"][i, :len(labels)].numpy(), labels)
+      seen.add(example_id)
+  assert len(seen) == len(clean)
+
+
+def test_augmented_pipeline_is_a_function_of_the_seed(ctc_raw_records):
+  config = config_lib.AugmentConfig(enabled=True, speed_prob=1.0)
+  augmenter = data.make_augmenter(ctc_raw_records, config, "train")
+  assert augmenter.noise_kinds == ("coloured", "babble")
+  clean = stored(ctc_raw_records, "train")
+
+  def batches(seed):
+    ds = data.make_dataset(ctc_raw_records, "mfcc", "train", batch_size=4, training=True,
+                           augmenter=augmenter, seed=seed)
+    return [(b["id"].numpy(), b["features"].numpy(), b["num_frames"].numpy())
+            for b in ds.take(3)]
+
+  first, again, other = batches(5), batches(5), batches(6)
+  for a, b in zip(first, again):
+    for u, v in zip(a, b):
+      np.testing.assert_array_equal(u, v)
+  assert any(not np.array_equal(a[1], b[1]) for a, b in zip(first, other))
+  # Every utterance was sped up: its frame count is no longer the stored one.
+  for ids, _, frames in first:
+    assert all(n != len(clean[i.decode()][0]) for i, n in zip(ids, frames))
+
+
+def test_ctc_distillation_with_augmentation_is_refused():
+  with pytest.raises(config_lib.ConfigError, match="clean"):
+    config_lib.load(None, ["task=ctc", "mode=distill", "augment.enabled=true"])
+
+
+def test_a_ctc_model_trains_on_augmented_utterances(ctc_raw_records, tmp_path):
+  config = config_lib.load(None, [
+      "task=ctc", "model.name=wav2letter", "model.params.filters=[16,16]",
+      "model.params.widths=[5,3]", "model.params.strides=[2,1]", "model.params.dropouts=[0,0]",
+      "data.batch_size=4", "train.steps=2", "train.eval_every=2", "train.checkpoint_every=2",
+      "data.validation_split=test", "augment.enabled=true"])
+  results = loop.Trainer(config, str(tmp_path / "run"), ctc_raw_records).run()
+  assert results["steps"] == 2 and np.isfinite(results["test"]["loss"])
