@@ -22,14 +22,11 @@ import os
 import subprocess
 import sys
 import time
-from typing import List, Tuple
 
 import numpy as np
 from absl import app, flags
 
-from kws_tf import data, inference, records, text
-from kws_tf import model_dir as model_dir_lib
-from kws_tf.evaluation import decoding, metrics, runner
+from kws_tf.evaluation import ctc_logits, decoding, metrics
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FLAGS = flags.FLAGS
@@ -48,43 +45,6 @@ flags.DEFINE_integer("batch_size", 16, "--model_dir: examples per batch.")
 flags.mark_flags_as_required(["data_dir"])
 
 
-def model_dir_logits() -> Tuple[List[np.ndarray], List[List[int]], text.Vocabulary]:
-  """Logits ``[frames, V]`` and label ids of every utterance, through the Keras model."""
-  spec, metadata, parse = model_dir_lib.model_records(FLAGS.model_dir, FLAGS.data_dir)
-  if spec.task != "ctc":
-    raise app.UsageError(f"{FLAGS.model_dir} is a {spec.task} model, not ctc")
-  model = model_dir_lib.load_trained_model(FLAGS.model_dir)
-  paths = data.shard_paths(FLAGS.data_dir, spec.format, FLAGS.split, metadata)
-  dataset = data.records_dataset(paths, metadata.compression).map(parse)
-  if FLAGS.limit:
-    dataset = dataset.take(FLAGS.limit)
-  predictions = runner.predict(model, dataset.padded_batch(FLAGS.batch_size), "ctc")
-  return (predictions["logits"], predictions["labels"],
-          text.Vocabulary(spec.vocabulary["symbols"]))
-
-
-def exported_logits() -> Tuple[List[np.ndarray], List[List[int]], text.Vocabulary]:
-  """Logits and label ids of every utterance, the raw audio through the exported file."""
-  card = inference.read_card(FLAGS.model)
-  if card["task"] != "ctc":
-    raise app.UsageError(f"{FLAGS.model} is a {card['task']} model, not ctc")
-  model = inference.load_model(FLAGS.model)
-  metadata = records.load_metadata(FLAGS.data_dir)
-  parse = data.make_parser(metadata, "raw", normalize=False)
-  paths = data.shard_paths(FLAGS.data_dir, "raw", FLAGS.split, metadata)
-  dataset = data.records_dataset(paths, metadata.compression).map(parse)
-  if FLAGS.limit:
-    dataset = dataset.take(FLAGS.limit)
-  logits, labels = [], []
-  for example in dataset:
-    outputs = model(example["features"].numpy().reshape(-1))
-    logits.append(outputs["logits"][0][:int(outputs["logit_frames"][0])])
-    labels.append(example["labels"].numpy().tolist())
-  if metadata.vocabulary["symbols"] != card["labels"]["vocabulary"]:
-    raise app.UsageError(f"{FLAGS.model} and {FLAGS.data_dir} have different vocabularies")
-  return logits, labels, text.Vocabulary(card["labels"]["vocabulary"])
-
-
 def make_lm() -> None:
   os.makedirs(os.path.dirname(os.path.abspath(FLAGS.lm)), exist_ok=True)
   subprocess.run([sys.executable, "-m", "data_prep.build_lm", f"--output={FLAGS.lm}"],
@@ -98,7 +58,13 @@ def main(argv):
   if not os.path.exists(FLAGS.lm):
     make_lm()
   lm = decoding.LanguageModel(FLAGS.lm)
-  logits, labels, vocabulary = model_dir_logits() if FLAGS.model_dir else exported_logits()
+  try:
+    logits, labels, vocabulary = (
+        ctc_logits.model_dir_logits(FLAGS.model_dir, FLAGS.data_dir, FLAGS.split, FLAGS.limit,
+                                    FLAGS.batch_size) if FLAGS.model_dir else
+        ctc_logits.exported_logits(FLAGS.model, FLAGS.data_dir, FLAGS.split, FLAGS.limit))
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
   references = [vocabulary.decode(ids) for ids in labels]
   width = FLAGS.beam_width
   decoders = [("greedy", "", decoding.CtcDecoder("greedy")),

@@ -16,6 +16,7 @@ from conftest import run_module
 from kws_tf import audio, config as config_lib
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.distill import quantization
+from kws_tf.evaluation import ctc_logits
 from kws_tf.export import card as card_lib
 from kws_tf.export import convert, examples, qat, serving, tflite
 from kws_tf.export import parity as parity_lib
@@ -582,3 +583,23 @@ def test_help_lists_the_flags():
   result = run_module("kws_tf.bin.export_tflite", "--help", check=False)
   for flag in ("--formats", "--int8_io", "--max_accuracy_drop", "--qat_steps", "--audio_dir"):
     assert flag in result.stdout + result.stderr
+
+
+def test_ctc_logits_of_the_exported_file_equal_the_model_dirs(ctc_model, ctc_export,
+                                                              synthetic_corpus, tmp_path):
+  """``ctc_logits``: the float32 file on the raw audio gives the Keras model's logits
+  on the stored features, utterance by utterance, with the same labels."""
+  records_dir = str(tmp_path / "records")
+  run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
+             f"--out_dir={records_dir}", "--splits=test", "--stats_splits=none",
+             "--formats=raw,mfcc", "--task=ctc", "--cores=1")
+  keras_logits, keras_labels, vocabulary = ctc_logits.model_dir_logits(
+      ctc_model, records_dir, "test", batch_size=4)
+  out_dir, _ = ctc_export
+  file_logits, file_labels, file_vocabulary = ctc_logits.exported_logits(
+      os.path.join(out_dir, "model_float32.tflite"), records_dir, "test", limit=3)
+  assert len(file_logits) == 3 and file_labels == keras_labels[:3]
+  assert file_vocabulary.symbols == vocabulary.symbols
+  for got, expected in zip(file_logits, keras_logits):
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, atol=1e-3)

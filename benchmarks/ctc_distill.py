@@ -1,0 +1,191 @@
+r"""CTC students against their teacher over seeds: standard, distilled, quantized-distilled.
+
+  .venv/bin/python benchmarks/ctc_distill.py --records=<ctc records with mfcc and raw> \
+      --robustness_records=<ctc records of speech no model trained on> \
+      --teacher_dir=<a ctc teacher model dir> [--guidance_dir=<its logits>] \
+      [--seeds=0,1,2] [--methods=standard,distill,quantized_distill] \
+      [--student_config=ctc_small] [--student_override=key=value] \
+      [--work_dir=/tmp/kws_tf_ctc_distill] [--lm=workdir/lm/vietnamese_3gram.arpa]
+
+Not a test. Stages (``kws_tf.stages``: stamped, skipped while program, options
+and inputs are unchanged; a killed training resumes):
+
+1. guidance  ``kws-create-guidance`` of ``--teacher_dir`` on the records' train
+             split (the teacher's logits for the clean utterances), unless
+             ``--guidance_dir`` gives them
+2. students  for each of ``--seeds`` and ``--methods``: ``kws-train
+             --config=<--student_config> --mode=<method> --override
+             train.seed=<seed>``, the same recipe and steps for every method
+3. export    ``kws-export-tflite --formats=int8`` of each student
+
+Then the teacher (its Keras model on its own feature format) and every
+student's int8 file (on the records' raw audio, as ``kws-infer`` reads it) run
+over two test sets: the records' ``--split`` (speakers held out of training)
+and ``--robustness_records``' ``--robustness_split`` (for instance the
+robustness set's utterances: voices, rates and sentences no training corpus
+uses). Each is decoded greedily and with ``beam_lm`` and the word LM
+(``--lm_weight``, ``--word_bonus``, beam width 8; fixed, not tuned here). One
+Markdown row per model with CER and WER, then the mean and spread per method;
+and the teacher's CER as a share of the standard students' mean (the target of
+the CTC issue: at most 0.7).
+"""
+import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
+
+import os
+import shlex
+import sys
+from typing import Dict, List
+
+import numpy as np
+from absl import app, flags
+
+from kws_tf import config as config_lib
+from kws_tf.evaluation import ctc_logits, decoding, metrics
+from kws_tf.stages import Runner, Stage
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+METHODS = ("standard", "distill", "quantized_distill")
+BEAM_WIDTH = 8
+TARGET_TEACHER_SHARE = 0.7
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("records", None, "ctc records (kws-create-tfrecords --task=ctc) with the "
+                    "students' format and raw audio; the teacher's format too.")
+flags.DEFINE_string("split", "test", "The records' test split.")
+flags.DEFINE_string("robustness_records", None, "ctc records of a second test set.")
+flags.DEFINE_string("robustness_split", "test", "Its split.")
+flags.DEFINE_string("teacher_dir", None, "A trained ctc teacher (kws-train --role=teacher).")
+flags.DEFINE_string("guidance_dir", None, "The teacher's logits on the records' train split "
+                    "(kws-create-guidance); made in --work_dir when unset.")
+flags.DEFINE_string("student_config", "ctc_small", "The students' recipe.")
+flags.DEFINE_multi_string("student_override", [], "key=value for every student run.")
+flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds: each trains every method.")
+flags.DEFINE_list("methods", list(METHODS), f"Training modes, of {METHODS}.")
+flags.DEFINE_string("work_dir", "/tmp/kws_tf_ctc_distill", "Guidance, students, exports, stamps.")
+flags.DEFINE_string("lm", "workdir/lm/vietnamese_3gram.arpa", "The word LM (ARPA or KenLM "
+                    "binary); made with kws-build-lm when missing.")
+flags.DEFINE_float("lm_weight", 1.0, "beam_lm: LM weight.")
+flags.DEFINE_float("word_bonus", 1.0, "beam_lm: word bonus (nats).")
+flags.DEFINE_integer("limit", 0, "Decode at most this many utterances per set (0: all).")
+flags.mark_flags_as_required(["records", "robustness_records", "teacher_dir"])
+
+
+def _guidance(runner: Runner) -> str:
+  if FLAGS.guidance_dir:
+    return FLAGS.guidance_dir
+  out = os.path.join(FLAGS.work_dir, "guidance")
+  runner.run(Stage("guidance", "data_prep.create_guidance",
+                   [f"--teacher_dir={FLAGS.teacher_dir}", f"--data_dir={FLAGS.records}",
+                    f"--out_dir={out}", "--splits=train", "--nofeatures"],
+                   inputs=[FLAGS.teacher_dir, FLAGS.records], outputs=[out],
+                   done=[os.path.join(out, "metadata.json")], resumable=True))
+  return out
+
+
+def _student(runner: Runner, method: str, seed: str, guidance: str) -> str:
+  """Trains and exports one student (or reads them back); returns its int8 file."""
+  name = f"{method}_s{seed}"
+  model_dir = os.path.join(FLAGS.work_dir, "models", name)
+  options = [f"--config={FLAGS.student_config}", f"--mode={method}",
+             f"--data_dir={FLAGS.records}", f"--model_dir={model_dir}"]
+  options += [f"--override={o}" for o in FLAGS.student_override + [f"train.seed={seed}"]]
+  inputs = [FLAGS.records, config_lib.find_recipe(FLAGS.student_config)]
+  if method != "standard":
+    options.append(f"--guidance_dir={guidance}")
+    inputs.append(guidance)
+  train = Stage(f"student ({method}, seed {seed})", "kws_tf.bin.train", options, inputs=inputs,
+                outputs=[model_dir], done=[os.path.join(model_dir, "results.json")],
+                resumable=True, key=f"train_{name}", adopt=True)
+  runner.run(train)
+  out = os.path.join(FLAGS.work_dir, "export", name)
+  export = Stage(f"int8 file ({method}, seed {seed})", "kws_tf.bin.export_tflite",
+                 [f"--model_dir={model_dir}", f"--data_dir={FLAGS.records}", f"--out_dir={out}",
+                  "--formats=int8"], inputs=[train], outputs=[out],
+                 done=[os.path.join(out, "model_int8.tflite")], key=f"export_{name}")
+  runner.run(export)
+  return export.done_files[0]
+
+
+def _rates(logits_labels_vocabulary) -> Dict[str, float]:
+  """CER and WER of greedy and LM decoding."""
+  logits, labels, vocabulary = logits_labels_vocabulary
+  references = [vocabulary.decode(ids) for ids in labels]
+  lm = decoding.LanguageModel(FLAGS.lm)
+  out = {}
+  for key, decoder in (("greedy", decoding.CtcDecoder("greedy")),
+                       ("lm", decoding.CtcDecoder("beam_lm", BEAM_WIDTH, lm, FLAGS.lm_weight,
+                                                  FLAGS.word_bonus))):
+    hypotheses = [vocabulary.decode(decoder.decode(row[np.newaxis], [len(row)], vocabulary)[0])
+                  for row in logits]
+    rates = metrics.error_rates(references, hypotheses)
+    out[f"{key}_cer"], out[f"{key}_wer"] = rates["cer"], rates["wer"]
+  return out
+
+
+def _sets() -> List[tuple]:
+  return [("test", FLAGS.records, FLAGS.split),
+          ("robustness", FLAGS.robustness_records, FLAGS.robustness_split)]
+
+
+def _cells(scores: Dict[str, Dict[str, float]]) -> str:
+  return " | ".join(f"{scores[name]['greedy_cer']:.4f} / {scores[name]['lm_cer']:.4f} / "
+                    f"{scores[name]['lm_wer']:.4f}" for name, _, _ in _sets())
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  unknown = sorted(set(FLAGS.methods) - set(METHODS))
+  if unknown:
+    raise app.UsageError(f"unknown --methods {unknown}; expected some of {METHODS}")
+  if not os.path.exists(FLAGS.lm):
+    Runner(os.path.join(FLAGS.work_dir, "stamps"), cwd=REPO).run(
+        Stage("language model", "data_prep.build_lm", [f"--output={FLAGS.lm}"],
+              outputs=[FLAGS.lm]))
+  command = " ".join(shlex.quote(c) for c in [sys.executable] + sys.argv)
+  runner = Runner(os.path.join(FLAGS.work_dir, "stamps"), cwd=REPO)
+  guidance = _guidance(runner) if set(FLAGS.methods) - {"standard"} else ""
+  files = {(m, s): _student(runner, m, s, guidance) for s in FLAGS.seeds for m in FLAGS.methods}
+
+  teacher = {name: _rates(ctc_logits.model_dir_logits(FLAGS.teacher_dir, records_dir, split,
+                                                      FLAGS.limit))
+             for name, records_dir, split in _sets()}
+  students = {key: {name: _rates(ctc_logits.exported_logits(path, records_dir, split,
+                                                            FLAGS.limit))
+                    for name, records_dir, split in _sets()}
+              for key, path in files.items()}
+
+  print(f"\ncommand: {command}")
+  print(f"test sets: {FLAGS.records} ({FLAGS.split}); {FLAGS.robustness_records} "
+        f"({FLAGS.robustness_split}). beam_lm: width {BEAM_WIDTH}, LM {FLAGS.lm}, lm_weight "
+        f"{FLAGS.lm_weight:g}, word_bonus {FLAGS.word_bonus:g}\n")
+  print("| model | seed | test: CER greedy / CER LM / WER LM | robustness: CER greedy / CER LM / "
+        "WER LM |")
+  print("|---|---|---|---|")
+  print(f"| teacher (Keras, float32) | - | {_cells(teacher)} |")
+  for (method, seed), scores in students.items():
+    print(f"| {method} (int8) | {seed} | {_cells(scores)} |")
+  print("\n| method (int8) | seeds | " + " | ".join(
+      f"{name}: CER greedy, CER LM (mean +- sd)" for name, _, _ in _sets()) + " |")
+  print("|---|---|" + "---|" * len(_sets()))
+  means = {}
+  for method in FLAGS.methods:
+    cells = []
+    for name, _, _ in _sets():
+      greedy = [students[(method, s)][name]["greedy_cer"] for s in FLAGS.seeds]
+      lm = [students[(method, s)][name]["lm_cer"] for s in FLAGS.seeds]
+      means[(method, name)] = float(np.mean(greedy))
+      cells.append(f"{np.mean(greedy):.4f} +- {np.std(greedy):.4f}, "
+                   f"{np.mean(lm):.4f} +- {np.std(lm):.4f}")
+    print(f"| {method} | {len(FLAGS.seeds)} | " + " | ".join(cells) + " |")
+  if "standard" in FLAGS.methods:
+    print()
+    for name, _, _ in _sets():
+      share = teacher[name]["greedy_cer"] / means[("standard", name)]
+      print(f"{name}: teacher greedy CER {teacher[name]['greedy_cer']:.4f} = {share:.2f}x the "
+            f"standard students' mean (target <= {TARGET_TEACHER_SHARE}: "
+            f"{'met' if share <= TARGET_TEACHER_SHARE else 'missed'})")
+
+
+if __name__ == "__main__":
+  app.run(main)
