@@ -25,8 +25,17 @@ r"""Builds a keyword-spotting robustness test set: 1 s windows under conditions 
 Writes ``<out_dir>/clips/<id>.wav`` (16 kHz PCM16, ``--clip_seconds`` long),
 ``<out_dir>/manifest.jsonl`` (one window a line: ``id``, ``path``, ``label``,
 ``placement`` centred/offset/negative, ``offset_seconds``, ``condition``,
-``noise``, ``snr_db``, ``rt60``) and ``<out_dir>/settings.json``. The same
-flags give the same set. Every clip is synthetic speech.
+``noise``, ``snr_db``, ``rt60``) and ``<out_dir>/settings.json``.
+
+4. utterances, for character recognition: every test utterance whole, under
+   a condition drawn in the same way (its own random stream, so the windows
+   do not change), as a VIVOS-layout corpus ``<out_dir>/utterances``
+   (``test/prompts.txt``, ``test/waves/<speaker>/<id>.wav``; ``kws-create-tfrecords
+   --task=ctc --data_dir=<out_dir>/utterances`` reads it) with
+   ``utterances.jsonl`` (``id`` and the condition's fields, as the manifest's);
+   made for an existing set that lacks it.
+
+The same flags give the same set. Every clip is synthetic speech.
 """
 import json
 import os
@@ -57,6 +66,8 @@ SNR_BINS_DB = (5, 10, 15, 20, 25)
 RT60_SECONDS = (0.3, 1.0)
 GAINS_DB = (-24.0, 12.0)
 SETTINGS = "settings.json"
+UTTERANCES = "utterances"  # the folder of the utterances under conditions
+UTTERANCE_MANIFEST = "utterances.jsonl"
 
 
 def hum(rng: np.random.Generator, samples: int) -> np.ndarray:
@@ -252,6 +263,45 @@ def build(out_dir: str, corpus_dir: str, seed: int, clip_seconds: float,
   return rows
 
 
+def build_utterances(out_dir: str, corpus_dir: str, seed: int) -> List[dict]:
+  """Writes the test utterances under drawn conditions (step 4 of the module) and
+  returns their rows; babble comes from other speakers' utterances, repeated to
+  the utterance's length when shorter."""
+  utterances = [u for u in corpora.read_corpus("vivos", corpus_dir, ["test"])
+                if u.problem is None]
+  rng = np.random.default_rng([seed, 23])
+  waveforms = {u.id: audio.read_audio(u.audio_path, SAMPLE_RATE).astype(np.float64)
+               for u in utterances}
+  root = os.path.join(out_dir, UTTERANCES)
+  split = os.path.join(root, "test")
+  rows, prompts = [], []
+  for utt in tqdm.tqdm(utterances, unit="utterance", desc="robustness utterances"):
+    speech = waveforms[utt.id]
+    speaker = utt.id.split("_")[0]
+    others = [u.id for u in utterances if u.id.split("_")[0] != speaker] or [utt.id]
+    pool = [np.resize(waveforms[others[i]], len(speech))
+            for i in rng.choice(len(others), size=min(6, len(others)), replace=False)]
+    noisy, info = apply_condition(rng, speech, float(np.mean(speech ** 2)), pool)
+    path = os.path.join(split, "waves", speaker, utt.id + ".wav")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    soundfile.write(path + ".tmp", np.round(noisy * 32767).astype(np.int16), SAMPLE_RATE,
+                    subtype="PCM_16", format="WAV")
+    os.replace(path + ".tmp", path)
+    prompts.append(f"{utt.id} {utt.text}\n")
+    rows.append({"id": utt.id, **info})
+  with open(os.path.join(split, "prompts.txt.tmp"), "w", encoding="utf-8") as f:
+    f.writelines(prompts)
+  os.replace(os.path.join(split, "prompts.txt.tmp"), os.path.join(split, "prompts.txt"))
+  return rows
+
+
+def _write_jsonl(path: str, rows: Sequence[dict]) -> None:
+  with open(path + ".tmp", "w", encoding="utf-8") as f:
+    for row in rows:
+      f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+  os.replace(path + ".tmp", path)
+
+
 def _define_flags() -> None:
   """The binary's flags; defined when it runs, so that importing this module for its
   functions (tests, benchmarks) does not claim flag names other binaries use."""
@@ -283,29 +333,38 @@ def main(argv: List[str]) -> None:
   if (FLAGS.voices, FLAGS.texts) != ("held_out", "gettext_test"):
     settings.update(voices=FLAGS.voices, texts=FLAGS.texts)
   settings_path = os.path.join(FLAGS.out_dir, SETTINGS)
+  windows_done = False
   if os.path.exists(settings_path) and os.path.exists(os.path.join(FLAGS.out_dir, MANIFEST)):
     with open(settings_path, encoding="utf-8") as f:
-      if json.load(f) == settings:
-        print(f"robustness set complete: {FLAGS.out_dir}")
-        return
+      windows_done = json.load(f) == settings
+  utterance_manifest = os.path.join(FLAGS.out_dir, UTTERANCE_MANIFEST)
+  if windows_done and os.path.exists(utterance_manifest):
+    print(f"robustness set complete: {FLAGS.out_dir}")
+    return
   os.makedirs(FLAGS.out_dir, exist_ok=True)
   corpus_dir = FLAGS.corpus_dir or synthesize(
       FLAGS.out_dir, FLAGS.speakers, FLAGS.utterances_per_speaker, FLAGS.seed, FLAGS.cores,
       FLAGS.voices, FLAGS.texts)
-  rows = build(FLAGS.out_dir, corpus_dir, FLAGS.seed, FLAGS.clip_seconds,
-               FLAGS.max_offset_seconds)
-  tmp = os.path.join(FLAGS.out_dir, MANIFEST + ".tmp")
-  with open(tmp, "w", encoding="utf-8") as f:
+  if not windows_done:
+    if os.path.exists(utterance_manifest):
+      os.remove(utterance_manifest)  # of other settings: made again below
+    rows = build(FLAGS.out_dir, corpus_dir, FLAGS.seed, FLAGS.clip_seconds,
+                 FLAGS.max_offset_seconds)
+    _write_jsonl(os.path.join(FLAGS.out_dir, MANIFEST), rows)
+    with open(settings_path + ".tmp", "w", encoding="utf-8") as f:
+      json.dump(settings, f, indent=1)
+    os.replace(settings_path + ".tmp", settings_path)
+    counts = {}
     for row in rows:
-      f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-  os.replace(tmp, os.path.join(FLAGS.out_dir, MANIFEST))
-  with open(settings_path + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(settings, f, indent=1)
-  os.replace(settings_path + ".tmp", settings_path)
+      counts[row["placement"]] = counts.get(row["placement"], 0) + 1
+    print(f"robustness set: {len(rows)} clips in {FLAGS.out_dir} ({counts}); synthetic speech")
+  rows = build_utterances(FLAGS.out_dir, corpus_dir, FLAGS.seed)
+  _write_jsonl(utterance_manifest, rows)
   counts = {}
   for row in rows:
-    counts[row["placement"]] = counts.get(row["placement"], 0) + 1
-  print(f"robustness set: {len(rows)} clips in {FLAGS.out_dir} ({counts}); synthetic speech")
+    counts[row["condition"]] = counts.get(row["condition"], 0) + 1
+  print(f"robustness utterances: {len(rows)} in {os.path.join(FLAGS.out_dir, UTTERANCES)} "
+        f"({counts}); synthetic speech")
 
 
 def run() -> None:

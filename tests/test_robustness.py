@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -666,9 +667,12 @@ def test_set_from_corpus(robustness_sets, synthetic_corpus):
   assert "synthetic speech" in first.stdout
   rows = robustness.read_manifest(str(out))
   assert rows
-  assert _files(out) == sorted(["manifest.jsonl", "settings.json"]
-                               + [os.path.join("clips", r["id"] + ".wav") for r in rows])
   utterances = {u.id: u for u in corpora.read_corpus("vivos", str(synthetic_corpus), ["test"])}
+  assert _files(out) == sorted(
+      ["manifest.jsonl", "settings.json", "utterances.jsonl", "utterances/test/prompts.txt"]
+      + [os.path.join("clips", r["id"] + ".wav") for r in rows]
+      + [os.path.join("utterances", "test", "waves", i.split("_")[0], i + ".wav")
+         for i in utterances])
   alignments = corpora.read_ctm([os.path.join(synthetic_corpus, "test", "alignments.ctm")])
   placements = [r["placement"] for r in rows]
   keyword_windows = placements.count("centred") + placements.count("offset")
@@ -709,6 +713,28 @@ def test_set_from_corpus(robustness_sets, synthetic_corpus):
   assert windows.shape == (len(rows), SR) and windows.dtype == np.float32
 
 
+def test_utterances_are_the_test_split_under_conditions(robustness_sets, synthetic_corpus):
+  """The utterance corpus reads as VIVOS with the original transcripts; clean ones are
+  the original audio (within 1 LSB); the others carry their condition."""
+  out, _, _ = robustness_sets
+  original = {u.id: u for u in corpora.read_corpus("vivos", str(synthetic_corpus), ["test"])}
+  made = {u.id: u for u in corpora.read_corpus("vivos", str(out / "utterances"), ["test"])}
+  assert set(made) == set(original)
+  rows = [json.loads(line) for line in (out / "utterances.jsonl").read_text().splitlines()]
+  assert sorted(r["id"] for r in rows) == sorted(original)
+  for row in rows:
+    assert row["condition"] in robustness_set.CONDITIONS
+    assert made[row["id"]].text == original[row["id"]].text
+    speech = audio.read_audio(original[row["id"]].audio_path, SR).astype(np.float64)
+    clip, _ = soundfile.read(made[row["id"]].audio_path, dtype="int16")
+    assert len(clip) == len(speech)
+    difference = np.max(np.abs(np.round(speech * 32767) - clip))
+    if row["condition"] == "clean":
+      assert difference <= 1, row
+    else:
+      assert difference > 1, row
+
+
 def test_set_second_run_and_fresh_copy(robustness_sets, synthetic_corpus):
   out, fresh, _ = robustness_sets
   stamps = {f: os.stat(out / f).st_mtime_ns for f in _files(out)}
@@ -717,6 +743,14 @@ def test_set_second_run_and_fresh_copy(robustness_sets, synthetic_corpus):
   assert {f: os.stat(out / f).st_mtime_ns for f in _files(out)} == stamps
   _make_set(fresh, synthetic_corpus)
   assert _files(fresh) == _files(out)
+  for name in _files(out):
+    assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+  # A set made before the utterances existed gains them; its windows stay as they are.
+  os.remove(fresh / "utterances.jsonl")
+  shutil.rmtree(fresh / "utterances")
+  windows = {f: os.stat(fresh / f).st_mtime_ns for f in _files(fresh)}
+  _make_set(fresh, synthetic_corpus)
+  assert {f: os.stat(fresh / f).st_mtime_ns for f in windows} == windows
   for name in _files(out):
     assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
 
