@@ -1,7 +1,7 @@
 r"""CTC students against their teacher over seeds: standard, distilled, quantized-distilled.
 
   .venv/bin/python benchmarks/ctc_distill.py --records=<ctc records with mfcc and raw> \
-      --robustness_records=<ctc records of speech no model trained on> \
+      --test_sets=<name>=<ctc records of speech no model trained on>[,...] \
       --teacher_dir=<a ctc teacher model dir> [--guidance_dir=<its logits>] \
       [--seeds=0,1,2] [--methods=standard,distill,quantized_distill] \
       [--student_config=ctc_small] [--student_override=key=value] \
@@ -20,10 +20,10 @@ and inputs are unchanged; a killed training resumes):
 
 Then the teacher (its Keras model on its own feature format) and every
 student's int8 file (on the records' raw audio, as ``kws-infer`` reads it) run
-over two test sets: the records' ``--split`` (speakers held out of training)
-and ``--robustness_records``' ``--robustness_split`` (for instance the
-robustness set's utterances: voices, rates and sentences no training corpus
-uses). Each is decoded greedily and with ``beam_lm`` and the word LM
+over the test sets: the records' ``--split`` (speakers held out of training)
+and the ``test`` split of each of ``--test_sets`` (for instance ctc records of
+the robustness set's utterances, clean and under conditions: voices, rates
+and sentences no training corpus uses). Each is decoded greedily and with ``beam_lm`` and the word LM
 (``--lm_weight``, ``--word_bonus``, beam width 8; fixed, not tuned here). One
 Markdown row per model with CER and WER, then the mean and spread per method;
 and the teacher's CER as a share of the standard students' mean (the target of
@@ -52,8 +52,7 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string("records", None, "ctc records (kws-create-tfrecords --task=ctc) with the "
                     "students' format and raw audio; the teacher's format too.")
 flags.DEFINE_string("split", "test", "The records' test split.")
-flags.DEFINE_string("robustness_records", None, "ctc records of a second test set.")
-flags.DEFINE_string("robustness_split", "test", "Its split.")
+flags.DEFINE_list("test_sets", [], "More test sets, name=<ctc records> (their test split).")
 flags.DEFINE_string("teacher_dir", None, "A trained ctc teacher (kws-train --role=teacher).")
 flags.DEFINE_string("guidance_dir", None, "The teacher's logits on the records' train split "
                     "(kws-create-guidance); made in --work_dir when unset.")
@@ -67,7 +66,7 @@ flags.DEFINE_string("lm", "workdir/lm/vietnamese_3gram.arpa", "The word LM (ARPA
 flags.DEFINE_float("lm_weight", 1.0, "beam_lm: LM weight.")
 flags.DEFINE_float("word_bonus", 1.0, "beam_lm: word bonus (nats).")
 flags.DEFINE_integer("limit", 0, "Decode at most this many utterances per set (0: all).")
-flags.mark_flags_as_required(["records", "robustness_records", "teacher_dir"])
+flags.mark_flags_as_required(["records", "teacher_dir"])
 
 
 def _guidance(runner: Runner) -> str:
@@ -123,8 +122,14 @@ def _rates(logits_labels_vocabulary) -> Dict[str, float]:
 
 
 def _sets() -> List[tuple]:
-  return [("test", FLAGS.records, FLAGS.split),
-          ("robustness", FLAGS.robustness_records, FLAGS.robustness_split)]
+  """(name, records dir, split) of every test set."""
+  sets = [("test", FLAGS.records, FLAGS.split)]
+  for item in FLAGS.test_sets:
+    name, _, records_dir = item.partition("=")
+    if not name or not records_dir:
+      raise app.UsageError(f"--test_sets takes name=<records dir>, got {item!r}")
+    sets.append((name, records_dir, "test"))
+  return sets
 
 
 def _cells(scores: Dict[str, Dict[str, float]]) -> str:
@@ -156,12 +161,12 @@ def main(argv):
               for key, path in files.items()}
 
   print(f"\ncommand: {command}")
-  print(f"test sets: {FLAGS.records} ({FLAGS.split}); {FLAGS.robustness_records} "
-        f"({FLAGS.robustness_split}). beam_lm: width {BEAM_WIDTH}, LM {FLAGS.lm}, lm_weight "
-        f"{FLAGS.lm_weight:g}, word_bonus {FLAGS.word_bonus:g}\n")
-  print("| model | seed | test: CER greedy / CER LM / WER LM | robustness: CER greedy / CER LM / "
-        "WER LM |")
-  print("|---|---|---|---|")
+  print("test sets: " + "; ".join(f"{name}: {d} ({split})" for name, d, split in _sets()) +
+        f". beam_lm: width {BEAM_WIDTH}, LM {FLAGS.lm}, lm_weight {FLAGS.lm_weight:g}, "
+        f"word_bonus {FLAGS.word_bonus:g}\n")
+  print("| model | seed | " + " | ".join(f"{name}: CER greedy / CER LM / WER LM"
+                                          for name, _, _ in _sets()) + " |")
+  print("|---|---|" + "---|" * len(_sets()))
   print(f"| teacher (Keras, float32) | - | {_cells(teacher)} |")
   for (method, seed), scores in students.items():
     print(f"| {method} (int8) | {seed} | {_cells(scores)} |")
