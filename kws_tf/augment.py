@@ -284,7 +284,7 @@ class Augmenter:
     # Blocks of each bank (its first block in ``banks`` is ``bank_start``).
     self.bank_blocks = tf.constant([len(b) for b in blocks], tf.int32)
     # Blocks a stretch of the bank can start on (it must end inside the bank).
-    self.bank_starts = tf.constant([(len(bank) - self.span) // NOISE_BLOCK + 1
+    self._bank_starts = tf.constant([(len(bank) - self.span) // NOISE_BLOCK + 1
                                      for bank in banks], tf.int32)
     # Kind k is chosen when a uniform draw is at least thresholds[:k]: the
     # cumulative weights, with 2 (never reached) past the last kind in use.
@@ -434,7 +434,7 @@ class Augmenter:
       bank = tf.gather(choices["noise_bank"], rows)
       start = tf.gather(self.bank_start, bank) + tf.cast(
           tf.gather(choices["noise_at"], rows) *
-          tf.cast(tf.gather(self.bank_starts, bank), tf.float32), tf.int32)
+          tf.cast(tf.gather(self._bank_starts, bank), tf.float32), tf.int32)
       stretch = tf.gather(self.banks, start[:, None] + tf.range(blocks)[None])
       return tf.reshape(stretch, [-1, blocks * NOISE_BLOCK])[:, :self.span]
 
