@@ -105,11 +105,10 @@ def _student(runner: Runner, method: str, seed: str, guidance: str) -> str:
   return export.done_files[0]
 
 
-def _rates(logits_labels_vocabulary) -> Dict[str, float]:
+def _rates(logits_labels_vocabulary, lm: decoding.LanguageModel) -> Dict[str, float]:
   """CER and WER of greedy and LM decoding."""
   logits, labels, vocabulary = logits_labels_vocabulary
   references = [vocabulary.decode(ids) for ids in labels]
-  lm = decoding.LanguageModel(FLAGS.lm)
   out = {}
   for key, decoder in (("greedy", decoding.CtcDecoder("greedy")),
                        ("lm", decoding.CtcDecoder("beam_lm", BEAM_WIDTH, lm, FLAGS.lm_weight,
@@ -152,11 +151,12 @@ def main(argv):
   guidance = _guidance(runner) if set(FLAGS.methods) - {"standard"} else ""
   files = {(m, s): _student(runner, m, s, guidance) for s in FLAGS.seeds for m in FLAGS.methods}
 
+  lm = decoding.LanguageModel(FLAGS.lm)
   teacher = {name: _rates(ctc_logits.model_dir_logits(FLAGS.teacher_dir, records_dir, split,
-                                                      FLAGS.limit))
+                                                      FLAGS.limit), lm)
              for name, records_dir, split in _sets()}
   students = {key: {name: _rates(ctc_logits.exported_logits(path, records_dir, split,
-                                                            FLAGS.limit))
+                                                            FLAGS.limit), lm)
                     for name, records_dir, split in _sets()}
               for key, path in files.items()}
 
