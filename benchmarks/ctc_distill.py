@@ -3,7 +3,7 @@ r"""CTC students against their teacher over seeds: standard, distilled, quantize
   .venv/bin/python benchmarks/ctc_distill.py --records=<ctc records with mfcc and raw> \
       --test_sets=<name>=<ctc records of speech no model trained on>[,...] \
       --teacher_dir=<a ctc teacher model dir> [--guidance_dir=<its logits>] \
-      [--seeds=0,1,2] [--methods=standard,distill,quantized_distill] \
+      [--seeds=0,1,2] [--methods=standard,distill,quantized_distill] [--views=4] \
       [--student_config=ctc_small] [--student_override=key=value] \
       [--work_dir=/tmp/kws_tf_ctc_distill] [--lm=workdir/lm/vietnamese_3gram.arpa]
 
@@ -11,8 +11,10 @@ Not a test. Stages (``kws_tf.stages``: stamped, skipped while program, options
 and inputs are unchanged; a killed training resumes):
 
 1. guidance  ``kws-create-guidance`` of ``--teacher_dir`` on the records' train
-             split (the teacher's logits for the clean utterances), unless
-             ``--guidance_dir`` gives them
+             split, unless ``--guidance_dir`` gives them: the teacher's logits
+             for the clean utterances, or with ``--views=K`` for K augmented
+             views of each (the augment section of the students' recipe and
+             ``--student_override``, e.g. ``augment.enabled=true``)
 2. students  for each of ``--seeds`` and ``--methods``: ``kws-train
              --config=<--student_config> --mode=<method> --override
              train.seed=<seed>``, the same recipe and steps for every method
@@ -57,6 +59,9 @@ flags.DEFINE_string("teacher_dir", None, "A trained ctc teacher (kws-train --rol
 flags.DEFINE_string("guidance_dir", None, "The teacher's logits on the records' train split "
                     "(kws-create-guidance); made in --work_dir when unset.")
 flags.DEFINE_string("student_config", "ctc_small", "The students' recipe.")
+flags.DEFINE_integer("views", 0, "Guidance of this many augmented views per utterance, made "
+                     "with the students' augment section (set augment.enabled=true in "
+                     "--student_override); 0: of the clean utterances.")
 flags.DEFINE_multi_string("student_override", [], "key=value for every student run.")
 flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds: each trains every method.")
 flags.DEFINE_list("methods", list(METHODS), f"Training modes, of {METHODS}.")
@@ -73,9 +78,15 @@ def _guidance(runner: Runner) -> str:
   if FLAGS.guidance_dir:
     return FLAGS.guidance_dir
   out = os.path.join(FLAGS.work_dir, "guidance")
+  views = []
+  if FLAGS.views:
+    out = os.path.join(FLAGS.work_dir, f"guidance_views{FLAGS.views}")
+    views = [f"--views={FLAGS.views}",
+             f"--augment_recipe={config_lib.find_recipe(FLAGS.student_config)}"]
+    views += [f"--override={o}" for o in FLAGS.student_override]
   runner.run(Stage("guidance", "data_prep.create_guidance",
                    [f"--teacher_dir={FLAGS.teacher_dir}", f"--data_dir={FLAGS.records}",
-                    f"--out_dir={out}", "--splits=train", "--nofeatures"],
+                    f"--out_dir={out}", "--splits=train", "--nofeatures"] + views,
                    inputs=[FLAGS.teacher_dir, FLAGS.records], outputs=[out],
                    done=[os.path.join(out, "metadata.json")], resumable=True))
   return out

@@ -18,13 +18,16 @@ record. Each record holds:
                       ``--up_to`` (0 = embeddings): ``[frames, d_model]``
   hint_pooled bytes   (--guidance=hints, kws) its mean over the valid frames ``[d_model]``
 
-With ``--views=K`` (kws logits) ``logits`` is ``[K, classes]``: the teacher's
-logits for K augmented views of the clip, made from the raw records (clip
-with context) with the ``augment`` section of ``--augment_recipe`` and the
-seed ``kws_tf.augment.view_seed(id, view, --view_seed)``. A student trained
-with that recipe draws one view per example and step and sees exactly the
-window the teacher saw ("a good teacher is patient and consistent", Beyer et
-al. 2022).
+With ``--views=K`` (logits) the record holds the teacher's logits for K
+augmented views of its example, made from the raw records with the
+``augment`` section of ``--augment_recipe`` and the seed
+``kws_tf.augment.view_seed(id, view, --view_seed)``: kws, ``logits`` is
+``[K, classes]`` (windows of the clip with context); ctc, ``frames`` is
+``[K]`` and ``logits`` ``[sum of frames, vocabulary]``, the views one after
+another (the whole utterance, ``kws_tf.utterance_augment``). A student
+trained with that recipe draws one view per example and step and sees
+exactly the audio the teacher heard ("a good teacher is patient and
+consistent", Beyer et al. 2022).
 
 Values are little-endian ``--dtype`` (float32 or float16). ``metadata.json``
 records the kind, layer, dtype, shapes, ``frame_seconds`` (the teacher's
@@ -65,9 +68,9 @@ flags.DEFINE_list("splits", [], "Splits to write (default: every split of the da
 flags.DEFINE_integer("batch_size", 32, "Examples per teacher batch.")
 flags.DEFINE_enum("dtype", "float16", ["float32", "float16"], "Stored value type.")
 flags.DEFINE_string("checkpoint", "best", "Teacher weights: best, last or a checkpoint path.")
-flags.DEFINE_integer("views", 0, "kws logits: the teacher's logits for this many augmented "
-                     "views of every clip (0: the stored clean clip). The student trained "
-                     "with the same augment section then sees exactly these views.")
+flags.DEFINE_integer("views", 0, "Logits: the teacher's logits for this many augmented "
+                     "views of every clip or utterance (0: the stored clean one). The student "
+                     "trained with the same augment section then sees exactly these views.")
 flags.DEFINE_string("augment_recipe", None, "With --views: the student's recipe (YAML) "
                     "whose augment section makes the views.")
 flags.DEFINE_multi_string("override", [], "With --views: key=value overrides of the "

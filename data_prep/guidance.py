@@ -54,13 +54,15 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   ``ModelSpec.output_frame_seconds``, the hop of its front end times its time
   stride (None for a teacher without frame-level outputs).
 
-  With ``views`` > 0 (kws logits only) every record gets the teacher's logits
-  for ``views`` augmented views of its clip (``augment_config``, a
-  ``config.AugmentConfig``, applied to the records' raw clips with context),
-  ``[views, classes]``; a student trained with the same augmentation sees
-  exactly those views (``kws_tf.data.make_dataset``). Babble comes from
-  ``babble_split``'s negatives, as in the student's pipeline (its
-  ``data.train_split``).
+  With ``views`` > 0 (logits) every record gets the teacher's logits for
+  ``views`` augmented views of its example (``augment_config``, a
+  ``config.AugmentConfig``, applied to the records' raw audio): kws, windows
+  of the clip with context, ``[views, classes]``; ctc, the whole utterance
+  (``kws_tf.utterance_augment``), ``frames [views]`` and the views' logits one
+  after another, ``[sum of frames, vocabulary]``. A student trained with the
+  same augmentation sees exactly those views (``kws_tf.data.make_dataset``).
+  Babble comes from ``babble_split``'s negatives (ctc: utterances), as in the
+  student's pipeline (its ``data.train_split``).
   """
   from kws_tf import augment, data
   from kws_tf import model_dir as model_dir_lib
@@ -71,8 +73,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   fmt = spec.format
   if views < 0:
     raise ValueError(f"views must be >= 0, got {views}")
-  if views and (kind != "logits" or spec.task != "kws" or augment_config is None):
-    raise ValueError("augmented views (--views) are kws logits guidance, made with a "
+  if views and (kind != "logits" or augment_config is None):
+    raise ValueError("augmented views (--views) are logits guidance, made with a "
                      "recipe's augment section (--augment_recipe)")
   if views:
     data.check_context(data_meta, data_dir)
@@ -107,7 +109,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
          "babble_split": babble_split}
   model, names = guidance_shards.load_guidance_model(job)
   outputs = guidance_shards.output_shapes(model, names)
-  if views:
+  if views and spec.task == "kws":
     outputs = {"logits": {**outputs["logits"], "shape": [views] + outputs["logits"]["shape"]}}
   todo = []
   for split in splits:

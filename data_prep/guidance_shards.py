@@ -105,6 +105,14 @@ class GuidanceWriter:
     if job["views"]:
       data_path = os.path.join(job["data_dir"], meta.formats["raw"].dir, name)
     try:
+      if job["views"] and self._spec.task == "ctc":
+        from kws_tf import utterance_augment
+        utterances = utterance_augment.UtteranceAugmenter(
+            self._augmenter, meta.splits[_split_of(meta, name)].max_frames["raw"])
+        return _write_utterance_view_shard(self._model, self._spec, meta, utterances,
+                                           job["views"], job["view_seed"], data_path, out_path,
+                                           meta.compression, job["dtype"], job["batch_size"],
+                                           progress)
       if job["views"]:
         return _write_view_shard(self._model, self._spec, meta, self._augmenter, job["views"],
                                  job["view_seed"], data_path, out_path, meta.compression,
@@ -154,13 +162,15 @@ def _write_shard(model, parse, data_path: str, out_path: str, data_compression: 
 
 def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
   """Writes a guidance shard atomically from ``(id bytes, frames, {name: array})`` rows
-  (arrays stored as little-endian ``dtype`` bytes); returns the record count."""
+  (``frames`` an int, or a list of them for ctc views; arrays stored as
+  little-endian ``dtype`` bytes); returns the record count."""
   import tensorflow as tf
   writer = records.ShardWriter(out_path, compression)
   try:
     for example_id, frames, outputs in rows:
+      counts = [int(n) for n in np.atleast_1d(frames)]
       feature = {"id": tf.train.Feature(bytes_list=tf.train.BytesList(value=[example_id])),
-                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(frames)]))}
+                 "frames": tf.train.Feature(int64_list=tf.train.Int64List(value=counts))}
       for name, value in outputs.items():
         data = np.asarray(value).astype(np.dtype(dtype).newbyteorder("<")).tobytes()
         feature[name] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[data]))
@@ -211,3 +221,67 @@ def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter
   return _write_records(out_path, compression, dtype,
                         ((example_id, count, {"logits": values})
                          for example_id, values, count in zip(ids, logits, frames)))
+
+
+def _split_of(data_meta: records.RecordsMetadata, name: str) -> str:
+  """The split whose shards include the data shard named ``name``."""
+  return next(split for split, info in data_meta.splits.items()
+              if any(shard.name == name for shard in info.shards))
+
+
+def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
+                                utterances, views: int,
+                                view_seed: int, data_path: str, out_path: str, compression: str,
+                                dtype: str, batch_size: int,
+                                progress: Callable[[int], None]) -> int:
+  """Writes the teacher's ctc logits for ``views`` augmented views of every
+  utterance of one raw data shard.
+
+  View v of a record is its utterance augmented whole (``utterances``, a
+  ``kws_tf.utterance_augment.UtteranceAugmenter`` whose
+  ``max_samples`` is its split's longest, as in the student's pipeline) with
+  seed ``augment.view_seed(id, v, view_seed)``, through the teacher's front end
+  on its valid samples (and the view's tempo warp). A record stores ``frames``
+  int64 ``[views]`` (each view's logit frames) and ``logits`` ``[sum of frames,
+  vocabulary]``, the views' logits one after another.
+  """
+  import tensorflow as tf
+  from kws_tf import augment, data
+  parse = data.make_parser(data_meta, "raw", normalize=False)
+  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization,
+                                    utterances.augmenter.warp_factors)
+  examples = [parse(s) for s in data.records_dataset([data_path], compression)]
+  order = np.argsort([int(e["num_frames"]) for e in examples], kind="stable")
+
+  @tf.function(reduce_retracing=True)
+  def teacher_input(ids, waveforms, lengths):  # utterances [batch] -> views [batch * views]
+    seeds = augment.view_seed(tf.repeat(ids, views),
+                              tf.tile(tf.range(views), tf.shape(ids)), view_seed)
+    waveforms = tf.repeat(waveforms, views, axis=0)
+    choices = utterances.draw(seeds, tf.shape(waveforms)[1])
+    waveforms, lengths = utterances.apply(waveforms, tf.repeat(lengths, views), choices)
+    features = front_end(waveforms, utterances.augmenter.teacher_warp(choices), lengths)
+    num_frames = front_end.config.num_frames(lengths)
+    valid = tf.range(tf.shape(features)[1])[tf.newaxis] < num_frames[:, tf.newaxis]
+    return tf.where(valid[:, :, tf.newaxis], features, 0.0), num_frames
+
+  results: Dict[int, tuple] = {}
+  for start in range(0, len(order), max(1, batch_size // views)):
+    chunk = order[start:start + max(1, batch_size // views)]
+    lengths = np.array([int(examples[i]["num_frames"]) for i in chunk], np.int32)
+    waveforms = np.zeros([len(chunk), lengths.max()], np.float32)
+    for row, i in enumerate(chunk):
+      waveforms[row, :lengths[row]] = examples[i]["features"].numpy()[:, 0]
+    features, num_frames = teacher_input(tf.stack([examples[i]["id"] for i in chunk]),
+                                         tf.constant(waveforms), tf.constant(lengths))
+    out = model({"features": features, "num_frames": num_frames}, training=False)
+    logits, frames = out["logits"].numpy(), out["frames"].numpy()
+    for row, i in enumerate(chunk):
+      counts = [int(n) for n in frames[row * views:(row + 1) * views]]
+      values = np.concatenate([logits[row * views + v, :n] for v, n in enumerate(counts)])
+      results[int(i)] = (counts, values.astype(dtype))
+    progress(len(chunk) * views)
+  return _write_records(
+      out_path, compression, dtype,
+      ((example["id"].numpy(), results[i][0], {"logits": results[i][1]})
+       for i, example in enumerate(examples)))

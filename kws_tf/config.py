@@ -86,9 +86,9 @@ class AugmentConfig:
   computes ``data.format``'s features from it with the records' own
   front-end parameters. kws: windows of clips with context
   (``kws-create-tfrecords --formats=raw,... --context_seconds``); ctc: whole
-  utterances (``kws_tf.utterance_augment``; standard mode only: ctc guidance
-  is of the clean utterances). Validation and evaluation read the stored,
-  clean features.
+  utterances (``kws_tf.utterance_augment``). A distilled student takes
+  guidance of the same views (``kws-create-guidance --views``). Validation
+  and evaluation read the stored, clean features.
 
   Fields:
     enabled: augment the training examples.
@@ -405,10 +405,6 @@ class Config:
     if self.augment.enabled and self.mode == "fitnet":
       raise ConfigError("augment.enabled: FitNet hints are stored for the clean clips; "
                         "train FitNets without waveform augmentation")
-    if self.augment.enabled and self.task == "ctc" and self.mode != "standard":
-      raise ConfigError("augment.enabled: ctc guidance holds the teacher's logits for the clean "
-                        "utterances; train ctc students in mode "
-                        f"{self.mode} without waveform augmentation")
     if not 0.0 <= self.data.validation_fraction < 1.0:
       raise ConfigError("data.validation_fraction must be in [0, 1); got "
                         f"{self.data.validation_fraction}")

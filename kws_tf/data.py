@@ -307,10 +307,15 @@ def _augmented_utterances(records_dir: str, metadata: records.RecordsMetadata, s
   two draws as each utterance's seed, ``fmt``'s front end on the valid samples
   (frames past an utterance's end are 0, as in the stored records' batches)
   and SpecAugment's masks from the first two draws.
+
+  With ``guidance`` of several views, each utterance takes view ``first draw
+  mod views`` instead: its seed is the view's (``augment.view_seed``) and its
+  ``guidance_logits`` the teacher's logits for that view (``Guidance.utterance_view``).
   """
-  if guidance is not None:
-    raise ValueError("ctc guidance holds the teacher's logits for the clean utterances; "
-                     "train a ctc student on guidance without augment.enabled")
+  if guidance is not None and not guidance.views:
+    raise ValueError("the ctc guidance holds the teacher's logits for the clean utterances; "
+                     "augmented utterances need guidance of their views (create_guidance "
+                     "--views)")
   check_context(metadata, records_dir)
   paths = shard_paths(records_dir, "raw", split, metadata)
   parse = make_parser(metadata, "raw", normalize=False)
@@ -318,14 +323,27 @@ def _augmented_utterances(records_dir: str, metadata: records.RecordsMetadata, s
   max_samples = metadata.splits[split].max_frames["raw"]
   utterances = utterance_augment.UtteranceAugmenter(augmenter, max_samples)
   channels = front_end.config.num_channels
-  ds = records_dataset(paths, metadata.compression).map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+  if guidance is not None:
+    guidance.check_frame_seconds(heads.CTC_TIME_STRIDE * metadata.formats[fmt].frame_seconds)
+    ds = guidance.join(paths, metadata.compression, parse)
+  else:
+    ds = records_dataset(paths, metadata.compression).map(parse,
+                                                          num_parallel_calls=tf.data.AUTOTUNE)
   if keep is not None:
     ds = ds.filter(keep)
   ds = ds.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
   if repeat:
     ds = ds.repeat()
+
+  def with_keys(x, keys):
+    if guidance is None:
+      return dict(x, keys=keys)
+    view = tf.cast(tf.math.floormod(keys[0], guidance.views), tf.int32)
+    seed = augment.view_seed(x["id"], view, guidance.view_seed)
+    return dict(guidance.utterance_view(x, view), keys=tf.concat([keys[:2], seed], 0))
+
   ds = tf.data.Dataset.zip((ds, tf.data.Dataset.random(seed=seed).batch(4))).map(
-      lambda x, keys: dict(x, keys=keys))
+      with_keys, num_parallel_calls=tf.data.AUTOTUNE)
   bounds = bucket_boundaries(max_samples, min_frames=metadata.sample_rate)
   ds = ds.bucket_by_sequence_length(lambda x: x["num_frames"], bounds,
                                     [batch_size] * (len(bounds) + 1),
@@ -619,6 +637,15 @@ class Guidance:
 
     return pairs.flat_map(one_shard)
 
+  def utterance_view(self, example: Dict[str, tf.Tensor], view: tf.Tensor) -> Dict[str, tf.Tensor]:
+    """``example`` (one joined ctc record of several views) with the guidance of
+    view ``view`` alone: ``guidance_frames`` (int32 scalar) and
+    ``guidance_logits`` ``[frames, vocabulary]``."""
+    frames = example["guidance_frames"]
+    start = tf.reduce_sum(frames[:view])
+    logits = example["guidance_logits"][start:start + frames[view]]
+    return dict(example, guidance_frames=frames[view], guidance_logits=logits)
+
   def parse(self, serialized: tf.Tensor) -> Dict[str, tf.Tensor]:
     """Guidance records (a scalar or ``[batch]`` of serialized records) as a dict of
     ``prefix + key`` tensors (the ids left out), decoded when ``decode`` is given."""
@@ -644,7 +671,9 @@ def open_guidance(guidance_dir: str, data_metadata: records.RecordsMetadata) -> 
   carry ``guidance_logits`` (kws ``[classes]``, ctc ``[frames, vocabulary]``),
   ``guidance_frames`` and, when written, ``guidance_features``,
   ``guidance_hint`` ``[frames, d_model]`` or ``guidance_hint_pooled``; guidance
-  of several views (``--views``) holds ``guidance_logits`` ``[views, classes]``.
+  of several views (``--views``) holds kws ``guidance_logits`` ``[views, classes]``,
+  ctc ``guidance_frames`` ``[views]`` and ``guidance_logits`` ``[sum of frames,
+  vocabulary]`` (the views one after another; ``Guidance.utterance_view``).
   """
   meta_path = os.path.join(guidance_dir, records.METADATA_FILE)
   if not os.path.exists(meta_path):
@@ -656,8 +685,10 @@ def open_guidance(guidance_dir: str, data_metadata: records.RecordsMetadata) -> 
         f"{meta['data_fingerprint']}, the records' fingerprint is {data_metadata.fingerprint}")
   dtype = tf.as_dtype(meta["dtype"])
   outputs = meta["outputs"]
+  views = meta.get("views", 0)
+  ctc_views = views and meta.get("task") == "ctc"
   spec = {"id": tf.io.FixedLenFeature([], tf.string),
-          "frames": tf.io.FixedLenFeature([], tf.int64)}
+          "frames": tf.io.FixedLenFeature([views] if ctc_views else [], tf.int64)}
   spec.update({name: tf.io.FixedLenFeature([], tf.string) for name in outputs})
 
   def decode(guide):  # one record (scalars) or a batch of them ([batch])
@@ -670,8 +701,7 @@ def open_guidance(guidance_dir: str, data_metadata: records.RecordsMetadata) -> 
     return out
 
   return Guidance(guidance_dir, spec, meta["compression"], decode=decode,
-                  views=meta.get("views", 0), view_seed=meta.get("view_seed", 0),
-                  metadata=meta)
+                  views=views, view_seed=meta.get("view_seed", 0), metadata=meta)
 
 
 def check_views(guidance: Guidance, config, train_split: str) -> None:

@@ -119,8 +119,11 @@ class UtteranceAugmenter:
                                       math.log(2.0)), tf.int32)
 
       def reverberate(dry, rows):
-        room = tf.signal.rfft(tf.gather(rirs, tf.gather(choices["room"], rows)), [fft])
-        wet = tf.signal.irfft(tf.signal.rfft(dry, [fft]) * room, [fft])[:, :new_width]
+        # Padded here: eager rfft does not pad a signal shorter than a tensor fft length.
+        room = tf.signal.rfft(tf.pad(tf.gather(rirs, tf.gather(choices["room"], rows)),
+                                     [[0, 0], [0, fft - taps]]), [fft])
+        wet = tf.signal.irfft(tf.signal.rfft(tf.pad(dry, [[0, 0], [0, fft - new_width]]),
+                                             [fft]) * room, [fft])[:, :new_width]
         wet = tf.where(tf.gather(valid, rows), wet, 0.0)
         return wet * tf.sqrt((tf.reduce_sum(tf.square(dry), 1, keepdims=True) + 1e-12) /
                              (tf.reduce_sum(tf.square(wet), 1, keepdims=True) + 1e-12))

@@ -1,13 +1,18 @@
 """Augmentation of whole ctc utterances (kws_tf/utterance_augment.py) against numpy
 references, and the augmented ctc training pipeline (data) on converted records."""
+import os
+
 import numpy as np
 import pytest
 
 import kws_tf  # noqa: F401
 import tensorflow as tf
 
-from conftest import run_module
-from kws_tf import augment, config as config_lib, data, records, utterance_augment
+from conftest import TEACHER, run_module
+from data_prep import guidance
+from kws_tf import augment, config as config_lib, data
+from kws_tf import model_dir as model_dir_lib
+from kws_tf import records, utterance_augment
 from kws_tf.training import loop
 
 SR = 16000
@@ -130,7 +135,7 @@ def test_telephone_rows_keep_the_300_3400_hz_band():
 def ctc_raw_records(synthetic_corpus, tmp_path_factory):
   out = tmp_path_factory.mktemp("ctc_raw") / "records"
   run_module("data_prep.create_tfrecords", f"--data_dir={synthetic_corpus}", "--corpus=vivos",
-             f"--out_dir={out}", "--splits=train,test", "--formats=raw,mfcc", "--task=ctc",
+             f"--out_dir={out}", "--splits=train,test", "--formats=raw,mfcc,logmel", "--task=ctc",
              "--cores=2")
   return str(out)
 
@@ -182,9 +187,125 @@ def test_augmented_pipeline_is_a_function_of_the_seed(ctc_raw_records):
     assert all(n != len(clean[i.decode()][0]) for i, n in zip(ids, frames))
 
 
-def test_ctc_distillation_with_augmentation_is_refused():
-  with pytest.raises(config_lib.ConfigError, match="clean"):
-    config_lib.load(None, ["task=ctc", "mode=distill", "augment.enabled=true"])
+VIEWS = 3
+VIEW_SEED = 4
+# Every step but the telephone band, whose FFT spans the padded row (batch-dependent).
+VIEW_CONFIG = dict(enabled=True, speed_prob=0.5, reverb_prob=0.5, noise_prob=0.8,
+                   telephone_prob=0.0)
+
+
+@pytest.fixture(scope="module")
+def view_guidance(ctc_raw_records, tmp_path_factory):
+  """A tiny Whisper ctc teacher and its logits for ``VIEWS`` views of every training
+  utterance."""
+  root = tmp_path_factory.mktemp("ctc_views")
+  teacher_dir, out = str(root / "teacher"), str(root / "guidance")
+  loop.Trainer(config_lib.load(None, TEACHER + ["task=ctc", "data.validation_split=test",
+                                                "data.batch_size=4"]),
+               teacher_dir, ctc_raw_records).run()
+  meta = guidance.create_guidance(
+      teacher_dir, ctc_raw_records, out, dtype="float32", splits=["train"], views=VIEWS,
+      augment_config=config_lib.AugmentConfig(**VIEW_CONFIG), view_seed=VIEW_SEED,
+      batch_size=8)
+  return teacher_dir, out, meta
+
+
+def one_view(records_dir, example, view, front_end, warp="student"):
+  """View ``view`` of one parsed raw utterance, alone in its batch: the front end's
+  features of its valid samples ``[frames, channels]``."""
+  augmenter = data.make_augmenter(records_dir, config_lib.AugmentConfig(**VIEW_CONFIG), "train")
+  max_samples = records.load_metadata(records_dir).splits["train"].max_frames["raw"]
+  utterances = utterance_augment.UtteranceAugmenter(augmenter, max_samples)
+  waveform = example["features"][tf.newaxis, :, 0]
+  choices = utterances.draw(augment.view_seed(example["id"][tf.newaxis], view, VIEW_SEED),
+                            tf.shape(waveform)[1])
+  x, lengths = utterances.apply(waveform, example["num_frames"][tf.newaxis], choices)
+  warp_index = augmenter.teacher_warp(choices) if warp == "teacher" else choices["warp"]
+  return front_end(x, warp_index, lengths)[0, :front_end.config.num_frames(lengths)[0]]
+
+
+def test_ctc_view_guidance_holds_the_teachers_logits_of_each_view(ctc_raw_records,
+                                                                   view_guidance):
+  teacher_dir, out, meta = view_guidance
+  vocabulary = len(records.load_metadata(ctc_raw_records).vocabulary["symbols"])
+  assert meta["views"] == VIEWS and meta["outputs"] == {"logits": {"shape": [None, vocabulary]}}
+  data_meta = records.load_metadata(ctc_raw_records)
+  spec = model_dir_lib.read_spec(teacher_dir)
+  teacher = model_dir_lib.load_trained_model(teacher_dir)
+  front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
+  path = data.shard_paths(ctc_raw_records, "raw", "train")[0]
+  parse = data.make_parser(data_meta, "raw", normalize=False)
+  spec_keys = {"id": tf.io.FixedLenFeature([], tf.string),
+               "frames": tf.io.FixedLenFeature([VIEWS], tf.int64),
+               "logits": tf.io.FixedLenFeature([], tf.string)}
+  guides = data.records_dataset([os.path.join(out, os.path.basename(path))], "none")
+  checked = 0
+  for record, guide in zip(data.records_dataset([path], "none").take(3), guides):
+    example, guide = parse(record), tf.io.parse_single_example(guide, spec_keys)
+    assert guide["id"].numpy() == example["id"].numpy()
+    frames = guide["frames"].numpy()
+    logits = np.frombuffer(guide["logits"].numpy(), "<f4").reshape(-1, vocabulary)
+    assert len(logits) == frames.sum()
+    starts = np.concatenate([[0], np.cumsum(frames)])
+    for view in range(VIEWS):
+      features = one_view(ctc_raw_records, example, view, front_end, warp="teacher")
+      expected = teacher({"features": features[tf.newaxis],
+                          "num_frames": tf.shape(features)[:1]})["logits"][0]
+      assert frames[view] == len(expected)
+      np.testing.assert_allclose(logits[starts[view]:starts[view + 1]], expected, atol=2e-4)
+    checked += 1
+    # The views differ from each other (their lengths or their values).
+    assert len(set(frames)) > 1 or not np.allclose(logits[:frames[0]],
+                                                   logits[frames[0]:2 * frames[0]])
+  assert checked == 3
+
+
+def test_ctc_student_sees_the_view_whose_logits_it_gets(ctc_raw_records, view_guidance,
+                                                        tmp_path):
+  _, out, _ = view_guidance
+  data_meta = records.load_metadata(ctc_raw_records)
+  augmenter = data.make_augmenter(ctc_raw_records, config_lib.AugmentConfig(**VIEW_CONFIG),
+                                  "train")
+  opened = data.open_guidance(out, data_meta)
+  ds = data.make_dataset(ctc_raw_records, "mfcc", "train", batch_size=4, training=True, seed=1,
+                         guidance=opened, augmenter=augmenter)
+  stored = {}
+  for path in data.shard_paths(ctc_raw_records, "raw", "train"):
+    for guide in data.records_dataset([os.path.join(out, os.path.basename(path))], "none"):
+      parsed = opened.parse(guide)
+      example_id = tf.io.parse_single_example(
+          guide, {"id": tf.io.FixedLenFeature([], tf.string)})["id"].numpy()
+      stored[example_id] = parsed
+  parse = data.make_parser(data_meta, "raw", normalize=False)
+  raw = {parse(r)["id"].numpy(): parse(r) for r in data.records_dataset(
+      data.shard_paths(ctc_raw_records, "raw", "train"), "none")}
+  front_end = data.WaveformFrontEnd.of_records(data_meta, "mfcc", normalize=True,
+                                               warp_factors=augmenter.warp_factors)
+  batch = next(iter(ds))
+  for i, example_id in enumerate(batch["id"].numpy()):
+    frames = int(batch["guidance_frames"][i])
+    views = [v for v in range(VIEWS) if opened.utterance_view(stored[example_id], v)[
+        "guidance_frames"] == frames and np.allclose(opened.utterance_view(
+            stored[example_id], v)["guidance_logits"], batch["guidance_logits"][i, :frames])]
+    assert len(views) >= 1
+    assert not batch["guidance_logits"][i, frames:].numpy().any()
+    features = one_view(ctc_raw_records, raw[example_id], views[0], front_end).numpy()
+    n = int(batch["num_frames"][i])
+    assert n == len(features) and abs((n + 1) // 2 - frames) <= 1
+    np.testing.assert_allclose(batch["features"][i, :n], features, atol=1e-4)
+
+  # A distilled student trains on them; guidance of the clean utterances is refused.
+  student = ["task=ctc", "mode=distill", "model.name=wav2letter", "model.params.filters=[16,16]",
+             "model.params.widths=[5,3]", "model.params.strides=[2,1]",
+             "model.params.dropouts=[0,0]", "data.batch_size=4", "train.steps=2",
+             "train.eval_every=2", "data.validation_split=test"]
+  student += [f"augment.{key}={value}" for key, value in VIEW_CONFIG.items()]
+  results = loop.Trainer(config_lib.load(None, student), str(tmp_path / "student"),
+                         ctc_raw_records, out).run()
+  assert results["steps"] == 2 and np.isfinite(results["test"]["loss"])
+  with pytest.raises(loop.TrainingError, match="snr_db_min"):
+    loop.Trainer(config_lib.load(None, student + ["augment.snr_db_min=3"]),
+                 str(tmp_path / "other"), ctc_raw_records, out).run()
 
 
 def test_a_ctc_model_trains_on_augmented_utterances(ctc_raw_records, tmp_path):
