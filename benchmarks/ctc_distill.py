@@ -88,7 +88,8 @@ def _guidance(runner: Runner) -> str:
                    [f"--teacher_dir={FLAGS.teacher_dir}", f"--data_dir={FLAGS.records}",
                     f"--out_dir={out}", "--splits=train", "--nofeatures"] + views,
                    inputs=[FLAGS.teacher_dir, FLAGS.records], outputs=[out],
-                   done=[os.path.join(out, "metadata.json")], resumable=True))
+                   done=[os.path.join(out, "metadata.json")], resumable=True,
+                   key=f"guidance_views{FLAGS.views}" if FLAGS.views else None))
   return out
 
 
