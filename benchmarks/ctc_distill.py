@@ -29,14 +29,17 @@ and sentences no training corpus uses). Each is decoded greedily and with ``beam
 (``--lm_weight``, ``--word_bonus``, beam width 8; fixed, not tuned here). One
 Markdown row per model with CER and WER, then the mean and spread per method;
 and the teacher's CER as a share of the standard students' mean (the target of
-the CTC issue: at most 0.7).
+the CTC issue: at most 0.7). With ``--conditions=<name>=<utterances.jsonl>``,
+also each model's greedy CER per condition of that test set (clean, noise,
+reverberation, telephone, ...: the robustness set's utterances).
 """
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 
+import json
 import os
 import shlex
 import sys
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import numpy as np
 from absl import app, flags
@@ -70,6 +73,8 @@ flags.DEFINE_string("lm", "workdir/lm/vietnamese_3gram.arpa", "The word LM (ARPA
                     "binary); made with kws-build-lm when missing.")
 flags.DEFINE_float("lm_weight", 1.0, "beam_lm: LM weight.")
 flags.DEFINE_float("word_bonus", 1.0, "beam_lm: word bonus (nats).")
+flags.DEFINE_list("conditions", [], "name=<utterances.jsonl> (kws-make-robustness-set's): "
+                  "also the greedy CER of each condition of that test set.")
 flags.DEFINE_integer("limit", 0, "Decode at most this many utterances per set (0: all).")
 flags.mark_flags_as_required(["records", "teacher_dir"])
 
@@ -117,8 +122,10 @@ def _student(runner: Runner, method: str, seed: str, guidance: str) -> str:
   return export.done_files[0]
 
 
-def _rates(logits_labels_vocabulary, lm: decoding.LanguageModel) -> Dict[str, float]:
-  """CER and WER of greedy and LM decoding."""
+def _rates(logits_labels_vocabulary, lm: decoding.LanguageModel,
+           groups: Optional[List[str]] = None) -> Dict[str, float]:
+  """CER and WER of greedy and LM decoding; with ``groups`` (each utterance's
+  condition), also the greedy CER of each condition, ``cer_<condition>``."""
   logits, labels, vocabulary = logits_labels_vocabulary
   references = [vocabulary.decode(ids) for ids in labels]
   out = {}
@@ -129,7 +136,30 @@ def _rates(logits_labels_vocabulary, lm: decoding.LanguageModel) -> Dict[str, fl
                   for row in logits]
     rates = metrics.error_rates(references, hypotheses)
     out[f"{key}_cer"], out[f"{key}_wer"] = rates["cer"], rates["wer"]
+    if key == "greedy" and groups:
+      for group in sorted(set(groups)):
+        chosen = [i for i, g in enumerate(groups) if g == group]
+        out[f"cer_{group}"] = metrics.error_rates([references[i] for i in chosen],
+                                                  [hypotheses[i] for i in chosen])["cer"]
   return out
+
+
+def _groups(path: str, records_dir: str, split: str) -> List[str]:
+  """The condition of every utterance of the records' ``split``, in record order, from
+  ``path`` (JSON lines with ``id`` and ``condition``: ``kws-make-robustness-set``'s
+  ``utterances.jsonl``). UsageError naming the first utterance it does not list."""
+  condition = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        condition[row["id"]] = row["condition"]
+  ids = ctc_logits.record_ids(records_dir, split, FLAGS.limit)
+  missing = [i for i in ids if i not in condition]
+  if missing:
+    raise app.UsageError(f"{path} has no condition for utterance {missing[0]!r} of "
+                         f"{records_dir}")
+  return [condition[i] for i in ids]
 
 
 def _sets() -> List[tuple]:
@@ -158,17 +188,25 @@ def main(argv):
     Runner(os.path.join(FLAGS.work_dir, "stamps"), cwd=REPO).run(
         Stage("language model", "data_prep.build_lm", [f"--output={FLAGS.lm}"],
               outputs=[FLAGS.lm]))
+  conditions = dict(item.partition("=")[::2] for item in FLAGS.conditions)
+  names = [name for name, _, _ in _sets()]
+  for name, path in conditions.items():
+    if name not in names or not os.path.isfile(path):
+      raise app.UsageError(f"--conditions takes name=<utterances.jsonl>, a name of "
+                           f"{names} and an existing file; got {name}={path}")
   command = " ".join(shlex.quote(c) for c in [sys.executable] + sys.argv)
   runner = Runner(os.path.join(FLAGS.work_dir, "stamps"), cwd=REPO)
   guidance = _guidance(runner) if set(FLAGS.methods) - {"standard"} else ""
   files = {(m, s): _student(runner, m, s, guidance) for s in FLAGS.seeds for m in FLAGS.methods}
 
   lm = decoding.LanguageModel(FLAGS.lm)
+  groups = {name: _groups(conditions[name], records_dir, split) if name in conditions else None
+            for name, records_dir, split in _sets()}
   teacher = {name: _rates(ctc_logits.model_dir_logits(FLAGS.teacher_dir, records_dir, split,
-                                                      FLAGS.limit), lm)
+                                                      FLAGS.limit), lm, groups[name])
              for name, records_dir, split in _sets()}
   students = {key: {name: _rates(ctc_logits.exported_logits(path, records_dir, split,
-                                                            FLAGS.limit), lm)
+                                                            FLAGS.limit), lm, groups[name])
                     for name, records_dir, split in _sets()}
               for key, path in files.items()}
 
@@ -195,6 +233,18 @@ def main(argv):
       cells.append(f"{np.mean(greedy):.4f} +- {np.std(greedy):.4f}, "
                    f"{np.mean(lm):.4f} +- {np.std(lm):.4f}")
     print(f"| {method} | {len(FLAGS.seeds)} | " + " | ".join(cells) + " |")
+  for name in conditions:
+    kinds = sorted(set(groups[name]))
+    print(f"\n{name}, greedy CER by condition (utterances):\n")
+    print("| model | seed | " + " | ".join(f"{k} ({groups[name].count(k)})" for k in kinds) +
+          " |")
+    print("|---|---|" + "---|" * len(kinds))
+    rows = [("teacher (Keras, float32)", "-", teacher[name])]
+    rows += [(f"{method} (int8)", seed, scores[name])
+             for (method, seed), scores in students.items()]
+    for model, seed, scores in rows:
+      print(f"| {model} | {seed} | " + " | ".join(f"{scores['cer_' + k]:.4f}" for k in kinds) +
+            " |")
   if "standard" in FLAGS.methods:
     print()
     for name, _, _ in _sets():

@@ -57,3 +57,16 @@ def exported_logits(path: str, data_dir: str, split: str, limit: int = 0) -> Log
     logits.append(outputs["logits"][0][:int(outputs["logit_frames"][0])])
     labels.append(example["labels"].numpy().tolist())
   return logits, labels, text.Vocabulary(card["labels"]["vocabulary"])
+
+
+def record_ids(data_dir: str, split: str, limit: int = 0) -> List[str]:
+  """The utterance ids of the records' ``split``, in the order both functions above
+  return their logits (at most ``limit``; 0: all)."""
+  metadata = records.load_metadata(data_dir)
+  fmt = "raw" if "raw" in metadata.formats else next(iter(metadata.formats))
+  parse = data.make_parser(metadata, fmt, normalize=False)
+  dataset = data.records_dataset(data.shard_paths(data_dir, fmt, split, metadata),
+                                 metadata.compression).map(parse)
+  if limit:
+    dataset = dataset.take(limit)
+  return [example["id"].numpy().decode() for example in dataset]
