@@ -229,10 +229,9 @@ def _split_of(data_meta: records.RecordsMetadata, name: str) -> str:
               if any(shard.name == name for shard in info.shards))
 
 
-def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
-                                utterances, views: int,
-                                view_seed: int, data_path: str, out_path: str, compression: str,
-                                dtype: str, batch_size: int,
+def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata, utterances,
+                                views: int, view_seed: int, data_path: str, out_path: str,
+                                compression: str, dtype: str, batch_size: int,
                                 progress: Callable[[int], None]) -> int:
   """Writes the teacher's ctc logits for ``views`` augmented views of every
   utterance of one raw data shard.
@@ -266,8 +265,9 @@ def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
     return tf.where(valid[:, :, tf.newaxis], features, 0.0), num_frames
 
   results: Dict[int, tuple] = {}
-  for start in range(0, len(order), max(1, batch_size // views)):
-    chunk = order[start:start + max(1, batch_size // views)]
+  per_batch = max(1, batch_size // views)  # utterances, each made into ``views`` views
+  for start in range(0, len(order), per_batch):
+    chunk = order[start:start + per_batch]
     lengths = np.array([int(examples[i]["num_frames"]) for i in chunk], np.int32)
     waveforms = np.zeros([len(chunk), lengths.max()], np.float32)
     for row, i in enumerate(chunk):

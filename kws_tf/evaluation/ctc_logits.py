@@ -11,6 +11,7 @@ from typing import List, Tuple
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
+import tensorflow as tf
 
 from kws_tf import data, inference, records, text
 from kws_tf import model_dir as model_dir_lib
@@ -63,10 +64,10 @@ def record_ids(data_dir: str, split: str, limit: int = 0) -> List[str]:
   """The utterance ids of the records' ``split``, in the order both functions above
   return their logits (at most ``limit``; 0: all)."""
   metadata = records.load_metadata(data_dir)
-  fmt = "raw" if "raw" in metadata.formats else next(iter(metadata.formats))
-  parse = data.make_parser(metadata, fmt, normalize=False)
+  fmt = next(iter(metadata.formats))  # every format holds the same records in the same order
   dataset = data.records_dataset(data.shard_paths(data_dir, fmt, split, metadata),
-                                 metadata.compression).map(parse)
+                                 metadata.compression)
   if limit:
     dataset = dataset.take(limit)
-  return [example["id"].numpy().decode() for example in dataset]
+  spec = {"id": tf.io.FixedLenFeature([], tf.string)}
+  return [tf.io.parse_single_example(record, spec)["id"].numpy().decode() for record in dataset]
