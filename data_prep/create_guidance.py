@@ -27,7 +27,8 @@ augmented views of its example, made from the raw records with the
 another (the whole utterance, ``kws_tf.utterance_augment``). A student
 trained with that recipe draws one view per example and step and sees
 exactly the audio the teacher heard ("a good teacher is patient and
-consistent", Beyer et al. 2022).
+consistent", Beyer et al. 2022). ``--extend=<guidance of fewer views>`` adds
+views to guidance made before: its views are copied, the others computed.
 
 Values are little-endian ``--dtype`` (float32 or float16). ``metadata.json``
 records the kind, layer, dtype, shapes, ``frame_seconds`` (the teacher's
@@ -76,6 +77,9 @@ flags.DEFINE_string("augment_recipe", None, "With --views: the student's recipe 
 flags.DEFINE_multi_string("override", [], "With --views: key=value overrides of the "
                           "recipe, as kws-train takes them.")
 flags.DEFINE_integer("view_seed", 0, "With --views: seed of the views.")
+flags.DEFINE_string("extend", "", "With --views=K: a finished guidance folder of fewer "
+                    "views made the same way (teacher, data, augment section, view seed); its "
+                    "views are copied to --out_dir and only the others computed.")
 flags.DEFINE_enum("runner", "local", ["local", "beam"], "local: this process runs the "
                   "teacher over the shards one after another; beam: an Apache Beam "
                   "pipeline of the same shards, the teacher loaded once per worker "
@@ -104,7 +108,7 @@ def main(argv):
         views=FLAGS.views, augment_config=recipe.augment if recipe else None,
         view_seed=FLAGS.view_seed,
         babble_split=recipe.data.train_split if recipe else "train", runner=FLAGS.runner,
-        beam_pipeline_options=FLAGS.beam_pipeline_options)
+        beam_pipeline_options=FLAGS.beam_pipeline_options, extend=FLAGS.extend)
   except (ValueError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

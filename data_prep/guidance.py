@@ -38,7 +38,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                     batch_size: int = 32, dtype: str = "float16",
                     checkpoint: str = "best", views: int = 0, augment_config=None,
                     view_seed: int = 0, babble_split: str = "train", runner: str = "local",
-                    beam_pipeline_options: str = "") -> dict:
+                    beam_pipeline_options: str = "", extend: str = "") -> dict:
   """Writes guidance shards and metadata.json; returns the metadata.
 
   The guidance shards not yet written are written by ``runner``: ``local``,
@@ -62,7 +62,11 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   after another, ``[sum of frames, vocabulary]``. A student trained with the
   same augmentation sees exactly those views (``kws_tf.data.make_dataset``).
   Babble comes from ``babble_split``'s negatives (ctc: utterances), as in the
-  student's pipeline (its ``data.train_split``).
+  student's pipeline (its ``data.train_split``). ``extend`` names finished
+  guidance of fewer views made the same way (teacher, data, augment section,
+  view seed, dtype): its views are copied and only the others computed, so
+  views can be added to guidance later; the records equal those of a run of
+  all ``views`` (up to the teacher's batching).
   """
   from kws_tf import augment, data
   from kws_tf import model_dir as model_dir_lib
@@ -93,6 +97,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   if views:
     params.update(views=views, view_seed=view_seed, augment=augment.view_fields(augment_config),
                   babble_split=babble_split)
+  first_view = _check_extend(extend, out_dir, params, views) if extend else 0
   os.makedirs(out_dir, exist_ok=True)
   plan_path = os.path.join(out_dir, PLAN_FILE)
   if os.path.exists(plan_path) and records.read_json(plan_path) != params:
@@ -106,7 +111,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
          "out_dir": out_dir, "kind": kind, "up_to": up_to, "features": with_features,
          "batch_size": batch_size, "dtype": dtype, "views": views,
          "augment_config": augment_config, "view_seed": view_seed,
-         "babble_split": babble_split}
+         "babble_split": babble_split, "base_dir": extend, "first_view": first_view}
   model, names = guidance_shards.load_guidance_model(job)
   outputs = guidance_shards.output_shapes(model, names)
   if views and spec.task == "kws":
@@ -126,7 +131,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
       beam_guidance.write(todo, job, beam_pipeline_options)
   else:
     print(message, flush=True)
-    _write_locally(guidance_shards.GuidanceWriter(job, model, names), todo, data_meta, splits, kind, views)
+    _write_locally(guidance_shards.GuidanceWriter(job, model, names), todo, data_meta, splits,
+                   kind, views - first_view)
   meta = {**params, "schema_version": records.SCHEMA_VERSION, "task": spec.task,
           "frame_seconds": spec.output_frame_seconds, "compression": data_meta.compression,
           "outputs": outputs, "data_format": fmt, "teacher_dir": teacher_dir,
@@ -137,10 +143,37 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   return meta
 
 
+def _check_extend(extend: str, out_dir: str, params: dict, views: int) -> int:
+  """The views of the finished guidance ``extend`` that a run of ``params``
+  (``create_guidance``'s plan) extends to ``views``; ValueError naming
+  ``extend`` and what differs when it cannot."""
+  if not views:
+    raise ValueError("extending guidance (--extend) needs --views")
+  if os.path.abspath(extend) == os.path.abspath(out_dir):
+    raise ValueError(f"--extend={extend} is the output folder; write the extended guidance "
+                     "to another --out_dir")
+  path = os.path.join(extend, records.METADATA_FILE)
+  if not os.path.exists(path):
+    raise ValueError(f"{extend} holds no finished guidance ({records.METADATA_FILE} missing)")
+  base = records.read_json(path)
+  if not 0 < base.get("views", 0) < views:
+    raise ValueError(f"{extend} holds guidance of {base.get('views', 0)} views; extending it "
+                     f"needs more than that and at least one (--views={views})")
+  differ = [k for k in ("kind", "dtype", "teacher_fingerprint", "data_fingerprint", "view_seed",
+                        "augment", "babble_split") if base.get(k) != params[k]]
+  missing = [s for s in params["splits"] if s not in base.get("splits", [])]
+  if differ or missing:
+    what = ", ".join(differ + [f"split {s} missing" for s in missing])
+    raise ValueError(f"{extend} holds views made differently (differs in: {what}); it "
+                     "cannot be extended by this run")
+  return int(base["views"])
+
+
 def _write_locally(writer: "guidance_shards.GuidanceWriter", todo: List[str], data_meta: records.RecordsMetadata,
                    splits: List[str], kind: str, views: int) -> None:
   """Writes the guidance of the data shards ``todo`` in this process, with a progress bar
-  over every shard of ``splits`` (counting teacher inputs: clips, or views of clips)."""
+  over every shard of ``splits`` (counting teacher inputs: clips, or the ``views``
+  computed per clip)."""
   from tqdm import tqdm
   per_example = views or 1
   total = sum(data_meta.splits[s].examples for s in splits)

@@ -73,7 +73,9 @@ class GuidanceWriter:
   ``job`` holds the run's parameters (``create_guidance`` makes it):
   ``teacher_dir``, ``checkpoint_path``, ``data_dir``, ``out_dir``, ``kind``,
   ``up_to``, ``features``, ``batch_size``, ``dtype``, ``views``,
-  ``augment_config``, ``view_seed``, ``babble_split``.
+  ``augment_config``, ``view_seed``, ``babble_split``, ``base_dir`` and
+  ``first_view`` (views ``0..first_view - 1`` are copied from the guidance in
+  ``base_dir``; 0 and "": every view is computed).
   """
 
   def __init__(self, job: dict, model=None, names: List[str] = ()):
@@ -104,6 +106,8 @@ class GuidanceWriter:
     out_path = os.path.join(job["out_dir"], name)
     if job["views"]:
       data_path = os.path.join(job["data_dir"], meta.formats["raw"].dir, name)
+    base = BaseViews(os.path.join(job["base_dir"], name) if job["first_view"] else "",
+                     meta.compression, job["dtype"])
     try:
       if job["views"] and self._spec.task == "ctc":
         from kws_tf import utterance_augment
@@ -112,11 +116,12 @@ class GuidanceWriter:
         return _write_utterance_view_shard(self._model, self._spec, meta, utterances,
                                            job["views"], job["view_seed"], data_path, out_path,
                                            meta.compression, job["dtype"], job["batch_size"],
-                                           progress)
+                                           progress, job["first_view"], base)
       if job["views"]:
         return _write_view_shard(self._model, self._spec, meta, self._augmenter, job["views"],
                                  job["view_seed"], data_path, out_path, meta.compression,
-                                 job["dtype"], job["batch_size"], progress)
+                                 job["dtype"], job["batch_size"], progress, job["first_view"],
+                                 base)
       return _write_shard(self._model, self._parse, data_path, out_path, meta.compression,
                           meta.compression, self._names, job["dtype"], job["batch_size"],
                           progress)
@@ -183,13 +188,52 @@ def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
   return writer.count
 
 
+class BaseViews:
+  """The views an extended guidance shard starts with: the records of the
+  guidance shard at ``path``, each ``(frames, logits)`` by id (``frames`` a list
+  of ints, ``logits`` flat little-endian ``dtype`` values). Empty without a
+  ``path``: nothing to prepend. OSError naming ``path`` when it cannot be read."""
+
+  def __init__(self, path: str = "", compression: str = "", dtype: str = "float16"):
+    import tensorflow as tf
+    from kws_tf import data
+    self.path, self._records = path, {}
+    if not path:
+      return
+    spec = {"id": tf.io.FixedLenFeature([], tf.string),
+            "frames": tf.io.VarLenFeature(tf.int64),
+            "logits": tf.io.FixedLenFeature([], tf.string)}
+    try:
+      for serialized in data.records_dataset([path], compression):
+        x = tf.io.parse_single_example(serialized, spec)
+        self._records[x["id"].numpy()] = (
+            [int(n) for n in x["frames"].values.numpy()],
+            np.frombuffer(x["logits"].numpy(), np.dtype(dtype).newbyteorder("<")))
+    except tf.errors.OpError as error:
+      raise OSError(None, records.tf_error_reason(error.message), path) from error
+
+  def prepend(self, example_id: bytes, frames: List[int], logits: np.ndarray) -> tuple:
+    """``(frames, logits)`` of one record with its stored views first (flat
+    logits then); as given when there are none. OSError naming ``path`` when
+    the record is not stored."""
+    if not self.path:
+      return frames, logits
+    if example_id not in self._records:
+      raise OSError(None, f"no views of record {example_id.decode()!r} to extend", self.path)
+    old_frames, old_logits = self._records[example_id]
+    return old_frames + frames, np.concatenate([old_logits,
+                                                logits.reshape(-1).astype(old_logits.dtype)])
+
+
 def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter, views: int,
                       view_seed: int, data_path: str, out_path: str, compression: str,
-                      dtype: str, batch_size: int, progress: Callable[[int], None]) -> int:
+                      dtype: str, batch_size: int, progress: Callable[[int], None],
+                      first_view: int, base: BaseViews) -> int:
   """Writes the teacher's logits ``[views, classes]`` for every record of one raw
   data shard: view v of a record is its augmented window with seed
   ``augment.view_seed(id, v, view_seed)``, through the teacher's front end (and
-  the view's tempo warp, ``Augmenter.teacher_warp``)."""
+  the view's tempo warp, ``Augmenter.teacher_warp``). Views ``0..first_view -
+  1`` come from ``base``."""
   import tensorflow as tf
   from kws_tf import augment, data
   parse = data.raw_batch_parser(data_meta)
@@ -197,16 +241,18 @@ def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter
                                     augmenter.warp_factors)
   samples = data_meta.raw_clip_samples
 
-  def teacher_input(x):  # records [batch] -> their views [batch * views], record-major
-    view = tf.tile(tf.range(views), tf.shape(x["id"]))
-    seeds = augment.view_seed(tf.repeat(x["id"], views), view, view_seed)
-    choices = augmenter.draw(seeds, tf.repeat(x["shift_range"], views, axis=0), samples)
-    values = front_end(augmenter.apply(tf.repeat(x["waveform"], views, axis=0), choices),
+  new = views - first_view
+
+  def teacher_input(x):  # records [batch] -> their new views [batch * new], record-major
+    view = tf.tile(tf.range(first_view, views), tf.shape(x["id"]))
+    seeds = augment.view_seed(tf.repeat(x["id"], new), view, view_seed)
+    choices = augmenter.draw(seeds, tf.repeat(x["shift_range"], new, axis=0), samples)
+    values = front_end(augmenter.apply(tf.repeat(x["waveform"], new, axis=0), choices),
                        augmenter.teacher_warp(choices))
     return values, tf.fill(tf.shape(values)[:1], tf.shape(values)[1])
 
   records_ds = data.records_dataset([data_path], compression).batch(
-      max(1, batch_size // views)).map(parse)
+      max(1, batch_size // new)).map(parse)
   ids = [i for x in records_ds for i in x["id"].numpy()]
   windows = records_ds.map(teacher_input)
   logits, frames = [], []
@@ -216,10 +262,10 @@ def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter
     frames.append(out["frames"].numpy())
     progress(len(features))
   if ids:
-    logits = np.concatenate(logits).reshape([len(ids), views, -1])
-    frames = np.concatenate(frames).reshape([len(ids), views])[:, 0]
+    logits = np.concatenate(logits).reshape([len(ids), new, -1]).astype(dtype)
+    frames = np.concatenate(frames).reshape([len(ids), new])[:, 0]
   return _write_records(out_path, compression, dtype,
-                        ((example_id, count, {"logits": values})
+                        ((example_id, count, {"logits": base.prepend(example_id, [], values)[1]})
                          for example_id, values, count in zip(ids, logits, frames)))
 
 
@@ -232,7 +278,8 @@ def _split_of(data_meta: records.RecordsMetadata, name: str) -> str:
 def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata, utterances,
                                 views: int, view_seed: int, data_path: str, out_path: str,
                                 compression: str, dtype: str, batch_size: int,
-                                progress: Callable[[int], None]) -> int:
+                                progress: Callable[[int], None], first_view: int,
+                                base: BaseViews) -> int:
   """Writes the teacher's ctc logits for ``views`` augmented views of every
   utterance of one raw data shard.
 
@@ -242,7 +289,8 @@ def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
   seed ``augment.view_seed(id, v, view_seed)``, through the teacher's front end
   on its valid samples (and the view's tempo warp). A record stores ``frames``
   int64 ``[views]`` (each view's logit frames) and ``logits`` ``[sum of frames,
-  vocabulary]``, the views' logits one after another.
+  vocabulary]``, the views' logits one after another. Views ``0..first_view -
+  1`` come from ``base``.
   """
   import tensorflow as tf
   from kws_tf import augment, data
@@ -253,19 +301,20 @@ def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
   order = np.argsort([int(e["num_frames"]) for e in examples], kind="stable")
 
   @tf.function(reduce_retracing=True)
-  def teacher_input(ids, waveforms, lengths):  # utterances [batch] -> views [batch * views]
-    seeds = augment.view_seed(tf.repeat(ids, views),
-                              tf.tile(tf.range(views), tf.shape(ids)), view_seed)
-    waveforms = tf.repeat(waveforms, views, axis=0)
+  def teacher_input(ids, waveforms, lengths):  # utterances [batch] -> new views [batch * new]
+    seeds = augment.view_seed(tf.repeat(ids, new),
+                              tf.tile(tf.range(first_view, views), tf.shape(ids)), view_seed)
+    waveforms = tf.repeat(waveforms, new, axis=0)
     choices = utterances.draw(seeds, tf.shape(waveforms)[1])
-    waveforms, lengths = utterances.apply(waveforms, tf.repeat(lengths, views), choices)
+    waveforms, lengths = utterances.apply(waveforms, tf.repeat(lengths, new), choices)
     features = front_end(waveforms, utterances.augmenter.teacher_warp(choices), lengths)
     num_frames = front_end.config.num_frames(lengths)
     valid = tf.range(tf.shape(features)[1])[tf.newaxis] < num_frames[:, tf.newaxis]
     return tf.where(valid[:, :, tf.newaxis], features, 0.0), num_frames
 
+  new = views - first_view
   results: Dict[int, tuple] = {}
-  per_batch = max(1, batch_size // views)  # utterances, each made into ``views`` views
+  per_batch = max(1, batch_size // new)  # utterances, each made into ``new`` views
   for start in range(0, len(order), per_batch):
     chunk = order[start:start + per_batch]
     lengths = np.array([int(examples[i]["num_frames"]) for i in chunk], np.int32)
@@ -277,10 +326,10 @@ def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
     out = model({"features": features, "num_frames": num_frames}, training=False)
     logits, frames = out["logits"].numpy(), out["frames"].numpy()
     for row, i in enumerate(chunk):
-      counts = [int(n) for n in frames[row * views:(row + 1) * views]]
-      values = np.concatenate([logits[row * views + v, :n] for v, n in enumerate(counts)])
-      results[int(i)] = (counts, values.astype(dtype))
-    progress(len(chunk) * views)
+      counts = [int(n) for n in frames[row * new:(row + 1) * new]]
+      values = np.concatenate([logits[row * new + v, :n] for v, n in enumerate(counts)])
+      results[int(i)] = base.prepend(examples[i]["id"].numpy(), counts, values.astype(dtype))
+    progress(len(chunk) * new)
   return _write_records(
       out_path, compression, dtype,
       ((example["id"].numpy(), results[i][0], {"logits": results[i][1]})

@@ -522,6 +522,41 @@ def test_trainer_refuses_guidance_of_other_views(kws_raw_records, view_guidance,
                    kws_raw_records, guidance_dir).run()
 
 
+def test_extending_views_gives_the_guidance_of_all_views(kws_teacher_dir, kws_raw_records,
+                                                        view_guidance, tmp_path):
+  out, meta = view_guidance
+  cfg = config_lib.AugmentConfig(enabled=True)
+  one = str(tmp_path / "one")
+  guidance.create_guidance(kws_teacher_dir, kws_raw_records, one, dtype="float32",
+                           splits=["train"], views=1, augment_config=cfg, view_seed=VIEW_SEED)
+  extended = str(tmp_path / "extended")
+  extended_meta = guidance.create_guidance(
+      kws_teacher_dir, kws_raw_records, extended, dtype="float32", splits=["train"],
+      views=VIEWS, augment_config=cfg, view_seed=VIEW_SEED, extend=one)
+  assert extended_meta == meta  # as if all views were made in one run
+  for name in meta["shards"]["train"]:
+    full = _guidance_records(os.path.join(out, name))
+    first = _guidance_records(os.path.join(one, name))
+    both = _guidance_records(os.path.join(extended, name))
+    assert [g["id"].bytes_list.value[0] for g in both] == [g["id"].bytes_list.value[0] for g in full]
+    for f, o, b in zip(full, first, both):
+      logits = np.frombuffer(b["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+      # The first view is copied as it was; every view equals a run of all of them.
+      np.testing.assert_array_equal(logits[0], np.frombuffer(o["logits"].bytes_list.value[0], "<f4"))
+      np.testing.assert_allclose(
+          logits, np.frombuffer(f["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10),
+          atol=1e-4)
+  # Guidance made another way, or of as many views, is refused by name.
+  cases = [(dict(view_seed=VIEW_SEED + 1, extend=one), "view_seed"),
+           (dict(view_seed=VIEW_SEED, extend=out), f"{VIEWS} views"),
+           (dict(view_seed=VIEW_SEED, extend=str(tmp_path / "nothing")), "no finished guidance")]
+  for index, (options, message) in enumerate(cases):
+    with pytest.raises(ValueError, match=message):
+      guidance.create_guidance(kws_teacher_dir, kws_raw_records, str(tmp_path / f"bad{index}"),
+                               dtype="float32", splits=["train"], views=VIEWS,
+                               augment_config=cfg, **options)
+
+
 def test_evaluation_also_scores_windows_moved_off_centre(kws_teacher_dir, kws_raw_records):
   from kws_tf.evaluation import report
   results = report.evaluate_model(kws_teacher_dir, kws_raw_records, "test", beam_width=0,

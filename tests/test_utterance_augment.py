@@ -260,6 +260,38 @@ def test_ctc_view_guidance_holds_the_teachers_logits_of_each_view(ctc_raw_record
   assert checked == 3
 
 
+def test_extended_ctc_views_equal_the_views_made_at_once(ctc_raw_records, view_guidance,
+                                                         tmp_path):
+  teacher_dir, out, meta = view_guidance
+  cfg = config_lib.AugmentConfig(**VIEW_CONFIG)
+  two, extended = str(tmp_path / "two"), str(tmp_path / "extended")
+  for views, folder, base in ((2, two, ""), (VIEWS, extended, two)):
+    made = guidance.create_guidance(teacher_dir, ctc_raw_records, folder, dtype="float32",
+                                    splits=["train"], views=views, augment_config=cfg,
+                                    view_seed=VIEW_SEED, batch_size=8, extend=base)
+  assert made == meta
+  spec_keys = {"id": tf.io.FixedLenFeature([], tf.string),
+               "frames": tf.io.VarLenFeature(tf.int64),
+               "logits": tf.io.FixedLenFeature([], tf.string)}
+
+  def read(folder, name):
+    return [tf.io.parse_single_example(r, spec_keys)
+            for r in data.records_dataset([os.path.join(folder, name)], "none")]
+
+  compared = 0
+  for name in meta["shards"]["train"]:
+    for full, first, both in zip(read(out, name), read(two, name), read(extended, name)):
+      assert both["id"].numpy() == full["id"].numpy()
+      frames = both["frames"].values.numpy()
+      np.testing.assert_array_equal(frames, full["frames"].values.numpy())
+      logits = np.frombuffer(both["logits"].numpy(), "<f4")
+      copied = np.frombuffer(first["logits"].numpy(), "<f4")
+      np.testing.assert_array_equal(logits[:len(copied)], copied)
+      np.testing.assert_allclose(logits, np.frombuffer(full["logits"].numpy(), "<f4"), atol=2e-4)
+      compared += 1
+  assert compared == records.load_metadata(ctc_raw_records).splits["train"].examples
+
+
 def test_ctc_student_sees_the_view_whose_logits_it_gets(ctc_raw_records, view_guidance,
                                                         tmp_path):
   _, out, _ = view_guidance
