@@ -1,4 +1,6 @@
 """Typed configs: YAML + overrides, unknown keys, type conversion, validation."""
+import os
+
 import pytest
 
 from kws_tf import config as config_lib
@@ -130,3 +132,22 @@ def test_missing_file_and_bad_yaml(tmp_path):
     config_lib.load(str(tmp_path / "nope.yaml"))
   with pytest.raises(config_lib.ConfigError, match="not valid YAML"):
     config_lib.load(_write(tmp_path, "task: [kws\n"))
+
+
+SHIPPED = sorted(name[:-len(".yaml")] for name in os.listdir(config_lib.RECIPES)
+                 if name.endswith(".yaml") and not name.startswith("records_"))
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_recipe_loads_and_validates(name):
+  config = config_lib.load(name)
+  assert config.task in ("kws", "ctc") and config.model.name
+  config.validate()
+
+
+def test_ctc_small_augmented_is_ctc_small_augmented_for_longer():
+  # benchmarks/README.md measures it as ctc_small with these overrides.
+  base = config_lib.load("ctc_small", ["augment.enabled=true", "augment.noise_prob=0.5",
+                                       "augment.snr_db_min=10", "augment.babble_weight=0",
+                                       "train.steps=8000"])
+  assert config_lib.load("ctc_small_augmented") == base
