@@ -90,6 +90,8 @@ class GuidanceWriter:
     self._model, self._names = model, list(names)
     self._augmenter = data.make_augmenter(job["data_dir"], job["augment_config"],
                                           job["babble_split"]) if job["views"] else None
+    self._base = data.open_guidance(job["base_dir"], self._data_meta) if job["first_view"] \
+        else None
 
   def write(self, data_path: str, progress: Callable[[int], None]) -> int:
     """Writes ``<out_dir>/<name of data_path>``, the guidance of the data shard at
@@ -106,8 +108,7 @@ class GuidanceWriter:
     out_path = os.path.join(job["out_dir"], name)
     if job["views"]:
       data_path = os.path.join(job["data_dir"], meta.formats["raw"].dir, name)
-    base = BaseViews(os.path.join(job["base_dir"], name) if job["first_view"] else "",
-                     meta.compression, job["dtype"])
+    base = BaseViews(self._base, name)
     try:
       if job["views"] and self._spec.task == "ctc":
         from kws_tf import utterance_augment
@@ -189,28 +190,28 @@ def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
 
 
 class BaseViews:
-  """The views an extended guidance shard starts with: the records of the
-  guidance shard at ``path``, each ``(frames, logits)`` by id (``frames`` a list
-  of ints, ``logits`` flat little-endian ``dtype`` values). Empty without a
-  ``path``: nothing to prepend. OSError naming ``path`` when it cannot be read."""
+  """The views an extended guidance shard starts with: the records of shard
+  ``name`` of ``guidance`` (a ``kws_tf.data.Guidance`` of views), each
+  ``(frames, logits)`` by id (``frames`` a list of ints, ``logits`` the stored
+  flat values). Empty without a ``guidance``: nothing to prepend. OSError naming
+  the shard when it cannot be read."""
 
-  def __init__(self, path: str = "", compression: str = "", dtype: str = "float16"):
+  def __init__(self, guidance=None, name: str = ""):
     import tensorflow as tf
     from kws_tf import data
-    self.path, self._records = path, {}
-    if not path:
+    self.path, self._records = "", {}
+    if guidance is None:
       return
-    spec = {"id": tf.io.FixedLenFeature([], tf.string),
-            "frames": tf.io.VarLenFeature(tf.int64),
-            "logits": tf.io.FixedLenFeature([], tf.string)}
+    self.path = os.path.join(guidance.guidance_dir, name)
+    dtype = np.dtype(guidance.metadata["dtype"]).newbyteorder("<")
     try:
-      for serialized in data.records_dataset([path], compression):
-        x = tf.io.parse_single_example(serialized, spec)
+      for serialized in data.records_dataset([self.path], guidance.compression):
+        x = tf.io.parse_single_example(serialized, guidance.spec)
         self._records[x["id"].numpy()] = (
-            [int(n) for n in x["frames"].values.numpy()],
-            np.frombuffer(x["logits"].numpy(), np.dtype(dtype).newbyteorder("<")))
+            [int(n) for n in np.atleast_1d(x["frames"].numpy())],
+            np.frombuffer(x["logits"].numpy(), dtype))
     except tf.errors.OpError as error:
-      raise OSError(None, records.tf_error_reason(error.message), path) from error
+      raise OSError(None, records.tf_error_reason(error.message), self.path) from error
 
   def prepend(self, example_id: bytes, frames: List[int], logits: np.ndarray) -> tuple:
     """``(frames, logits)`` of one record with its stored views first (flat
