@@ -94,8 +94,7 @@ def time_stream(path: str, streaming: dict, waveform: np.ndarray) -> Dict[str, f
   """CPU seconds of one pass of ``waveform`` through a streaming file, hop by hop."""
   interpreter, inputs, outputs = _interpreter(path)
   hop = streaming["hop_samples"]
-  state = {name: np.full(value["shape"], value["initial"], np.float32)
-           for name, value in streaming["state"].items()}
+  state = inference.initial_state(streaming)
   invoke = 0.0
   start = time.thread_time()
   for end in range(hop, len(waveform) + 1, hop):

@@ -11,8 +11,8 @@ signal processing:
              together, as Kaldi's speed perturbation), by one of
              ``SPEED_VALUES`` factors evenly spaced in ``[speed_min, speed_max]``
   shift      the window's start moves by up to ``max_shift_seconds`` from the
-             centred clip, within the record's ``shift_range`` (the offsets at
-             which its label stays true)
+             centred clip moved by ``shift_bias_seconds``, within the record's
+             ``shift_range`` (the offsets at which its label stays true)
   reverb     convolution with a room impulse response: one of ``rirs`` or of
              ``SYNTHETIC_ROOMS`` synthetic ones (direct path, then exponentially
              decaying Gaussian noise with RT60 in ``[rt60_min, rt60_max]`` seconds)
@@ -330,8 +330,8 @@ class Augmenter:
       speed = tf.where(timed, len(self._speeds) + tempo, speed)
       warp = tf.where(timed, len(self._vtlp) + tempo, warp)
       sped = tf.logical_or(sped, timed)
-    low = tf.fill(tf.shape(factor), -float(c.max_shift_seconds))
-    high = -low
+    low = tf.fill(tf.shape(factor), c.shift_bias_seconds - c.max_shift_seconds)
+    high = tf.fill(tf.shape(factor), c.shift_bias_seconds + c.max_shift_seconds)
     if shift_range is not None:
       # The audio is stretched by 1 / factor about the clip's centre while the
       # window keeps its length: a keyword must stay inside the window, a
@@ -339,13 +339,16 @@ class Augmenter:
       # stricter bound of the two.
       half = self.window / self.sample_rate / 2
       lowest, highest = shift_range[:, 0], shift_range[:, 1]
-      low = tf.maximum(low, tf.maximum((lowest + half) / factor - half,
-                                        (lowest - half) / factor + half))
-      high = tf.minimum(high, tf.minimum((highest - half) / factor + half,
-                                         (highest + half) / factor - half))
-      low, high = tf.minimum(low, 0.0), tf.maximum(high, 0.0)
+      # The offsets that keep the label, then the drawn range clipped into them
+      # (a single offset when the two do not meet).
+      allowed_low = tf.minimum(tf.maximum((lowest + half) / factor - half,
+                                          (lowest - half) / factor + half), 0.0)
+      allowed_high = tf.maximum(tf.minimum((highest - half) / factor + half,
+                                           (highest + half) / factor - half), 0.0)
+      low = tf.clip_by_value(low, allowed_low, allowed_high)
+      high = tf.clip_by_value(high, allowed_low, allowed_high)
     offset = tf.zeros(tf.shape(factor), tf.int32)
-    if c.max_shift_seconds > 0:
+    if c.max_shift_seconds > 0 or c.shift_bias_seconds:
       offset = tf.cast(tf.round(between("shift", low, high) * self.sample_rate), tf.int32)
     # The first sample of the stretch, in samples of the sped-up waveform.
     stretched = tf.cast(tf.round(tf.cast(samples, tf.float32) / factor), tf.int32)

@@ -93,7 +93,12 @@ class AugmentConfig:
   Fields:
     enabled: augment the training examples.
     max_shift_seconds: kws: the window moves up to this far from the centred
-      clip, within each record's shift range (the offsets that keep its label).
+      clip (from ``shift_bias_seconds``), within each record's shift range (the
+      offsets that keep its label).
+    shift_bias_seconds: kws: the centre of the window's moves. Negative: the
+      windows start earlier, so a keyword sits later in them, towards the
+      window's end, where a streaming detector sees it first (a shorter delay
+      after the keyword's end); 0: centred.
     speed_prob, speed_min, speed_max: speed perturbation (tempo and pitch).
     reverb_prob, rt60_min, rt60_max: reverberation, RT60 in seconds
       (synthetic rooms unless ``rir_dir`` is set).
@@ -119,6 +124,7 @@ class AugmentConfig:
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3
+  shift_bias_seconds: float = 0.0
   speed_prob: float = 0.5
   speed_min: float = 0.85
   speed_max: float = 1.15

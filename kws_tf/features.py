@@ -180,7 +180,7 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
   fft_length = window.shape[0]
   if center:
     waveform = _reflect_pad(waveform, lengths, fft_length // 2)
-  frames = tf.signal.frame(waveform, fft_length, frame_step)
+  frames = _frames(waveform, fft_length, frame_step)
   if dft == "fft":
     spectrum = tf.signal.rfft(frames * window.astype(np.float32))
     power = tf.square(tf.math.real(spectrum)) + tf.square(tf.math.imag(spectrum))
@@ -197,6 +197,20 @@ def power_spectrogram(waveform: tf.Tensor, lengths: tf.Tensor,
     imag = tf.tensordot(lo - hi, imag_matrix, 1)
     return tf.square(real) + tf.square(imag)
   raise ValueError(f"unknown dft {dft!r}, expected one of {DFT_METHODS}")
+
+
+def _frames(waveform: tf.Tensor, frame_length: int, frame_step: int) -> tf.Tensor:
+  """``tf.signal.frame(waveform, frame_length, frame_step)``: ``[batch, frames,
+  frame_length]``. Frames side by side (``frame_step == frame_length``) of a
+  waveform of known length are its samples reshaped: one op in a TFLite file
+  instead of a gather between two reshapes."""
+  samples = waveform.shape[-1]
+  if frame_step != frame_length or samples is None or waveform.shape.rank != 2:
+    return tf.signal.frame(waveform, frame_length, frame_step)
+  count = samples // frame_length
+  if count * frame_length != samples:
+    waveform = waveform[:, :count * frame_length]
+  return tf.reshape(waveform, [-1, count, frame_length])
 
 
 def _bins_read(mel_matrix: np.ndarray) -> int:

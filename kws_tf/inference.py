@@ -140,6 +140,13 @@ class TFLiteModel:
             for name, value in outputs.items()}
 
 
+def initial_state(streaming: dict) -> Dict[str, np.ndarray]:
+  """A streaming file's state before its first call, by input name, from the
+  ``streaming`` section of its card (each state float32 or int8)."""
+  return {name: np.full(value["shape"], value["initial"], np.dtype(value["dtype"]))
+          for name, value in streaming["state"].items()}
+
+
 class StreamingTFLiteModel:
   """A streaming TFLite file (``kws_tf.export.streaming``) run with ai-edge-litert.
 
@@ -170,8 +177,7 @@ class StreamingTFLiteModel:
 
   def reset(self) -> None:
     """The state of a stream not yet started."""
-    self.state = {name: np.full(value["shape"], value["initial"], np.float32)
-                  for name, value in self.streaming["state"].items()}
+    self.state = initial_state(self.streaming)
 
   def step(self, hop: np.ndarray) -> Dict[str, np.ndarray]:
     """The outputs of the next call, on ``hop`` (float32 ``[hop_samples]``)."""

@@ -304,6 +304,24 @@ def test_augmenter_shift_stays_in_the_shift_range(shift_range, expected):
   assert offsets.min() < expected[0] + 0.1 * width and offsets.max() > expected[1] - 0.1 * width
 
 
+
+@pytest.mark.parametrize("shift_range,expected", [
+    ((-0.5, 0.3), (-0.3, -0.1)),     # the whole drawn range: bias -0.2 +- 0.1
+    ((-0.15, 0.3), (-0.15, -0.1)),   # its lower end clipped to the shift range
+    ((-0.05, 0.3), (-0.05, -0.05)),  # no overlap: the allowed offset nearest to it
+])
+def test_shift_bias_moves_the_windows_earlier_within_the_shift_range(shift_range, expected):
+  """A negative bias starts the windows earlier, so the clip's centre lands
+  later in them, and never beyond the offsets that keep the label."""
+  fn = tf.function(augment.Augmenter(quiet(max_shift_seconds=0.1, shift_bias_seconds=-0.2),
+                                     SR, CLIP))
+  offsets = _impulse_offsets(fn, shift_range, seeds=60)
+  tolerance = 1.0 / SR
+  assert offsets.min() >= expected[0] - tolerance and offsets.max() <= expected[1] + tolerance
+  width = expected[1] - expected[0]
+  assert offsets.min() < expected[0] + 0.1 * width + tolerance
+  assert offsets.max() > expected[1] - 0.1 * width - tolerance
+
 def _sped_up(config_speed, fn_signal, shift_range, seeds=40):
   config = quiet(max_shift_seconds=0.3, speed_prob=1.0, speed_min=config_speed,
                  speed_max=config_speed)

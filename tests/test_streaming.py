@@ -92,7 +92,8 @@ def _files(spec, model, hop, kinds, tmp_path, calibration=()):
     paths[kind] = str(tmp_path / f"model_{kind}.tflite")
     with open(paths[kind], "wb") as f:
       f.write(content)
-  return paths, streaming.streaming_card(module, 16000)
+  stream_file = next((paths[k] for k in kinds if k in streaming.FORMATS), None)
+  return paths, streaming.streaming_card(module, 16000, stream_file)
 
 
 def _compare(path, card, window_path, waveform, stream=True):
@@ -176,9 +177,14 @@ def test_stream_int8_matches_the_int8_file_on_every_full_window(name, params, fe
                for i in op["outputs"]
                if details[i]["name"].startswith(serving.FRONT_END_SCOPE + "/")]
   assert front_end and all(d != np.int8 for op, d in front_end if op != "QUANTIZE")
+  # Audio in and posteriors out are float32; layer by layer the state is the
+  # network's int8 (state_io), otherwise the front end's float32.
   runner = Interpreter(model_path=paths["stream_int8"]).get_signature_runner()
   for name_, detail in {**runner.get_input_details(), **runner.get_output_details()}.items():
-    assert detail["dtype"] == np.float32, name_
+    by_layers = feature_params == PHONE_MFCC_LOCAL and "state" in name_
+    assert detail["dtype"] == (np.int8 if by_layers else np.float32), name_
+  for name_, entry in card["state"].items():
+    assert entry["dtype"] == runner.get_input_details()[name_]["dtype"].__name__
 
 
 @pytest.mark.parametrize("params,feature_params,hop", [
@@ -401,7 +407,13 @@ def test_records_train_and_export_a_student_that_streams_layer_by_layer(
     # 50 frames a window, receptive field 5 + 2 = 7 frames: 44 pooled frames.
     assert stream["state"]["state_pool"]["shape"] == [1, 43, 1, 24]
   assert cards["stream_float32"]["parity"]["max_abs_logit_error"] < FLOAT_TOLERANCE
-  assert ("`state_pool` [1, 43, 1, 24] starting at per-channel values"
+  # The int8 file's state is int8 at its interface, each with the scale and zero
+  # point its initial values were quantized with; the float32 file's is float32.
+  for name, entry in cards["stream_int8"]["streaming"]["state"].items():
+    assert entry["dtype"] == "int8" and entry["scale"] > 0, name
+    assert -128 <= entry["zero_point"] <= 127
+    assert cards["stream_float32"]["streaming"]["state"][name]["dtype"] == "float32"
+  assert ("`state_pool` int8 [1, 43, 1, 24] starting at per-channel values"
           in open(os.path.join(out, "model_stream_int8.md")).read())
 
 

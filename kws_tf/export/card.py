@@ -279,7 +279,7 @@ def card_markdown(card: dict) -> str:
         f"{s['calls_per_window']} on" + (f"; each call computes {s['computes']}"
                                          if "computes" in s else ""),
         "- State (feed each `next_state_<name>` back as `state_<name>`): "
-        + ", ".join(f"`{k}` {v['shape']} starting at " + (
+        + ", ".join(f"`{k}` {v['dtype']} {v['shape']} starting at " + (
             f"{v['initial']:g}" if isinstance(v["initial"], (int, float)) else
             "per-channel values (`initial`)")
                     for k, v in s["state"].items()),

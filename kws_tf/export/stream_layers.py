@@ -281,7 +281,7 @@ class LayerPlan:
         outputs[SAMPLES] = samples[:, -self.buffer_samples:]
       end = samples.shape[1] - self.end_skip
       power = features.power_spectrogram(
-          samples[:, end - self.read_samples:end], None, front_end.analysis_window(),
+          _frames(samples, end - self.read_samples, end), None, front_end.analysis_window(),
           front_end.frame_step, center=False, dft=front_end.dft,
           num_bins=front_end.mel_matrix().shape[1])
       values = normalise(front_end.cepstra(front_end.log_mel(power),
@@ -301,9 +301,10 @@ class LayerPlan:
                                             outputs)
           x, conv = extended[source], self._convs[layer.name]
           end = x.shape[1] - conv.skip
-          tensors[op.output] = layer(x[:, end - conv.read:end], training=False)
+          tensors[op.output] = layer(_frames(x, end - conv.read, end), training=False)
         else:
-          x = self._extend(tensors[op.inputs[0]], POOL, state, outputs)[:, -self.pool_frames:]
+          x = self._extend(tensors[op.inputs[0]], POOL, state, outputs)
+          x = _frames(x, x.shape[1] - self.pool_frames, x.shape[1])
           if isinstance(layer, heads.MaskedMean):
             pooled = tf.cast(tf.reduce_mean(tf.cast(x, tf.float32), axis=[1, 2],
                                             keepdims=layer.keepdims), layer.compute_dtype)
@@ -321,3 +322,11 @@ class LayerPlan:
     x = tf.concat([state[name], new], 1)
     outputs[name] = x[:, -state[name].shape[1]:]
     return x
+
+
+def _frames(x: tf.Tensor, start: int, end: int) -> tf.Tensor:
+  """``x[:, start:end]``, and ``x`` itself when that is all of it (no slice op
+  in the file)."""
+  if start == 0 and end == x.shape[1]:
+    return x
+  return x[:, start:end]

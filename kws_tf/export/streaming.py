@@ -82,7 +82,7 @@ from tensorflow.lite.python.convert_phase import ConverterError
 from kws_tf import features, inference, records
 from kws_tf import model_dir as model_dir_lib
 from kws_tf.export import card as card_lib
-from kws_tf.export import files, serving, stream_layers
+from kws_tf.export import files, serving, state_io, stream_layers
 from kws_tf.export.errors import ExportError
 
 FORMATS = ("stream_float32", "stream_int8")
@@ -439,10 +439,11 @@ def convert(saved_model_dir: str, kind: str, model_name: str,
   from tensorflow.lite.python import convert as lite_convert
   converter._experimental_calibrate_only = True  # pylint: disable=protected-access
   calibrated = converter.convert()
-  return lite_convert.mlir_quantize(
+  quantized = lite_convert.mlir_quantize(
       calibrated, fully_quantize=False, input_data_type=tf.float32,
       output_data_type=tf.float32,
       denylisted_nodes=_front_end_tensors(calibrated, model_name))
+  return state_io.int8_state(quantized)[0]
 
 
 def check_supported(spec: model_dir_lib.ModelSpec, clip_samples: Optional[int],
@@ -472,14 +473,32 @@ def _card_initial(value: np.ndarray):
   return value.reshape(-1, value.shape[-1])[0].tolist()
 
 
-def streaming_card(module: StreamingModule, sample_rate: int) -> dict:
+def _card_state(name: str, value: np.ndarray, detail: Optional[dict]) -> dict:
+  """A state's entry in the card; ``detail``: its input in the file, whose dtype
+  (int8: with the scale and zero point the initial value is quantized with)
+  the entry takes."""
+  entry = {"shape": list(value.shape), "dtype": "float32"}
+  if detail is not None and detail["dtype"] == np.int8:
+    scale, zero_point = detail["quantization"]
+    value = state_io.quantize(value, scale, zero_point)
+    entry.update(dtype="int8", scale=float(scale), zero_point=int(zero_point))
+  initial = _card_initial(value)
+  entry["initial"] = (int(initial) if isinstance(initial, float) and entry["dtype"] == "int8"
+                      else initial)
+  entry["output"] = NEXT_PREFIX + name[len(STATE_PREFIX):]
+  return entry
+
+
+def streaming_card(module: StreamingModule, sample_rate: int,
+                   path: Optional[str] = None) -> dict:
   """The ``streaming`` section of a streaming file's card. A state's ``initial``
   is a number or a list over its last axis, broadcast to its ``shape``
-  (``numpy.full(shape, initial)``)."""
+  (``numpy.full(shape, initial, dtype)``). ``path``: the file, whose int8 state
+  inputs (``state_io``) the card gives as int8 with their scale and zero point
+  (None: every state float32)."""
   layout = module.layout
-  state = {name: {"shape": list(value.shape), "dtype": "float32",
-                  "initial": _card_initial(value),
-                  "output": NEXT_PREFIX + name[len(STATE_PREFIX):]}
+  details = state_io.state_inputs(path) if path else {}
+  state = {name: _card_state(name, value, details.get(name))
            for name, value in module.initial_state().items()}
   return {
       "hop_samples": layout.hop_samples, "hop_seconds": layout.hop_samples / sample_rate,
@@ -537,7 +556,7 @@ def export(kinds: Sequence[str], model, spec: model_dir_lib.ModelSpec, clip_samp
       raise ExportError(f"the TFLite converter failed on the {kind} file of model "
                         f"{spec.name!r}: {first.strip()}") from e
     records.write_bytes(checked, content)
-    stream_card = streaming_card(module, spec.sample_rate)
+    stream_card = streaming_card(module, spec.sample_rate, checked)
     result = check(inference.StreamingTFLiteModel(checked, stream_card))
     gated = kind == "stream_int8"
     passed = not gated or result["drop_points"] <= max_accuracy_drop
