@@ -28,7 +28,7 @@ of audio and at least 5x less than the sliding window.
 With ``--always_on_set`` (a ``kws-make-always-on-set`` folder), each stream
 file is also scored on its long recordings as ``kws-evaluate
 --always_on_model`` scores it (``kws_tf.evaluation.always_on``, default
-smoothing and refractory time): the FRR at 1 false alarm per hour, and the
+refractory time, ``--smooth_seconds`` of posterior averaging): the FRR at 1 false alarm per hour, and the
 detection delay at that threshold: the median, over the detected keywords, of
 the time the detection fires after the keyword's end (target: at most 200 ms).
 """
@@ -45,7 +45,7 @@ from typing import Dict, List
 import numpy as np
 from absl import app, flags
 
-from kws_tf import inference
+from kws_tf import detection, inference
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TARGET_MS_PER_SECOND = 0.5
@@ -68,6 +68,8 @@ flags.DEFINE_integer("rounds", 5, "Timed rounds per file and hop (after one unti
 flags.DEFINE_integer("seed", 0, "Seed of the audio (noise: the time does not depend on it).")
 flags.DEFINE_string("always_on_set", None, "A kws-make-always-on-set folder: also the FRR at "
                     "1 false alarm per hour and the median detection delay of each stream file.")
+flags.DEFINE_float("smooth_seconds", None, "With --always_on_set: the posterior averaging of "
+                   "the detector (default: kws-infer's).")
 
 
 def _run(command: List[str]) -> None:
@@ -168,8 +170,9 @@ def main(argv):
     metric = None
     if FLAGS.always_on_set:
       from kws_tf.evaluation import always_on
+      smoothing = {} if FLAGS.smooth_seconds is None else {"smooth_seconds": FLAGS.smooth_seconds}
       metric = always_on.evaluate(inference.StreamingTFLiteModel(stream_path, streaming), card,
-                                  FLAGS.always_on_set)["groups"]["all"]
+                                  FLAGS.always_on_set, **smoothing)["groups"]["all"]
     rows.append((hop / rate, stream, sliding, os.path.getsize(stream_path),
                  os.path.getsize(window_path), card["parity"]["drop_points"], metric,
                  streaming.get("computes", "the network on the whole window")))
@@ -213,7 +216,9 @@ def main(argv):
              f"{TARGET_DELAY_MS:g}: "
              f"{'met' if metric['target']['median_delay_ms'] <= TARGET_DELAY_MS else 'missed'})"))
   if always:
-    print(f"always-on set: {FLAGS.always_on_set}, {rows[0][6]['hours']:.2f} h, "
+    smooth = detection.SMOOTH_SECONDS if FLAGS.smooth_seconds is None else FLAGS.smooth_seconds
+    print(f"always-on set: {FLAGS.always_on_set}, smoothing {smooth:g} s, "
+          f"{rows[0][6]['hours']:.2f} h, "
           f"{rows[0][6]['occurrences']} keywords")
 
 

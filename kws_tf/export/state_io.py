@@ -18,7 +18,7 @@ initial state quantized with the input's scale and zero point
 (``quantize``). Only state tensors change; the waveform input and the
 posteriors stay float32.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 
@@ -37,18 +37,18 @@ def _opcode(model, op) -> int:
   return max(code.builtinCode, code.deprecatedBuiltinCode)
 
 
-def _quantization(tensor) -> Tuple[float, int]:
+def _quantization(tensor) -> Optional[Tuple[float, int]]:
   q = tensor.quantization
   if q is None or q.scale is None or len(q.scale) != 1:
     return None
   return float(q.scale[0]), int(q.zeroPoint[0])
 
 
-def int8_state(content: bytes) -> Tuple[bytes, List[str]]:
+def int8_state(content: bytes) -> bytes:
   """``content`` (a streaming TFLite file) with int8 state inputs and outputs
   wherever a state enters through a QUANTIZE to int8 and leaves through a
-  DEQUANTIZE from int8 of the same scale and zero point, and the names of those
-  states (``state_<name>``); the file unchanged when there are none."""
+  DEQUANTIZE from int8 of the same scale and zero point; the file unchanged
+  when no state does."""
   schema, flatbuffer_utils = _schema()
   model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
   signature = model.signatureDefs[0]
@@ -63,7 +63,7 @@ def int8_state(content: bytes) -> Tuple[bytes, List[str]]:
   def producer(index):
     return next((op for op in operators if index in list(op.outputs)), None)
 
-  rewired = []
+  rewired = False
   for name, entry in inputs.items():
     out = outputs.get(NEXT_PREFIX + name[len(STATE_PREFIX):])
     if not name.startswith(STATE_PREFIX) or out is None:
@@ -87,10 +87,10 @@ def int8_state(content: bytes) -> Tuple[bytes, List[str]]:
     entry.tensorIndex, out.tensorIndex = quantize.outputs[0], dequantize.inputs[0]
     operators.remove(quantize)
     operators.remove(dequantize)
-    rewired.append(name)
+    rewired = True
   if not rewired:
-    return content, []
-  return bytes(flatbuffer_utils.convert_object_to_bytearray(model)), rewired
+    return content
+  return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
 def quantize(value: np.ndarray, scale: float, zero_point: int) -> np.ndarray:

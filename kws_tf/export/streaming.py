@@ -61,8 +61,9 @@ in frames instead). The front end must be "mfcc" (the kws students').
 
 Formats: ``stream_float32`` (plain conversion) and ``stream_int8`` (the
 network int8, calibrated on the calibration clips (``calibration_calls``), the
-front end, its state and the normalisation float32, float32 input and outputs;
-layer by layer the network's buffers are int8 inside, float32 as state),
+front end, its state and the normalisation float32, float32 waveform and
+posteriors; layer by layer the network's buffers are int8 state inputs and
+outputs, ``state_io``, whose card entries give their scale and zero point),
 written as ``model_stream_<format>.tflite`` with a model card (``card``
 plus a ``streaming`` section) and checked like the other files: each parity
 clip streamed from the initial state, the outputs of its last call against
@@ -91,8 +92,7 @@ LATENCY_RUNS = 20
 # The log-mel of silence: 10 * log10 of the front end's power floor (1e-10).
 SILENCE_DB = -100.0
 OUTPUTS = ("logits", "probabilities")
-STATE_PREFIX = "state_"
-NEXT_PREFIX = "next_state_"
+STATE_PREFIX, NEXT_PREFIX = state_io.STATE_PREFIX, state_io.NEXT_PREFIX
 
 
 def _reflect(positions: np.ndarray, length: int) -> np.ndarray:
@@ -443,7 +443,7 @@ def convert(saved_model_dir: str, kind: str, model_name: str,
       calibrated, fully_quantize=False, input_data_type=tf.float32,
       output_data_type=tf.float32,
       denylisted_nodes=_front_end_tensors(calibrated, model_name))
-  return state_io.int8_state(quantized)[0]
+  return state_io.int8_state(quantized)
 
 
 def check_supported(spec: model_dir_lib.ModelSpec, clip_samples: Optional[int],
