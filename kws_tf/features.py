@@ -517,7 +517,7 @@ class MfccConfig(_FeatureConfig):
     return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
                             self.center)
 
-  def _dct_matrix(self) -> np.ndarray:
+  def dct_matrix(self) -> np.ndarray:
     """``[num_mel_bins, num_mfcc]``: orthonormal DCT-II as a matrix product.
 
     A matrix rather than tf.signal.dct, which TFLite cannot convert.
@@ -575,7 +575,7 @@ class MfccConfig(_FeatureConfig):
     if self.top_db is not None:
       db_max = _max_over_valid_frames(db, num_frames)
       db = tf.maximum(db, db_max - self.top_db)
-    mfcc = tf.tensordot(db, self._dct_matrix(), 1)
+    mfcc = tf.tensordot(db, self.dct_matrix(), 1)
     if not self.delta_width:
       return mfcc
     # Edge replication at the example's own ends: frame index clipped to

@@ -77,7 +77,7 @@ def channel_map(config: features._FeatureConfig, factor: float) -> np.ndarray:
     centres = librosa.mel_frequencies(config.num_mel_bins + 2, fmin=config.lower_edge_hertz,
                                       fmax=config.upper_edge_hertz, htk=False)[1:-1]
     bands = band_warp(centres, factor, nyquist, mel=True)
-    dct = config._dct_matrix().astype(np.float64)  # pylint: disable=protected-access
+    dct = config.dct_matrix().astype(np.float64)
     block = dct.T @ bands.T @ dct
     blocks = config.num_channels // config.num_mfcc
     return np.kron(np.eye(blocks), block).astype(np.float32)

@@ -42,7 +42,7 @@ def test_factor_one_is_the_identity(name):
 def _envelope(config, values: np.ndarray) -> np.ndarray:
   """Per-band spectrum of a frame (mfcc: the cepstra's smooth log-mel envelope)."""
   if isinstance(config, features.MfccConfig):
-    return values[..., :config.num_mfcc] @ config._dct_matrix().T  # pylint: disable=protected-access
+    return values[..., :config.num_mfcc] @ config.dct_matrix().T
   return values
 
 

@@ -55,7 +55,7 @@ window-wide operation) streams by running its network on the whole window
 every call. ``unsupported`` says why a student does not stream layer by layer.
 """
 import dataclasses
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
@@ -269,10 +269,11 @@ class LayerPlan:
     return dict(self._shapes)
 
   def run(self, model: keras.Model, waveform: tf.Tensor, state: Dict[str, tf.Tensor],
-          normalise: Callable[[tf.Tensor], tf.Tensor]) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
+          normalization: Optional[Tuple[np.ndarray, np.ndarray]]
+          ) -> Tuple[tf.Tensor, Dict[str, tf.Tensor]]:
     """One call: ``(logits [1, classes], next state by name)`` of the new
     samples ``waveform [1, hop_samples]`` and the ``state`` by name;
-    ``normalise`` standardises the features ``[1, frames, channels]``."""
+    ``normalization``: the features' ``(mean, 1 / std)`` per channel, or None."""
     front_end, outputs = self.front_end, {}
     with tf.name_scope(serving.FRONT_END_SCOPE):
       samples = waveform
@@ -284,8 +285,14 @@ class LayerPlan:
           _frames(samples, end - self.read_samples, end), None, front_end.analysis_window(),
           front_end.frame_step, center=False, dft=front_end.dft,
           num_bins=front_end.mel_matrix().shape[1])
-      values = normalise(front_end.cepstra(front_end.log_mel(power),
-                                           tf.constant([self.hop_frames])))
+      # The MFCCs standardised, (db @ dct - mean) / std, as one matrix product
+      # and bias (this front end has no clamp and no deltas: ``cepstra`` is
+      # the DCT alone).
+      matrix, bias = front_end.dct_matrix(), np.zeros(front_end.num_mfcc, np.float32)
+      if normalization is not None:
+        mean, inverse_std = normalization
+        matrix, bias = matrix * inverse_std, -mean * inverse_std
+      values = tf.tensordot(front_end.log_mel(power), matrix, 1) + bias
     tensors = {id(model.input["features"]): values}
     extended = {}  # tensor id -> the buffer's frames, then the new ones
     with tf.name_scope(model.name):

@@ -325,7 +325,9 @@ class StreamingModule(tf.Module):
   def _step(self, waveform: tf.Tensor, *states: tf.Tensor) -> Dict[str, tf.Tensor]:
     state = dict(zip(self.state_names, states))
     if self.by_layers:
-      logits, outputs = self.layout.run(self.model, waveform, state, self._normalise)
+      logits, outputs = self.layout.run(
+          self.model, waveform, state,
+          None if self._mean is None else (self._mean, self._inverse_std))
     else:
       logits, outputs = self._window_step(waveform, state)
     result = {"logits": logits, "probabilities": tf.nn.softmax(logits, axis=-1)}
