@@ -177,6 +177,13 @@ def test_stream_int8_matches_the_int8_file_on_every_full_window(name, params, fe
                for i in op["outputs"]
                if details[i]["name"].startswith(serving.FRONT_END_SCOPE + "/")]
   assert front_end and all(d != np.int8 for op, d in front_end if op != "QUANTIZE")
+  # The softmax too: int8 probabilities would step by 1/256 up to 255/256, too
+  # coarse for a detection threshold near 1.
+  softmax = [details[i]["dtype"] for op in interpreter._get_ops_details()
+             if op["op_name"] == "SOFTMAX" for i in op["outputs"]]
+  assert softmax == [np.float32]
+  probabilities = np.concatenate([o["probabilities"] for o in got])
+  assert not np.allclose(probabilities * 256, np.round(probabilities * 256))
   # Audio in and posteriors out are float32; layer by layer the state is the
   # network's int8 (state_io), otherwise the front end's float32.
   runner = Interpreter(model_path=paths["stream_int8"]).get_signature_runner()

@@ -405,18 +405,19 @@ class StreamingModule(tf.Module):
     tf.saved_model.save(self, path, signatures={serving.SIGNATURE: self.step})
 
 
-def _front_end_tensors(calibrated: bytes, model_name: str) -> List[str]:
+def _float_tensors(calibrated: bytes, model_name: str) -> List[str]:
   """Tensors of a calibrated streaming file that int8 quantization must leave
-  float: all but the Keras model's and the posteriors (the front end, the
-  normalisation and the state)."""
+  float: all but the Keras model's and its logits (the front end, the
+  normalisation, the state, and the softmax: int8 probabilities would step by
+  1/256 and stop at 255/256, too coarse for an always-on detector's threshold,
+  which lies near 1)."""
   from ai_edge_litert.interpreter import Interpreter
   interpreter = Interpreter(model_content=calibrated)
   runner = interpreter.get_signature_runner(serving.SIGNATURE)
   names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
-  outputs = {names[d["index"]] for name, d in runner.get_output_details().items()
-             if name in OUTPUTS}
+  logits = names[runner.get_output_details()["logits"]["index"]]
   return [name for name in names.values()
-          if not name.startswith(f"{model_name}/") and name not in outputs]
+          if not name.startswith(f"{model_name}/") and name != logits]
 
 
 def convert(saved_model_dir: str, kind: str, model_name: str,
@@ -444,7 +445,7 @@ def convert(saved_model_dir: str, kind: str, model_name: str,
   quantized = lite_convert.mlir_quantize(
       calibrated, fully_quantize=False, input_data_type=tf.float32,
       output_data_type=tf.float32,
-      denylisted_nodes=_front_end_tensors(calibrated, model_name))
+      denylisted_nodes=_float_tensors(calibrated, model_name))
   return state_io.int8_state(quantized)
 
 
