@@ -19,8 +19,9 @@ hop:
   does).
 
 CPU time of the calling thread (the interpreter's only thread): of the
-``invoke()`` calls alone, and of the whole loop (also the copies of the
-waveform, the state and the posteriors in and out of the interpreter from
+``invoke()`` calls alone (each less what the clock itself reports around an
+empty interval, ``timer_overhead``), and of the whole loop (also the copies of
+the waveform, the state and the posteriors in and out of the interpreter from
 Python); the median of ``--rounds`` rounds, in ms per second of audio. The
 targets (the always-on detection issue): the stream at most 0.5 ms per second
 of audio and at least 5x less than the sliding window.
@@ -92,8 +93,23 @@ def _interpreter(path: str):
   return interpreter, inputs, outputs
 
 
-def time_stream(path: str, streaming: dict, waveform: np.ndarray) -> Dict[str, float]:
-  """CPU seconds of one pass of ``waveform`` through a streaming file, hop by hop."""
+def timer_overhead(pairs: int = 20000) -> float:
+  """CPU seconds that a ``time.thread_time()`` pair reports around nothing (the
+  clock's own system call): the median over 5 runs of the mean of ``pairs``."""
+  means = []
+  for _ in range(5):
+    total = 0.0
+    for _ in range(pairs):
+      before = time.thread_time()
+      total += time.thread_time() - before
+    means.append(total / pairs)
+  return float(np.median(means))
+
+
+def time_stream(path: str, streaming: dict, waveform: np.ndarray,
+                overhead: float = 0.0) -> Dict[str, float]:
+  """CPU seconds of one pass of ``waveform`` through a streaming file, hop by hop;
+  ``overhead``: seconds subtracted from each timed call (``timer_overhead``)."""
   interpreter, inputs, outputs = _interpreter(path)
   hop = streaming["hop_samples"]
   state = inference.initial_state(streaming)
@@ -105,15 +121,17 @@ def time_stream(path: str, streaming: dict, waveform: np.ndarray) -> Dict[str, f
       interpreter.set_tensor(inputs[name], value)
     before = time.thread_time()
     interpreter.invoke()
-    invoke += time.thread_time() - before
+    invoke += time.thread_time() - before - overhead
     for name, value in streaming["state"].items():
       state[name] = interpreter.get_tensor(outputs[value["output"]])
     interpreter.get_tensor(outputs["probabilities"])
   return {"invoke": invoke, "loop": time.thread_time() - start}
 
 
-def time_sliding(path: str, clip: int, hop: int, waveform: np.ndarray) -> Dict[str, float]:
-  """CPU seconds of the windows of ``clip`` samples ending every ``hop`` samples."""
+def time_sliding(path: str, clip: int, hop: int, waveform: np.ndarray,
+                 overhead: float = 0.0) -> Dict[str, float]:
+  """CPU seconds of the windows of ``clip`` samples ending every ``hop`` samples;
+  ``overhead`` as ``time_stream``'s."""
   interpreter, inputs, outputs = _interpreter(path)
   padded = np.concatenate([np.zeros(clip, np.float32), waveform])
   invoke = 0.0
@@ -122,7 +140,7 @@ def time_sliding(path: str, clip: int, hop: int, waveform: np.ndarray) -> Dict[s
     interpreter.set_tensor(inputs[inference.WAVEFORM], padded[np.newaxis, end:end + clip])
     before = time.thread_time()
     interpreter.invoke()
-    invoke += time.thread_time() - before
+    invoke += time.thread_time() - before - overhead
     interpreter.get_tensor(outputs["probabilities"])
   return {"invoke": invoke, "loop": time.thread_time() - start}
 
@@ -145,6 +163,7 @@ def main(argv):
   if not os.path.exists(os.path.join(model_dir, "model.json")):
     raise SystemExit(f"no trained kws student in {model_dir}: run kws-pipeline "
                      f"--workdir={FLAGS.workdir} first (or give --model_dir)")
+  overhead = timer_overhead()
   rows = []
   for hop_seconds in FLAGS.hops:
     folder = os.path.join(FLAGS.out_dir, f"hop_{hop_seconds}")
@@ -163,10 +182,11 @@ def main(argv):
     samples = int(FLAGS.seconds * rate) // hop * hop
     waveform = np.random.default_rng(FLAGS.seed).uniform(-0.1, 0.1, samples).astype(np.float32)
     seconds = samples / rate
-    stream = median_ms_per_second(lambda: time_stream(stream_path, streaming, waveform),
-                                  seconds)
+    stream = median_ms_per_second(
+        lambda: time_stream(stream_path, streaming, waveform, overhead), seconds)
     sliding = median_ms_per_second(
-        lambda: time_sliding(window_path, card["clip_samples"], hop, waveform), seconds)
+        lambda: time_sliding(window_path, card["clip_samples"], hop, waveform, overhead),
+        seconds)
     metric = None
     if FLAGS.always_on_set:
       from kws_tf.evaluation import always_on
@@ -180,7 +200,8 @@ def main(argv):
   print()
   print(f"command: {command}")
   print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; one interpreter "
-        f"thread; {FLAGS.seconds:g} s of audio per round, median of {FLAGS.rounds} rounds; "
+        f"thread; {FLAGS.seconds:g} s of audio per round, median of {FLAGS.rounds} rounds, "
+        f"{overhead * 1e6:.2f} us of the clock's own per timed call subtracted; "
         f"model {model_dir}")
   print(f"each stream call computes {rows[0][7]}")
   print()
