@@ -91,7 +91,7 @@ def _metadata_schema():
   return metadata_schema_py_generated
 
 
-def _model_schema():
+def model_schema():
   """TensorFlow's TFLite model flatbuffer schema and its object-API helpers."""
   from tensorflow.lite.python import schema_py_generated
   from tensorflow.lite.tools import flatbuffer_utils
@@ -131,7 +131,7 @@ def attach(model: bytes, info: ClassifierMetadata) -> bytes:
   (replacing one already there); the labels file is the ZIP archive after the
   flatbuffer (an archive already there is dropped).
   """
-  schema, flatbuffer_utils = _model_schema()
+  schema, flatbuffer_utils = model_schema()
   tflite_model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
   buffer = schema.BufferT()
   buffer.data = np.frombuffer(metadata_buffer(info), np.uint8)
@@ -155,7 +155,7 @@ def attach(model: bytes, info: ClassifierMetadata) -> bytes:
 def read_metadata(model: bytes):
   """The ModelMetadata (object API, ``ModelMetadataT``) of a model and its associated
   files by name; ValueError when the model has no TFLite Metadata."""
-  schema, _ = _model_schema()
+  schema, _ = model_schema()
   tflite_model = schema.Model.GetRootAs(model, 0)
   for i in range(tflite_model.MetadataLength()):
     entry = tflite_model.Metadata(i)
@@ -192,7 +192,7 @@ def read_classifier_metadata(model: bytes) -> ClassifierMetadata:
 
 def output_names(model: bytes) -> Tuple[str, ...]:
   """The names of a model's outputs, in its output order (from its signature)."""
-  schema, _ = _model_schema()
+  schema, _ = model_schema()
   tflite_model = schema.Model.GetRootAs(model, 0)
   signature = tflite_model.SignatureDefs(0)
   by_tensor = {signature.Outputs(i).TensorIndex(): signature.Outputs(i).Name().decode()
@@ -220,7 +220,7 @@ def scores_only(model: bytes, output: str = SCORES) -> bytes:
   """The model with ``output`` as its only output (subgraph and signature); the other
   outputs' tensors stay in the graph as intermediate tensors. Metadata and
   associated files are not kept consistent: ``attach`` them again."""
-  _, flatbuffer_utils = _model_schema()
+  _, flatbuffer_utils = model_schema()
   tflite_model = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
   signature = tflite_model.signatureDefs[0]
   kept = [t for t in signature.outputs if t.name.decode() == output]

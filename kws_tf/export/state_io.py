@@ -22,14 +22,11 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from kws_tf import inference
+from kws_tf.export import metadata
+
 STATE_PREFIX = "state_"
 NEXT_PREFIX = "next_state_"
-
-
-def _schema():
-  from tensorflow.lite.python import schema_py_generated
-  from tensorflow.lite.tools import flatbuffer_utils
-  return schema_py_generated, flatbuffer_utils
 
 
 def _opcode(model, op) -> int:
@@ -49,7 +46,7 @@ def int8_state(content: bytes) -> bytes:
   wherever a state enters through a QUANTIZE to int8 and leaves through a
   DEQUANTIZE from int8 of the same scale and zero point; the file unchanged
   when no state does."""
-  schema, flatbuffer_utils = _schema()
+  schema, flatbuffer_utils = metadata.model_schema()
   model = flatbuffer_utils.convert_bytearray_to_object(bytearray(content))
   signature = model.signatureDefs[0]
   subgraph = model.subgraphs[signature.subgraphIndex]
@@ -105,7 +102,6 @@ def state_inputs(path: str) -> Dict[str, dict]:
   """The state inputs of a streaming file's signature: name -> its interpreter
   detail (``dtype``, ``quantization``, ...)."""
   from ai_edge_litert.interpreter import Interpreter
-  from kws_tf.inference import SIGNATURE
-  runner = Interpreter(model_path=path).get_signature_runner(SIGNATURE)
+  runner = Interpreter(model_path=path).get_signature_runner(inference.SIGNATURE)
   return {name: detail for name, detail in runner.get_input_details().items()
           if name.startswith(STATE_PREFIX)}
