@@ -164,6 +164,7 @@ def main(argv):
     raise SystemExit(f"no trained kws student in {model_dir}: run kws-pipeline "
                      f"--workdir={FLAGS.workdir} first (or give --model_dir)")
   overhead = timer_overhead()
+  smooth = detection.SMOOTH_SECONDS if FLAGS.smooth_seconds is None else FLAGS.smooth_seconds
   rows = []
   for hop_seconds in FLAGS.hops:
     folder = os.path.join(FLAGS.out_dir, f"hop_{hop_seconds}")
@@ -190,9 +191,8 @@ def main(argv):
     metric = None
     if FLAGS.always_on_set:
       from kws_tf.evaluation import always_on
-      smoothing = {} if FLAGS.smooth_seconds is None else {"smooth_seconds": FLAGS.smooth_seconds}
       metric = always_on.evaluate(inference.StreamingTFLiteModel(stream_path, streaming), card,
-                                  FLAGS.always_on_set, **smoothing)["groups"]["all"]
+                                  FLAGS.always_on_set, smooth_seconds=smooth)["groups"]["all"]
     rows.append((hop / rate, stream, sliding, os.path.getsize(stream_path),
                  os.path.getsize(window_path), card["parity"]["drop_points"], metric,
                  streaming.get("computes", "the network on the whole window")))
@@ -237,7 +237,6 @@ def main(argv):
              f"{TARGET_DELAY_MS:g}: "
              f"{'met' if metric['target']['median_delay_ms'] <= TARGET_DELAY_MS else 'missed'})"))
   if always:
-    smooth = detection.SMOOTH_SECONDS if FLAGS.smooth_seconds is None else FLAGS.smooth_seconds
     print(f"always-on set: {FLAGS.always_on_set}, smoothing {smooth:g} s, "
           f"{rows[0][6]['hours']:.2f} h, "
           f"{rows[0][6]['occurrences']} keywords")

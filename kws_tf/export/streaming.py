@@ -468,11 +468,11 @@ def hop_samples(spec: model_dir_lib.ModelSpec, hop_seconds: float) -> int:
 
 
 def _card_initial(value: np.ndarray):
-  """A state's initial value in the card: one number when every element has it,
-  else the values along the last axis, the channels (``initial_state`` repeats
+  """A state's initial value in the card (a Python number of the array's kind):
+  one number when every element has it, else the values along the last axis, the channels (``initial_state`` repeats
   one frame)."""
   if np.all(value == value.flat[0]):
-    return float(value.flat[0])
+    return value.flat[0].item()
   return value.reshape(-1, value.shape[-1])[0].tolist()
 
 
@@ -485,9 +485,7 @@ def _card_state(name: str, value: np.ndarray, detail: Optional[dict]) -> dict:
     scale, zero_point = detail["quantization"]
     value = state_io.quantize(value, scale, zero_point)
     entry.update(dtype="int8", scale=float(scale), zero_point=int(zero_point))
-  initial = _card_initial(value)
-  entry["initial"] = (int(initial) if isinstance(initial, float) and entry["dtype"] == "int8"
-                      else initial)
+  entry["initial"] = _card_initial(value)
   entry["output"] = NEXT_PREFIX + name[len(STATE_PREFIX):]
   return entry
 
