@@ -22,7 +22,8 @@ CPU time of the calling thread (the interpreter's only thread): of the
 ``invoke()`` calls alone (each less what the clock itself reports around an
 empty interval, ``timer_overhead``), and of the whole loop (also the copies of
 the waveform, the state and the posteriors in and out of the interpreter from
-Python); the median of ``--rounds`` rounds, in ms per second of audio. The
+Python); the median of ``--rounds`` rounds, the two files taking turns round by round,
+in ms per second of audio. The
 targets (the always-on detection issue): the stream at most 0.5 ms per second
 of audio and at least 5x less than the sliding window.
 
@@ -41,7 +42,7 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Dict, List
+from typing import Callable, Dict, List
 
 import numpy as np
 from absl import app, flags
@@ -65,7 +66,8 @@ flags.DEFINE_list("hops", ["0.02", "0.1"], "Hops to measure, seconds (each a mul
 flags.DEFINE_string("out_dir", "/tmp/kws_tf_streaming", "Exported files (replaced every run, "
                     "kept for inspection).")
 flags.DEFINE_float("seconds", 20.0, "Seconds of audio per round.")
-flags.DEFINE_integer("rounds", 5, "Timed rounds per file and hop (after one untimed round).")
+flags.DEFINE_integer("rounds", 15, "Timed rounds per file and hop (after one untimed round); "
+                     "the stream and the sliding window take turns.")
 flags.DEFINE_integer("seed", 0, "Seed of the audio (noise: the time does not depend on it).")
 flags.DEFINE_string("always_on_set", None, "A kws-make-always-on-set folder: also the FRR at "
                     "1 false alarm per hour and the median detection delay of each stream file.")
@@ -145,13 +147,21 @@ def time_sliding(path: str, clip: int, hop: int, waveform: np.ndarray,
   return {"invoke": invoke, "loop": time.thread_time() - start}
 
 
-def median_ms_per_second(measure, seconds: float) -> Dict[str, float]:
-  """Median over ``--rounds`` timed rounds (one untimed first) of ``measure()``, ms
-  per second of audio."""
-  measure()
-  rounds = [measure() for _ in range(FLAGS.rounds)]
-  return {key: 1000.0 * float(np.median([r[key] for r in rounds])) / seconds
-          for key in rounds[0]}
+def side_by_side(measures: Dict[str, Callable[[], Dict[str, float]]], rounds: int,
+                 seconds: float) -> Dict[str, Dict[str, float]]:
+  """Per name of ``measures``, the median over ``rounds`` timed rounds of its
+  ``measure()``, in ms per second of audio of ``seconds``. The measures take turns
+  round by round (after one untimed round each), so whatever slows the machine
+  for a while slows both sides alike."""
+  for measure in measures.values():
+    measure()
+  timed = {name: [] for name in measures}
+  for _ in range(rounds):
+    for name, measure in measures.items():
+      timed[name].append(measure())
+  return {name: {key: 1000.0 * float(np.median([r[key] for r in runs])) / seconds
+                 for key in runs[0]}
+          for name, runs in timed.items()}
 
 
 def main(argv):
@@ -183,11 +193,11 @@ def main(argv):
     samples = int(FLAGS.seconds * rate) // hop * hop
     waveform = np.random.default_rng(FLAGS.seed).uniform(-0.1, 0.1, samples).astype(np.float32)
     seconds = samples / rate
-    stream = median_ms_per_second(
-        lambda: time_stream(stream_path, streaming, waveform, overhead), seconds)
-    sliding = median_ms_per_second(
-        lambda: time_sliding(window_path, card["clip_samples"], hop, waveform, overhead),
-        seconds)
+    times = side_by_side({
+        "stream": lambda: time_stream(stream_path, streaming, waveform, overhead),
+        "sliding": lambda: time_sliding(window_path, card["clip_samples"], hop, waveform,
+                                        overhead)}, FLAGS.rounds, seconds)
+    stream, sliding = times["stream"], times["sliding"]
     metric = None
     if FLAGS.always_on_set:
       from kws_tf.evaluation import always_on
