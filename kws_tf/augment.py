@@ -142,8 +142,18 @@ def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
   narrow = tf.signal.irfft(tf.where(band, spectrum, 0.0), [size])
   narrow = tf.clip_by_value(narrow, -1.0, 1.0)
   compressed = tf.sign(narrow) * tf.math.log1p(_MU * tf.abs(narrow)) / math.log1p(_MU)
-  levels = tf.round((compressed + 1.0) / 2.0 * _MU) / _MU * 2.0 - 1.0
-  return tf.sign(levels) * (tf.pow(1.0 + _MU, tf.abs(levels)) - 1.0) / _MU
+  return tf.gather(_MU_LAW_LEVELS, tf.cast(tf.round((compressed + 1.0) / 2.0 * _MU), tf.int32))
+
+
+def _mu_law_levels() -> tf.Tensor:
+  """float32 ``[256]``: the waveform value of each 8-bit mu-law code (code k is
+  the compressed level ``2 k / 255 - 1``)."""
+  levels = np.arange(int(_MU) + 1) / _MU * 2.0 - 1.0
+  return tf.constant(np.sign(levels) * (np.power(1.0 + _MU, np.abs(levels)) - 1.0) / _MU,
+                     tf.float32)
+
+
+_MU_LAW_LEVELS = _mu_law_levels()
 
 
 def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
@@ -402,12 +412,19 @@ class Augmenter:
         waveforms[:, tf.newaxis, :, tf.newaxis], [1, longest],
         tf.cast(tf.stack([tf.zeros_like(first), first], axis=1), tf.float32),
         centered=False, normalized=False, noise="zero")[:, 0, :, 0]
-    x = region[:, :self.span]
-    for index, length in enumerate(self._lengths):
-      if length != self.span:
-        x = on_rows(tf.equal(choices["speed"], index), x, lambda _, rows, length=length:
-                     tf.image.resize(tf.gather(region, rows)[:, tf.newaxis, :length, tf.newaxis],
-                                     [1, self.span])[:, 0, :, 0])
+    # Rows kept as cut, then the rows of each resampling factor, stitched back in
+    # one pass.
+    resized = [index for index, length in enumerate(self._lengths) if length != self.span]
+    kept = tf.where(tf.reduce_all(tf.not_equal(choices["speed"][:, None], resized), axis=1)
+                    if resized else tf.ones_like(choices["speed"], tf.bool))[:, 0]
+    rows, parts = [kept], [tf.gather(region[:, :self.span], kept)]
+    for index in resized:
+      chosen = tf.where(tf.equal(choices["speed"], index))[:, 0]
+      rows.append(chosen)
+      parts.append(tf.image.resize(
+          tf.gather(region, chosen)[:, tf.newaxis, :self._lengths[index], tf.newaxis],
+          [1, self.span])[:, 0, :, 0])
+    x = tf.dynamic_stitch([tf.cast(r, tf.int32) for r in rows], parts)
     reference = tf.maximum(tf.reduce_mean(tf.square(waveforms), axis=1), SILENCE_POWER)
 
     if self.room_spectra is not None:
@@ -433,18 +450,15 @@ class Augmenter:
     bank at the row's SNR against ``reference`` (the power of its whole context)."""
     blocks = -(-self.span // NOISE_BLOCK)
 
-    def noise(_, rows):
-      bank = tf.gather(choices["noise_bank"], rows)
-      start = tf.gather(self.bank_start, bank) + tf.cast(
-          tf.gather(choices["noise_at"], rows) *
-          tf.cast(tf.gather(self._bank_starts, bank), tf.float32), tf.int32)
-      stretch = tf.gather(self.banks, start[:, None] + tf.range(blocks)[None])
-      return tf.reshape(stretch, [-1, blocks * NOISE_BLOCK])[:, :self.span]
-
-    added = on_rows(choices["add_noise"], tf.zeros_like(x), noise)
+    # Every row's stretch is cut (most rows take noise); the others add it at 0.
+    bank = choices["noise_bank"]
+    start = tf.gather(self.bank_start, bank) + tf.cast(
+        choices["noise_at"] * tf.cast(tf.gather(self._bank_starts, bank), tf.float32), tf.int32)
+    stretch = tf.gather(self.banks, start[:, None] + tf.range(blocks)[None])
+    added = tf.reshape(stretch, [-1, blocks * NOISE_BLOCK])[:, :self.span]
     in_window = tf.maximum(tf.reduce_mean(tf.square(added[:, self.lead_in:]), axis=1), 1e-12)
     scale = tf.sqrt(reference / (in_window * tf.pow(10.0, choices["snr_db"] / 10.0)))
-    return tf.where(choices["add_noise"][:, None], x + scale[:, None] * added, x)
+    return x + tf.where(choices["add_noise"], scale, 0.0)[:, None] * added
 
   def __call__(self, waveform: tf.Tensor, seed: tf.Tensor,
                shift_range: Optional[tf.Tensor] = None) -> tf.Tensor:
