@@ -145,12 +145,12 @@ def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
   return tf.gather(_MU_LAW_LEVELS, tf.cast(tf.round((compressed + 1.0) / 2.0 * _MU), tf.int32))
 
 
-def _mu_law_levels() -> tf.Tensor:
+def _mu_law_levels() -> np.ndarray:
   """float32 ``[256]``: the waveform value of each 8-bit mu-law code (code k is
-  the compressed level ``2 k / 255 - 1``)."""
+  the compressed level ``2 k / 255 - 1``). A numpy array: a tensor made at import
+  would start TensorFlow's runtime before a program configures its devices."""
   levels = np.arange(int(_MU) + 1) / _MU * 2.0 - 1.0
-  return tf.constant(np.sign(levels) * (np.power(1.0 + _MU, np.abs(levels)) - 1.0) / _MU,
-                     tf.float32)
+  return (np.sign(levels) * (np.power(1.0 + _MU, np.abs(levels)) - 1.0) / _MU).astype(np.float32)
 
 
 _MU_LAW_LEVELS = _mu_law_levels()
