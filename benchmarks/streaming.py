@@ -22,10 +22,10 @@ CPU time of the calling thread (the interpreter's only thread): of the
 ``invoke()`` calls alone (each less what the clock itself reports around an
 empty interval, ``timer_overhead``), and of the whole loop (also the copies of
 the waveform, the state and the posteriors in and out of the interpreter from
-Python); the median of ``--rounds`` rounds, the two files taking turns round by round,
-in ms per second of audio. The
-targets (the always-on detection issue): the stream at most 0.5 ms per second
-of audio and at least 5x less than the sliding window.
+Python); the median of ``--rounds`` rounds, the two files taking turns round by
+round, in ms per second of audio. The targets (the always-on detection issue):
+the stream at most 0.5 ms per second of audio and at least 5x less than the
+sliding window.
 
 With ``--always_on_set`` (a ``kws-make-always-on-set`` folder), each stream
 file is also scored on its long recordings as ``kws-evaluate

@@ -469,8 +469,8 @@ def hop_samples(spec: model_dir_lib.ModelSpec, hop_seconds: float) -> int:
 
 def _card_initial(value: np.ndarray):
   """A state's initial value in the card (a Python number of the array's kind):
-  one number when every element has it, else the values along the last axis, the channels (``initial_state`` repeats
-  one frame)."""
+  one number when every element has it, else the values along the last axis, the
+  channels (``initial_state`` repeats one frame)."""
   if np.all(value == value.flat[0]):
     return value.flat[0].item()
   return value.reshape(-1, value.shape[-1])[0].tolist()
