@@ -16,7 +16,7 @@ from kws_tf.export import convert, serving, stream_layers, streaming, tflite
 from kws_tf.training import loop
 
 CLIP = 16000
-# The pipeline's student front end (configs/records_kws.yaml): 20 ms frames, no overlap.
+# A phone front end: 20 ms frames without overlap (configs/records_kws.yaml's at a 20 ms hop).
 PHONE_MFCC = {"format": "mfcc", "frame_length": 320, "fft_length": 320, "frame_step": 320,
               "upper_edge_hertz": 4000, "dft": "matmul"}
 # The converter's default: 32 ms frames every 10 ms.
