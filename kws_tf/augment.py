@@ -132,6 +132,24 @@ def shape_noise(white: tf.Tensor, beta: tf.Tensor, floor_bin: float = 1.0) -> tf
   return shaped / tf.sqrt(tf.reduce_mean(tf.square(shaped), axis=-1, keepdims=True) + 1e-12)
 
 
+def fft_length(samples: int) -> int:
+  """The smallest ``2^a 3^b 5^c`` of at least ``samples``: a length at which an
+  FFT of ``samples`` zero-padded samples is fast (e.g. 30,720 for 30,399,
+  where the next power of two is 32,768)."""
+  best = 1 << max(samples - 1, 0).bit_length()
+  five = 1
+  while five < best:
+    three = five
+    while three < best:
+      length = three
+      while length < samples:
+        length *= 2
+      best = min(best, length)
+      three *= 3
+    five *= 5
+  return best
+
+
 def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
   """The 300-3400 Hz band of ``waveform [..., samples]`` through 8-bit mu-law (G.711)."""
   size = tf.shape(waveform)[-1]
@@ -244,7 +262,7 @@ class Augmenter:
       self.rirs = tf.constant(rirs, tf.float32)
       taps = int(rirs.shape[1])
     # Reverberation is a product of spectra of this length (no circular wrap).
-    self._fft_length = int(2 ** math.ceil(math.log2(span + max(taps, 1) - 1)))
+    self._fft_length = fft_length(span + max(taps, 1) - 1)
     self.room_spectra = None
     if self.rirs is not None and config.reverb_prob > 0:
       self.room_spectra = tf.signal.rfft(

@@ -370,6 +370,37 @@ def test_augmenter_reverb_with_a_given_rir_is_a_convolution_over_the_lead_in():
   np.testing.assert_allclose(y, wet[augmenter.lead_in:], atol=1e-5)
 
 
+def test_fft_length_is_the_smallest_5_smooth_length():
+  def smooth(n):
+    for p in (2, 3, 5):
+      while n % p == 0:
+        n //= p
+    return n == 1
+  for samples in list(range(1, 2000)) + [30399, 35199]:
+    length = augment.fft_length(samples)
+    assert length >= samples and smooth(length), samples
+    assert not any(smooth(n) for n in range(samples, length)), samples
+
+
+def test_augmenter_reverb_keeps_the_last_tap_of_a_long_rir():
+  # A reflection at the RIR's last tap: a circular wrap of the spectra's
+  # product would put it at the window's start (here the FFT is 30,720
+  # samples, not the next power of two, 32,768).
+  rng = np.random.default_rng(9)
+  x = context_signal(rng, std=0.1)
+  rir = np.zeros(int(0.7 * SR), np.float32)
+  rir[0], rir[-1] = 1.0, 0.8
+  augmenter = augment.Augmenter(quiet(reverb_prob=1.0), SR, CLIP, rirs=rir[np.newaxis])
+  assert augmenter._fft_length == 30720
+  y = augmenter(tf.constant(x), seed(1)).numpy()
+  window = int(CLIP * SR)
+  start = (len(x) - window) // 2
+  segment = x[start - augmenter.lead_in:start + window].astype(np.float64)
+  wet = np.convolve(segment, rir.astype(np.float64))[:len(segment)]
+  wet *= np.sqrt(power(segment) / power(wet))
+  np.testing.assert_allclose(y, wet[augmenter.lead_in:], atol=1e-5)
+
+
 def test_augmenter_babble_comes_from_the_bank():
   rng = np.random.default_rng(8)
   # Babble bank: 2-4 kHz noise; clean: a 300 Hz tone. The added noise must lie in 2-4 kHz.

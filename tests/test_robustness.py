@@ -504,9 +504,12 @@ def test_plan_windows_gap_grid_reaches_the_last_word():
 # ---------------------------------------------------------------------------
 # kws_tf.evaluation.robustness.
 
-def _row(label, placement, condition, noise=None, snr_db=None):
-  return {"label": label, "placement": placement, "condition": condition, "noise": noise,
-          "snr_db": snr_db, "rt60": None}
+def _row(label, placement, condition, noise=None, snr_db=None, gain_db=None):
+  row = {"label": label, "placement": placement, "condition": condition, "noise": noise,
+         "snr_db": snr_db, "rt60": None}
+  if gain_db is not None:
+    row["gain_db"] = gain_db
+  return row
 
 
 SCORE_ROWS = [
@@ -517,15 +520,17 @@ SCORE_ROWS = [
     _row("negative", "negative", "clean"),
     _row("negative", "negative", "noise", "fan", 5),
     _row("negative", "negative", "reverb"),
+    _row("tôi", "centred", "gain", gain_db=-24.0),
+    _row("negative", "negative", "gain", gain_db=12.0),
 ]
-SCORE_PREDICTED = ["có", "có", "có", "là", "negative", "tôi", "negative"]
+SCORE_PREDICTED = ["có", "có", "có", "là", "negative", "tôi", "negative", "negative", "và"]
 NAN = float("nan")
 # group: (windows, accuracy, keyword_recall, false_accepts), counted by hand.
 SCORE_EXPECTED = {
-    "all": (7, 5 / 7, 3 / 4, 1 / 3),
+    "all": (9, 5 / 9, 3 / 5, 2 / 4),
     "clean": (2, 1.0, 1.0, 0.0),
-    "centred": (5, 3 / 5, 1 / 2, 1 / 3),
-    "offset": (5, 4 / 5, 1.0, 1 / 3),
+    "centred": (7, 3 / 7, 1 / 3, 2 / 4),
+    "offset": (6, 4 / 6, 1.0, 2 / 4),
     "condition=clean": (2, 1.0, 1.0, 0.0),
     "condition=noise": (3, 1 / 3, 1 / 2, 1.0),
     "condition=reverb": (1, 1.0, NAN, 0.0),
@@ -535,6 +540,9 @@ SCORE_EXPECTED = {
     "noise=hum": (1, 1.0, 1.0, NAN),
     "snr=5": (1, 0.0, NAN, 1.0),
     "snr=10": (2, 0.5, 0.5, NAN),
+    "condition=gain": (2, 0.0, 0.0, 1.0),
+    "gain=-24": (1, 0.0, 0.0, NAN),
+    "gain=12": (1, 0.0, NAN, 1.0),
 }
 
 

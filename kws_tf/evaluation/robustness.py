@@ -20,7 +20,7 @@ keyword score (``kws_tf.evaluation.metrics``' detection rule):
 
 Groups: ``all``, ``clean`` (condition clean), ``centred`` and ``offset``
 (keyword placement, with the group's negatives), ``condition=<c>``,
-``noise=<type>`` and ``snr=<dB>``. ``evaluate`` runs a loaded exported model
+``noise=<type>``, ``snr=<dB>`` and ``gain=<dB>`` (the level condition's gains). ``evaluate`` runs a loaded exported model
 (``kws_tf.inference.load_model``) with its model card over a whole set
 (``window_scores`` gives its probabilities, e.g. for a DET curve).
 """
@@ -99,10 +99,10 @@ def groups(rows: Sequence[dict]) -> Dict[str, List[int]]:
   for placement in ("centred", "offset"):
     out[placement] = sorted([i for i, r in enumerate(rows) if r["placement"] == placement]
                             + negatives)
-  for key in ("condition", "noise", "snr_db"):
+  for key in ("condition", "noise", "snr_db", "gain_db"):
     values = sorted({r[key] for r in rows if r.get(key) is not None})
     for value in values:
-      name = f"{'snr' if key == 'snr_db' else key}={value}"
+      name = f"{key.removesuffix('_db')}={value:g}" if key.endswith("_db") else f"{key}={value}"
       out[name] = [i for i, r in enumerate(rows) if r.get(key) == value]
   return {name: indices for name, indices in out.items() if indices}
 
