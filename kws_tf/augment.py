@@ -185,11 +185,13 @@ def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
 
 def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:
   """What makes a view: the augment section's fields (without ``enabled``, the
-  student's own feature warp ``vtlp_*``, and ``tempo_*`` while tempo is off) and
-  ``version``, the version of this module's drawing and processing."""
+  student's own feature warp ``vtlp_*``, and ``tempo_*`` while tempo is off or
+  not in the views) and ``version``, the version of this module's drawing and
+  processing."""
+  tempo_off = config.tempo_prob == 0 or not config.tempo_in_views
   fields = {key: value for key, value in dataclasses.asdict(config).items()
             if key != "enabled" and not key.startswith("vtlp_")
-            and not (key.startswith("tempo_") and config.tempo_prob == 0)}
+            and not (key.startswith("tempo_") and tempo_off)}
   fields["version"] = VERSION
   return fields
 
@@ -326,15 +328,19 @@ class Augmenter:
     return self.lead_in + self.window
 
   def draw(self, seeds: tf.Tensor, shift_range: Optional[tf.Tensor],
-           samples: int) -> Dict[str, tf.Tensor]:
+           samples: int, step_seeds: Optional[tf.Tensor] = None) -> Dict[str, tf.Tensor]:
     """The random choices of a batch of views, row b a function of ``seeds[b]``
-    and ``shift_range[b]`` only.
+    and ``shift_range[b]`` only (and of ``step_seeds[b]`` for a tempo not in
+    the views).
 
     Args:
       seeds: int ``[batch, 2]``.
       shift_range: float32 ``[batch, 2]``, seconds: the lowest and highest
         window offsets from the centred clip that keep the label; None: any.
       samples: length of the context waveforms.
+      step_seeds: int ``[batch, 2]``, a training step's own draws: with
+        ``tempo_in_views`` false they choose the tempo (None: no tempo, as
+        in a teacher's guidance views); ignored otherwise.
 
     Returns:
       a dict of ``[batch]`` tensors that ``apply`` takes (``speed``: the index of
@@ -351,9 +357,14 @@ class Augmenter:
     speed = _pick(column("speed"), len(self._speeds))
     factor = tf.where(sped, tf.gather(tf.constant(self._speeds, tf.float32), speed), 1.0)
     warp = tf.where(column("vtlp_on") < c.vtlp_prob, _pick(column("vtlp"), len(self._vtlp)), -1)
-    if self._tempos:
-      timed = tf.logical_and(tf.logical_not(sped), column("tempo_on") < c.tempo_prob)
-      tempo = _pick(column("tempo"), len(self._tempos))
+    if self._tempos and (c.tempo_in_views or step_seeds is not None):
+      tempo_on, tempo_u = column("tempo_on"), column("tempo")
+      if not c.tempo_in_views:
+        step = uniforms(step_seeds, len(_COLUMNS))
+        tempo_on = step[:, _COLUMNS.index("tempo_on")]
+        tempo_u = step[:, _COLUMNS.index("tempo")]
+      timed = tf.logical_and(tf.logical_not(sped), tempo_on < c.tempo_prob)
+      tempo = _pick(tempo_u, len(self._tempos))
       factor = tf.where(timed, tf.gather(tf.constant(self._tempos, tf.float32), tempo), factor)
       speed = tf.where(timed, len(self._speeds) + tempo, speed)
       warp = tf.where(timed, len(self._vtlp) + tempo, warp)

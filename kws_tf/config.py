@@ -121,6 +121,12 @@ class AugmentConfig:
       their tempo alone by a factor in ``[tempo_min, tempo_max]``: speed
       perturbation, then the features' frequency axis warped back (spectral
       features; a teacher's guidance views take the same warp).
+    tempo_in_views: True: a view's tempo is part of the view (drawn from its
+      seed; a teacher's guidance for it heard the same tempo). False: kws
+      guidance views have no tempo, and the student changes the tempo of the
+      view it trains on afresh at every step (the step's own draws), taking
+      the teacher's logits for the view at its own tempo as the target for
+      every tempo of it. Without guidance the two are the same.
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3
@@ -150,6 +156,7 @@ class AugmentConfig:
   tempo_prob: float = 0.0
   tempo_min: float = 0.8
   tempo_max: float = 1.25
+  tempo_in_views: bool = True
 
   def validate(self) -> None:
     """ConfigError naming the first bad field."""
@@ -370,6 +377,9 @@ class Config:
         raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
     if self.role == "teacher" and self.mode != "standard":
       raise ConfigError(f"a teacher trains with mode=standard, not {self.mode!r}")
+    if self.task == "ctc" and not self.augment.tempo_in_views:
+      raise ConfigError("augment.tempo_in_views=false is for kws: a ctc utterance's tempo "
+                        "is part of its view")
     positive = [("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
                 ("data.eval_batch_size", self.data.eval_batch_size),
                 ("data.shuffle_buffer", self.data.shuffle_buffer),

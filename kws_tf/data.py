@@ -282,7 +282,7 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
         seeds = augment.view_seed(x["id"], view, guidance.view_seed)
         x["guidance_logits"] = tf.gather(x["guidance_logits"], view, axis=1, batch_dims=1)
     waveforms = x.pop("waveform")
-    choices = augmenter.draw(seeds, x.pop("shift_range"), samples)
+    choices = augmenter.draw(seeds, x.pop("shift_range"), samples, step_seeds=keys[:, 2:])
     values = front_end(augmenter.apply(waveforms, choices), choices["warp"])
     if spec_augment is not None:
       values = tf.where(spec_augment.keep(keys[:, :2], frames, channels), values, 0.0)

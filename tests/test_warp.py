@@ -136,3 +136,34 @@ def test_tempo_draws_only_rows_not_sped_up_and_joins_the_views_when_on():
   np.testing.assert_array_equal(teacher[~vtlp], warp[~vtlp])
   assert "tempo_max" in augment.view_fields(config)
   assert "tempo_max" not in augment.view_fields(config_lib.AugmentConfig(enabled=True))
+
+
+def test_tempo_outside_the_views_comes_from_the_steps_draws():
+  """tempo_in_views=false: a view's other choices still come from its seed, its
+  tempo from the step's seeds (none without them, as in a teacher's views); with
+  the step's seeds equal to the view's (no guidance) nothing changes."""
+  config = config_lib.AugmentConfig(enabled=True, speed_prob=0.5, tempo_prob=1.0)
+  own = dataclasses.replace(config, tempo_in_views=False)
+  views = np.stack([np.arange(400), np.full(400, 1)], 1)
+  steps = np.stack([np.arange(400) + 1000, np.full(400, 3)], 1)
+  inside = augment.Augmenter(config, RATE, 1.0).draw(views, None, 32000)
+  outside = augment.Augmenter(own, RATE, 1.0)
+  for key, value in outside.draw(views, None, 32000, step_seeds=views).items():
+    np.testing.assert_array_equal(value.numpy(), inside[key].numpy(), err_msg=key)
+  stepped = outside.draw(views, None, 32000, step_seeds=steps)
+  teacher = outside.draw(views, None, 32000)
+  for choices in (stepped, teacher):
+    for key in ("room", "snr_db", "noise_bank", "gain_db", "reverb", "telephone"):
+      np.testing.assert_array_equal(choices[key].numpy(), inside[key].numpy(), err_msg=key)
+  sped = inside["speed"].numpy() < augment.SPEED_VALUES
+  # The rows sped up keep their speed; the others take the step's tempo, or none.
+  for choices in (stepped, teacher):
+    np.testing.assert_array_equal(choices["speed"].numpy()[sped], inside["speed"].numpy()[sped])
+  assert np.all(teacher["speed"].numpy()[~sped] == -1)
+  assert np.all(teacher["factor"].numpy()[~sped] == 1.0)
+  tempo = stepped["speed"].numpy()[~sped]
+  assert np.all(tempo >= augment.SPEED_VALUES)
+  assert np.mean(tempo != inside["speed"].numpy()[~sped]) > 0.5
+  assert "tempo_max" not in augment.view_fields(own)
+  with pytest.raises(config_lib.ConfigError, match="tempo_in_views"):
+    config_lib.Config(task="ctc", augment=own).validate()
