@@ -189,8 +189,9 @@ def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:
   not in the views) and ``version``, the version of this module's drawing and
   processing."""
   tempo_off = config.tempo_prob == 0 or not config.tempo_in_views
+  # tempo_in_views itself is not listed: views with tempo_* fields have tempo.
   fields = {key: value for key, value in dataclasses.asdict(config).items()
-            if key != "enabled" and not key.startswith("vtlp_")
+            if key not in ("enabled", "tempo_in_views") and not key.startswith("vtlp_")
             and not (key.startswith("tempo_") and tempo_off)}
   fields["version"] = VERSION
   return fields

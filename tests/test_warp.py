@@ -136,6 +136,8 @@ def test_tempo_draws_only_rows_not_sped_up_and_joins_the_views_when_on():
   np.testing.assert_array_equal(teacher[~vtlp], warp[~vtlp])
   assert "tempo_max" in augment.view_fields(config)
   assert "tempo_max" not in augment.view_fields(config_lib.AugmentConfig(enabled=True))
+  # Views made before tempo_in_views existed list the same fields.
+  assert "tempo_in_views" not in augment.view_fields(config)
 
 
 def test_tempo_outside_the_views_comes_from_the_steps_draws():
