@@ -49,6 +49,7 @@ from typing import Dict, List, Optional
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import numpy as np
+import scipy.fft
 import tensorflow as tf
 
 from kws_tf import audio
@@ -133,21 +134,10 @@ def shape_noise(white: tf.Tensor, beta: tf.Tensor, floor_bin: float = 1.0) -> tf
 
 
 def fft_length(samples: int) -> int:
-  """The smallest ``2^a 3^b 5^c`` of at least ``samples``: a length at which an
-  FFT of ``samples`` zero-padded samples is fast (e.g. 30,720 for 30,399,
-  where the next power of two is 32,768)."""
-  best = 1 << max(samples - 1, 0).bit_length()
-  five = 1
-  while five < best:
-    three = five
-    while three < best:
-      length = three
-      while length < samples:
-        length *= 2
-      best = min(best, length)
-      three *= 3
-    five *= 5
-  return best
+  """The smallest ``2^a 3^b 5^c`` of at least ``samples``: a length at which a
+  real FFT of ``samples`` zero-padded samples is fast (e.g. 30,720 for 30,399,
+  where the next power of two is 32,768); scipy's ``next_fast_len``."""
+  return int(scipy.fft.next_fast_len(samples, real=True))
 
 
 def telephone(waveform: tf.Tensor, sample_rate: int) -> tf.Tensor:
@@ -359,13 +349,10 @@ class Augmenter:
     factor = tf.where(sped, tf.gather(tf.constant(self._speeds, tf.float32), speed), 1.0)
     warp = tf.where(column("vtlp_on") < c.vtlp_prob, _pick(column("vtlp"), len(self._vtlp)), -1)
     if self._tempos and (c.tempo_in_views or step_seeds is not None):
-      tempo_on, tempo_u = column("tempo_on"), column("tempo")
-      if not c.tempo_in_views:
-        step = uniforms(step_seeds, len(_COLUMNS))
-        tempo_on = step[:, _COLUMNS.index("tempo_on")]
-        tempo_u = step[:, _COLUMNS.index("tempo")]
-      timed = tf.logical_and(tf.logical_not(sped), tempo_on < c.tempo_prob)
-      tempo = _pick(tempo_u, len(self._tempos))
+      draws = u if c.tempo_in_views else uniforms(step_seeds, len(_COLUMNS))
+      timed = tf.logical_and(tf.logical_not(sped),
+                             draws[:, _COLUMNS.index("tempo_on")] < c.tempo_prob)
+      tempo = _pick(draws[:, _COLUMNS.index("tempo")], len(self._tempos))
       factor = tf.where(timed, tf.gather(tf.constant(self._tempos, tf.float32), tempo), factor)
       speed = tf.where(timed, len(self._speeds) + tempo, speed)
       warp = tf.where(timed, len(self._vtlp) + tempo, warp)

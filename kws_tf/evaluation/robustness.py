@@ -20,7 +20,8 @@ keyword score (``kws_tf.evaluation.metrics``' detection rule):
 
 Groups: ``all``, ``clean`` (condition clean), ``centred`` and ``offset``
 (keyword placement, with the group's negatives), ``condition=<c>``,
-``noise=<type>``, ``snr=<dB>`` and ``gain=<dB>`` (the level condition's gains). ``evaluate`` runs a loaded exported model
+``noise=<type>``, ``snr=<dB>`` and ``gain=<dB>`` (the level condition's
+gains). ``evaluate`` runs a loaded exported model
 (``kws_tf.inference.load_model``) with its model card over a whole set
 (``window_scores`` gives its probabilities, e.g. for a DET curve).
 """
