@@ -176,12 +176,13 @@ def view_seed(example_id: tf.Tensor, view: tf.Tensor, seed: int) -> tf.Tensor:
 def view_fields(config: config_lib.AugmentConfig) -> Dict[str, object]:
   """What makes a view: the augment section's fields (without ``enabled``, the
   student's own feature warp ``vtlp_*``, and ``tempo_*`` while tempo is off or
-  not in the views) and ``version``, the version of this module's drawing and
-  processing."""
+  not in the views, and the student's ``fresh_view_prob``) and ``version``, the
+  version of this module's drawing and processing."""
   tempo_off = config.tempo_prob == 0 or not config.tempo_in_views
   # tempo_in_views itself is not listed: views with tempo_* fields have tempo.
   fields = {key: value for key, value in dataclasses.asdict(config).items()
-            if key not in ("enabled", "tempo_in_views") and not key.startswith("vtlp_")
+            if key not in ("enabled", "tempo_in_views", "fresh_view_prob")
+            and not key.startswith("vtlp_")
             and not (key.startswith("tempo_") and tempo_off)}
   fields["version"] = VERSION
   return fields

@@ -127,6 +127,12 @@ class AugmentConfig:
       view it trains on afresh at every step (the step's own draws), taking
       the teacher's logits for the view at its own tempo as the target for
       every tempo of it. Without guidance the two are the same.
+    fresh_view_prob: kws with guidance of views: the chance that an example
+      takes a fresh view, drawn from the training step's own draws as without
+      guidance, instead of one of its stored views; such an example adds to
+      the label loss only (its teacher terms have weight 0). 0: every example
+      takes a stored view. Not part of the views: guidance made without it
+      serves.
   """
   enabled: bool = False
   max_shift_seconds: float = 0.3
@@ -157,11 +163,12 @@ class AugmentConfig:
   tempo_min: float = 0.8
   tempo_max: float = 1.25
   tempo_in_views: bool = True
+  fresh_view_prob: float = 0.0
 
   def validate(self) -> None:
     """ConfigError naming the first bad field."""
     for key in ("speed_prob", "reverb_prob", "noise_prob", "telephone_prob", "vtlp_prob",
-                "tempo_prob"):
+                "tempo_prob", "fresh_view_prob"):
       if not 0.0 <= getattr(self, key) <= 1.0:
         raise ConfigError(f"augment.{key} must be in [0, 1]; got {getattr(self, key)}")
     ranges = [("speed", self.speed_min, self.speed_max, 0.0),
@@ -380,6 +387,10 @@ class Config:
     if self.task == "ctc" and not self.augment.tempo_in_views:
       raise ConfigError("augment.tempo_in_views=false is for kws: a ctc utterance's tempo "
                         "is part of its view")
+    if self.task == "ctc" and self.augment.fresh_view_prob:
+      raise ConfigError("augment.fresh_view_prob is for kws: a ctc student's frames follow "
+                        "its view's tempo, so the teacher's frames of a stored view cannot "
+                        "weigh in per utterance")
     positive = [("train.steps", self.train.steps), ("data.batch_size", self.data.batch_size),
                 ("data.eval_batch_size", self.data.eval_batch_size),
                 ("data.shuffle_buffer", self.data.shuffle_buffer),

@@ -193,7 +193,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       with ``guidance`` of several views (``Guidance.views``), each example
       takes one of the views at random: the window is the view's
       (``augment.view_seed``) and ``guidance_logits`` the teacher's logits for
-      it. ctc: the whole utterance (``utterance_augment``), bucketed by length.
+      it, or with ``augment.fresh_view_prob`` a fresh view whose
+      ``guidance_weight`` is 0. ctc: the whole utterance (``utterance_augment``), bucketed by length.
   """
   metadata = records.load_metadata(records_dir)
   compression = metadata.compression
@@ -250,6 +251,11 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
   (``Augmenter.apply``), ``fmt``'s front end and SpecAugment's masks. Each
   example's randomness comes from its own four draws of a
   ``tf.data.Dataset.random`` stream, so a resumed run repeats it.
+
+  With ``augment.fresh_view_prob`` > 0 and guidance of views, that share of
+  the examples takes a fresh view (the seeds of its step's draws, as without
+  guidance) and ``guidance_weight`` float32 ``[B]`` is 0 for them, 1 for the
+  examples on a stored view.
   """
   check_context(metadata, records_dir)
   paths = shard_paths(records_dir, "raw", split, metadata)
@@ -270,6 +276,7 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
   if repeat:
     ds = ds.repeat()
   keys = tf.data.Dataset.random(seed=seed).batch(4).batch(batch_size)
+  fresh_view_prob = augmenter.config.fresh_view_prob
 
   def process(batch, keys):
     x = parse(batch[0])
@@ -281,6 +288,13 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
         view = tf.cast(tf.math.floormod(keys[:, 0], guidance.views), tf.int32)
         seeds = augment.view_seed(x["id"], view, guidance.view_seed)
         x["guidance_logits"] = tf.gather(x["guidance_logits"], view, axis=1, batch_dims=1)
+        if fresh_view_prob:
+          # The bits of the view draw left over by the view's index, as a uniform in [0, 1).
+          u = tf.cast(tf.math.floormod(tf.math.floordiv(keys[:, 0], guidance.views), 2 ** 24),
+                      tf.float32) / 2 ** 24
+          fresh = u < fresh_view_prob
+          seeds = tf.where(fresh[:, None], keys[:, 2:], seeds)
+          x["guidance_weight"] = tf.cast(tf.logical_not(fresh), tf.float32)
     waveforms = x.pop("waveform")
     choices = augmenter.draw(seeds, x.pop("shift_range"), samples, step_seeds=keys[:, 2:])
     values = front_end(augmenter.apply(waveforms, choices), choices["warp"])

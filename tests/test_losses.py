@@ -206,6 +206,34 @@ def test_beta_form_with_features_matches_the_pytorch_recipe():
   np.testing.assert_allclose(total.numpy(), 0.8 * kd + hard + 0.3 * feature, rtol=1e-5)
 
 
+def test_teacher_weights_weigh_the_teacher_terms_per_example():
+  labels, student, teacher, projection, features = kws_batch()
+  weights = np.zeros(len(labels), np.float32)
+  weights[1:3] = [1.0, 3.0]
+  config = DistillConfig(temperature=2.0, alpha=0.6, feature_weight=0.5)
+  student_t = tf.constant(student)
+  with tf.GradientTape() as tape:
+    tape.watch(student_t)
+    terms = losses.distillation_terms("kws", config, labels, student_t, teacher,
+                                      student_projection=projection, teacher_features=features,
+                                      teacher_weights=weights)
+  kl = np_kl(teacher, student, 2.0)
+  np.testing.assert_allclose(terms["kd"].numpy(), 4.0 * (kl[1] + 3 * kl[2]) / 4, rtol=1e-5)
+  squared = ((projection - features) ** 2).mean(-1)
+  np.testing.assert_allclose(terms["feature"].numpy(), (squared[1] + 3 * squared[2]) / 4,
+                             rtol=1e-5)
+  np.testing.assert_allclose(terms["hard"].numpy(), np_cross_entropy(labels, student), rtol=1e-6)
+  # An example of weight 0 gets the hard term's gradient alone.
+  hard_only = (1 - 0.6) * (np_softmax(student) - np.eye(student.shape[1])[labels]) / len(labels)
+  np.testing.assert_allclose(tape.gradient(terms["total"], student_t).numpy()[0], hard_only[0],
+                             rtol=1e-4, atol=1e-7)
+  c_labels, c_label_length, logit_length, c_student, c_teacher, _, _ = ctc_batch()
+  with pytest.raises(ValueError, match="kws"):
+    losses.distillation_terms("ctc", config, c_labels, c_student, c_teacher,
+                              label_length=c_label_length, logit_length=logit_length,
+                              teacher_weights=np.ones(len(c_labels), np.float32))
+
+
 def test_frame_kl_is_a_mean_over_valid_frames_and_ignores_padding():
   _, _, logit_length, student, teacher, _, _ = ctc_batch()
   value = losses.frame_distillation_kl(student, teacher, logit_length, 2.0)

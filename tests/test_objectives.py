@@ -93,6 +93,31 @@ def test_distill_and_standard_kws():
   assert isinstance(quantized, objectives.Distill)
 
 
+def test_guidance_weight_leaves_fresh_views_out_of_the_teacher_term():
+  batch, outputs = kws_batch()
+  config = config_lib.load(None, ["mode=distill", "distill.temperature=2", "distill.alpha=0.3"])
+  objective = objectives.for_config(config)
+  teacher = log_softmax(TEACHER / 2)
+  per_example_kl = (np.exp(teacher) * (teacher - log_softmax(STUDENT / 2))).sum(-1)
+  # Example 0 on a fresh view: the teacher term is example 1's alone; the
+  # hard term still takes both.
+  terms = objective(dict(batch, guidance_weight=np.array([0.0, 1.0], np.float32)), outputs,
+                    tf.constant(0, tf.int64))
+  np.testing.assert_allclose(float(terms["kd"]), 4 * per_example_kl[1], rtol=1e-5)
+  np.testing.assert_allclose(float(terms["hard"]), cross_entropy(), rtol=1e-6)
+  np.testing.assert_allclose(float(terms["total"]),
+                             0.7 * cross_entropy() + 0.3 * 4 * per_example_kl[1], rtol=1e-5)
+  # Every example fresh: label loss only.
+  fresh = objective(dict(batch, guidance_weight=np.zeros(2, np.float32)), outputs,
+                    tf.constant(0, tf.int64))
+  assert float(fresh["kd"]) == 0.0
+  np.testing.assert_allclose(float(fresh["total"]), 0.7 * cross_entropy(), rtol=1e-6)
+  # Weights of one are the plain mean.
+  ones = objective(dict(batch, guidance_weight=np.ones(2, np.float32)), outputs,
+                   tf.constant(0, tf.int64))
+  np.testing.assert_allclose(float(ones["kd"]), 4 * kl(2.0), rtol=1e-5)
+
+
 def test_ctc_distill_runs_over_the_frames_both_sides_have():
   rng = np.random.default_rng(3)
   student = rng.normal(size=(2, 6, 4)).astype(np.float32)

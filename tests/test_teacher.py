@@ -503,6 +503,43 @@ def test_student_sees_the_view_whose_logits_it_gets(kws_raw_records, view_guidan
     np.testing.assert_allclose(batch["features"][i], features, atol=1e-5)
 
 
+def test_fresh_views_take_the_steps_draws_and_no_teacher(kws_raw_records, view_guidance):
+  out, _ = view_guidance
+  data_meta = records.load_metadata(kws_raw_records)
+  cfg = config_lib.AugmentConfig(enabled=True, fresh_view_prob=0.5)
+  augmenter = data.make_augmenter(kws_raw_records, cfg, "train")
+  batch_size, seed = 12, 4
+  ds = data.make_dataset(kws_raw_records, "mfcc", "train", batch_size=batch_size, training=True,
+                         seed=seed, guidance=data.open_guidance(out, data_meta),
+                         augmenter=augmenter)
+  batch = next(iter(ds))
+  weights = batch["guidance_weight"].numpy()
+  assert set(weights) == {0.0, 1.0}  # both kinds in one batch
+  # The pipeline's draws: four per example from the seed's random stream.
+  keys = np.array(list(tf.data.Dataset.random(seed=seed).take(4 * batch_size))).reshape(-1, 4)
+  stored = {}
+  for path in data.shard_paths(kws_raw_records, "raw", "train"):
+    for guide in _guidance_records(os.path.join(out, os.path.basename(path))):
+      stored[guide["id"].bytes_list.value[0]] = np.frombuffer(
+          guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
+  raw = {}
+  for record in data.records_dataset(data.shard_paths(kws_raw_records, "raw", "train"), "none"):
+    example = parse(record)
+    raw[example["id"].numpy()] = example
+  front_end = data.WaveformFrontEnd.of_records(data_meta, "mfcc", normalize=True)
+  for i, example_id in enumerate(batch["id"].numpy()):
+    example = raw[example_id]
+    view = [v for v in range(VIEWS)
+            if np.allclose(stored[example_id][v], batch["guidance_logits"][i], atol=1e-6)]
+    assert len(view) == 1
+    if weights[i]:
+      window = _view_windows(kws_raw_records, example, augmenter)[view[0]]
+    else:
+      window = augmenter(example["features"][:, 0], keys[i, 2:], example["shift_range"])
+    np.testing.assert_allclose(batch["features"][i], front_end(window[None])[0], atol=1e-4)
+
+
 def test_trainer_refuses_guidance_of_other_views(kws_raw_records, view_guidance, kws_teacher_dir,
                                                  tmp_path):
   out, _ = view_guidance
@@ -511,6 +548,11 @@ def test_trainer_refuses_guidance_of_other_views(kws_raw_records, view_guidance,
   trained = loop.Trainer(config_lib.load(None, student + ["augment.enabled=true"]),
                          str(tmp_path / "ok"), kws_raw_records, out).run()
   assert np.isfinite(trained["test"]["loss"])
+  # fresh_view_prob is the student's alone: the same guidance serves.
+  fresh = loop.Trainer(config_lib.load(None, student + ["augment.enabled=true",
+                                                        "augment.fresh_view_prob=0.5"]),
+                       str(tmp_path / "fresh"), kws_raw_records, out).run()
+  assert np.isfinite(fresh["test"]["loss"])
   clean = str(tmp_path / "clean")
   guidance.create_guidance(kws_teacher_dir, kws_raw_records, clean, splits=["train"])
   cases = [(student + ["augment.enabled=true"], clean, "--views"),

@@ -169,3 +169,10 @@ def test_tempo_outside_the_views_comes_from_the_steps_draws():
   assert "tempo_max" not in augment.view_fields(own)
   with pytest.raises(config_lib.ConfigError, match="tempo_in_views"):
     config_lib.Config(task="ctc", augment=own).validate()
+  # fresh_view_prob is the student's: not part of a view, kws only.
+  fresh = dataclasses.replace(config, fresh_view_prob=0.3)
+  assert augment.view_fields(fresh) == augment.view_fields(config)
+  with pytest.raises(config_lib.ConfigError, match="fresh_view_prob is for kws"):
+    config_lib.Config(task="ctc", augment=fresh).validate()
+  with pytest.raises(config_lib.ConfigError, match="fresh_view_prob must be in"):
+    config_lib.Config(augment=dataclasses.replace(config, fresh_view_prob=1.5)).validate()

@@ -174,7 +174,17 @@ def _softened_kl(student_logits, teacher_logits, temperature: float) -> tf.Tenso
       tf.exp(teacher_log_probs) * (teacher_log_probs - student_log_probs), axis=-1)
 
 
-def distillation_kl(student_logits, teacher_logits, temperature: float) -> tf.Tensor:
+def _weighted_mean(values, weights) -> tf.Tensor:
+  """Mean of float32 ``values`` ``[B]``, weighted by ``weights`` ``[B]`` (None:
+  plain mean; 0 when every weight is 0)."""
+  if weights is None:
+    return tf.reduce_mean(values)
+  weights = _float32(weights)
+  return tf.math.divide_no_nan(tf.reduce_sum(weights * values), tf.reduce_sum(weights))
+
+
+def distillation_kl(student_logits, teacher_logits, temperature: float,
+                    weights=None) -> tf.Tensor:
   """Hinton's soft-target term ``T**2 * KL(softmax(t/T) || softmax(s/T))``.
 
   Its gradient with respect to the student logits is
@@ -184,13 +194,15 @@ def distillation_kl(student_logits, teacher_logits, temperature: float) -> tf.Te
     student_logits: float ``[B, C]``, raw scores.
     teacher_logits: float ``[B, C]``, raw scores.
     temperature: T > 0.
+    weights: optional float ``[B]``, each example's weight in the mean (0:
+      left out; all 0 gives 0).
 
   Returns:
     float32 scalar, nats per example times T**2.
   """
   student_logits, teacher_logits = _same_shape(student_logits, teacher_logits, "logits")
   kl = _softened_kl(student_logits, teacher_logits, temperature)
-  return temperature ** 2 * tf.reduce_mean(kl)
+  return temperature ** 2 * _weighted_mean(kl, weights)
 
 
 def frame_distillation_kl(student_logits, teacher_logits, logit_length,
@@ -219,12 +231,14 @@ def frame_distillation_kl(student_logits, teacher_logits, logit_length,
   return temperature ** 2 * _masked_mean(kl, mask)
 
 
-def feature_mse(student_projection, teacher_features) -> tf.Tensor:
+def feature_mse(student_projection, teacher_features, weights=None) -> tf.Tensor:
   """Mean squared error between per-example features (kws).
 
   Args:
     student_projection: float ``[B, D]``, the student's feature projector.
     teacher_features: float ``[B, D]``, the teacher's features.
+    weights: optional float ``[B]``, each example's weight (as
+      ``distillation_kl``).
 
   Returns:
     float32 scalar, mean over examples and dimensions.
@@ -232,7 +246,8 @@ def feature_mse(student_projection, teacher_features) -> tf.Tensor:
   student_projection, teacher_features = _same_shape(student_projection, teacher_features,
                                                      "features")
   teacher_features = tf.stop_gradient(_float32(teacher_features))
-  return tf.reduce_mean(tf.square(_float32(student_projection) - teacher_features))
+  squared = tf.square(_float32(student_projection) - teacher_features)
+  return _weighted_mean(tf.reduce_mean(squared, axis=-1), weights)
 
 
 def frame_feature_mse(student_projection, teacher_features, logit_length) -> tf.Tensor:
@@ -302,7 +317,8 @@ def standard_terms(task: str, labels, logits, label_length=None,
 def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
                        teacher_logits, label_length=None, logit_length=None,
                        student_projection=None, teacher_features=None,
-                       blank_index: int = 0, kd_scale=1.0) -> Dict[str, tf.Tensor]:
+                       blank_index: int = 0, kd_scale=1.0,
+                       teacher_weights=None) -> Dict[str, tf.Tensor]:
   """Loss terms of training from a teacher, with their weighted total.
 
   kws: ``hard`` is ``cross_entropy``, ``kd`` is ``distillation_kl`` and
@@ -324,6 +340,9 @@ def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
     teacher_features: the shape of ``student_projection``; same rule.
     blank_index: ctc only, the blank's index.
     kd_scale: float or float32 scalar tensor multiplying ``config.alpha``.
+    teacher_weights: kws only, optional float ``[B]``: each example's weight in
+      ``kd`` and ``feature`` (0: an example whose guidance is not for what the
+      student heard, e.g. a fresh view; ``hard`` takes every example).
 
   Returns:
     float32 scalars ``hard``, ``kd``, ``feature`` (only when
@@ -334,10 +353,13 @@ def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
   """
   config.validate()
   _check_task(task, label_length, logit_length)
+  if task == "ctc" and teacher_weights is not None:
+    raise ValueError("teacher_weights are for kws")
   terms = _hard_terms(task, labels, student_logits, label_length, logit_length,
                       blank_index)
   if task == "kws":
-    terms["kd"] = distillation_kl(student_logits, teacher_logits, config.temperature)
+    terms["kd"] = distillation_kl(student_logits, teacher_logits, config.temperature,
+                                  teacher_weights)
   else:
     terms["kd"] = frame_distillation_kl(student_logits, teacher_logits,
                                         logit_length, config.temperature)
@@ -347,7 +369,7 @@ def distillation_terms(task: str, config: DistillConfig, labels, student_logits,
       raise ValueError("feature_weight > 0 needs student_projection and "
                        "teacher_features")
     if task == "kws":
-      terms["feature"] = feature_mse(student_projection, teacher_features)
+      terms["feature"] = feature_mse(student_projection, teacher_features, teacher_weights)
     else:
       terms["feature"] = frame_feature_mse(student_projection, teacher_features,
                                            logit_length)

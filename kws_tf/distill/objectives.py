@@ -7,7 +7,9 @@ The train step calls ``objective(batch, outputs, step)`` with
                int ``[B]``; the joined guidance: ``guidance_logits`` (kws
                ``[B, C]``, ctc ``[B, T', V]``), ``guidance_frames`` int
                ``[B]``, ``guidance_features`` (optional, kws ``[B, D]``, ctc
-               ``[B, T', D]``), ``guidance_hint`` ``[B, T', d]``;
+               ``[B, T', D]``), ``guidance_hint`` ``[B, T', d]``, kws
+               ``guidance_weight`` (optional float ``[B]``: 0 for an example
+               on a fresh view, whose teacher terms are left out);
   ``outputs``  the model's dict: ``logits`` (kws ``[B, C]``, ctc
                ``[B, T, V]``), ctc ``logit_frames`` int ``[B]``, optional
                ``projection``; FitNet stage 1's hint model gives ``hint``
@@ -76,7 +78,8 @@ class Distill:
       return losses.distillation_terms(
           "kws", self.distill, labels=batch["label"], student_logits=outputs["logits"],
           teacher_logits=batch["guidance_logits"], student_projection=projection,
-          teacher_features=features, kd_scale=kd_scale)
+          teacher_features=features, kd_scale=kd_scale,
+          teacher_weights=batch.get("guidance_weight"))
     frames = tf.minimum(tf.shape(outputs["logits"])[1], tf.shape(batch["guidance_logits"])[1])
     return losses.distillation_terms(
         "ctc", self.distill, labels=batch["labels"], label_length=batch["label_length"],
