@@ -473,6 +473,27 @@ def test_view_guidance_holds_the_teachers_logits_of_each_view(kws_teacher_dir, k
       np.testing.assert_allclose(logits[view], expected, atol=1e-4)
 
 
+def _stored_views(records_dir, guidance_dir):
+  """The stored logits ``[VIEWS, 10]`` of each training clip, by id."""
+  stored = {}
+  for path in data.shard_paths(records_dir, "raw", "train"):
+    for guide in _guidance_records(os.path.join(guidance_dir, os.path.basename(path))):
+      stored[guide["id"].bytes_list.value[0]] = np.frombuffer(
+          guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+  return stored
+
+
+def _raw_train_examples(records_dir):
+  """The parsed raw training clips (with their shift ranges), by id."""
+  parse = data.make_parser(records.load_metadata(records_dir), "raw", normalize=False,
+                           shift_range=True)
+  raw = {}
+  for record in data.records_dataset(data.shard_paths(records_dir, "raw", "train"), "none"):
+    example = parse(record)
+    raw[example["id"].numpy()] = example
+  return raw
+
+
 def test_student_sees_the_view_whose_logits_it_gets(kws_raw_records, view_guidance):
   out, _ = view_guidance
   data_meta = records.load_metadata(kws_raw_records)
@@ -483,16 +504,8 @@ def test_student_sees_the_view_whose_logits_it_gets(kws_raw_records, view_guidan
                          augmenter=augmenter)
   batch = next(iter(ds))
   assert batch["guidance_logits"].shape == (6, 10)
-  stored = {}
-  for path in data.shard_paths(kws_raw_records, "raw", "train"):
-    for guide in _guidance_records(os.path.join(out, os.path.basename(path))):
-      stored[guide["id"].bytes_list.value[0]] = np.frombuffer(
-          guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
-  raw = {}
-  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
-  for record in data.records_dataset(data.shard_paths(kws_raw_records, "raw", "train"), "none"):
-    example = parse(record)
-    raw[example["id"].numpy()] = example
+  stored = _stored_views(kws_raw_records, out)
+  raw = _raw_train_examples(kws_raw_records)
   front_end = data.WaveformFrontEnd.of_records(data_meta, "mfcc", normalize=True)
   for i, example_id in enumerate(batch["id"].numpy()):
     view = [v for v in range(VIEWS)
@@ -517,16 +530,8 @@ def test_fresh_views_take_the_steps_draws_and_no_teacher(kws_raw_records, view_g
   assert set(weights) == {0.0, 1.0}  # both kinds in one batch
   # The pipeline's draws: four per example from the seed's random stream.
   keys = np.array(list(tf.data.Dataset.random(seed=seed).take(4 * batch_size))).reshape(-1, 4)
-  stored = {}
-  for path in data.shard_paths(kws_raw_records, "raw", "train"):
-    for guide in _guidance_records(os.path.join(out, os.path.basename(path))):
-      stored[guide["id"].bytes_list.value[0]] = np.frombuffer(
-          guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
-  parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
-  raw = {}
-  for record in data.records_dataset(data.shard_paths(kws_raw_records, "raw", "train"), "none"):
-    example = parse(record)
-    raw[example["id"].numpy()] = example
+  stored = _stored_views(kws_raw_records, out)
+  raw = _raw_train_examples(kws_raw_records)
   front_end = data.WaveformFrontEnd.of_records(data_meta, "mfcc", normalize=True)
   for i, example_id in enumerate(batch["id"].numpy()):
     example = raw[example_id]
