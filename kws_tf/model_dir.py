@@ -149,6 +149,15 @@ class ModelSpec:
 _SAME_MODEL = ("name", "task", "params", "num_channels", "num_classes", "projection_dim",
                "format", "feature_params", "normalization")
 
+# Model params that choose which weights train and how, not which weights exist: a run may
+# start from another's weights when its params differ in these alone (e.g. a Whisper teacher
+# fine-tuned further with more of its blocks trained).
+TRAINING_ONLY_PARAMS = ("trainable_blocks", "dropout", "dropouts", "head_dropout")
+
+
+def _weights_params(params: Dict[str, Any]) -> Dict[str, Any]:
+  return {k: v for k, v in params.items() if k not in TRAINING_ONLY_PARAMS}
+
 
 def training_spec(config: config_lib.Config, metadata: records.RecordsMetadata) -> ModelSpec:
   """The spec of the model ``config`` trains on the records described by
@@ -321,12 +330,16 @@ def restore_run(model: keras.Model, spec: ModelSpec, model_dir: str) -> str:
 
   That run must have trained the same model (name, parameters, task, number of
   classes, projection) on the same input (format, feature parameters,
-  normalisation). Returns the checkpoint read; ValueError naming the keys that
-  differ (CheckpointError, a ValueError, when the checkpoint cannot be read),
+  normalisation); its parameters may differ in ``TRAINING_ONLY_PARAMS``.
+  Returns the checkpoint read; ValueError naming the keys that differ
+  (CheckpointError, a ValueError, when the checkpoint cannot be read),
   FileNotFoundError when ``model_dir`` has no model.json or no best checkpoint.
   """
   other = read_spec(model_dir)
-  differ = [k for k in _SAME_MODEL if getattr(other, k) != getattr(spec, k)]
+
+  def key(s: ModelSpec, k: str):
+    return _weights_params(s.params) if k == "params" else getattr(s, k)
+  differ = [k for k in _SAME_MODEL if key(other, k) != key(spec, k)]
   if differ:
     values = "; ".join(f"{getattr(other, k)} vs {getattr(spec, k)}" for k in differ)
     raise ValueError(f"its model differs in {', '.join(differ)} ({values})")

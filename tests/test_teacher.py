@@ -1,4 +1,5 @@
 """Teachers: heads on the Whisper encoder, teacher training, guidance records and their join."""
+import dataclasses
 import json
 import os
 
@@ -135,6 +136,39 @@ def test_pretrained_teacher_recipe_feeds_log_mel_as_whisper_computes_it(
   stored = _guidance_records(os.path.join(out, os.path.basename(path)))[0]
   np.testing.assert_allclose(np.frombuffer(stored["logits"].bytes_list.value[0], "<f4"),
                              expected, atol=1e-4)
+
+  # Fine-tuned further with more blocks trained (--init_from; trainable_blocks and dropout
+  # change which weights train, not which exist): at a learning rate far below the
+  # weights' resolution, it keeps the weights it started from, and its top block trains.
+  tuned_dir = str(tmp_path / "more_blocks")
+  tuned = config_lib.load(os.path.join(configs, "teacher_kws_whisper.yaml"), checkpoint + [
+      "model.params.hidden_sizes=[32,16]", "model.params.trainable_blocks=1",
+      "model.params.dropout=0.3", "optimizer.learning_rate=1e-30", "data.batch_size=8",
+      "train.steps=2", "train.eval_every=2", "data.validation_fraction=0.3"])
+  results = loop.Trainer(tuned, tuned_dir, kws_train_records, init_from=model_dir).run()
+  assert results["initialised_from"].startswith(os.path.join(model_dir, "best"))
+  tuned_model = model_dir_lib.load_trained_model(tuned_dir)
+  assert tuned_model.get_layer("encoder").blocks[-1].trainable
+  assert not teacher_model.get_layer("encoder").blocks[-1].trainable
+  def best_weights(run_dir):
+    path = model_dir_lib.checkpoint_path(run_dir, "best")
+    return {name: tf.train.load_variable(path, name) for name, _ in tf.train.list_variables(path)
+            if name.startswith("model/") and "OPTIMIZER_SLOT" not in name}
+  weights, tuned_weights = best_weights(model_dir), best_weights(tuned_dir)
+  assert len(weights) == len(teacher_model.weights) and tuned_weights.keys() == weights.keys()
+  moved = set()
+  for name, value in weights.items():
+    np.testing.assert_allclose(tuned_weights[name], value, rtol=0, atol=1e-25, err_msg=name)
+    if not np.array_equal(tuned_weights[name], value):
+      moved.add(name)
+  # The top block moved (by about the learning rate, where a weight was 0); the lower block
+  # and the convolutions stay frozen.
+  assert any("/blocks/1/" in name for name in moved)
+  assert not [name for name in moved if "/blocks/0/" in name or "/conv" in name]
+  # Weights of another shape cannot be the starting point.
+  other = dataclasses.replace(spec, params={**spec.params, "hidden_sizes": [32, 8]})
+  with pytest.raises(ValueError, match="its model differs in params"):
+    model_dir_lib.restore_run(model_dir_lib.build_model(other), other, model_dir)
 
 
 def test_teacher_rejects_mismatched_inputs():

@@ -49,8 +49,10 @@ flags.DEFINE_integer("fitnet_stage", None, "mode=fitnet: 1 (hints only) or 2 (di
                      "from a finished stage 1 only); both when unset (overrides fitnet.stage).")
 flags.DEFINE_string("init_from", None, "A finished kws-train model dir of the same model whose "
                     "best weights a fresh run starts from (fine-tuning; e.g. "
-                    "--mode=quantized_distill from the float distilled student). Not for "
-                    "mode=fitnet, whose stage 2 starts from its own stage 1.")
+                    "--mode=quantized_distill from the float distilled student, or a teacher "
+                    "with more blocks trained: model.params.trainable_blocks and the dropout "
+                    "rates may differ). Not for mode=fitnet, whose stage 2 starts from its "
+                    "own stage 1.")
 flags.DEFINE_integer("cpu_replicas", 0, "Split the CPU into this many logical devices, "
                      "so train.strategy=mirrored runs several replicas without GPUs "
                      "(to exercise multi-replica code on a CPU machine); 0 leaves it whole.")
