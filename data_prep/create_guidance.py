@@ -30,6 +30,11 @@ exactly the audio the teacher heard ("a good teacher is patient and
 consistent", Beyer et al. 2022). ``--extend=<guidance of fewer views>`` adds
 views to guidance made before: its views are copied, the others computed.
 
+``--ensemble=<teacher dir>,...`` makes one teacher of several that read the
+same input: ``logits`` is then the log of the mean of their class
+probabilities (frame by frame for ctc), the ensemble's prediction, which a
+distilled student takes at its temperature like any teacher's logits.
+
 Values are little-endian ``--dtype`` (float32 or float16). ``metadata.json``
 records the kind, layer, dtype, shapes, ``frame_seconds`` (the teacher's
 ``ModelSpec.output_frame_seconds``: its feature hop times its encoder's time
@@ -80,6 +85,9 @@ flags.DEFINE_integer("view_seed", 0, "With --views: seed of the views.")
 flags.DEFINE_string("extend", "", "With --views=K: a finished guidance folder of fewer "
                     "views made the same way (teacher, data, augment section, view seed); its "
                     "views are copied to --out_dir and only the others computed.")
+flags.DEFINE_list("ensemble", [], "More teacher dirs of the same input and outputs: the "
+                  "stored logits are the log of the mean of all the teachers' class "
+                  "probabilities (an ensemble teacher; logits only, with --nofeatures).")
 flags.DEFINE_enum("runner", "local", ["local", "beam"], "local: this process runs the "
                   "teacher over the shards one after another; beam: an Apache Beam "
                   "pipeline of the same shards, the teacher loaded once per worker "
@@ -108,7 +116,8 @@ def main(argv):
         views=FLAGS.views, augment_config=recipe.augment if recipe else None,
         view_seed=FLAGS.view_seed,
         babble_split=recipe.data.train_split if recipe else "train", runner=FLAGS.runner,
-        beam_pipeline_options=FLAGS.beam_pipeline_options, extend=FLAGS.extend)
+        beam_pipeline_options=FLAGS.beam_pipeline_options, extend=FLAGS.extend,
+        ensemble=FLAGS.ensemble)
   except (ValueError, config_lib.ConfigError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 2

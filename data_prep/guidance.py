@@ -10,7 +10,7 @@ through a ``data_prep.guidance_shards.GuidanceWriter``, so they write the same b
 import glob
 import hashlib
 import os
-from typing import List
+from typing import List, Sequence
 
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -38,7 +38,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                     batch_size: int = 32, dtype: str = "float16",
                     checkpoint: str = "best", views: int = 0, augment_config=None,
                     view_seed: int = 0, babble_split: str = "train", runner: str = "local",
-                    beam_pipeline_options: str = "", extend: str = "") -> dict:
+                    beam_pipeline_options: str = "", extend: str = "",
+                    ensemble: Sequence[str] = ()) -> dict:
   """Writes guidance shards and metadata.json; returns the metadata.
 
   The guidance shards not yet written are written by ``runner``: ``local``,
@@ -67,6 +68,13 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   view seed, dtype): its views are copied and only the others computed, so
   views can be added to guidance later; the records equal those of a run of
   all ``views`` (up to the teacher's batching).
+
+  ``ensemble`` names more teacher dirs (logits only, without features): the
+  stored logits are then the log of the mean of all the teachers' class
+  probabilities (``guidance_shards.ensemble_model``). Every teacher must read
+  the same input (format, feature parameters, normalisation) and give the same
+  outputs (task, classes or vocabulary, frame rate); ``checkpoint`` names the
+  weights of each.
   """
   from kws_tf import augment, data
   from kws_tf import model_dir as model_dir_lib
@@ -89,11 +97,23 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
     raise ValueError(f"{data_dir} has no split {unknown[0]!r} (it has "
                      f"{', '.join(data_meta.splits)})")
   checkpoint_path = model_dir_lib.checkpoint_path(teacher_dir, checkpoint)
+  fingerprint = teacher_fingerprint(teacher_dir, checkpoint_path)
+  members = []
+  if ensemble:
+    if kind != "logits" or with_features:
+      raise ValueError("an ensemble of teachers gives logits only: use --guidance=logits "
+                       "--nofeatures")
+    for other_dir in ensemble:
+      _check_same_io(spec, teacher_dir, other_dir)
+      members.append((other_dir, model_dir_lib.checkpoint_path(other_dir, checkpoint)))
+    fingerprint = hashlib.sha256(" ".join(
+        [fingerprint] + [teacher_fingerprint(d, c) for d, c in members]).encode()).hexdigest()
   params = {"kind": kind, "layer": up_to if kind == "hints" else None,
             "features": with_features and kind == "logits", "dtype": dtype,
-            "splits": splits, "teacher_fingerprint": teacher_fingerprint(teacher_dir,
-                                                                         checkpoint_path),
+            "splits": splits, "teacher_fingerprint": fingerprint,
             "data_fingerprint": data_meta.fingerprint}
+  if members:
+    params["teachers"] = 1 + len(members)
   if views:
     params.update(views=views, view_seed=view_seed, augment=augment.view_fields(augment_config),
                   babble_split=babble_split)
@@ -107,7 +127,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                      f"{', '.join(differ)}); use another --out_dir")
   records.write_json(plan_path, params)
 
-  job = {"teacher_dir": teacher_dir, "checkpoint_path": checkpoint_path, "data_dir": data_dir,
+  job = {"teacher_dir": teacher_dir, "checkpoint_path": checkpoint_path, "ensemble": members,
+         "data_dir": data_dir,
          "out_dir": out_dir, "kind": kind, "up_to": up_to, "features": with_features,
          "batch_size": batch_size, "dtype": dtype, "views": views,
          "augment_config": augment_config, "view_seed": view_seed,
@@ -137,10 +158,29 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
           "frame_seconds": spec.output_frame_seconds, "compression": data_meta.compression,
           "outputs": outputs, "data_format": fmt, "teacher_dir": teacher_dir,
           "teacher_checkpoint": checkpoint_path,
+          **({"ensemble": [{"teacher_dir": d, "teacher_checkpoint": c} for d, c in members]}
+             if members else {}),
           "shards": {s: [shard.name for shard in data_meta.splits[s].shards]
                      for s in splits}}
   records.write_json(os.path.join(out_dir, records.METADATA_FILE), meta)
   return meta
+
+
+# ModelSpec fields that teachers of one ensemble share: what they read and what they give.
+_SAME_IO = ("task", "format", "feature_params", "normalization", "num_classes", "classes",
+            "vocabulary", "output_frame_seconds")
+
+
+def _check_same_io(spec, teacher_dir: str, other_dir: str) -> None:
+  """ValueError naming the fields in which ``other_dir``'s teacher reads or gives
+  other things than ``teacher_dir``'s (``spec``)."""
+  from kws_tf import model_dir as model_dir_lib
+  other = model_dir_lib.read_spec(other_dir)
+  differ = [k for k in _SAME_IO if getattr(other, k) != getattr(spec, k)]
+  if differ:
+    raise ValueError(f"the teachers {teacher_dir} and {other_dir} of the ensemble differ in "
+                     f"{', '.join(differ)}: they must read the same input and give the same "
+                     "outputs")
 
 
 def _check_extend(extend: str, out_dir: str, params: dict, views: int) -> int:

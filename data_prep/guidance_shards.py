@@ -56,11 +56,30 @@ def output_shapes(model, names: List[str]) -> Dict[str, list]:
   return shapes
 
 
+def ensemble_model(teachers):
+  """One teacher made of several of the same inputs and outputs: the ``logits``
+  of the returned model are the log of the mean of the teachers' class
+  probabilities (``[batch, classes]`` kws, ``[batch, frames, vocabulary]``
+  ctc), so that its softmax is the ensemble's prediction."""
+  import tensorflow as tf
+  import tf_keras as keras
+  inputs = teachers[0].input
+  for i, teacher in enumerate(teachers):
+    teacher._name = f"teacher_{i}"  # noqa: SLF001  (layer names in one model are unique)
+  log_probs = [tf.nn.log_softmax(t(inputs)["logits"], axis=-1) for t in teachers]
+  mean = tf.math.reduce_logsumexp(tf.stack(log_probs), axis=0) - np.log(len(teachers))
+  return keras.Model(inputs, {"logits": keras.layers.Identity(name="ensemble_logits")(mean)})
+
+
 def load_guidance_model(job: dict):
   """The ``guidance_model`` of the teacher of ``job`` (see ``GuidanceWriter``):
-  ``(model, names)``."""
+  ``(model, names)``; with ``job["ensemble"]`` (more ``(teacher_dir,
+  checkpoint_path)``), of the ``ensemble_model`` of them all."""
   from kws_tf import model_dir as model_dir_lib
   teacher = model_dir_lib.load_trained_model(job["teacher_dir"], job["checkpoint_path"])
+  if job.get("ensemble"):
+    teacher = ensemble_model([teacher] + [model_dir_lib.load_trained_model(d, c)
+                                          for d, c in job["ensemble"]])
   return guidance_model(teacher, job["kind"], job["up_to"], job["features"])
 
 
@@ -71,8 +90,8 @@ class GuidanceWriter:
   runner, in ``DoFn.setup`` of every Beam worker's DoFn instance. It holds the teacher's
   guidance model, the data's record parser and, with views, the augmenter.
   ``job`` holds the run's parameters (``create_guidance`` makes it):
-  ``teacher_dir``, ``checkpoint_path``, ``data_dir``, ``out_dir``, ``kind``,
-  ``up_to``, ``features``, ``batch_size``, ``dtype``, ``views``,
+  ``teacher_dir``, ``checkpoint_path``, ``ensemble``, ``data_dir``, ``out_dir``,
+  ``kind``, ``up_to``, ``features``, ``batch_size``, ``dtype``, ``views``,
   ``augment_config``, ``view_seed``, ``babble_split``, ``base_dir`` and
   ``first_view`` (views ``0..first_view - 1`` are copied from the guidance in
   ``base_dir``; 0 and "": every view is computed).

@@ -229,6 +229,50 @@ def test_logit_guidance_mirrors_the_data_and_matches_the_teacher(kws_teacher_dir
   assert batch["guidance_features"].shape == (4, 16)
 
 
+def test_ensemble_guidance_stores_the_log_of_the_teachers_mean_probabilities(
+    kws_teacher_dir, kws_train_records, tmp_path):
+  second_dir = str(tmp_path / "second")
+  loop.Trainer(config_lib.load(None, TEACHER + ["train.seed=1"]), second_dir,
+               kws_train_records).run()
+  out = str(tmp_path / "guidance")
+  run_module("data_prep.create_guidance", f"--teacher_dir={kws_teacher_dir}",
+             f"--ensemble={second_dir}", f"--data_dir={kws_train_records}", f"--out_dir={out}",
+             "--splits=test", "--dtype=float32", "--nofeatures")
+  meta = records.read_json(os.path.join(out, records.METADATA_FILE))
+  assert meta["teachers"] == 2 and meta["outputs"] == {"logits": {"shape": [10]}}
+  assert [m["teacher_dir"] for m in meta["ensemble"]] == [second_dir]
+  teachers = [model_dir_lib.load_trained_model(d) for d in (kws_teacher_dir, second_dir)]
+  data_meta = records.load_metadata(kws_train_records)
+  path = data.shard_paths(kws_train_records, "logmel", "test")[0]
+  examples = [data.make_parser(data_meta, "logmel")(r)
+              for r in data.records_dataset([path], "none")]
+  stored = np.stack([np.frombuffer(g["logits"].bytes_list.value[0], "<f4") for g in
+                     _guidance_records(os.path.join(out, os.path.basename(path)))])
+  assert len(stored) == len(examples)
+  for example, logits in zip(examples[:3], stored):
+    inputs = {"features": example["features"][None], "num_frames": example["num_frames"][None]}
+    probabilities = [tf.nn.softmax(t(inputs)["logits"][0]).numpy() for t in teachers]
+    assert not np.allclose(probabilities[0], probabilities[1], atol=1e-3)
+    np.testing.assert_allclose(np.exp(logits), np.mean(probabilities, axis=0), atol=1e-5)
+  # The teachers' fingerprints make the plan: guidance of one of them is another folder.
+  single = guidance.create_guidance(kws_teacher_dir, kws_train_records, str(tmp_path / "one"),
+                                    splits=["test"], with_features=False)
+  assert single["teacher_fingerprint"] != meta["teacher_fingerprint"]
+  assert "teachers" not in single and "ensemble" not in single
+  # Teachers of another input cannot join; an ensemble gives logits alone.
+  spec = model_dir_lib.read_spec(kws_teacher_dir)
+  other_dir = str(tmp_path / "other_input")
+  os.makedirs(other_dir)
+  model_dir_lib.write_spec(other_dir, dataclasses.replace(
+      spec, feature_params={**spec.feature_params, "frame_step": 320}))
+  with pytest.raises(ValueError, match="ensemble differ in feature_params"):
+    guidance.create_guidance(kws_teacher_dir, kws_train_records, str(tmp_path / "x"),
+                             with_features=False, ensemble=[other_dir])
+  with pytest.raises(ValueError, match="logits only"):
+    guidance.create_guidance(kws_teacher_dir, kws_train_records, str(tmp_path / "x"),
+                             ensemble=[second_dir])
+
+
 def test_guidance_of_other_data_is_refused(kws_teacher_dir, kws_train_records, tmp_path):
   out = str(tmp_path / "guidance")
   guidance.create_guidance(kws_teacher_dir, kws_train_records, out, splits=["test"])
