@@ -12,8 +12,10 @@ audio in, its model card beside it); the tables give per model the accuracy,
 keyword recall and false-accept rate on the whole set and per group, and the
 keyword recall at 5 % false accepts of a threshold on the keyword score
 (``kws_tf.evaluation.robustness``); ``--out`` writes the same as JSON and
-``--det_plot`` every model's DET curve on the whole set as one PNG. All of it is
-synthetic speech.
+``--det_plot`` every model's DET curve on the whole set as one PNG. With
+``--ensemble``, the mean of all the files' class probabilities is scored too,
+as one more model (an ensemble teacher, as ``kws-create-guidance --ensemble``
+distils it). All of it is synthetic speech.
 """
 import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 
@@ -23,6 +25,8 @@ import os
 import subprocess
 import sys
 from typing import Dict, List
+
+import numpy as np
 
 from absl import app, flags
 
@@ -42,6 +46,8 @@ flags.DEFINE_integer("utterances_per_speaker", 30, "Utterances per speaker.")
 flags.DEFINE_integer("seed", 0, "Seed of the set.")
 flags.DEFINE_string("out", None, "Write every model's metrics here as JSON.")
 flags.DEFINE_string("det_plot", None, "Write the models' DET curves on the whole set here (PNG).")
+flags.DEFINE_boolean("ensemble", False, "Also score the mean of all the files' class "
+                     "probabilities (an ensemble) as one more model.")
 
 SUMMARY_GROUPS = ("all", "clean", "centred", "offset")
 
@@ -78,13 +84,19 @@ def main(argv):
     raise app.UsageError(f"no .tflite file matches --models={','.join(FLAGS.models)}")
   if not os.path.exists(os.path.join(FLAGS.set_dir, robustness.MANIFEST)):
     make_set()
-  results, curves = {}, {}
+  results, curves, all_scores = {}, {}, {}
   classes = text.keyword_classes()
   for path in paths:
     name = os.path.relpath(path)
     print(f"scoring {name}", flush=True)
-    rows, scores = robustness.window_scores(inference.load_model(path, num_threads=1),
-                                            inference.read_card(path), FLAGS.set_dir)
+    rows, all_scores[name] = robustness.window_scores(
+        inference.load_model(path, num_threads=1), inference.read_card(path), FLAGS.set_dir)
+  if FLAGS.ensemble:
+    if len(paths) < 2:
+      raise app.UsageError("--ensemble needs at least two --models files")
+    all_scores[f"ensemble of {len(paths)}: mean probabilities"] = np.mean(
+        list(all_scores.values()), axis=0)
+  for name, scores in all_scores.items():
     results[name] = robustness.score(rows, robustness.predict(scores, classes), scores)
     curves[name] = [(far, frr) for _, far, frr in metrics.det_curve(
         scores, [classes.index(r["label"]) for r in rows], classes.index(text.NEGATIVE_LABEL))]
