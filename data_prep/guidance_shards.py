@@ -77,7 +77,7 @@ def load_guidance_model(job: dict):
   checkpoint_path)``), of the ``ensemble_model`` of them all."""
   from kws_tf import model_dir as model_dir_lib
   teacher = model_dir_lib.load_trained_model(job["teacher_dir"], job["checkpoint_path"])
-  if job.get("ensemble"):
+  if job["ensemble"]:
     teacher = ensemble_model([teacher] + [model_dir_lib.load_trained_model(d, c)
                                           for d, c in job["ensemble"]])
   return guidance_model(teacher, job["kind"], job["up_to"], job["features"])
