@@ -175,8 +175,7 @@ def _check_same_io(spec, teacher_dir: str, other_dir: str) -> None:
   """ValueError naming the fields in which ``other_dir``'s teacher reads or gives
   other things than ``teacher_dir``'s (``spec``)."""
   from kws_tf import model_dir as model_dir_lib
-  other = model_dir_lib.read_spec(other_dir)
-  differ = [k for k in _SAME_IO if getattr(other, k) != getattr(spec, k)]
+  differ = model_dir_lib.differing_fields(model_dir_lib.read_spec(other_dir), spec, _SAME_IO)
   if differ:
     raise ValueError(f"the teachers {teacher_dir} and {other_dir} of the ensemble differ in "
                      f"{', '.join(differ)}: they must read the same input and give the same "

@@ -155,8 +155,14 @@ _SAME_MODEL = ("name", "task", "params", "num_channels", "num_classes", "project
 TRAINING_ONLY_PARAMS = ("trainable_blocks", "dropout", "dropouts", "head_dropout")
 
 
-def _weights_params(params: Dict[str, Any]) -> Dict[str, Any]:
-  return {k: v for k, v in params.items() if k not in TRAINING_ONLY_PARAMS}
+def differing_fields(a: "ModelSpec", b: "ModelSpec", fields) -> List[str]:
+  """The ``fields`` in which specs ``a`` and ``b`` differ; ``params`` compared
+  without ``TRAINING_ONLY_PARAMS``."""
+  def value(spec: ModelSpec, field: str):
+    if field == "params":
+      return {k: v for k, v in spec.params.items() if k not in TRAINING_ONLY_PARAMS}
+    return getattr(spec, field)
+  return [f for f in fields if value(a, f) != value(b, f)]
 
 
 def training_spec(config: config_lib.Config, metadata: records.RecordsMetadata) -> ModelSpec:
@@ -336,10 +342,7 @@ def restore_run(model: keras.Model, spec: ModelSpec, model_dir: str) -> str:
   FileNotFoundError when ``model_dir`` has no model.json or no best checkpoint.
   """
   other = read_spec(model_dir)
-
-  def key(s: ModelSpec, k: str):
-    return _weights_params(s.params) if k == "params" else getattr(s, k)
-  differ = [k for k in _SAME_MODEL if key(other, k) != key(spec, k)]
+  differ = differing_fields(other, spec, _SAME_MODEL)
   if differ:
     values = "; ".join(f"{getattr(other, k)} vs {getattr(spec, k)}" for k in differ)
     raise ValueError(f"its model differs in {', '.join(differ)} ({values})")
