@@ -614,6 +614,7 @@ def test_pipeline_without_augmentation_gives_the_stored_features(context_records
   stored = read_records(context_records, "mfcc", "train")
   ds = data.make_dataset(context_records, "mfcc", "train", batch_size=8, training=True,
                          augmenter=augmenter, seed=3)
+  assert ds.options().autotune.enabled is False  # see test_training_pipelines_do_not_autotune
   seen = 0
   for batch in ds:
     assert batch["features"].shape[1:] == (101, 39)

@@ -114,6 +114,19 @@ def test_kws_batches_and_shuffle_is_seeded(kws_records):
     assert int(batch["label"][i]) == expected[utt.decode()][1]
 
 
+def test_training_pipelines_do_not_autotune(kws_records):
+  """Deleting a training run's iterator with autotuning on waited for tf.data's
+  autotuning thread (up to 26 s at the end of a demo run). Training pipelines
+  turn autotuning off and still read every example; evaluation pipelines keep
+  TensorFlow's default."""
+  train = data.make_dataset(kws_records, "mfcc", "train", batch_size=8, training=True, seed=1)
+  assert train.options().autotune.enabled is False
+  ids = [i for b in train for i in b["id"].numpy().tolist()]
+  assert sorted(ids) == sorted(i.encode() for i in stored_examples(kws_records, "mfcc", "train"))
+  evaluation = data.make_dataset(kws_records, "mfcc", "test", batch_size=8)
+  assert evaluation.options().autotune.enabled is not False
+
+
 def test_spec_augment_masks_channels_and_frames(kws_records):
   augment = data.SpecAugment(freq_masks=2, freq_mask_param=10, time_masks=2,
                              time_mask_param=20)
