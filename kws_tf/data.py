@@ -202,11 +202,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
   if augmenter is not None:
     if not training:
       raise ValueError("waveform augmentation is for training pipelines")
-    if metadata.task == "ctc":
-      return _without_autotuning(_augmented_utterances(
-          records_dir, metadata, split, fmt, normalize, augmenter, spec_augment, guidance, keep,
-          shuffle_buffer, seed, repeat, batch_size, drop_remainder))
-    return _without_autotuning(_augmented_batches(
+    augmented = _augmented_utterances if metadata.task == "ctc" else _augmented_batches
+    return _without_autotuning(augmented(
         records_dir, metadata, split, fmt, normalize, augmenter, spec_augment, guidance, keep,
         shuffle_buffer, seed, repeat, batch_size, drop_remainder))
   paths = shard_paths(records_dir, fmt, split, metadata)
@@ -242,11 +239,12 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
 
 def _without_autotuning(ds: tf.data.Dataset) -> tf.data.Dataset:
   """``ds`` with tf.data's autotuning off (``AUTOTUNE`` parallelism and buffer
-  sizes take TensorFlow's fixed defaults). With autotuning on, deleting a training run's
-  iterator (which the train step reads inside a tf.function) at the end of the
-  run waited for tf.data's autotuning thread: 16-26 s in four distillation
-  runs of nine on the demo's records, 1.5-2.3 s in three standard runs of four
-  (TensorFlow 2.21). The training throughput is the same either way."""
+  sizes take TensorFlow's fixed defaults). With autotuning on, deleting a
+  training run's iterator (which the train step reads inside a tf.function) at
+  the end of the run waited for tf.data's autotuning thread: 16-26 s in four
+  distillation runs of nine on the demo's records, 1.5-2.3 s in three standard
+  runs of four (TensorFlow 2.21). The training throughput is the same either
+  way."""
   options = tf.data.Options()
   options.autotune.enabled = False
   return ds.with_options(options)
