@@ -13,7 +13,9 @@ record. Each record holds:
   logits      bytes   (--guidance=logits) raw teacher logits, no temperature:
                       kws ``[classes]``, ctc ``[frames, vocabulary]``
   features    bytes   (--guidance=logits, --features) the teacher's feature
-                      layer (its ``projection``): kws ``[d]``, ctc ``[frames, d]``
+                      layer (its ``projection``): kws ``[d]`` (with
+                      ``--views=K``: ``[K, d]``, one per view), ctc ``[frames, d]``
+                      (not with ``--views``)
   hint        bytes   (--guidance=hints) encoder hidden state of layer
                       ``--up_to`` (0 = embeddings): ``[frames, d_model]``
   hint_pooled bytes   (--guidance=hints, kws) its mean over the valid frames ``[d_model]``
@@ -69,7 +71,8 @@ flags.DEFINE_enum("guidance", "logits", ["logits", "hints"], "What to write.")
 flags.DEFINE_integer("up_to", -1, "Hint layer: 0 is the encoder's embeddings, i the "
                      "output of block i; -1 the last (after the final layer norm).")
 flags.DEFINE_boolean("features", True, "With --guidance=logits, also write the "
-                     "teacher's feature layer (for feature distillation).")
+                     "teacher's feature layer (for feature distillation; kws: for each view "
+                     "with --views, ctc: not with --views).")
 flags.DEFINE_list("splits", [], "Splits to write (default: every split of the data).")
 flags.DEFINE_integer("batch_size", 32, "Examples per teacher batch.")
 flags.DEFINE_enum("dtype", "float16", ["float32", "float16"], "Stored value type.")

@@ -58,7 +58,9 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   With ``views`` > 0 (logits) every record gets the teacher's logits for
   ``views`` augmented views of its example (``augment_config``, a
   ``config.AugmentConfig``, applied to the records' raw audio): kws, windows
-  of the clip with context, ``[views, classes]``; ctc, the whole utterance
+  of the clip with context, ``[views, classes]``, and with ``with_features``
+  the teacher's features for each view, ``[views, d]``; ctc (logits only,
+  ``with_features`` is ignored), the whole utterance
   (``kws_tf.utterance_augment``), ``frames [views]`` and the views' logits one
   after another, ``[sum of frames, vocabulary]``. A student trained with the
   same augmentation sees exactly those views (``kws_tf.data.make_dataset``).
@@ -90,7 +92,7 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
                      "recipe's augment section (--augment_recipe)")
   if views:
     data.check_context(data_meta, data_dir)
-    with_features = False
+    with_features = with_features and spec.task == "kws"
   splits = list(splits) or list(data_meta.splits)
   unknown = [s for s in splits if s not in data_meta.splits]
   if unknown:
@@ -136,7 +138,8 @@ def create_guidance(teacher_dir: str, data_dir: str, out_dir: str, kind: str = "
   model, names = guidance_shards.load_guidance_model(job)
   outputs = guidance_shards.output_shapes(model, names)
   if views and spec.task == "kws":
-    outputs = {"logits": {**outputs["logits"], "shape": [views] + outputs["logits"]["shape"]}}
+    outputs = {name: {**info, "shape": [views] + info["shape"]}
+               for name, info in outputs.items()}
   todo = []
   for split in splits:
     for path in data.shard_paths(data_dir, fmt, split, data_meta):
@@ -198,8 +201,8 @@ def _check_extend(extend: str, out_dir: str, params: dict, views: int) -> int:
   if not 0 < base.get("views", 0) < views:
     raise ValueError(f"{extend} holds guidance of {base.get('views', 0)} views; extending it "
                      f"needs more than that and at least one (--views={views})")
-  differ = [k for k in ("kind", "dtype", "teacher_fingerprint", "data_fingerprint", "view_seed",
-                        "augment", "babble_split") if base.get(k) != params[k]]
+  differ = [k for k in ("kind", "features", "dtype", "teacher_fingerprint", "data_fingerprint",
+                        "view_seed", "augment", "babble_split") if base.get(k) != params[k]]
   missing = [s for s in params["splits"] if s not in base.get("splits", [])]
   if differ or missing:
     what = ", ".join(differ + [f"split {s} missing" for s in missing])

@@ -141,7 +141,7 @@ class GuidanceWriter:
         return _write_view_shard(self._model, self._spec, meta, self._augmenter, job["views"],
                                  job["view_seed"], data_path, out_path, meta.compression,
                                  job["dtype"], job["batch_size"], progress, job["first_view"],
-                                 base)
+                                 base, self._names)
       return _write_shard(self._model, self._parse, data_path, out_path, meta.compression,
                           meta.compression, self._names, job["dtype"], job["batch_size"],
                           progress)
@@ -211,9 +211,9 @@ def _write_records(out_path: str, compression: str, dtype: str, rows) -> int:
 class BaseViews:
   """The views an extended guidance shard starts with: the records of shard
   ``name`` of ``guidance`` (a ``kws_tf.data.Guidance`` of views), each
-  ``(frames, logits)`` by id (``frames`` a list of ints, ``logits`` the stored
-  flat values). Empty without a ``guidance``: nothing to prepend. OSError naming
-  the shard when it cannot be read."""
+  ``(frames, {output name: stored flat values})`` by id (``frames`` a list of
+  ints). Empty without a ``guidance``: nothing to prepend. OSError naming the
+  shard when it cannot be read."""
 
   def __init__(self, guidance=None, name: str = ""):
     import tensorflow as tf
@@ -223,37 +223,40 @@ class BaseViews:
       return
     self.path = os.path.join(guidance.guidance_dir, name)
     dtype = np.dtype(guidance.metadata["dtype"]).newbyteorder("<")
+    names = list(guidance.metadata["outputs"])
     try:
       for serialized in data.records_dataset([self.path], guidance.compression):
         x = tf.io.parse_single_example(serialized, guidance.spec)
         self._records[x["id"].numpy()] = (
             [int(n) for n in np.atleast_1d(x["frames"].numpy())],
-            np.frombuffer(x["logits"].numpy(), dtype))
+            {n: np.frombuffer(x[n].numpy(), dtype) for n in names})
     except tf.errors.OpError as error:
       raise OSError(None, records.tf_error_reason(error.message), self.path) from error
 
-  def prepend(self, example_id: bytes, frames: List[int], logits: np.ndarray) -> tuple:
-    """``(frames, logits)`` of one record with its stored views first (flat
-    logits then); as given when there are none. OSError naming ``path`` when
-    the record is not stored."""
+  def prepend(self, example_id: bytes, frames: List[int],
+              outputs: Dict[str, np.ndarray]) -> tuple:
+    """``(frames, outputs)`` of one record with its stored views first (each
+    output flat then, view after view); as given when there are none. OSError
+    naming ``path`` when the record is not stored."""
     if not self.path:
-      return frames, logits
+      return frames, outputs
     if example_id not in self._records:
       raise OSError(None, f"no views of record {example_id.decode()!r} to extend", self.path)
-    old_frames, old_logits = self._records[example_id]
-    return old_frames + frames, np.concatenate([old_logits,
-                                                logits.reshape(-1).astype(old_logits.dtype)])
+    old_frames, old = self._records[example_id]
+    return old_frames + frames, {
+        name: np.concatenate([old[name], value.reshape(-1).astype(old[name].dtype)])
+        for name, value in outputs.items()}
 
 
 def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter, views: int,
                       view_seed: int, data_path: str, out_path: str, compression: str,
                       dtype: str, batch_size: int, progress: Callable[[int], None],
-                      first_view: int, base: BaseViews) -> int:
-  """Writes the teacher's logits ``[views, classes]`` for every record of one raw
-  data shard: view v of a record is its augmented window with seed
-  ``augment.view_seed(id, v, view_seed)``, through the teacher's front end (and
-  the view's tempo warp, ``Augmenter.teacher_warp``). Views ``0..first_view -
-  1`` come from ``base``."""
+                      first_view: int, base: BaseViews, names: List[str]) -> int:
+  """Writes the teacher's outputs ``names`` for ``views`` views of every record
+  of one raw data shard (``logits [views, classes]``, ``features [views, d]``):
+  view v of a record is its augmented window with seed ``augment.view_seed(id,
+  v, view_seed)``, through the teacher's front end (and the view's tempo warp,
+  ``Augmenter.teacher_warp``). Views ``0..first_view - 1`` come from ``base``."""
   import tensorflow as tf
   from kws_tf import augment, data
   parse = data.raw_batch_parser(data_meta)
@@ -275,18 +278,21 @@ def _write_view_shard(model, spec, data_meta: records.RecordsMetadata, augmenter
       max(1, batch_size // new)).map(parse)
   ids = [i for x in records_ds for i in x["id"].numpy()]
   windows = records_ds.map(teacher_input)
-  logits, frames = [], []
+  values = {name: [] for name in names + ["frames"]}
   for features, num_frames in windows:
     out = model({"features": features, "num_frames": num_frames}, training=False)
-    logits.append(out["logits"].numpy())
-    frames.append(out["frames"].numpy())
+    for name, parts in values.items():
+      parts.append(out[name].numpy())
     progress(len(features))
-  if ids:
-    logits = np.concatenate(logits).reshape([len(ids), new, -1]).astype(dtype)
-    frames = np.concatenate(frames).reshape([len(ids), new])[:, 0]
-  return _write_records(out_path, compression, dtype,
-                        ((example_id, count, {"logits": base.prepend(example_id, [], values)[1]})
-                         for example_id, values, count in zip(ids, logits, frames)))
+  if not ids:
+    return _write_records(out_path, compression, dtype, ())
+  outputs = {name: np.concatenate(values[name]).reshape([len(ids), new, -1]).astype(dtype)
+             for name in names}
+  frames = np.concatenate(values["frames"]).reshape([len(ids), new])[:, 0]
+  return _write_records(out_path, compression, dtype, (
+      (example_id, frames[i], base.prepend(example_id, [],
+                                           {name: outputs[name][i] for name in names})[1])
+      for i, example_id in enumerate(ids)))
 
 
 def _split_of(data_meta: records.RecordsMetadata, name: str) -> str:
@@ -348,9 +354,9 @@ def _write_utterance_view_shard(model, spec, data_meta: records.RecordsMetadata,
     for row, i in enumerate(chunk):
       counts = [int(n) for n in frames[row * new:(row + 1) * new]]
       values = np.concatenate([logits[row * new + v, :n] for v, n in enumerate(counts)])
-      results[int(i)] = base.prepend(examples[i]["id"].numpy(), counts, values.astype(dtype))
+      results[int(i)] = base.prepend(examples[i]["id"].numpy(), counts,
+                                     {"logits": values.astype(dtype)})
     progress(len(chunk) * new)
   return _write_records(
       out_path, compression, dtype,
-      ((example["id"].numpy(), results[i][0], {"logits": results[i][1]})
-       for i, example in enumerate(examples)))
+      ((example["id"].numpy(), *results[i]) for i, example in enumerate(examples)))

@@ -192,8 +192,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       records' front-end parameters. kws: a window of the clip with context;
       with ``guidance`` of several views (``Guidance.views``), each example
       takes one of the views at random: the window is the view's
-      (``augment.view_seed``) and ``guidance_logits`` the teacher's logits for
-      it, or with ``augment.fresh_view_prob`` a fresh view whose
+      (``augment.view_seed``) and ``guidance_logits`` (and
+      ``guidance_features`` when stored) the teacher's for it, or with ``augment.fresh_view_prob`` a fresh view whose
       ``guidance_weight`` is 0. ctc: the whole utterance
       (``utterance_augment``), bucketed by length.
   """
@@ -299,7 +299,9 @@ def _augmented_batches(records_dir: str, metadata: records.RecordsMetadata, spli
       if guidance.views:
         view = tf.cast(tf.math.floormod(keys[:, 0], guidance.views), tf.int32)
         seeds = augment.view_seed(x["id"], view, guidance.view_seed)
-        x["guidance_logits"] = tf.gather(x["guidance_logits"], view, axis=1, batch_dims=1)
+        for name in ("guidance_logits", "guidance_features"):
+          if name in x:
+            x[name] = tf.gather(x[name], view, axis=1, batch_dims=1)
         if fresh_view_prob:
           # The bits of the view draw left over by the view's index, as a uniform in [0, 1).
           u = tf.cast(tf.math.floormod(tf.math.floordiv(keys[:, 0], guidance.views), 2 ** 24),
@@ -697,8 +699,8 @@ def open_guidance(guidance_dir: str, data_metadata: records.RecordsMetadata) -> 
   carry ``guidance_logits`` (kws ``[classes]``, ctc ``[frames, vocabulary]``),
   ``guidance_frames`` and, when written, ``guidance_features``,
   ``guidance_hint`` ``[frames, d_model]`` or ``guidance_hint_pooled``; guidance
-  of several views (``--views``) holds kws ``guidance_logits`` ``[views, classes]``,
-  ctc ``guidance_frames`` ``[views]`` and ``guidance_logits`` ``[sum of frames,
+  of several views (``--views``) holds kws ``guidance_logits`` ``[views, classes]``
+  (and ``guidance_features`` ``[views, d]`` when written), ctc ``guidance_frames`` ``[views]`` and ``guidance_logits`` ``[sum of frames,
   vocabulary]`` (the views one after another; ``Guidance.utterance_view``).
   """
   meta_path = os.path.join(guidance_dir, records.METADATA_FILE)

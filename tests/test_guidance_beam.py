@@ -53,7 +53,8 @@ def test_beam_runner_writes_the_views_of_the_local_runner(kws_teacher_dir, kws_r
               augment_config=config_lib.AugmentConfig(enabled=True))
   local, beam = str(tmp_path / "local"), str(tmp_path / "beam")
   meta = guidance.create_guidance(kws_teacher_dir, kws_raw_records, local, **args)
-  assert meta["outputs"] == {"logits": {"shape": [3, 10]}}
+  assert meta["outputs"]["logits"] == {"shape": [3, 10]}
+  assert meta["outputs"]["features"]["shape"][0] == 3  # the teacher's features of each view
   guidance.create_guidance(kws_teacher_dir, kws_raw_records, beam, runner="beam",
                            beam_pipeline_options=TWO_PROCESSES, **args)
   assert len([n for n in _files(local) if n.endswith(".tfrecord")]) >= 2

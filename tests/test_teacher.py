@@ -528,13 +528,15 @@ def _view_windows(records_dir, example, augmenter):
 def test_view_guidance_holds_the_teachers_logits_of_each_view(kws_teacher_dir, kws_raw_records,
                                                               view_guidance):
   out, meta = view_guidance
-  assert meta["views"] == VIEWS and meta["outputs"] == {"logits": {"shape": [VIEWS, 10]}}
+  teacher_model = model_dir_lib.load_trained_model(kws_teacher_dir)
+  width = teacher_model.output["projection"].shape[-1]
+  assert meta["views"] == VIEWS and meta["outputs"] == {"logits": {"shape": [VIEWS, 10]},
+                                                        "features": {"shape": [VIEWS, width]}}
   data_meta = records.load_metadata(kws_raw_records)
   augmenter = data.make_augmenter(kws_raw_records, config_lib.AugmentConfig(enabled=True),
                                   "train")
   spec = model_dir_lib.read_spec(kws_teacher_dir)
   front_end = data.WaveformFrontEnd(spec.feature_params, spec.normalization)
-  teacher_model = model_dir_lib.load_trained_model(kws_teacher_dir)
   path = data.shard_paths(kws_raw_records, "raw", "train")[0]
   parse = data.make_parser(data_meta, "raw", normalize=False, shift_range=True)
   examples = [parse(r) for r in data.records_dataset([path], "none").take(3)]
@@ -542,22 +544,25 @@ def test_view_guidance_holds_the_teachers_logits_of_each_view(kws_teacher_dir, k
   for example, guide in zip(examples, stored):
     assert guide["id"].bytes_list.value[0] == example["id"].numpy()
     logits = np.frombuffer(guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+    projections = np.frombuffer(guide["features"].bytes_list.value[0], "<f4").reshape(VIEWS,
+                                                                                      width)
     windows = _view_windows(kws_raw_records, example, augmenter)
     assert not np.allclose(windows[0], windows[1])  # the views differ
+    assert not np.allclose(projections[0], projections[1])
     for view, window in enumerate(windows):
       features = front_end(window[None])
-      expected = teacher_model({"features": features,
-                                "num_frames": tf.shape(features)[1:2]})["logits"][0]
-      np.testing.assert_allclose(logits[view], expected, atol=1e-4)
+      expected = teacher_model({"features": features, "num_frames": tf.shape(features)[1:2]})
+      np.testing.assert_allclose(logits[view], expected["logits"][0], atol=1e-4)
+      np.testing.assert_allclose(projections[view], expected["projection"][0], atol=1e-4)
 
 
-def _stored_views(records_dir, guidance_dir):
-  """The stored logits ``[VIEWS, 10]`` of each training clip, by id."""
+def _stored_views(records_dir, guidance_dir, name="logits"):
+  """The stored output ``name`` of each training clip, ``[VIEWS, size]``, by id."""
   stored = {}
   for path in data.shard_paths(records_dir, "raw", "train"):
     for guide in _guidance_records(os.path.join(guidance_dir, os.path.basename(path))):
       stored[guide["id"].bytes_list.value[0]] = np.frombuffer(
-          guide["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
+          guide[name].bytes_list.value[0], "<f4").reshape(VIEWS, -1)
   return stored
 
 
@@ -583,12 +588,16 @@ def test_student_sees_the_view_whose_logits_it_gets(kws_raw_records, view_guidan
   batch = next(iter(ds))
   assert batch["guidance_logits"].shape == (6, 10)
   stored = _stored_views(kws_raw_records, out)
+  projections = _stored_views(kws_raw_records, out, "features")
   raw = _raw_train_examples(kws_raw_records)
   front_end = data.WaveformFrontEnd.of_records(data_meta, "mfcc", normalize=True)
   for i, example_id in enumerate(batch["id"].numpy()):
     view = [v for v in range(VIEWS)
             if np.allclose(stored[example_id][v], batch["guidance_logits"][i], atol=1e-6)]
     assert len(view) == 1
+    # The teacher's features come from the same view as its logits.
+    np.testing.assert_allclose(batch["guidance_features"][i], projections[example_id][view[0]],
+                               atol=1e-6)
     window = _view_windows(kws_raw_records, raw[example_id], augmenter)[view[0]]
     features = front_end(window[None])[0]
     np.testing.assert_allclose(batch["features"][i], features, atol=1e-5)
@@ -647,6 +656,24 @@ def test_trainer_refuses_guidance_of_other_views(kws_raw_records, view_guidance,
                    kws_raw_records, guidance_dir).run()
 
 
+def test_student_distils_the_teachers_features_of_its_views(kws_raw_records, view_guidance,
+                                                            tmp_path):
+  out, meta = view_guidance
+  width = meta["outputs"]["features"]["shape"][-1]
+  student = ["mode=distill", "model.name=wav2letter_kws_tiny", "data.batch_size=8",
+             "train.steps=2", "train.eval_every=2", "data.validation_fraction=0.3",
+             "augment.enabled=true", "distill.feature_weight=0.3",
+             f"model.projection_dim={width}"]
+  trained = loop.Trainer(config_lib.load(None, student), str(tmp_path / "features"),
+                         kws_raw_records, out).run()
+  assert np.isfinite(trained["test"]["loss"])
+  # A projection of another width cannot be matched to the teacher's features.
+  wrong = student[:-1] + [f"model.projection_dim={width + 1}"]
+  with pytest.raises((loop.TrainingError, ValueError, tf.errors.InvalidArgumentError)):
+    loop.Trainer(config_lib.load(None, wrong), str(tmp_path / "wrong"), kws_raw_records,
+                 out).run()
+
+
 def test_extending_views_gives_the_guidance_of_all_views(kws_teacher_dir, kws_raw_records,
                                                         view_guidance, tmp_path):
   out, meta = view_guidance
@@ -665,14 +692,16 @@ def test_extending_views_gives_the_guidance_of_all_views(kws_teacher_dir, kws_ra
     both = _guidance_records(os.path.join(extended, name))
     assert [g["id"].bytes_list.value[0] for g in both] == [g["id"].bytes_list.value[0] for g in full]
     for f, o, b in zip(full, first, both):
-      logits = np.frombuffer(b["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10)
-      # The first view is copied as it was; every view equals a run of all of them.
-      np.testing.assert_array_equal(logits[0], np.frombuffer(o["logits"].bytes_list.value[0], "<f4"))
-      np.testing.assert_allclose(
-          logits, np.frombuffer(f["logits"].bytes_list.value[0], "<f4").reshape(VIEWS, 10),
-          atol=1e-4)
+      for name in ("logits", "features"):
+        values = np.frombuffer(b[name].bytes_list.value[0], "<f4").reshape(VIEWS, -1)
+        # The first view is copied as it was; every view equals a run of all of them.
+        np.testing.assert_array_equal(values[0], np.frombuffer(o[name].bytes_list.value[0], "<f4"))
+        np.testing.assert_allclose(
+            values, np.frombuffer(f[name].bytes_list.value[0], "<f4").reshape(VIEWS, -1),
+            atol=1e-4)
   # Guidance made another way, or of as many views, is refused by name.
   cases = [(dict(view_seed=VIEW_SEED + 1, extend=one), "view_seed"),
+           (dict(view_seed=VIEW_SEED, extend=one, with_features=False), "features"),
            (dict(view_seed=VIEW_SEED, extend=out), f"{VIEWS} views"),
            (dict(view_seed=VIEW_SEED, extend=str(tmp_path / "nothing")), "no finished guidance")]
   for index, (options, message) in enumerate(cases):
