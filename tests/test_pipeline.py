@@ -100,3 +100,7 @@ def test_teacher_blocks_fine_tune_the_pretrained_teachers_top_blocks(tmp_path):
   assert not [o for o in frozen.options if "trainable_blocks" in o or "learning_rate" in o]
   with pytest.raises(pipeline.PipelineError, match="--teacher_blocks"):
     pipeline.model_stages(options, "kws", data, None)
+  # The summary says which teacher it was.
+  assert pipeline._pretrained_teacher(options, "w") == (
+      "the Whisper encoder of w, its top 2 blocks fine-tuned")
+  assert pipeline._pretrained_teacher(pipeline.Options(), "w") == "the frozen Whisper encoder of w"

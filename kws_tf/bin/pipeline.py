@@ -351,6 +351,14 @@ def table(rows: List[dict]) -> str:
   return "\n".join(lines)
 
 
+def _pretrained_teacher(options: Options, checkpoint: str) -> str:
+  """What the teacher is, on the Whisper checkpoint ``checkpoint``."""
+  if options.teacher_blocks:
+    return (f"the Whisper encoder of {checkpoint}, its top {options.teacher_blocks} "
+            "blocks fine-tuned")
+  return f"the frozen Whisper encoder of {checkpoint}"
+
+
 def run_pipeline(options: Options) -> List[dict]:
   """Runs every stage (skipping those whose stamp matches); writes and returns
   the summary rows. PipelineError or StageError when it cannot go on."""
@@ -361,7 +369,7 @@ def run_pipeline(options: Options) -> List[dict]:
   runner = Runner(os.path.join(options.workdir, STAMPS_DIR))
   checkpoint = teacher_checkpoint(options)
   if checkpoint:
-    print(f"teacher: the frozen Whisper encoder of {checkpoint}", flush=True)
+    print(f"teacher: {_pretrained_teacher(options, checkpoint)}", flush=True)
   else:
     print("teacher: a small Whisper-architecture encoder trained from scratch (for the real "
           "Whisper-base teacher run kws-get-whisper-base --out_dir="
@@ -393,7 +401,7 @@ def run_pipeline(options: Options) -> List[dict]:
     rows += summary(options, task, checkpoint, {n: s.outputs[0] for n, s in trained.items()},
                     evaluations, cards, robust)
   text = table(rows)
-  teacher = (f"the frozen Whisper encoder of {checkpoint}" if checkpoint else
+  teacher = (_pretrained_teacher(options, checkpoint) if checkpoint else
              "a Whisper-architecture encoder trained from scratch")
   elapsed = time.time() - started
   timings = runner.timings
