@@ -1,6 +1,6 @@
 """The feature front end: waveform -> features, in TensorFlow (tf.signal).
 
-One frozen dataclass per format ("raw", "power", "mfcc", "logmel"). Every
+One frozen dataclass per format ("raw", "power", "mfcc", "logmel", "pcen"). Every
 config takes a float32 waveform in [-1, 1], shape ``[samples]``, or a batch
 ``[batch, samples]`` of waveforms zero-padded to one length with their valid
 lengths ``[batch]``, and returns float32 features ``[frames, channels]`` or
@@ -678,9 +678,126 @@ class LogMelConfig(_FeatureConfig):
     return (log_mel + 4.0) / 4.0
 
 
+@dataclasses.dataclass(frozen=True)
+class PcenConfig(_FeatureConfig):
+  """Per-channel energy normalization (Wang et al. 2017) of mel energies, as
+  librosa's ``pcen`` computes it.
+
+  Power spectrogram (as ``PowerConfig``) -> Slaney mel bank ``E [frames,
+  bands]`` -> a first-order smoother ``M[t] = (1 - s) M[t - 1] + s E[t]`` per
+  band, starting at ``M[0] = E[0]`` (librosa's ``zi`` set to the first frame's
+  steady state), ``s`` from ``time_constant`` as librosa derives it -> automatic
+  gain control and root compression::
+
+    PCEN[t] = bias^power * ((1 + E[t] / (eps + M[t])^gain / bias)^power - 1)
+
+  The smoother replaces the log of MFCCs and log-mels: each band is divided by
+  its own recent level, which takes out a fixed gain or channel and the
+  stationary part of noise. Frame ``t`` depends on frames ``0..t`` only.
+  Channels: the ``num_mel_bins`` bands. The waveform is taken in [-1, 1].
+
+  Fields:
+    frame_length, frame_step, fft_length, center, dft: as in ``PowerConfig``.
+    num_mel_bins, lower_edge_hertz, upper_edge_hertz: the mel bank, as in
+      ``MfccConfig``.
+    time_constant: of the smoother, seconds.
+    gain: exponent of the gain control (alpha), in [0, 1].
+    bias: added before the root compression (delta), > 0.
+    power: the root (r), in (0, 1].
+    eps: floor of the smoothed energy, > 0. librosa's 1e-6 is meant for
+      energies of integer-scaled audio (``y * 2**31``); on a waveform in
+      [-1, 1] it would sit at a -60 dBFS noise floor's mel energy and make a
+      quiet recording's output depend on its level, hence 1e-12 here.
+  """
+  format: ClassVar[str] = "pcen"
+  sample_rate: int = 16000
+  frame_length: int = 512
+  frame_step: int = 160
+  fft_length: int = 512
+  center: bool = True
+  num_mel_bins: int = 40
+  lower_edge_hertz: float = 20.0
+  upper_edge_hertz: float = 8000.0
+  time_constant: float = 0.4
+  gain: float = 0.98
+  bias: float = 2.0
+  power: float = 0.5
+  eps: float = 1e-12
+  dft: str = "fft"
+
+  def __post_init__(self):
+    _check_stft_fields(self)
+    _check(0 <= self.lower_edge_hertz < self.upper_edge_hertz
+           <= self.sample_rate / 2,
+           f"need 0 <= lower_edge_hertz < upper_edge_hertz <= sample_rate / 2:"
+           f" {self.lower_edge_hertz}, {self.upper_edge_hertz}")
+    _check(self.num_mel_bins > 0, f"num_mel_bins must be > 0: {self.num_mel_bins}")
+    _check(self.time_constant > 0, f"time_constant must be > 0: {self.time_constant}")
+    _check(0 <= self.gain <= 1, f"gain must be in [0, 1]: {self.gain}")
+    _check(self.bias > 0, f"bias must be > 0: {self.bias}")
+    _check(0 < self.power <= 1, f"power must be in (0, 1]: {self.power}")
+    _check(self.eps > 0, f"eps must be > 0: {self.eps}")
+
+  @property
+  def num_channels(self) -> int:
+    return self.num_mel_bins
+
+  def num_frames(self, num_samples):
+    return _num_stft_frames(num_samples, self.fft_length, self.frame_step,
+                            self.center)
+
+  def smoothing(self) -> float:
+    """The smoother's coefficient ``s`` per frame, from ``time_constant`` (librosa's
+    formula)."""
+    t_frames = self.time_constant * self.sample_rate / self.frame_step
+    return float((np.sqrt(1 + 4 * t_frames ** 2) - 1) / (2 * t_frames ** 2))
+
+  def mel_matrix(self) -> np.ndarray:
+    """float32 ``[num_mel_bins, bins]``: the Slaney mel bank over the lowest
+    ``bins`` DFT bins, up to the highest one it weights."""
+    mel_matrix = librosa.filters.mel(
+        sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
+        fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
+        norm="slaney")
+    return mel_matrix[:, :_bins_read(mel_matrix)].astype(np.float32)
+
+  def smoother_steps(self) -> int:
+    """Doubling steps of the smoother's scan: it sums the last ``2^steps`` frames,
+    beyond which a frame's weight ``(1 - s)^age`` is under 1e-10."""
+    return max(1, int(np.ceil(np.log2(np.log(1e-10) / np.log1p(-self.smoothing())))))
+
+  def pcen(self, mel: tf.Tensor) -> tf.Tensor:
+    """``[batch, frames, bands]``: PCEN of mel energies ``[batch, frames, bands]``.
+
+    The smoother ``M[t] = sum over k <= t of (1 - s)^(t - k) x[k]`` (``x[0] =
+    E[0]``, ``x[k] = s E[k]``) runs as a scan of ``smoother_steps`` doublings
+    (Hillis and Steele): each adds the running sum shifted by ``2^j`` frames,
+    weighted ``(1 - s)^(2^j)``. Shifts, products and sums only: TFLite runs it
+    as it is, for any number of frames.
+    """
+    s = self.smoothing()
+    frames = tf.shape(mel)[1]
+    first = tf.one_hot(0, frames, on_value=1.0, off_value=s)[tf.newaxis, :, tf.newaxis]
+    smooth = mel * first
+    for step in range(self.smoother_steps()):
+      shift = 2 ** step
+      earlier = tf.pad(smooth, [[0, 0], [shift, 0], [0, 0]])[:, :frames]
+      smooth = smooth + np.float32((1.0 - s) ** shift) * earlier
+    agc = tf.exp(-self.gain * tf.math.log(self.eps + smooth))  # (eps + M)^-gain
+    compressed = tf.exp(self.power * tf.math.log(1.0 + mel * agc / self.bias)) - 1.0
+    return self.bias ** self.power * compressed
+
+  def _features(self, waveform: tf.Tensor, lengths: tf.Tensor) -> tf.Tensor:
+    mel_matrix = self.mel_matrix()
+    power = power_spectrogram(
+        waveform, lengths, _centred_hann(self.frame_length, self.fft_length),
+        self.frame_step, self.center, self.dft, num_bins=mel_matrix.shape[1])
+    return self.pcen(tf.tensordot(power, mel_matrix.T, 1))
+
+
 _CONFIG_CLASSES = {
     cls.format: cls
-    for cls in (RawConfig, PowerConfig, MfccConfig, LogMelConfig)
+    for cls in (RawConfig, PowerConfig, MfccConfig, LogMelConfig, PcenConfig)
 }
 FORMATS = tuple(_CONFIG_CLASSES)
 

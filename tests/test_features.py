@@ -22,6 +22,7 @@ import kws_tf  # noqa: F401  (Keras 2 before TensorFlow)
 import librosa
 import numpy as np
 import pytest
+import scipy.signal
 import soundfile
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
@@ -161,6 +162,51 @@ def whisper_extractor() -> WhisperFeatureExtractor:
   return WhisperFeatureExtractor(feature_size=80, sampling_rate=SAMPLE_RATE)
 
 
+PCEN_CASES = {
+    "defaults": {},
+    # The kws student's framing (configs/records_kws.yaml) with a faster smoother.
+    "kws-student": dict(frame_length=320, fft_length=320, upper_edge_hertz=4000.0,
+                        time_constant=0.1, gain=0.8, bias=10.0, power=0.25),
+}
+
+
+@pytest.mark.parametrize("case", list(PCEN_CASES))
+def test_pcen_matches_librosa(signal, case):
+  config = features.PcenConfig(**PCEN_CASES[case])
+  mel = librosa.feature.melspectrogram(
+      y=signal.astype(np.float64), sr=SAMPLE_RATE, n_fft=config.fft_length,
+      hop_length=config.frame_step, win_length=config.frame_length, window="hann",
+      center=True, pad_mode="reflect", power=2.0, n_mels=config.num_mel_bins,
+      fmin=config.lower_edge_hertz, fmax=config.upper_edge_hertz, htk=False, norm="slaney")
+  # The smoother starts at the first frame's level: librosa's zi for a steady input.
+  s = config.smoothing()
+  zi = scipy.signal.lfilter_zi([s], [1, s - 1]) * mel[:, :1]
+  reference = librosa.pcen(mel, sr=SAMPLE_RATE, hop_length=config.frame_step,
+                           gain=config.gain, bias=config.bias, power=config.power,
+                           time_constant=config.time_constant, eps=config.eps, zi=zi).T
+  ours = config(signal).numpy()
+  assert ours.shape == reference.shape
+  error = np.abs(ours - reference).max() / np.abs(reference).max()
+  assert error < 1e-4, f"max |error| / max |PCEN| = {error:.2e}, bound 1e-4"
+
+
+def test_pcen_takes_out_a_fixed_gain():
+  # A sentence over a -60 dBFS noise floor (as a recording has), and 24 dB quieter.
+  y = espeak_sentence()
+  y = y + 1e-3 * np.random.default_rng(0).standard_normal(len(y)).astype(np.float32)
+  quieter = y * np.float32(10 ** (-24 / 20))
+  pcen = features.PcenConfig()
+  loud, quiet = pcen(y).numpy(), pcen(quieter).numpy()
+  # Every log-mel band moves by 24 dB; PCEN only by the gain control's
+  # leftover, a factor (10^-2.4)^(1 - gain) = 0.9 inside the root.
+  scale = np.abs(loud).max()
+  assert np.median(np.abs(quiet - loud)) < 0.002 * scale
+  assert np.percentile(np.abs(quiet - loud), 99) < 0.1 * scale
+  log_mel = features.MfccConfig(num_mfcc=40, delta_width=0, top_db=None)
+  shift = log_mel(y).numpy()[:, 0] - log_mel(quieter).numpy()[:, 0]  # c0: the mean level
+  np.testing.assert_allclose(shift, 24 * np.sqrt(40), rtol=1e-3)
+
+
 def test_logmel_30s_matches_whisper_extractor(signal):
   # Short input: zero-padded to 30 s. Input longer than 30 s: trimmed.
   longer = chirp(30.5, seed=1)
@@ -244,9 +290,10 @@ ALL_CONFIGS = [
     features.MfccConfig(),
     features.LogMelConfig(),
     features.LogMelConfig(pad_to_seconds=1.5),
+    features.PcenConfig(),
 ]
 CONFIG_IDS = ["raw", "power", "power-uncentred", "mfcc", "logmel",
-              "logmel-1.5s"]
+              "logmel-1.5s", "pcen"]
 
 
 @pytest.mark.parametrize("config", ALL_CONFIGS, ids=CONFIG_IDS)
@@ -390,7 +437,8 @@ def test_bad_lengths_raise():
     features.MfccConfig(),
     features.MfccConfig(dft="matmul", **MFCC_CASES["kws-student"]),
     features.LogMelConfig(dft="matmul", pad_to_seconds=1.5),
-], ids=["mfcc", "mfcc-rfft", "mfcc-kws-student", "logmel-1.5s"])
+    features.PcenConfig(dft="matmul", **PCEN_CASES["kws-student"]),
+], ids=["mfcc", "mfcc-rfft", "mfcc-kws-student", "logmel-1.5s", "pcen-kws-student"])
 def test_tflite_builtins_convert_padded_batches(config):
   @tf.function(input_signature=[tf.TensorSpec([None, None], tf.float32),
                                 tf.TensorSpec([None], tf.int32)])
@@ -434,7 +482,8 @@ def test_pickle_keeps_fields_and_works_after_a_call():
 
 
 def test_formats_and_defaults():
-  assert features.FORMATS == ("raw", "power", "mfcc", "logmel")
+  assert features.FORMATS == ("raw", "power", "mfcc", "logmel", "pcen")
+  assert features.default_config("pcen").num_channels == 40
   assert features.default_config("mfcc").num_channels == 39
   assert features.default_config("power").num_channels == 257
   assert features.default_config("logmel", num_mel_bins=128).num_channels == 128
@@ -458,6 +507,12 @@ def test_bad_format_and_keys_raise():
     features.MfccConfig(top_db=0.0)
   with pytest.raises(ValueError, match="dft"):
     features.LogMelConfig(dft="dct")
+  with pytest.raises(ValueError, match="power must be in"):
+    features.PcenConfig(power=0.0)
+  with pytest.raises(ValueError, match="bias must be > 0"):
+    features.PcenConfig(bias=0.0)
+  with pytest.raises(ValueError, match="time_constant"):
+    features.PcenConfig(time_constant=-1.0)
 
 
 def test_bad_inputs_raise():
