@@ -412,6 +412,23 @@ def _check_stft_fields(config) -> None:
          f"{config.frame_length}")
 
 
+def _check_mel_edges(config) -> None:
+  """Checks the mel bank's frequency range (``MfccConfig``, ``PcenConfig``)."""
+  _check(0 <= config.lower_edge_hertz < config.upper_edge_hertz <= config.sample_rate / 2,
+         "need 0 <= lower_edge_hertz < upper_edge_hertz <= sample_rate / 2: "
+         f"{config.lower_edge_hertz}, {config.upper_edge_hertz}")
+
+
+def _slaney_mel_bank(config) -> np.ndarray:
+  """float32 ``[num_mel_bins, bins]``: the Slaney mel bank of ``config`` (its
+  rate, DFT size, bands and edges) over the lowest ``bins`` DFT bins, up to the
+  highest one it weights."""
+  mel_matrix = librosa.filters.mel(
+      sr=config.sample_rate, n_fft=config.fft_length, n_mels=config.num_mel_bins,
+      fmin=config.lower_edge_hertz, fmax=config.upper_edge_hertz, htk=False, norm="slaney")
+  return mel_matrix[:, :_bins_read(mel_matrix)].astype(np.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class PowerConfig(_FeatureConfig):
   """Power spectrogram |STFT|^2, optionally natural-log compressed.
@@ -497,10 +514,7 @@ class MfccConfig(_FeatureConfig):
 
   def __post_init__(self):
     _check_stft_fields(self)
-    _check(0 <= self.lower_edge_hertz < self.upper_edge_hertz
-           <= self.sample_rate / 2,
-           f"need 0 <= lower_edge_hertz < upper_edge_hertz <= sample_rate / 2:"
-           f" {self.lower_edge_hertz}, {self.upper_edge_hertz}")
+    _check_mel_edges(self)
     _check(0 < self.num_mfcc <= self.num_mel_bins,
            f"need 0 < num_mfcc <= num_mel_bins: {self.num_mfcc}, "
            f"{self.num_mel_bins}")
@@ -549,11 +563,7 @@ class MfccConfig(_FeatureConfig):
   def mel_matrix(self) -> np.ndarray:
     """float32 ``[num_mel_bins, bins]``: the Slaney mel bank over the lowest
     ``bins`` DFT bins, up to the highest one it weights."""
-    mel_matrix = librosa.filters.mel(
-        sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
-        fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
-        norm="slaney")
-    return mel_matrix[:, :_bins_read(mel_matrix)].astype(np.float32)
+    return _slaney_mel_bank(self)
 
   def log_mel(self, power: tf.Tensor) -> tf.Tensor:
     """``[..., frames, num_mel_bins]``: 10 * log10(max(1e-10, mel)) of a power
@@ -727,10 +737,7 @@ class PcenConfig(_FeatureConfig):
 
   def __post_init__(self):
     _check_stft_fields(self)
-    _check(0 <= self.lower_edge_hertz < self.upper_edge_hertz
-           <= self.sample_rate / 2,
-           f"need 0 <= lower_edge_hertz < upper_edge_hertz <= sample_rate / 2:"
-           f" {self.lower_edge_hertz}, {self.upper_edge_hertz}")
+    _check_mel_edges(self)
     _check(self.num_mel_bins > 0, f"num_mel_bins must be > 0: {self.num_mel_bins}")
     _check(self.time_constant > 0, f"time_constant must be > 0: {self.time_constant}")
     _check(0 <= self.gain <= 1, f"gain must be in [0, 1]: {self.gain}")
@@ -755,11 +762,7 @@ class PcenConfig(_FeatureConfig):
   def mel_matrix(self) -> np.ndarray:
     """float32 ``[num_mel_bins, bins]``: the Slaney mel bank over the lowest
     ``bins`` DFT bins, up to the highest one it weights."""
-    mel_matrix = librosa.filters.mel(
-        sr=self.sample_rate, n_fft=self.fft_length, n_mels=self.num_mel_bins,
-        fmin=self.lower_edge_hertz, fmax=self.upper_edge_hertz, htk=False,
-        norm="slaney")
-    return mel_matrix[:, :_bins_read(mel_matrix)].astype(np.float32)
+    return _slaney_mel_bank(self)
 
   def smoother_steps(self) -> int:
     """Doubling steps of the smoother's scan: it sums the last ``2^steps`` frames,
