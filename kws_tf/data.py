@@ -193,8 +193,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       with ``guidance`` of several views (``Guidance.views``), each example
       takes one of the views at random: the window is the view's
       (``augment.view_seed``) and ``guidance_logits`` (and
-      ``guidance_features`` when stored) the teacher's for it, or with ``augment.fresh_view_prob`` a fresh view whose
-      ``guidance_weight`` is 0. ctc: the whole utterance
+      ``guidance_features`` when stored) the teacher's for it, or with
+      ``augment.fresh_view_prob`` a fresh view whose ``guidance_weight`` is 0. ctc: the whole utterance
       (``utterance_augment``), bucketed by length.
   """
   metadata = records.load_metadata(records_dir)
@@ -700,8 +700,9 @@ def open_guidance(guidance_dir: str, data_metadata: records.RecordsMetadata) -> 
   ``guidance_frames`` and, when written, ``guidance_features``,
   ``guidance_hint`` ``[frames, d_model]`` or ``guidance_hint_pooled``; guidance
   of several views (``--views``) holds kws ``guidance_logits`` ``[views, classes]``
-  (and ``guidance_features`` ``[views, d]`` when written), ctc ``guidance_frames`` ``[views]`` and ``guidance_logits`` ``[sum of frames,
-  vocabulary]`` (the views one after another; ``Guidance.utterance_view``).
+  (and ``guidance_features`` ``[views, d]`` when written), ctc ``guidance_frames``
+  ``[views]`` and ``guidance_logits`` ``[sum of frames, vocabulary]`` (the views
+  one after another; ``Guidance.utterance_view``).
   """
   meta_path = os.path.join(guidance_dir, records.METADATA_FILE)
   if not os.path.exists(meta_path):
