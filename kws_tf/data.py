@@ -194,8 +194,8 @@ def make_dataset(records_dir: str, fmt: str, split: str, batch_size: int,
       takes one of the views at random: the window is the view's
       (``augment.view_seed``) and ``guidance_logits`` (and
       ``guidance_features`` when stored) the teacher's for it, or with
-      ``augment.fresh_view_prob`` a fresh view whose ``guidance_weight`` is 0. ctc: the whole utterance
-      (``utterance_augment``), bucketed by length.
+      ``augment.fresh_view_prob`` a fresh view whose ``guidance_weight`` is 0.
+      ctc: the whole utterance (``utterance_augment``), bucketed by length.
   """
   metadata = records.load_metadata(records_dir)
   compression = metadata.compression
